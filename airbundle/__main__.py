@@ -1,0 +1,3 @@
+from airbundle.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The one exception hierarchy of airbundle.
+
+Every error a user can meet derives from :class:`AirbundleError`, carries a
+message that names the file, member, field or image at fault, and says what to
+do about it in :meth:`AirbundleError.diagnostics`. The CLI catches the base
+class in one place and exits with :attr:`AirbundleError.exit_code`.
+
+::
+
+    AirbundleError
+    ├── UsageError            (exit 2) bad command-line input
+    │   └── SpecError         (exit 2) the spec file is invalid
+    ├── IntegrityError        (exit 1) the bundle is not what it claims
+    │   ├── SignatureError        no trusted signature, wrong key, bad signature
+    │   ├── ManifestError         the signed manifest is malformed
+    │   ├── ArchiveError          unsafe, unlisted, duplicate or missing member
+    │   ├── MemberDigestError     a member's bytes do not match the manifest
+    │   └── TruncatedError        the bundle ends early
+    ├── FormatError           (exit 2) a reference, digest or name is malformed
+    │   ├── InvalidReferenceError
+    │   └── InvalidDigestError
+    ├── KeyFileError          (exit 2) a key or trust file cannot be read
+    ├── SourceError           (exit 3) an image or repo source failed
+    └── TargetError           (exit 3) a registry or git target failed
+        └── RefUpdateError        a ref would move non-fast-forward
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTEGRITY = 1
+EXIT_USAGE = 2
+EXIT_IO = 3
+
+
+class AirbundleError(Exception):
+    """Base of every error airbundle raises on purpose."""
+
+    exit_code = EXIT_IO
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The message, followed by advice a user can act on, if any."""
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class UsageError(AirbundleError):
+    exit_code = EXIT_USAGE
+
+
+class SpecError(UsageError):
+    """The bundle spec is not valid; the message names file, line and field."""
+
+
+class FormatError(AirbundleError):
+    """A value (reference, digest, name) is malformed.
+
+    Pure parsers raise this without context; callers that know where the
+    value came from (a spec field, a manifest entry) re-raise with that
+    context, as a SpecError or ManifestError.
+    """
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidReferenceError(FormatError):
+    pass
+
+
+class InvalidDigestError(FormatError):
+    pass
+
+
+class KeyFileError(AirbundleError):
+    exit_code = EXIT_USAGE
+
+
+class IntegrityError(AirbundleError):
+    exit_code = EXIT_INTEGRITY
+
+
+class SignatureError(IntegrityError):
+    pass
+
+
+class ManifestError(IntegrityError):
+    pass
+
+
+class ArchiveError(IntegrityError):
+    pass
+
+
+class MemberDigestError(IntegrityError):
+    pass
+
+
+class TruncatedError(IntegrityError):
+    pass
+
+
+class SourceError(AirbundleError):
+    exit_code = EXIT_IO
+
+
+class TargetError(AirbundleError):
+    exit_code = EXIT_IO
+
+
+class RefUpdateError(TargetError):
+    pass

@@ -1,0 +1,32 @@
+"""Safety limits in one place, so that no size or count is a literal in code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    # The signed manifest is read into memory before it is parsed; a hostile
+    # bundle must not make us read a gigabyte first.
+    max_manifest_bytes: int = 64 * 1024 * 1024
+    max_signature_bytes: int = 16 * 1024
+    max_signatures: int = 64
+    # OCI manifests and indexes are JSON documents held in memory.
+    max_oci_manifest_bytes: int = 4 * 1024 * 1024
+    # zstd: refuse frames that ask for a window larger than this before any
+    # allocation happens (zstd's own default cap is 128 MiB).
+    max_zstd_window_bytes: int = 1 << 27
+    # Depth of nesting accepted in any JSON document we parse.
+    max_json_depth: int = 64
+    # Maximum accepted length of a tar member path.
+    max_path_length: int = 1024
+    # Spec files are small documents written by hand.
+    max_spec_bytes: int = 4 * 1024 * 1024
+    # Git refs in one repository entry.
+    max_refs_per_repo: int = 100_000
+    # Read/write buffer for streaming blobs.
+    io_chunk_bytes: int = 1 << 20
+
+
+DEFAULT_LIMITS = Limits()
