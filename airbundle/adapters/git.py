@@ -1,0 +1,229 @@
+"""Git, driven as a subprocess: fetch selected refs, write and read bundles.
+
+Every ref and URL is passed as an argument list (never through a shell), refs
+only after validation, and refs for `bundle create` on stdin so no value can
+be taken for an option.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airbundle.errors import AirbundleError, SourceError, TargetError
+from airbundle.format.paths import check_object_id, check_ref_name
+
+_BASE_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",  # never hang on a password prompt at 2 a.m.
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "LC_ALL": "C",  # we parse git's messages
+}
+
+
+@dataclass(frozen=True)
+class BundleHeads:
+    object_format: str
+    refs: tuple[tuple[str, str], ...]  # (ref name, object id)
+    prerequisites: tuple[str, ...]
+
+
+def git_binary() -> str:
+    path = shutil.which("git")
+    if path is None:
+        raise AirbundleError("git not found on PATH", hint="apt-get install git")
+    return path
+
+
+def run_git(
+    args: Sequence[str],
+    *,
+    error: type[AirbundleError],
+    what: str,
+    cwd: Path | None = None,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    full_env = {**os.environ, **_BASE_ENV, **(env or {})}
+    proc = subprocess.run(
+        [git_binary(), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
+        raise error(f"{what}: git {args[0] if args else ''} failed: {message}")
+    return proc
+
+
+def parse_bundle_header(data: bytes, *, source: str) -> BundleHeads:
+    """Read a git bundle's header (v2 or v3) up to the blank line before the pack."""
+    lines = data.split(b"\n")
+    if not lines or lines[0] not in (b"# v2 git bundle", b"# v3 git bundle"):
+        raise SourceError(f"{source}: not a git bundle")
+    object_format = "sha1"
+    refs: list[tuple[str, str]] = []
+    prereqs: list[str] = []
+    for raw in lines[1:]:
+        if raw == b"":
+            break
+        line = raw.decode("utf-8", "replace")
+        if line.startswith("@"):
+            key, _, value = line[1:].partition("=")
+            if key == "object-format":
+                object_format = value
+            continue
+        if line.startswith("-"):
+            prereqs.append(check_object_id(line[1:].split(" ", 1)[0], error=SourceError))
+            continue
+        oid, _, ref = line.partition(" ")
+        refs.append((ref, check_object_id(oid, error=SourceError)))
+    return BundleHeads(object_format, tuple(refs), tuple(prereqs))
+
+
+def read_bundle_heads(path: Path) -> BundleHeads:
+    with path.open("rb") as fh:
+        head = fh.read(1 << 20)
+    end = head.find(b"\n\n")
+    if end < 0:
+        raise SourceError(f"{path}: git bundle header is missing or longer than 1 MiB")
+    return parse_bundle_header(head[: end + 1], source=str(path))
+
+
+def _refspecs(patterns: Sequence[str], *, force: bool) -> list[str]:
+    plus = "+" if force else ""
+    return [f"{plus}{p}:{p}" for p in patterns]
+
+
+def fetch_selected_refs(
+    url: str, patterns: Sequence[str], repo: Path, *, what: str
+) -> tuple[list[tuple[str, str]], str | None]:
+    """Mirror-fetch only the selected refs of `url` into bare `repo`.
+
+    Returns the fetched refs (name, oid) and the remote's HEAD symref if it
+    points to a fetched branch.
+    """
+    if not repo.exists():
+        run_git(["init", "--bare", "--quiet", str(repo)], error=SourceError, what=what)
+    run_git(
+        ["-C", str(repo), "fetch", "--quiet", "--no-tags", "--prune", "--no-write-fetch-head",
+         "--", url, *_refspecs(patterns, force=True)],
+        error=SourceError,
+        what=f"{what} (fetching {url})",
+    )
+    refs = list_refs(repo, error=SourceError, what=what)
+    head = None
+    proc = run_git(["ls-remote", "--symref", "--", url, "HEAD"], error=SourceError, what=what)
+    match = re.match(rb"ref: (refs/heads/\S+)\tHEAD", proc.stdout)
+    if match:
+        candidate = match.group(1).decode()
+        if any(name == candidate for name, _ in refs):
+            head = candidate
+    return refs, head
+
+
+def list_refs(repo: Path, *, error: type[AirbundleError], what: str) -> list[tuple[str, str]]:
+    proc = run_git(
+        ["-C", str(repo), "for-each-ref", "--format=%(refname) %(objectname)"],
+        error=error, what=what,
+    )
+    out = []
+    for line in proc.stdout.decode().splitlines():
+        name, _, oid = line.partition(" ")
+        out.append((name, oid))
+    return out
+
+
+def object_format(repo: Path, *, error: type[AirbundleError], what: str) -> str:
+    proc = run_git(["-C", str(repo), "rev-parse", "--show-object-format"], error=error, what=what)
+    return proc.stdout.decode().strip() or "sha1"
+
+
+def create_bundle(repo: Path, refs: Sequence[str], out: Path, *, what: str, reproducible: bool) -> None:
+    config = ["-c", "pack.threads=1"] if reproducible else []
+    stdin = "".join(f"{check_ref_name(r, error=SourceError)}\n" for r in refs).encode()
+    run_git(
+        [*config, "-C", str(repo), "bundle", "create", "--quiet", str(out), "--stdin"],
+        error=SourceError, what=what, stdin=stdin,
+    )
+
+
+INCOMING = "refs/airbundle-incoming/"
+
+
+def ensure_bare_repo(repo: Path, *, what: str) -> None:
+    """Create `repo` as a bare repository if absent; never half-initialised."""
+    if repo.exists():
+        return
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=repo.parent))
+    run_git(["init", "--bare", "--quiet", str(tmp)], error=TargetError, what=what)
+    tmp.replace(repo)
+
+
+def stage_bundle(bundle: Path, repo: Path, refs: Sequence[tuple[str, str]], *, what: str) -> None:
+    """Bring the bundle's objects into `repo` under a private namespace.
+
+    Objects are checked (git bundle verify, fsck on transfer) and land in the
+    repository, but no visible ref moves: that is :func:`update_refs`' job,
+    after every check across the whole import has passed.
+    """
+    ensure_bare_repo(repo, what=what)
+    run_git(["-C", str(repo), "bundle", "verify", "--quiet", str(bundle)], error=TargetError,
+            what=f"{what}: git bundle verify")
+    names = [check_ref_name(name, error=TargetError) for name, _ in refs]
+    run_git(
+        ["-C", str(repo), "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
+         "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+         "--", str(bundle), *(f"+{n}:{INCOMING}{n[len('refs/'):]}" for n in names)],
+        error=TargetError, what=what,
+    )
+    staged = dict(list_refs(repo, error=TargetError, what=what))
+    for name, oid in refs:
+        if staged.get(INCOMING + name[len("refs/"):]) != oid:
+            raise TargetError(f"{what}: bundle ref {name} does not point at {oid} as the manifest says")
+
+
+def refused_updates(repo: Path, refs: Sequence[tuple[str, str]], *, what: str) -> list[str]:
+    """Refs that would move non-fast-forward (or a tag that would change)."""
+    current = dict(list_refs(repo, error=TargetError, what=what))
+    problems = []
+    for name, oid in refs:
+        old = current.get(name)
+        if old is None or old == oid:
+            continue
+        if name.startswith("refs/tags/"):
+            problems.append(f"{what}: tag {name} exists at {old[:12]}, bundle has {oid[:12]}")
+            continue
+        proc = subprocess.run(
+            [git_binary(), "-C", str(repo), "merge-base", "--is-ancestor", old, oid],
+            capture_output=True, env={**os.environ, **_BASE_ENV}, check=False,
+        )
+        if proc.returncode != 0:
+            problems.append(f"{what}: {name} would move non-fast-forward from {old[:12]} to {oid[:12]}")
+    return problems
+
+
+def update_refs(repo: Path, refs: Sequence[tuple[str, str]], *, head: str | None, what: str) -> None:
+    """Move every ref in one transaction, then drop the staging namespace."""
+    current = dict(list_refs(repo, error=TargetError, what=what))
+    zero = "0" * len(refs[0][1]) if refs else "0" * 40
+    lines = ["start"]
+    for name, oid in refs:
+        lines.append(f"update {name} {oid} {current.get(name, zero)}")
+    for name in current:
+        if name.startswith(INCOMING):
+            lines.append(f"delete {name}")
+    lines += ["prepare", "commit"]
+    run_git(["-C", str(repo), "update-ref", "--stdin"], error=TargetError, what=what,
+            stdin=("\n".join(lines) + "\n").encode())
+    if head and any(name == head for name, _ in refs):
+        run_git(["-C", str(repo), "symbolic-ref", "HEAD", head], error=TargetError, what=what)

@@ -1,0 +1,176 @@
+"""OCI image layouts on disk, as a source (export) and as a target (import)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from airbundle.adapters.fsutil import atomic_output, remove_stale_temps, write_atomic
+from airbundle.adapters.images import ResolvedImage
+from airbundle.errors import FormatError, MemberDigestError, SourceError, TargetError
+from airbundle.format.digest import Digest
+from airbundle.format.jsonutil import loads_strict
+from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+
+def _read_index(root: Path, *, error: type[SourceError] | type[TargetError], limits: Limits) -> list[Descriptor]:
+    path = root / "index.json"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read the layout's index: {exc.strerror}") from None
+    doc = loads_strict(
+        data, what=str(path), max_bytes=limits.max_oci_manifest_bytes,
+        max_depth=limits.max_json_depth, error=error,
+    )
+    manifests = doc.get("manifests") if isinstance(doc, dict) else None
+    if not isinstance(manifests, list):
+        raise error(f"{path}: not an OCI index (no manifests list)")
+    try:
+        return [Descriptor.from_json(d, f"{path}: manifests[{i}]") for i, d in enumerate(manifests)]
+    except FormatError as exc:
+        raise error(exc.message) from None
+
+
+class OciLayoutSource:
+    """One image in an OCI layout, selected by its ref name (skopeo's oci:PATH:REF)."""
+
+    def __init__(self, root: Path, ref: str | None, *, text: str, limits: Limits = DEFAULT_LIMITS):
+        self.root = root
+        self.ref = ref
+        self.text = text
+        self.limits = limits
+
+    def describe(self) -> str:
+        return self.text
+
+    def resolve(self) -> ResolvedImage:
+        if not (self.root / "oci-layout").is_file():
+            raise SourceError(f"{self.text}: {self.root} is not an OCI image layout (no oci-layout file)")
+        entries = _read_index(self.root, error=SourceError, limits=self.limits)
+        if self.ref is None:
+            if len(entries) != 1:
+                names = sorted(d.annotations.get(REF_NAME, "?") for d in entries)
+                raise SourceError(
+                    f"{self.text}: the layout holds {len(entries)} images; "
+                    f"name one as oci:PATH:REF (refs: {', '.join(names) or 'none'})"
+                )
+            chosen = entries[0]
+        else:
+            matches = [d for d in entries if d.annotations.get(REF_NAME) == self.ref]
+            if not matches:
+                names = sorted(d.annotations.get(REF_NAME, "?") for d in entries)
+                raise SourceError(
+                    f"{self.text}: no image with ref name {self.ref!r} in {self.root} "
+                    f"(refs: {', '.join(names) or 'none'})"
+                )
+            if len({d.digest for d in matches}) > 1:
+                raise SourceError(f"{self.text}: ref name {self.ref!r} is ambiguous in {self.root}")
+            chosen = matches[0]
+        return ResolvedImage(chosen, chosen.annotations.get(REF_NAME))
+
+    def _blob_path(self, digest: Digest) -> Path:
+        return self.root / digest.blob_path
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        if descriptor.size > self.limits.max_oci_manifest_bytes:
+            raise SourceError(f"{self.text}: manifest {descriptor.digest} is too large ({descriptor.size} bytes)")
+        path = self._blob_path(descriptor.digest)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SourceError(f"{self.text}: missing manifest blob {path}: {exc.strerror}") from None
+        if len(data) != descriptor.size or Digest.sha256_of(data) != descriptor.digest:
+            raise SourceError(f"{self.text}: blob {path} does not match its digest or size")
+        return data
+
+    def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
+        path = self._blob_path(descriptor.digest)
+        try:
+            fh = path.open("rb")
+        except OSError as exc:
+            raise SourceError(f"{self.text}: missing blob {path}: {exc.strerror}") from None
+
+        def chunks() -> Iterator[bytes]:
+            with fh:
+                while chunk := fh.read(self.limits.io_chunk_bytes):
+                    yield chunk
+
+        return chunks()
+
+
+class OciLayoutTarget:
+    """Imports land in an OCI layout; each image findable by its full reference."""
+
+    def __init__(self, root: Path, *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.root = root
+        self.limits = limits
+        self._blobs = root / "blobs" / "sha256"
+
+    def describe(self) -> str:
+        return f"oci:{self.root}"
+
+    def prepare(self) -> None:
+        try:
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                write_atomic(layout, LAYOUT_FILE)
+            if not (self.root / "index.json").exists():
+                write_atomic(self.root / "index.json", layout_index([]))
+        except OSError as exc:
+            raise TargetError(f"{self.describe()}: cannot prepare the layout: {exc}") from None
+        remove_stale_temps(self._blobs)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise imports into the same layout (index.json is read-modify-write)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".airbundle.lock").open("a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def has_blob(self, digest: Digest) -> bool:
+        return (self.root / digest.blob_path).is_file()
+
+    def write_blob(self, digest: Digest, size: int, chunks: Iterable[bytes]) -> None:
+        path = self.root / digest.blob_path
+        try:
+            with atomic_output(path, fsync=False) as fh:
+                h = hashlib.sha256()
+                count = 0
+                for chunk in chunks:
+                    h.update(chunk)
+                    count += len(chunk)
+                    fh.write(chunk)
+                if count != size or h.hexdigest() != digest.hex:
+                    raise MemberDigestError(
+                        f"blob {digest}: received {count} bytes with digest sha256:{h.hexdigest()}"
+                    )
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise TargetError(f"{self.describe()}: cannot write blob {digest}: {exc}") from None
+
+    def tag(self, entries: list[tuple[str, Descriptor]]) -> None:
+        current = _read_index(self.root, error=TargetError, limits=self.limits)
+        names = {name for name, _ in entries}
+        kept = [d for d in current if d.annotations.get(REF_NAME) not in names]
+        for name, desc in entries:
+            annotations = {**desc.annotations, REF_NAME: name}
+            kept.append(Descriptor(desc.media_type, desc.digest, desc.size, desc.platform,
+                                   annotations, {}))
+        kept.sort(key=lambda d: d.annotations.get(REF_NAME, ""))
+        try:
+            with atomic_output(self.root / "index.json") as fh:
+                fh.write(layout_index(kept))
+        except OSError as exc:
+            raise TargetError(f"{self.describe()}: cannot update index.json: {exc}") from None

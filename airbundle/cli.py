@@ -1,0 +1,268 @@
+"""The command line: parse, wire, render progress; all work is in airbundle.ops.
+
+Exit codes: 0 ok, 1 verification/integrity failure, 2 usage or spec error,
+3 source/target failure (errors.py maps each error class to one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from airbundle import __version__
+from airbundle.errors import EXIT_USAGE, AirbundleError, UsageError
+from airbundle.format.manifest import format_time
+from airbundle.format.spec import load_spec
+from airbundle.ops import keys as keyops
+from airbundle.ops.export import ExportOptions, export_bundle
+from airbundle.ops.importer import ImportOptions, import_bundle
+from airbundle.ops.inspect import inspect_bundle
+from airbundle.ops.verify import load_policy, verify_bundle
+
+app = typer.Typer(
+    name="airbundle",
+    help="Carry container images and Git repositories across an air gap: "
+    "export a signed bundle, verify it anywhere, import it offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+key_app = typer.Typer(help="Manage signing keys.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+_state = {"verbose": False}
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
+    """The one place where AirbundleError becomes a message and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except AirbundleError as exc:
+            if _state["verbose"]:
+                traceback.print_exc()
+            typer.echo(f"airbundle: error: {exc.diagnostics()}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("airbundle: interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextmanager
+def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+              file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        typer.echo(text)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"airbundle {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["verbose"] = verbose
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"invalid duration {text!r}: use a number and s, m, h, d or w (30d)")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+TrustOpt = Annotated[list[Path], typer.Option(
+    "--trust", help="Trusted public key file or OpenSSH allowed_signers file (repeatable).")]
+ThresholdOpt = Annotated[int, typer.Option(
+    "--threshold", help="Distinct trusted signatures required.")]
+PassOpt = Annotated[Path | None, typer.Option(
+    "--passphrase-file", help="File whose first line is the key's passphrase "
+    "(or set AIRBUNDLE_PASSPHRASE).")]
+
+
+@app.command()
+@_errors_to_exit
+def export(
+    spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
+    key: Annotated[list[Path], typer.Option("--key", help="Signing key (OpenSSH ed25519); repeatable.")],
+    passphrase_file: PassOpt = None,
+    level: Annotated[int, typer.Option(help="zstd compression level (1-19).", min=1, max=19)] = 3,
+    threads: Annotated[int, typer.Option(help="Compression threads (-1: one per core).")] = -1,
+    channel: Annotated[str, typer.Option(help="Release channel recorded in the manifest.")] = "default",
+    sequence: Annotated[int | None, typer.Option(help="Sequence number (default: creation time).")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry after creation, e.g. 30d.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a signed bundle from a spec."""
+    passphrase = keyops.read_passphrase(passphrase_file)
+    signing = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
+    loaded = load_spec(spec)
+    options = ExportOptions(
+        output=output, keys=signing, level=level, threads=threads, channel=channel,
+        sequence=sequence, expires_in=parse_duration(expires) if expires else None,
+    )
+    with _progress(None, "export", quiet) as progress:
+        result = export_bundle(loaded, options, progress=progress)
+    m = result.manifest
+    _say(quiet, f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
+                f"{len(m.repos)} repo(s), {len(m.members)} members, manifest {result.manifest_digest}")
+
+
+@app.command()
+@_errors_to_exit
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
+    trust: TrustOpt,
+    threshold: ThresholdOpt = 1,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check signatures, then every member's size and digest. Exit 0 only if all holds."""
+    policy = load_policy(keyops.load_trust(trust), threshold)
+    size = bundle.stat().st_size if bundle.is_file() else None
+    with _progress(size, "verify", quiet or json_output) as progress:
+        result = verify_bundle(bundle, policy, progress=progress)
+    auth = result.authenticated
+    if json_output:
+        typer.echo(json.dumps({
+            "ok": True, "bundle": str(bundle), "manifestDigest": str(auth.manifest_digest),
+            "members": result.members, "bytes": result.bytes,
+            "signers": [s.public_key.fingerprint for s in auth.signers],
+        }, indent=1))
+        return
+    signers = ", ".join(s.public_key.fingerprint for s in auth.signers)
+    _say(quiet, f"OK {bundle}: {result.members} members, {result.bytes} bytes verified; "
+                f"signed by {signers}")
+
+
+@app.command()
+@_errors_to_exit
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what a bundle holds (reads only its manifest; does not verify trust)."""
+    info = inspect_bundle(bundle)
+    if json_output:
+        typer.echo(json.dumps(info.to_json(), indent=1))
+        return
+    m = info.manifest
+    b = m.bundle
+    lines = [
+        f"bundle    {b.name}  id {b.id}",
+        f"created   {format_time(b.created)}  by {b.tool}",
+        f"channel   {b.channel}  sequence {b.sequence}  expires "
+        f"{format_time(b.expires) if b.expires else 'never'}",
+        f"size      {info.file_size} bytes on disk, {m.total_size} bytes of content, "
+        f"{len(m.members)} members",
+        "signatures (validity only; trust is checked by verify --trust):",
+    ]
+    lines += [f"  {s.member}  {s.fingerprint or '?'}  {'valid' if s.valid else 'INVALID: ' + str(s.problem)}"
+              for s in info.signatures]
+    lines.append(f"images ({len(m.images)}):")
+    lines += [f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
+              for i in m.images]
+    lines.append(f"repos ({len(m.repos)}):")
+    for r in m.repos:
+        lines.append(f"  {r.name}  from {r.url}")
+        lines += [f"    {ref.name}  {ref.target}" for ref in r.refs]
+    typer.echo("\n".join(lines))
+
+
+def _parse_image_target(text: str) -> Path:
+    if text.startswith("oci:"):
+        return Path(text[len("oci:"):])
+    raise UsageError(
+        f"--registry {text!r}: this version imports into OCI layouts only; use --registry oci:DIR"
+    )
+
+
+@app.command("import")
+@_errors_to_exit
+def import_(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
+    trust: TrustOpt,
+    registry: Annotated[str | None, typer.Option(help="Image target: oci:DIR.")] = None,
+    git_dir: Annotated[Path | None, typer.Option("--git", help="Folder for bare repositories.")] = None,
+    threshold: ThresholdOpt = 1,
+    force: Annotated[bool, typer.Option(help="Allow refs to move non-fast-forward.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Verify and import a bundle into local targets. Safe to re-run."""
+    policy = load_policy(keyops.load_trust(trust), threshold)
+    options = ImportOptions(
+        policy=policy, oci_dir=_parse_image_target(registry) if registry else None,
+        git_dir=git_dir, force=force,
+    )
+    size = bundle.stat().st_size if bundle.is_file() else None
+    with _progress(size, "import", quiet) as progress:
+        report = import_bundle(bundle, options, progress=progress)
+    _say(quiet, f"imported {bundle}: {len(report.images)} image(s) "
+                f"({report.blobs_written} blobs written, {report.blobs_present} already present), "
+                f"{len(report.repos)} repo(s)")
+    for image in report.images:
+        _say(quiet, f"  {image['target']}  {image['digest']}")
+    for repo in report.repos:
+        _say(quiet, f"  {repo['path']}")
+
+
+@key_app.command("generate")
+@_errors_to_exit
+def key_generate(
+    path: Annotated[Path, typer.Argument(help="Private key file to write (PATH.pub beside it).")],
+    passphrase_file: PassOpt = None,
+    comment: Annotated[str, typer.Option(help="Comment stored in the public key.")] = "airbundle",
+    force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
+) -> None:
+    """Generate an Ed25519 signing key in OpenSSH format."""
+    public = keyops.generate_key(path, passphrase=keyops.read_passphrase(passphrase_file),
+                                 comment=comment, force=force)
+    typer.echo(f"wrote {path} and {path}.pub ({public.fingerprint})")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return app(args=argv, prog_name="airbundle")
+    except SystemExit as exc:
+        # click reports usage errors with exit 2 already; keep its code.
+        if exc.code not in (None, 0) and not isinstance(exc.code, int):
+            raise SystemExit(EXIT_USAGE) from None
+        raise

@@ -1,0 +1,366 @@
+"""The bundle container: a zstd-compressed tar stream whose first members are
+the signed manifest and its signatures.
+
+Byte layout of a bundle file (see docs/bundle-format.md)::
+
+    [header]   zstd skippable frame: b"AIRBUNDLE\\0", format version, prefix length
+    [prefix]   a region of exactly `prefix length` bytes holding
+                 one zstd frame: tar members airbundle/manifest.json, airbundle/signatures/*
+                 one zstd skippable frame of padding (room for more signatures)
+    [content]  zstd frame(s): tar members images/..., repos/..., end-of-archive
+
+Every reader of zstd skips skippable frames, so `zstd -d` and `tar --zstd -x`
+see one plain tar stream whose first member is the manifest. The prefix is
+reserved before the content is streamed and filled in afterwards, so export
+passes over the content once; co-signing rewrites only the prefix region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import zstandard
+
+from airbundle.errors import ArchiveError, SignatureError, SourceError, TruncatedError
+from airbundle.format.digest import Digest
+from airbundle.format.tarstream import BLOCK, REGULAR, TarMember, TarReader, encode_header, padding
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+FORMAT_VERSION = 1
+MANIFEST_PATH = "airbundle/manifest.json"
+SIGNATURE_DIR = "airbundle/signatures/"
+
+_HEADER_MAGIC = 0x184D2A5A
+_PADDING_MAGIC = 0x184D2A50
+_HEADER_ID = b"AIRBUNDLE\0"
+_HEADER_STRUCT = struct.Struct("<II10sHIQ")
+HEADER_SIZE = _HEADER_STRUCT.size  # 32
+_SKIPPABLE_MIN = 8
+
+
+@dataclass(frozen=True)
+class WrittenMember:
+    path: str
+    size: int
+    sha256: Digest
+
+
+def signature_path(index: int) -> str:
+    return f"{SIGNATURE_DIR}{index:02d}.sig"
+
+
+def _encode_file_header(prefix_length: int) -> bytes:
+    return _HEADER_STRUCT.pack(
+        _HEADER_MAGIC, HEADER_SIZE - 8, _HEADER_ID, FORMAT_VERSION, 0, prefix_length
+    )
+
+
+def parse_file_header(data: bytes, *, source: str) -> int:
+    """Validate the 32-byte file header; return the prefix length."""
+    if len(data) < HEADER_SIZE:
+        raise TruncatedError(f"{source}: too short to be an airbundle ({len(data)} bytes)")
+    magic, length, ident, version, _flags, prefix_length = _HEADER_STRUCT.unpack(
+        data[:HEADER_SIZE]
+    )
+    if magic != _HEADER_MAGIC or length != HEADER_SIZE - 8 or ident != _HEADER_ID:
+        raise ArchiveError(f"{source}: not an airbundle file (no airbundle header)")
+    if version != FORMAT_VERSION:
+        raise ArchiveError(
+            f"{source}: bundle format version {version} is not supported "
+            f"(this airbundle reads version {FORMAT_VERSION}); upgrade airbundle"
+        )
+    return int(prefix_length)
+
+
+def _prefix_tar(manifest: bytes, signatures: Sequence[bytes], mtime: int) -> bytes:
+    parts = [encode_header(MANIFEST_PATH, len(manifest), mtime=mtime), manifest]
+    parts.append(b"\0" * padding(len(manifest)))
+    for i, sig in enumerate(signatures):
+        parts += [encode_header(signature_path(i), len(sig), mtime=mtime), sig]
+        parts.append(b"\0" * padding(len(sig)))
+    return b"".join(parts)
+
+
+def prefix_upper_bound(manifest_size: int, signature_count: int, signature_size: int) -> int:
+    """Bytes the prefix frame can take at most, for reserving space up front.
+
+    zstd never expands input by more than a block header per 128 KiB block
+    plus a frame header and checksum (it falls back to raw blocks).
+    """
+    raw = BLOCK + manifest_size + BLOCK
+    raw += signature_count * (2 * BLOCK + signature_size)
+    return raw + 3 * (raw // (128 * 1024) + 1) + 32
+
+
+def encode_prefix(
+    manifest: bytes, signatures: Sequence[bytes], *, capacity: int, mtime: int
+) -> bytes:
+    """The prefix region: a zstd frame of the prefix members, padded to `capacity`.
+
+    The padding is a skippable frame, at least 8 bytes long; when the frame
+    would leave a gap of 1 to 7 bytes, another compression level is tried.
+    Deterministic: the same inputs give the same bytes.
+    """
+    tar = _prefix_tar(manifest, signatures, mtime)
+    smallest = None
+    for level in (19, 18, 17, 16, 15, 12, 9, 6, 3, 1):
+        for checksum in (True, False):
+            frame = zstandard.ZstdCompressor(
+                level=level, write_checksum=checksum, write_content_size=True
+            ).compress(tar)
+            smallest = len(frame) if smallest is None else min(smallest, len(frame))
+            gap = capacity - len(frame)
+            if gap == 0:
+                return frame
+            if gap >= _SKIPPABLE_MIN:
+                skip = struct.pack("<II", _PADDING_MAGIC, gap - _SKIPPABLE_MIN)
+                return frame + skip + b"\0" * (gap - _SKIPPABLE_MIN)
+    raise SignatureError(
+        f"no room left for the manifest and {len(signatures)} signature(s): they need "
+        f"{smallest} bytes, the bundle reserved {capacity}"
+    )
+
+
+class BundleWriter:
+    """Streams members into a new bundle; the prefix is filled in at the end.
+
+    `out` must be seekable (a regular file): the prefix region is reserved at
+    the start and written by :meth:`finish` once the manifest is known.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        prefix_capacity: int,
+        level: int = 3,
+        threads: int = -1,
+        mtime: int = 0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._out = out
+        self._start = out.tell()
+        self._capacity = prefix_capacity
+        self._mtime = mtime
+        self._limits = limits
+        out.write(_encode_file_header(prefix_capacity))
+        out.write(b"\0" * prefix_capacity)
+        # zstd's multi-threaded output is the same for any worker count >= 1,
+        # so reproducibility does not depend on the machine's core count.
+        compressor = zstandard.ZstdCompressor(
+            level=level, threads=threads if threads != 0 else 1, write_checksum=True
+        )
+        self._z = compressor.stream_writer(out, closefd=False)
+        self._closed = False
+
+    def _write(self, data: bytes) -> None:
+        self._z.write(data)
+
+    def add_stream(
+        self,
+        path: str,
+        size: int,
+        chunks: Iterable[bytes],
+        *,
+        expected: Digest | None = None,
+        what: str | None = None,
+    ) -> WrittenMember:
+        """Copy one member of declared `size`; hash it on the same buffers.
+
+        If the source yields a different number of bytes, or bytes that do
+        not match `expected`, the bundle being written is unusable and a
+        SourceError says which source lied.
+        """
+        label = what or path
+        self._write(encode_header(path, size, mtime=self._mtime))
+        h = hashlib.sha256()
+        count = 0
+        for chunk in chunks:
+            count += len(chunk)
+            if count > size:
+                raise SourceError(f"{label}: source sent more than the declared {size} bytes")
+            h.update(chunk)
+            self._write(chunk)
+        if count != size:
+            raise SourceError(f"{label}: source sent {count} bytes, expected {size}")
+        digest = Digest("sha256", h.hexdigest())
+        if expected is not None and digest != expected:
+            raise SourceError(f"{label}: content has digest {digest}, expected {expected}")
+        self._write(b"\0" * padding(size))
+        return WrittenMember(path, size, digest)
+
+    def add_bytes(self, path: str, data: bytes) -> WrittenMember:
+        return self.add_stream(path, len(data), [data])
+
+    def finish(self, manifest: bytes, signatures: Sequence[bytes]) -> None:
+        """End the content stream, then write the signed prefix into its place."""
+        if self._closed:
+            raise RuntimeError("bundle already finished")
+        self._write(b"\0" * (2 * BLOCK))
+        self._z.flush(zstandard.FLUSH_FRAME)
+        self._z.close()
+        self._closed = True
+        end = self._out.tell()
+        prefix = encode_prefix(manifest, signatures, capacity=self._capacity, mtime=self._mtime)
+        self._out.seek(self._start + HEADER_SIZE)
+        self._out.write(prefix)
+        self._out.seek(end)
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """What precedes the content: the manifest bytes and the signatures, unparsed."""
+
+    manifest: bytes
+    signatures: tuple[tuple[str, bytes], ...]
+    prefix_length: int
+
+
+class _CountingReader:
+    """Counts raw (compressed) bytes handed to the decompressor."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.count += len(data)
+        return data
+
+
+class _Decompressed:
+    """A read-only stream over the zstd frames that maps zstd errors to ours."""
+
+    def __init__(self, raw: _CountingReader, limits: Limits, source: str) -> None:
+        self._raw = raw
+        self._source = source
+        decompressor = zstandard.ZstdDecompressor(max_window_size=limits.max_zstd_window_bytes)
+        self._reader = decompressor.stream_reader(
+            raw, read_size=limits.io_chunk_bytes, read_across_frames=True
+        )
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return bytes(self._reader.read(n))
+        except zstandard.ZstdError as exc:
+            text = str(exc)
+            if "memory" in text or "window" in text.lower():
+                text += " (a frame asks for a decompression window larger than allowed)"
+            raise ArchiveError(
+                f"{self._source}: compressed data is corrupt near byte "
+                f"{HEADER_SIZE + self._raw.count}: {text}"
+            ) from exc
+
+
+class BundleReader:
+    """Reads a bundle front to back in one pass.
+
+    First :meth:`read_prefix` returns the manifest and signature bytes without
+    interpreting them, so the caller can authenticate before reading any
+    content; then :meth:`next_member` and :meth:`read` walk the content.
+    """
+
+    def __init__(self, raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.source = source
+        self._limits = limits
+        self.prefix_length = parse_file_header(raw.read(HEADER_SIZE), source=source)
+        self._counter = _CountingReader(raw)
+        self._tar = TarReader(
+            _Decompressed(self._counter, limits, source),  # type: ignore[arg-type]
+            max_path_length=limits.max_path_length,
+        )
+        self._pending: TarMember | None = None
+        self._prefix_read = False
+
+    @property
+    def compressed_offset(self) -> int:
+        """Approximate position in the file (the decompressor reads ahead)."""
+        return HEADER_SIZE + self._counter.count
+
+    @property
+    def tar_offset(self) -> int:
+        return self._tar.offset
+
+    def _read_member_bytes(self, member: TarMember, limit: int, what: str) -> bytes:
+        if member.size > limit:
+            raise ArchiveError(
+                f"{self.source}: {what} {member.path!r} declares {member.size} bytes, "
+                f"more than the {limit} allowed"
+            )
+        data = b"".join(self._tar.iter_data(self._limits.io_chunk_bytes))
+        return data
+
+    def read_prefix(self) -> Prefix:
+        first = self._tar.next()
+        if first is None:
+            raise ArchiveError(f"{self.source}: the bundle is empty")
+        if first.path != MANIFEST_PATH or first.kind != REGULAR:
+            raise ArchiveError(
+                f"{self.source}: the first member is {first.path!r}, not {MANIFEST_PATH!r}; "
+                "a bundle must start with its manifest"
+            )
+        manifest = self._read_member_bytes(first, self._limits.max_manifest_bytes, "manifest")
+        signatures: list[tuple[str, bytes]] = []
+        while True:
+            member = self._tar.next()
+            if member is None or not member.path.startswith(SIGNATURE_DIR):
+                self._pending = member
+                break
+            if member.kind != REGULAR:
+                raise ArchiveError(f"{self.source}: {member.path!r} is not a regular file")
+            if len(signatures) >= self._limits.max_signatures:
+                raise ArchiveError(
+                    f"{self.source}: more than {self._limits.max_signatures} signatures"
+                )
+            if any(name == member.path for name, _ in signatures):
+                raise ArchiveError(f"{self.source}: duplicate member {member.path!r}")
+            sig = self._read_member_bytes(
+                member, self._limits.max_signature_bytes, "signature"
+            )
+            signatures.append((member.path, sig))
+        self._prefix_read = True
+        return Prefix(manifest, tuple(signatures), self.prefix_length)
+
+    def next_member(self) -> TarMember | None:
+        """The next content member, or None at the verified end of the archive."""
+        if not self._prefix_read:
+            raise RuntimeError("read_prefix() first")
+        if self._pending is not None:
+            member, self._pending = self._pending, None
+        else:
+            member = self._tar.next()
+        if member is not None and member.path.startswith("airbundle/"):
+            raise ArchiveError(
+                f"{self.source}: member {member.path!r} is out of place: "
+                "manifest and signatures must come first"
+            )
+        return member
+
+    def read(self, n: int) -> bytes:
+        """Up to n bytes of the current member; b'' at its end."""
+        return self._tar.read_data(n)
+
+    def iter_data(self) -> Iterable[bytes]:
+        return self._tar.iter_data(self._limits.io_chunk_bytes)
+
+
+def read_prefix_region(raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_LIMITS) -> Prefix:
+    """Read only the header and prefix of a bundle (for inspect and co-signing)."""
+    reader = BundleReader(raw, source=source, limits=limits)
+    return reader.read_prefix()
+
+
+def rewrite_prefix(
+    fh: BinaryIO, manifest: bytes, signatures: Sequence[bytes], *, mtime: int, source: str
+) -> None:
+    """Replace the prefix region in place (co-signing); content bytes are untouched."""
+    fh.seek(0)
+    capacity = parse_file_header(fh.read(HEADER_SIZE), source=source)
+    region = encode_prefix(manifest, signatures, capacity=capacity, mtime=mtime)
+    fh.seek(HEADER_SIZE)
+    fh.write(region)

@@ -1,0 +1,310 @@
+"""The bundle manifest: the signed list of every member, image and repo.
+
+A manifest is signed as exact bytes. Readers keep the bytes they verified and
+parse them; nothing is re-serialised before checking. Every field that later
+becomes a path, a URL or a command argument is validated here, on every read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from airbundle.errors import FormatError, ManifestError
+from airbundle.format import schemas
+from airbundle.format.digest import Digest
+from airbundle.format.jsonutil import loads_strict
+from airbundle.format.paths import check_member_path, check_object_id, check_ref_name, check_repo_name
+from airbundle.format.reference import ImageReference
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+API_VERSION = "airbundle/v1"
+KIND = "BundleManifest"
+FORMAT_VERSION = 1
+OCI_LAYOUT_DIR = "images"
+BLOB_PREFIX = f"{OCI_LAYOUT_DIR}/blobs/sha256/"
+REPO_DIR = "repos"
+DEFAULT_CHANNEL = "default"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def repo_member_path(name: str) -> str:
+    return f"{REPO_DIR}/{name}.bundle"
+
+
+def blob_member_path(digest: Digest) -> str:
+    return f"{OCI_LAYOUT_DIR}/{digest.blob_path}"
+
+
+@dataclass(frozen=True)
+class MemberEntry:
+    path: str
+    size: int
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    ref: ImageReference
+    source: str
+    digest: Digest
+    media_type: str
+    size: int
+    platforms: tuple[str, ...] = ()
+    # Set when platform selection replaced the source's index by a smaller one.
+    source_digest: Digest | None = None
+
+
+@dataclass(frozen=True)
+class RefEntry:
+    name: str
+    target: str
+
+
+@dataclass(frozen=True)
+class RepoEntry:
+    name: str
+    url: str
+    member: str
+    object_format: str
+    refs: tuple[RefEntry, ...]
+    head: str | None = None
+    prerequisites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    name: str
+    id: str
+    created: datetime
+    tool: str
+    channel: str = DEFAULT_CHANNEL
+    sequence: int = 0
+    expires: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    bundle: BundleInfo
+    members: tuple[MemberEntry, ...]
+    images: tuple[ImageEntry, ...]
+    repos: tuple[RepoEntry, ...]
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def member_index(self) -> dict[str, MemberEntry]:
+        return {m.path: m for m in self.members}
+
+    @property
+    def total_size(self) -> int:
+        return sum(m.size for m in self.members)
+
+    def to_json(self) -> dict[str, Any]:
+        b = self.bundle
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "formatVersion": FORMAT_VERSION,
+            "bundle": {
+                "name": b.name,
+                "id": b.id,
+                "created": format_time(b.created),
+                "tool": b.tool,
+                "channel": b.channel,
+                "sequence": b.sequence,
+                "expires": format_time(b.expires) if b.expires else None,
+            },
+            "members": [
+                {"path": m.path, "size": m.size, "digest": str(m.digest)} for m in self.members
+            ],
+            "images": [_image_json(i) for i in self.images],
+            "repos": [_repo_json(r) for r in self.repos],
+        }
+
+    def to_bytes(self) -> bytes:
+        """Deterministic bytes: the same manifest always serialises the same way."""
+        text = json.dumps(self.to_json(), indent=1, sort_keys=True, ensure_ascii=False)
+        return (text + "\n").encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> BundleManifest:
+        doc = loads_strict(
+            data,
+            what="bundle manifest",
+            max_bytes=limits.max_manifest_bytes,
+            max_depth=limits.max_json_depth,
+            error=ManifestError,
+        )
+        for error in schemas.errors(schemas.BUNDLE_MANIFEST, doc):
+            raise ManifestError(
+                f"bundle manifest: field {schemas.json_path(error)}: {error.message}"
+            )
+        try:
+            return _from_json(doc)
+        except FormatError as exc:
+            raise ManifestError(f"bundle manifest: {exc.message}") from exc
+
+
+def _image_json(i: ImageEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ref": str(i.ref),
+        "source": i.source,
+        "digest": str(i.digest),
+        "mediaType": i.media_type,
+        "size": i.size,
+        "platforms": list(i.platforms),
+    }
+    if i.source_digest is not None:
+        out["sourceDigest"] = str(i.source_digest)
+    return out
+
+
+def _repo_json(r: RepoEntry) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "url": r.url,
+        "member": r.member,
+        "objectFormat": r.object_format,
+        "head": r.head,
+        "refs": [{"name": ref.name, "target": ref.target} for ref in r.refs],
+        "prerequisites": list(r.prerequisites),
+    }
+
+
+def _from_json(doc: dict[str, Any]) -> BundleManifest:
+    b = doc["bundle"]
+    info = BundleInfo(
+        name=b["name"],
+        id=b["id"],
+        created=parse_time(b["created"]),
+        tool=b["tool"],
+        channel=b["channel"],
+        sequence=b["sequence"],
+        expires=parse_time(b["expires"]) if b.get("expires") else None,
+    )
+    members = tuple(_member(i, m) for i, m in enumerate(doc["members"]))
+    manifest = BundleManifest(
+        bundle=info,
+        members=members,
+        images=tuple(_image(i, m) for i, m in enumerate(doc["images"])),
+        repos=tuple(_repo(i, r) for i, r in enumerate(doc["repos"])),
+        extra={k: v for k, v in doc.items() if k not in _KNOWN},
+    )
+    _check_consistency(manifest)
+    return manifest
+
+
+_KNOWN = {"apiVersion", "kind", "formatVersion", "bundle", "members", "images", "repos"}
+
+
+def _member(i: int, m: dict[str, Any]) -> MemberEntry:
+    where = f"members[{i}]"
+    path = check_member_path(m["path"], error=ManifestError)
+    digest = _digest(m["digest"], f"{where}.digest")
+    if path.startswith(BLOB_PREFIX):
+        named = _digest("sha256:" + path[len(BLOB_PREFIX) :], f"{where}.path")
+        if named != digest:
+            raise ManifestError(f"{where}: blob {path!r} is listed with digest {digest}")
+    elif not (path in (f"{OCI_LAYOUT_DIR}/oci-layout", f"{OCI_LAYOUT_DIR}/index.json")
+              or path.startswith(f"{REPO_DIR}/")):
+        raise ManifestError(f"{where}: member path {path!r} is outside images/ and repos/")
+    return MemberEntry(path, m["size"], digest)
+
+
+def _digest(text: str, where: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except FormatError as exc:
+        raise ManifestError(f"{where}: {exc.message}") from exc
+
+
+def _image(i: int, m: dict[str, Any]) -> ImageEntry:
+    where = f"images[{i}]"
+    try:
+        ref = ImageReference.parse(m["ref"])
+    except FormatError as exc:
+        raise ManifestError(f"{where}.ref: {exc.message}") from exc
+    if str(ref) != m["ref"]:
+        raise ManifestError(f"{where}.ref: {m['ref']!r} is not in normalized form ({ref})")
+    source_digest = m.get("sourceDigest")
+    return ImageEntry(
+        ref=ref,
+        source=m["source"],
+        digest=_digest(m["digest"], f"{where}.digest"),
+        media_type=m["mediaType"],
+        size=m["size"],
+        platforms=tuple(m["platforms"]),
+        source_digest=_digest(source_digest, f"{where}.sourceDigest") if source_digest else None,
+    )
+
+
+def _repo(i: int, r: dict[str, Any]) -> RepoEntry:
+    where = f"repos[{i}]"
+    name = check_repo_name(r["name"], error=ManifestError)
+    if r["member"] != repo_member_path(name):
+        raise ManifestError(f"{where}.member must be {repo_member_path(name)!r}")
+    refs = []
+    for j, ref in enumerate(r["refs"]):
+        try:
+            check_ref_name(ref["name"], error=ManifestError)
+            check_object_id(ref["target"], error=ManifestError)
+        except ManifestError as exc:
+            raise ManifestError(f"{where}.refs[{j}]: {exc.message}") from None
+        refs.append(RefEntry(ref["name"], ref["target"]))
+    head = r.get("head")
+    if head is not None:
+        check_ref_name(head, error=ManifestError)
+    prereqs = tuple(check_object_id(p, error=ManifestError) for p in r.get("prerequisites", []))
+    return RepoEntry(
+        name=name,
+        url=r["url"],
+        member=r["member"],
+        object_format=r["objectFormat"],
+        refs=tuple(refs),
+        head=head,
+        prerequisites=prereqs,
+    )
+
+
+def _check_consistency(m: BundleManifest) -> None:
+    paths: set[str] = set()
+    for entry in m.members:
+        if entry.path in paths:
+            raise ManifestError(f"bundle manifest lists member {entry.path!r} twice")
+        paths.add(entry.path)
+    # A path may not be a file in one member and a folder in another.
+    folders = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
+    for folder in list(folders):
+        while "/" in folder:
+            folder = folder.rsplit("/", 1)[0]
+            folders.add(folder)
+    clash = paths & folders
+    if clash:
+        raise ManifestError(f"bundle manifest: {sorted(clash)[0]!r} is both a file and a folder")
+    for i, image in enumerate(m.images):
+        if blob_member_path(image.digest) not in paths:
+            raise ManifestError(
+                f"images[{i}] ({image.ref}): its manifest blob {image.digest} is not in the bundle"
+            )
+    names: set[str] = set()
+    for repo in m.repos:
+        if repo.name in names:
+            raise ManifestError(f"bundle manifest lists repo {repo.name!r} twice")
+        names.add(repo.name)
+        if repo.member not in paths:
+            raise ManifestError(f"repo {repo.name!r}: member {repo.member!r} is not in the bundle")
+        ref_names = [r.name for r in repo.refs]
+        if len(set(ref_names)) != len(ref_names):
+            raise ManifestError(f"repo {repo.name!r} lists a ref twice")

@@ -1,0 +1,232 @@
+"""The bundle spec: what a user asks to carry. Parsed from YAML, validated
+against schemas/bundle-spec.schema.json, with errors naming file, line and field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from airbundle.errors import FormatError, SpecError
+from airbundle.format import schemas
+from airbundle.format.oci import Platform
+from airbundle.format.paths import check_ref_pattern, check_repo_name
+from airbundle.format.reference import ImageReference
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+DEFAULT_REFS = ("refs/heads/*", "refs/tags/*")
+Transport = Literal["oci", "docker-archive", "docker"]
+_MAX_NODES = 100_000
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:seq",
+    "tag:yaml.org,2002:map",
+}
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where an image comes from, in skopeo's transport syntax."""
+
+    transport: Transport
+    path: Path | None = None  # oci / docker-archive
+    ref: str | None = None  # oci ref name or docker-archive RepoTag, if given
+    reference: ImageReference | None = None  # registry image
+
+    def __str__(self) -> str:
+        if self.transport == "docker":
+            return f"docker://{self.reference}"
+        suffix = f":{self.ref}" if self.ref else ""
+        return f"{self.transport}:{self.path}{suffix}"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    source: SourceRef
+    text: str  # the ref as written in the spec
+    name: ImageReference | None
+    platforms: tuple[Platform, ...] | None
+    line: int
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    name: str
+    url: str
+    refs: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    name: str
+    images: tuple[ImageSpec, ...]
+    repos: tuple[RepoSpec, ...]
+    path: Path | None = None
+
+
+def parse_source(text: str, *, base_dir: Path) -> SourceRef:
+    """Parse `oci:PATH[:REF]`, `docker-archive:PATH[:REF]`, `docker://REF` or `REF`."""
+    for transport in ("oci", "docker-archive"):
+        prefix = transport + ":"
+        if text.startswith(prefix):
+            rest = text[len(prefix) :]
+            path_text, _, ref = rest.partition(":")
+            if not path_text:
+                raise FormatError(f"{text!r}: no path after {prefix!r}")
+            path = Path(path_text)
+            if not path.is_absolute():
+                path = base_dir / path
+            return SourceRef(transport, path=path, ref=ref or None)  # type: ignore[arg-type]
+    body = text.removeprefix("docker://")
+    return SourceRef("docker", reference=ImageReference.parse(body))
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording lines.
+
+    We compose instead of load so that (a) every value keeps its line for
+    error messages, (b) only plain YAML tags are accepted (no !!python), and
+    (c) aliases cannot expand into a billion nodes.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[tuple[str | int, ...], int] = {}
+        self.count = 0
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES:
+            raise SpecError(
+                f"{self.source}: the spec expands to more than {_MAX_NODES} values "
+                "(an alias bomb?)"
+            )
+        line = node.start_mark.line + 1
+        self.lines.setdefault(path, line)
+        if node.tag not in _PLAIN_TAGS:
+            raise SpecError(f"{self.source}:{line}: YAML tag {node.tag!r} is not allowed")
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node, path)
+                if not isinstance(key, str):
+                    raise SpecError(f"{self.source}:{line}: mapping keys must be strings")
+                if key in out:
+                    raise SpecError(
+                        f"{self.source}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
+                    )
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        return self._constructor.construct_object(node, deep=True)
+
+    def line_of(self, path: tuple[str | int, ...]) -> int:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+
+def _field(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_spec(
+    text: str, *, source: str, base_dir: Path, limits: Limits = DEFAULT_LIMITS
+) -> BundleSpec:
+    if len(text.encode("utf-8", "surrogatepass")) > limits.max_spec_bytes:
+        raise SpecError(f"{source}: larger than {limits.max_spec_bytes} bytes")
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML: {exc}") from None
+    if len(nodes) != 1 or nodes[0] is None:
+        raise SpecError(f"{source}: expected exactly one YAML document")
+    builder = _Builder(source)
+    doc = builder.build(nodes[0], ())
+    for error in schemas.errors(schemas.BUNDLE_SPEC, doc):
+        path = tuple(error.absolute_path)
+        where = _field(path) or "(top level)"
+        raise SpecError(f"{source}:{builder.line_of(path)}: field {where}: {error.message}")
+
+    def fail(path: tuple[str | int, ...], message: str) -> SpecError:
+        return SpecError(f"{source}:{builder.line_of(path)}: field {_field(path)}: {message}")
+
+    images = []
+    for i, item in enumerate(doc.get("images", [])):
+        try:
+            src = parse_source(item["ref"], base_dir=base_dir)
+        except FormatError as exc:
+            raise fail(("images", i, "ref"), exc.message) from None
+        name = None
+        if "name" in item:
+            if src.transport == "docker":
+                raise fail(("images", i, "name"), "only local sources (oci:, docker-archive:) "
+                           "take a name; a registry image keeps its own")
+            try:
+                name = ImageReference.parse(item["name"])
+            except FormatError as exc:
+                raise fail(("images", i, "name"), exc.message) from None
+        platforms = None
+        if "platforms" in item:
+            platforms = tuple(Platform.parse(p) for p in item["platforms"])
+        images.append(
+            ImageSpec(src, item["ref"], name, platforms, builder.line_of(("images", i)))
+        )
+    repos = []
+    seen: set[str] = set()
+    for i, item in enumerate(doc.get("repos", [])):
+        try:
+            name = check_repo_name(item["name"], error=SpecError)
+        except SpecError as exc:
+            raise fail(("repos", i, "name"), exc.message) from None
+        if name in seen:
+            raise fail(("repos", i, "name"), f"repo name {name!r} is used twice")
+        seen.add(name)
+        refs = tuple(item.get("refs", DEFAULT_REFS))
+        for j, ref in enumerate(refs):
+            try:
+                check_ref_pattern(ref, error=SpecError)
+            except SpecError as exc:
+                raise fail(("repos", i, "refs", j), exc.message) from None
+        repos.append(
+            RepoSpec(name, _resolve_url(item["url"], base_dir), refs, builder.line_of(("repos", i)))
+        )
+    return BundleSpec(doc["metadata"]["name"], tuple(images), tuple(repos))
+
+
+def _resolve_url(url: str, base_dir: Path) -> str:
+    """Relative local paths resolve against the spec's folder; URLs stay as they are."""
+    if "://" in url or url.startswith("/"):
+        return url
+    # scp-like ssh syntax host:path (git treats a colon before any slash so)
+    head = url.split("/", 1)[0]
+    if ":" in head:
+        return url
+    return str((base_dir / url).resolve())
+
+
+def load_spec(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> BundleSpec:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text") from None
+    spec = parse_spec(text, source=str(path), base_dir=path.resolve().parent, limits=limits)
+    return BundleSpec(spec.name, spec.images, spec.repos, path)

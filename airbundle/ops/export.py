@@ -1,0 +1,267 @@
+"""Export: spec -> one signed, compressed bundle, streaming each byte once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from airbundle import __version__
+from airbundle.adapters import git
+from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
+from airbundle.errors import SourceError, UsageError
+from airbundle.format import sshsig
+from airbundle.format.archive import BundleWriter, prefix_upper_bound
+from airbundle.format.digest import Digest
+from airbundle.format.manifest import (
+    OCI_LAYOUT_DIR,
+    BundleInfo,
+    BundleManifest,
+    ImageEntry,
+    MemberEntry,
+    RefEntry,
+    RepoEntry,
+    blob_member_path,
+    repo_member_path,
+)
+from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
+from airbundle.format.reference import ImageReference
+from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec
+from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.collect import CollectedImage, collect_image
+from airbundle.ops.sources import open_source
+
+# Room kept in the prefix for approval signatures added later by `sign`.
+RESERVED_SIGNATURES = 16
+RESERVED_SIGNATURE_BYTES = 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    output: Path
+    keys: tuple[Ed25519PrivateKey, ...]
+    level: int = 3
+    threads: int = -1
+    channel: str = "default"
+    sequence: int | None = None
+    expires_in: timedelta | None = None
+    source_date_epoch: int | None = None
+    limits: Limits = DEFAULT_LIMITS
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    manifest: BundleManifest
+    manifest_digest: Digest
+    size: int
+
+
+@dataclass(frozen=True)
+class _PreparedRepo:
+    spec: RepoSpec
+    bundle: Path
+    size: int
+    entry: RepoEntry
+
+
+def _created(options: ExportOptions) -> datetime:
+    epoch = options.source_date_epoch
+    if epoch is None and os.environ.get("SOURCE_DATE_EPOCH"):
+        try:
+            epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+        except ValueError:
+            raise UsageError("SOURCE_DATE_EPOCH must be an integer (seconds since 1970)") from None
+    return datetime.fromtimestamp(epoch if epoch is not None else int(time.time()), UTC)
+
+
+def _image_name(spec: ImageSpec, recorded: str | None) -> ImageReference:
+    if spec.name is not None:
+        return spec.name
+    if spec.source.transport == "docker":
+        assert spec.source.reference is not None
+        return spec.source.reference
+    if not recorded or ("/" not in recorded and ":" not in recorded):
+        raise SourceError(
+            f"{spec.text}: the source names the image only {recorded!r}, not a full reference",
+            hint="add `name: REGISTRY/REPOSITORY:TAG` to this image in the spec",
+        )
+    try:
+        return ImageReference.parse(recorded)
+    except Exception as exc:
+        raise SourceError(f"{spec.text}: recorded name {recorded!r} is not a reference: {exc}") from None
+
+
+def _redact_url(url: str) -> str:
+    """Credentials in a clone URL must never travel in a manifest."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def _prepare_repo(spec: RepoSpec, workdir: Path, *, reproducible: bool) -> _PreparedRepo:
+    what = f"repo {spec.name!r} ({_redact_url(spec.url)})"
+    bare = workdir / f"{spec.name}.git"
+    refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
+    if not refs:
+        raise SourceError(f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository")
+    fmt = git.object_format(bare, error=SourceError, what=what)
+    bundle = workdir / f"{spec.name}.bundle"
+    names = sorted(name for name, _ in refs)
+    git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
+    heads = git.read_bundle_heads(bundle)
+    entry = RepoEntry(
+        name=spec.name,
+        url=_redact_url(spec.url),
+        member=repo_member_path(spec.name),
+        object_format=fmt,
+        refs=tuple(RefEntry(n, oid) for n, oid in sorted(heads.refs)),
+        head=head,
+        prerequisites=heads.prerequisites,
+    )
+    return _PreparedRepo(spec, bundle, bundle.stat().st_size, entry)
+
+
+def _counting(chunks: Iterable[bytes], progress: Progress | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if progress:
+            progress(len(chunk))
+        yield chunk
+
+
+def _bundle_id(name: str, created: datetime, members: list[MemberEntry]) -> str:
+    h = hashlib.sha256(f"{name}\n{created.isoformat()}\n".encode())
+    for m in members:
+        h.update(f"{m.path} {m.size} {m.digest}\n".encode())
+    return str(uuid.UUID(bytes=h.digest()[:16], version=4))
+
+
+def plan_images(spec: BundleSpec, limits: Limits) -> list[CollectedImage]:
+    images: list[CollectedImage] = []
+    seen: dict[str, str] = {}
+    for item in spec.images:
+        source = open_source(item.source, text=item.text, limits=limits)
+        resolved_name = None
+        # Resolve once for the recorded name; collect_image resolves again
+        # (cheap for local sources, one HEAD for a registry).
+        if item.name is None and item.source.transport != "docker":
+            resolved_name = source.resolve().recorded_name
+        ref = _image_name(item, resolved_name)
+        key = str(ref)
+        if key in seen:
+            raise UsageError(f"image {key} is listed twice in the spec ({seen[key]} and {item.text})")
+        seen[key] = item.text
+        image = collect_image(source, ref, item.platforms, limits=limits)
+        for digest in [*image.documents, *(b.digest for b in image.blobs)]:
+            if digest.algorithm != "sha256":
+                raise SourceError(f"{item.text}: blob {digest} uses {digest.algorithm}; bundles carry sha256 blobs only")
+        images.append(image)
+    return images
+
+
+def export_bundle(
+    spec: BundleSpec, options: ExportOptions, *, progress: Progress | None = None
+) -> ExportResult:
+    if not options.keys:
+        raise UsageError("export needs a signing key (--key)")
+    limits = options.limits
+    created = _created(options)
+    reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
+    images = plan_images(spec, limits)
+    out = options.output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent))
+    try:
+        repos = [_prepare_repo(r, workdir, reproducible=reproducible) for r in spec.repos]
+        # Everything the manifest will say is known now except the git bundles'
+        # digests; digests have a fixed length, so this sizes the prefix exactly.
+        index = layout_index(
+            [replace(img.root, annotations={REF_NAME: str(img.ref)}, raw={}) for img in images]
+        )
+        documents: dict[Digest, bytes] = {}
+        blobs: dict[Digest, tuple[Descriptor, CollectedImage]] = {}
+        for img in images:
+            documents.update(img.documents)
+            for blob in img.blobs:
+                blobs.setdefault(blob.digest, (blob, img))
+        placeholder = Digest("sha256", "0" * 64)
+        members = [
+            MemberEntry(f"{OCI_LAYOUT_DIR}/oci-layout", len(LAYOUT_FILE), placeholder),
+            MemberEntry(f"{OCI_LAYOUT_DIR}/index.json", len(index), placeholder),
+            *(MemberEntry(blob_member_path(d), len(data), d) for d, data in documents.items()),
+            *(MemberEntry(blob_member_path(d), desc.size, d) for d, (desc, _) in blobs.items()
+              if d not in documents),
+            *(MemberEntry(r.entry.member, r.size, placeholder) for r in repos),
+        ]
+        info = BundleInfo(
+            name=spec.name,
+            id=str(uuid.UUID(int=0)),
+            created=created,
+            tool=f"airbundle {__version__}",
+            channel=options.channel,
+            sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
+            expires=created + options.expires_in if options.expires_in else None,
+        )
+        image_entries = tuple(
+            ImageEntry(img.ref, img.source_text, img.root.digest, img.root.media_type,
+                       img.root.size, img.platforms, img.source_digest)
+            for img in images
+        )
+        draft = BundleManifest(info, tuple(members), image_entries, tuple(r.entry for r in repos))
+        capacity = prefix_upper_bound(
+            len(draft.to_bytes()), RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES
+        )
+        mtime = int(created.timestamp())
+        with atomic_output(out) as fh:
+            writer = BundleWriter(fh, prefix_capacity=capacity, level=options.level,
+                                  threads=options.threads, mtime=mtime, limits=limits)
+            written = [
+                writer.add_bytes(f"{OCI_LAYOUT_DIR}/oci-layout", LAYOUT_FILE),
+                writer.add_bytes(f"{OCI_LAYOUT_DIR}/index.json", index),
+            ]
+            for digest, data in documents.items():
+                written.append(writer.add_stream(blob_member_path(digest), len(data), [data],
+                                                 expected=digest))
+            for digest, (desc, img) in blobs.items():
+                if digest in documents:
+                    continue
+                written.append(writer.add_stream(
+                    blob_member_path(digest), desc.size,
+                    _counting(img.source.open_blob(desc), progress),
+                    expected=digest, what=f"{img.source_text}: blob {digest}",
+                ))
+            for repo in repos:
+                with repo.bundle.open("rb") as bfh:
+                    chunks = iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b"")  # type: ignore[misc]
+                    written.append(writer.add_stream(repo.entry.member, repo.size,
+                                                     _counting(chunks, progress)))
+                repo.bundle.unlink()
+            final_members = [MemberEntry(w.path, w.size, w.sha256) for w in written]
+            info = replace(info, id=_bundle_id(spec.name, created, final_members))
+            manifest = BundleManifest(info, tuple(final_members), image_entries,
+                                      tuple(r.entry for r in repos))
+            manifest_bytes = manifest.to_bytes()
+            signatures = [sshsig.sign(manifest_bytes, key) for key in options.keys]
+            writer.finish(manifest_bytes, signatures)
+            size = fh.tell()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ExportResult(out, manifest, Digest.sha256_of(manifest_bytes), size)

@@ -1,0 +1,190 @@
+"""Verification: authenticate the manifest first, then check every member as it streams.
+
+The steps follow python-tuf's trusted-metadata idea: each step takes bytes
+and returns a verified value or raises; nothing downstream sees unverified
+data. `verify` and `import` share this code; import only adds sinks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airbundle.errors import ArchiveError, MemberDigestError, SignatureError, TruncatedError, UsageError
+from airbundle.format import sshsig
+from airbundle.format.archive import BundleReader, Prefix
+from airbundle.format.digest import Digest
+from airbundle.format.manifest import BundleManifest, MemberEntry
+from airbundle.format.tarstream import DIRECTORY, TarMember
+from airbundle.format.trust import TrustedKey, TrustPolicy
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    member: str
+    fingerprint: str | None  # None when the signature could not be parsed
+    valid: bool
+    trusted: bool
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """A manifest whose signatures met the trust policy."""
+
+    manifest: BundleManifest
+    manifest_bytes: bytes
+    manifest_digest: Digest
+    signers: tuple[TrustedKey, ...]
+    signatures: tuple[SignatureReport, ...]
+
+
+def check_signatures(prefix: Prefix) -> list[tuple[SignatureReport, sshsig.PublicKey | None]]:
+    """Cryptographic check of each signature over the manifest bytes (no trust yet)."""
+    out: list[tuple[SignatureReport, sshsig.PublicKey | None]] = []
+    for name, armored in prefix.signatures:
+        try:
+            key = sshsig.verify(prefix.manifest, armored)
+        except SignatureError as exc:
+            try:
+                fp: str | None = sshsig.parse_signature(armored).public_key.fingerprint
+            except SignatureError:
+                fp = None
+            out.append((SignatureReport(name, fp, False, False, exc.message), None))
+            continue
+        out.append((SignatureReport(name, key.fingerprint, True, False), key))
+    return out
+
+
+def authenticate(
+    prefix: Prefix, policy: TrustPolicy, *, source: str, at: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Authenticated:
+    if not prefix.signatures:
+        raise SignatureError(f"{source}: the bundle carries no signature; it cannot be trusted")
+    when = at or datetime.now(UTC)
+    checked = check_signatures(prefix)
+    valid = [(report.member, key) for report, key in checked if key is not None]
+    try:
+        signers = policy.check(valid, namespace=sshsig.NAMESPACE, at=when)
+    except SignatureError as exc:
+        bad = [f"{r.member}: {r.problem}" for r, key in checked if key is None]
+        detail = ("; invalid signatures: " + "; ".join(bad)) if bad else ""
+        raise SignatureError(f"{source}: {exc.message}{detail}", hint=exc.hint) from None
+    trusted = {s.public_key for s in signers}
+    reports = tuple(
+        SignatureReport(r.member, r.fingerprint, r.valid, key in trusted if key else False, r.problem)
+        for r, key in checked
+    )
+    # Only now, with the bytes authenticated, is the manifest parsed.
+    manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
+    return Authenticated(manifest, prefix.manifest, Digest.sha256_of(prefix.manifest),
+                         tuple(signers), reports)
+
+
+def _verified_chunks(reader: BundleReader, entry: MemberEntry, progress: Progress | None) -> Iterator[bytes]:
+    """The member's bytes; raises MemberDigestError after the last chunk if they are wrong.
+
+    A sink that commits only after exhausting this iterator can never commit
+    unverified bytes.
+    """
+    h = hashlib.sha256()
+    for chunk in reader.iter_data():
+        h.update(chunk)
+        if progress:
+            progress(len(chunk))
+        yield chunk
+    if h.hexdigest() != entry.digest.hex:
+        raise MemberDigestError(
+            f"{reader.source}: member {entry.path!r} is corrupt or was tampered with: "
+            f"its content has digest sha256:{h.hexdigest()}, the signed manifest says {entry.digest}"
+        )
+
+
+MemberSink = Callable[[TarMember, MemberEntry, Iterator[bytes]], None]
+
+
+def _drain(_member: TarMember, _entry: MemberEntry, chunks: Iterator[bytes]) -> None:
+    for _ in chunks:
+        pass
+
+
+def stream_members(
+    reader: BundleReader,
+    manifest: BundleManifest,
+    sink: MemberSink = _drain,
+    *,
+    progress: Progress | None = None,
+) -> None:
+    """Walk every content member, checking it against the manifest as it passes."""
+    expected = manifest.member_index
+    folders = {p.rsplit("/", 1)[0] for p in expected if "/" in p}
+    seen: set[str] = set()
+    while True:
+        member = reader.next_member()
+        if member is None:
+            break
+        if member.kind == DIRECTORY:
+            if not any(f == member.path or f.startswith(member.path + "/") for f in folders):
+                raise ArchiveError(f"{reader.source}: folder {member.path!r} is not in the manifest")
+            continue
+        entry = expected.get(member.path)
+        if entry is None:
+            raise ArchiveError(
+                f"{reader.source}: member {member.path!r} is not listed in the signed manifest"
+            )
+        if member.path in seen:
+            raise ArchiveError(f"{reader.source}: member {member.path!r} appears twice")
+        seen.add(member.path)
+        if member.size != entry.size:
+            raise MemberDigestError(
+                f"{reader.source}: member {member.path!r} has {member.size} bytes in the archive, "
+                f"the signed manifest says {entry.size}"
+            )
+        chunks = _verified_chunks(reader, entry, progress)
+        sink(member, entry, chunks)
+        # A sink that stops early must not leave unchecked bytes behind.
+        for _ in chunks:
+            pass
+    missing = [p for p in expected if p not in seen]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise TruncatedError(
+            f"{reader.source}: member {missing[0]!r}{more} listed in the manifest is missing from the archive"
+        )
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    path: Path
+    authenticated: Authenticated
+    members: int
+    bytes: int
+
+
+def load_policy(trust: list[TrustedKey], threshold: int) -> TrustPolicy:
+    if not trust:
+        raise UsageError("no trusted keys given (--trust PUBKEY or --trust allowed_signers)")
+    return TrustPolicy(tuple(trust), threshold)
+
+
+def verify_bundle(
+    path: Path, policy: TrustPolicy, *, limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None, at: datetime | None = None,
+) -> VerifyResult:
+    source = str(path)
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
+    with fh:
+        reader = BundleReader(fh, source=source, limits=limits)
+        auth = authenticate(reader.read_prefix(), policy, source=source, at=at, limits=limits)
+        stream_members(reader, auth.manifest, progress=progress)
+    return VerifyResult(path, auth, len(auth.manifest.members), auth.manifest.total_size)
