@@ -71,8 +71,15 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[i
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-              file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         yield bar.update
 
 
@@ -89,9 +96,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     _state["verbose"] = verbose
 
@@ -108,13 +121,22 @@ def parse_duration(text: str) -> timedelta:
 
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-TrustOpt = Annotated[list[Path], typer.Option(
-    "--trust", help="Trusted public key file or OpenSSH allowed_signers file (repeatable).")]
-ThresholdOpt = Annotated[int, typer.Option(
-    "--threshold", help="Distinct trusted signatures required.")]
-PassOpt = Annotated[Path | None, typer.Option(
-    "--passphrase-file", help="File whose first line is the key's passphrase "
-    "(or set AIRBUNDLE_PASSPHRASE).")]
+TrustOpt = Annotated[
+    list[Path],
+    typer.Option(
+        "--trust", help="Trusted public key file or OpenSSH allowed_signers file (repeatable)."
+    ),
+]
+ThresholdOpt = Annotated[
+    int, typer.Option("--threshold", help="Distinct trusted signatures required.")
+]
+PassOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        help="File whose first line is the key's passphrase (or set AIRBUNDLE_PASSPHRASE).",
+    ),
+]
 
 
 @app.command()
@@ -122,12 +144,18 @@ PassOpt = Annotated[Path | None, typer.Option(
 def export(
     spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
-    key: Annotated[list[Path], typer.Option("--key", help="Signing key (OpenSSH ed25519); repeatable.")],
+    key: Annotated[
+        list[Path], typer.Option("--key", help="Signing key (OpenSSH ed25519); repeatable.")
+    ],
     passphrase_file: PassOpt = None,
     level: Annotated[int, typer.Option(help="zstd compression level (1-19).", min=1, max=19)] = 3,
     threads: Annotated[int, typer.Option(help="Compression threads (-1: one per core).")] = -1,
-    channel: Annotated[str, typer.Option(help="Release channel recorded in the manifest.")] = "default",
-    sequence: Annotated[int | None, typer.Option(help="Sequence number (default: creation time).")] = None,
+    channel: Annotated[
+        str, typer.Option(help="Release channel recorded in the manifest.")
+    ] = "default",
+    sequence: Annotated[
+        int | None, typer.Option(help="Sequence number (default: creation time).")
+    ] = None,
     expires: Annotated[str | None, typer.Option(help="Expiry after creation, e.g. 30d.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -136,14 +164,22 @@ def export(
     signing = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
     loaded = load_spec(spec)
     options = ExportOptions(
-        output=output, keys=signing, level=level, threads=threads, channel=channel,
-        sequence=sequence, expires_in=parse_duration(expires) if expires else None,
+        output=output,
+        keys=signing,
+        level=level,
+        threads=threads,
+        channel=channel,
+        sequence=sequence,
+        expires_in=parse_duration(expires) if expires else None,
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
     m = result.manifest
-    _say(quiet, f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
-                f"{len(m.repos)} repo(s), {len(m.members)} members, manifest {result.manifest_digest}")
+    _say(
+        quiet,
+        f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
+        f"{len(m.repos)} repo(s), {len(m.members)} members, manifest {result.manifest_digest}",
+    )
 
 
 @app.command()
@@ -162,15 +198,26 @@ def verify(
         result = verify_bundle(bundle, policy, progress=progress)
     auth = result.authenticated
     if json_output:
-        typer.echo(json.dumps({
-            "ok": True, "bundle": str(bundle), "manifestDigest": str(auth.manifest_digest),
-            "members": result.members, "bytes": result.bytes,
-            "signers": [s.public_key.fingerprint for s in auth.signers],
-        }, indent=1))
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": True,
+                    "bundle": str(bundle),
+                    "manifestDigest": str(auth.manifest_digest),
+                    "members": result.members,
+                    "bytes": result.bytes,
+                    "signers": [s.public_key.fingerprint for s in auth.signers],
+                },
+                indent=1,
+            )
+        )
         return
     signers = ", ".join(s.public_key.fingerprint for s in auth.signers)
-    _say(quiet, f"OK {bundle}: {result.members} members, {result.bytes} bytes verified; "
-                f"signed by {signers}")
+    _say(
+        quiet,
+        f"OK {bundle}: {result.members} members, {result.bytes} bytes verified; "
+        f"signed by {signers}",
+    )
 
 
 @app.command()
@@ -195,11 +242,16 @@ def inspect(
         f"{len(m.members)} members",
         "signatures (validity only; trust is checked by verify --trust):",
     ]
-    lines += [f"  {s.member}  {s.fingerprint or '?'}  {'valid' if s.valid else 'INVALID: ' + str(s.problem)}"
-              for s in info.signatures]
+    lines += [
+        f"  {s.member}  {s.fingerprint or '?'}  "
+        f"{'valid' if s.valid else 'INVALID: ' + str(s.problem)}"
+        for s in info.signatures
+    ]
     lines.append(f"images ({len(m.images)}):")
-    lines += [f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
-              for i in m.images]
+    lines += [
+        f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
+        for i in m.images
+    ]
     lines.append(f"repos ({len(m.repos)}):")
     for r in m.repos:
         lines.append(f"  {r.name}  from {r.url}")
@@ -209,7 +261,7 @@ def inspect(
 
 def _parse_image_target(text: str) -> Path:
     if text.startswith("oci:"):
-        return Path(text[len("oci:"):])
+        return Path(text[len("oci:") :])
     raise UsageError(
         f"--registry {text!r}: this version imports into OCI layouts only; use --registry oci:DIR"
     )
@@ -221,7 +273,9 @@ def import_(
     bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
     trust: TrustOpt,
     registry: Annotated[str | None, typer.Option(help="Image target: oci:DIR.")] = None,
-    git_dir: Annotated[Path | None, typer.Option("--git", help="Folder for bare repositories.")] = None,
+    git_dir: Annotated[
+        Path | None, typer.Option("--git", help="Folder for bare repositories.")
+    ] = None,
     threshold: ThresholdOpt = 1,
     force: Annotated[bool, typer.Option(help="Allow refs to move non-fast-forward.")] = False,
     quiet: QuietOpt = False,
@@ -229,15 +283,20 @@ def import_(
     """Verify and import a bundle into local targets. Safe to re-run."""
     policy = load_policy(keyops.load_trust(trust), threshold)
     options = ImportOptions(
-        policy=policy, oci_dir=_parse_image_target(registry) if registry else None,
-        git_dir=git_dir, force=force,
+        policy=policy,
+        oci_dir=_parse_image_target(registry) if registry else None,
+        git_dir=git_dir,
+        force=force,
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
         report = import_bundle(bundle, options, progress=progress)
-    _say(quiet, f"imported {bundle}: {len(report.images)} image(s) "
-                f"({report.blobs_written} blobs written, {report.blobs_present} already present), "
-                f"{len(report.repos)} repo(s)")
+    _say(
+        quiet,
+        f"imported {bundle}: {len(report.images)} image(s) "
+        f"({report.blobs_written} blobs written, {report.blobs_present} already present), "
+        f"{len(report.repos)} repo(s)",
+    )
     for image in report.images:
         _say(quiet, f"  {image['target']}  {image['digest']}")
     for repo in report.repos:
@@ -253,8 +312,9 @@ def key_generate(
     force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
 ) -> None:
     """Generate an Ed25519 signing key in OpenSSH format."""
-    public = keyops.generate_key(path, passphrase=keyops.read_passphrase(passphrase_file),
-                                 comment=comment, force=force)
+    public = keyops.generate_key(
+        path, passphrase=keyops.read_passphrase(passphrase_file), comment=comment, force=force
+    )
     typer.echo(f"wrote {path} and {path}.pub ({public.fingerprint})")
 
 

@@ -38,7 +38,9 @@ class DockerArchiveSource:
         try:
             return tarfile.open(self.path, "r:")
         except (OSError, tarfile.TarError) as exc:
-            raise SourceError(f"{self.text}: cannot open {self.path} as a tar archive: {exc}") from None
+            raise SourceError(
+                f"{self.text}: cannot open {self.path} as a tar archive: {exc}"
+            ) from None
 
     def _read_member(self, tar: tarfile.TarFile, name: str, limit: int) -> bytes:
         try:
@@ -46,7 +48,9 @@ class DockerArchiveSource:
         except KeyError:
             raise SourceError(f"{self.text}: {self.path} has no member {name!r}") from None
         if not info.isfile() or info.size > limit:
-            raise SourceError(f"{self.text}: member {name!r} is not a regular file of at most {limit} bytes")
+            raise SourceError(
+                f"{self.text}: member {name!r} is not a regular file of at most {limit} bytes"
+            )
         fh = tar.extractfile(info)
         assert fh is not None
         return fh.read()
@@ -55,14 +59,20 @@ class DockerArchiveSource:
         limit = self.limits.max_oci_manifest_bytes
         with self._open() as tar:
             doc = loads_strict(
-                self._read_member(tar, "manifest.json", limit), what=f"{self.text}: manifest.json",
-                max_bytes=limit, max_depth=self.limits.max_json_depth, error=SourceError,
+                self._read_member(tar, "manifest.json", limit),
+                what=f"{self.text}: manifest.json",
+                max_bytes=limit,
+                max_depth=self.limits.max_json_depth,
+                error=SourceError,
             )
             if not isinstance(doc, list) or not doc:
                 raise SourceError(f"{self.text}: manifest.json lists no images")
             if self.ref is None:
                 if len(doc) != 1:
-                    raise SourceError(f"{self.text}: the archive holds {len(doc)} images; name one as docker-archive:PATH:REF")
+                    raise SourceError(
+                        f"{self.text}: the archive holds {len(doc)} images; "
+                        "name one as docker-archive:PATH:REF"
+                    )
                 entry = doc[0]
             else:
                 found = [e for e in doc if self.ref in (e.get("RepoTags") or [])]
@@ -74,11 +84,18 @@ class DockerArchiveSource:
             if not isinstance(config_name, str) or not isinstance(layers, list):
                 raise SourceError(f"{self.text}: manifest.json entry lacks Config or Layers")
             config = self._read_member(tar, config_name, limit)
-            cfg = loads_strict(config, what=f"{self.text}: {config_name}", max_bytes=limit,
-                               max_depth=self.limits.max_json_depth, error=SourceError)
+            cfg = loads_strict(
+                config,
+                what=f"{self.text}: {config_name}",
+                max_bytes=limit,
+                max_depth=self.limits.max_json_depth,
+                error=SourceError,
+            )
             diff_ids = (cfg.get("rootfs") or {}).get("diff_ids") if isinstance(cfg, dict) else None
             if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-                raise SourceError(f"{self.text}: config's rootfs.diff_ids do not match the {len(layers)} layers")
+                raise SourceError(
+                    f"{self.text}: config's rootfs.diff_ids do not match the {len(layers)} layers"
+                )
             layer_descs = []
             for name, diff_id in zip(layers, diff_ids, strict=True):
                 try:
@@ -87,7 +104,9 @@ class DockerArchiveSource:
                 except (KeyError, FormatError) as exc:
                     raise SourceError(f"{self.text}: layer {name!r}: {exc}") from None
                 self._members[digest] = str(name)
-                layer_descs.append({"mediaType": OCI_LAYER, "digest": str(digest), "size": info.size})
+                layer_descs.append(
+                    {"mediaType": OCI_LAYER, "digest": str(digest), "size": info.size}
+                )
         config_digest = Digest.sha256_of(config)
         self._config = config
         manifest = {

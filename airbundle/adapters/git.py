@@ -114,8 +114,18 @@ def fetch_selected_refs(
     if not repo.exists():
         run_git(["init", "--bare", "--quiet", str(repo)], error=SourceError, what=what)
     run_git(
-        ["-C", str(repo), "fetch", "--quiet", "--no-tags", "--prune", "--no-write-fetch-head",
-         "--", url, *_refspecs(patterns, force=True)],
+        [
+            "-C",
+            str(repo),
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--prune",
+            "--no-write-fetch-head",
+            "--",
+            url,
+            *_refspecs(patterns, force=True),
+        ],
         error=SourceError,
         what=f"{what} (fetching {url})",
     )
@@ -133,7 +143,8 @@ def fetch_selected_refs(
 def list_refs(repo: Path, *, error: type[AirbundleError], what: str) -> list[tuple[str, str]]:
     proc = run_git(
         ["-C", str(repo), "for-each-ref", "--format=%(refname) %(objectname)"],
-        error=error, what=what,
+        error=error,
+        what=what,
     )
     out = []
     for line in proc.stdout.decode().splitlines():
@@ -147,12 +158,16 @@ def object_format(repo: Path, *, error: type[AirbundleError], what: str) -> str:
     return proc.stdout.decode().strip() or "sha1"
 
 
-def create_bundle(repo: Path, refs: Sequence[str], out: Path, *, what: str, reproducible: bool) -> None:
+def create_bundle(
+    repo: Path, refs: Sequence[str], out: Path, *, what: str, reproducible: bool
+) -> None:
     config = ["-c", "pack.threads=1"] if reproducible else []
     stdin = "".join(f"{check_ref_name(r, error=SourceError)}\n" for r in refs).encode()
     run_git(
         [*config, "-C", str(repo), "bundle", "create", "--quiet", str(out), "--stdin"],
-        error=SourceError, what=what, stdin=stdin,
+        error=SourceError,
+        what=what,
+        stdin=stdin,
     )
 
 
@@ -177,19 +192,37 @@ def stage_bundle(bundle: Path, repo: Path, refs: Sequence[tuple[str, str]], *, w
     after every check across the whole import has passed.
     """
     ensure_bare_repo(repo, what=what)
-    run_git(["-C", str(repo), "bundle", "verify", "--quiet", str(bundle)], error=TargetError,
-            what=f"{what}: git bundle verify")
+    run_git(
+        ["-C", str(repo), "bundle", "verify", "--quiet", str(bundle)],
+        error=TargetError,
+        what=f"{what}: git bundle verify",
+    )
     names = [check_ref_name(name, error=TargetError) for name, _ in refs]
     run_git(
-        ["-C", str(repo), "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
-         "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
-         "--", str(bundle), *(f"+{n}:{INCOMING}{n[len('refs/'):]}" for n in names)],
-        error=TargetError, what=what,
+        [
+            "-C",
+            str(repo),
+            "-c",
+            "fetch.fsckObjects=true",
+            "-c",
+            "transfer.fsckObjects=true",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--",
+            str(bundle),
+            *(f"+{n}:{INCOMING}{n[len('refs/') :]}" for n in names),
+        ],
+        error=TargetError,
+        what=what,
     )
     staged = dict(list_refs(repo, error=TargetError, what=what))
     for name, oid in refs:
-        if staged.get(INCOMING + name[len("refs/"):]) != oid:
-            raise TargetError(f"{what}: bundle ref {name} does not point at {oid} as the manifest says")
+        if staged.get(INCOMING + name[len("refs/") :]) != oid:
+            raise TargetError(
+                f"{what}: bundle ref {name} does not point at {oid} as the manifest says"
+            )
 
 
 def refused_updates(repo: Path, refs: Sequence[tuple[str, str]], *, what: str) -> list[str]:
@@ -205,14 +238,20 @@ def refused_updates(repo: Path, refs: Sequence[tuple[str, str]], *, what: str) -
             continue
         proc = subprocess.run(
             [git_binary(), "-C", str(repo), "merge-base", "--is-ancestor", old, oid],
-            capture_output=True, env={**os.environ, **_BASE_ENV}, check=False,
+            capture_output=True,
+            env={**os.environ, **_BASE_ENV},
+            check=False,
         )
         if proc.returncode != 0:
-            problems.append(f"{what}: {name} would move non-fast-forward from {old[:12]} to {oid[:12]}")
+            problems.append(
+                f"{what}: {name} would move non-fast-forward from {old[:12]} to {oid[:12]}"
+            )
     return problems
 
 
-def update_refs(repo: Path, refs: Sequence[tuple[str, str]], *, head: str | None, what: str) -> None:
+def update_refs(
+    repo: Path, refs: Sequence[tuple[str, str]], *, head: str | None, what: str
+) -> None:
     """Move every ref in one transaction, then drop the staging namespace."""
     current = dict(list_refs(repo, error=TargetError, what=what))
     zero = "0" * len(refs[0][1]) if refs else "0" * 40
@@ -223,7 +262,11 @@ def update_refs(repo: Path, refs: Sequence[tuple[str, str]], *, head: str | None
         if name.startswith(INCOMING):
             lines.append(f"delete {name}")
     lines += ["prepare", "commit"]
-    run_git(["-C", str(repo), "update-ref", "--stdin"], error=TargetError, what=what,
-            stdin=("\n".join(lines) + "\n").encode())
+    run_git(
+        ["-C", str(repo), "update-ref", "--stdin"],
+        error=TargetError,
+        what=what,
+        stdin=("\n".join(lines) + "\n").encode(),
+    )
     if head and any(name == head for name, _ in refs):
         run_git(["-C", str(repo), "symbolic-ref", "HEAD", head], error=TargetError, what=what)

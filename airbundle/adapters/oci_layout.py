@@ -18,15 +18,20 @@ from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
-def _read_index(root: Path, *, error: type[SourceError] | type[TargetError], limits: Limits) -> list[Descriptor]:
+def _read_index(
+    root: Path, *, error: type[SourceError] | type[TargetError], limits: Limits
+) -> list[Descriptor]:
     path = root / "index.json"
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise error(f"{path}: cannot read the layout's index: {exc.strerror}") from None
     doc = loads_strict(
-        data, what=str(path), max_bytes=limits.max_oci_manifest_bytes,
-        max_depth=limits.max_json_depth, error=error,
+        data,
+        what=str(path),
+        max_bytes=limits.max_oci_manifest_bytes,
+        max_depth=limits.max_json_depth,
+        error=error,
     )
     manifests = doc.get("manifests") if isinstance(doc, dict) else None
     if not isinstance(manifests, list):
@@ -51,7 +56,9 @@ class OciLayoutSource:
 
     def resolve(self) -> ResolvedImage:
         if not (self.root / "oci-layout").is_file():
-            raise SourceError(f"{self.text}: {self.root} is not an OCI image layout (no oci-layout file)")
+            raise SourceError(
+                f"{self.text}: {self.root} is not an OCI image layout (no oci-layout file)"
+            )
         entries = _read_index(self.root, error=SourceError, limits=self.limits)
         if self.ref is None:
             if len(entries) != 1:
@@ -79,12 +86,16 @@ class OciLayoutSource:
 
     def read_manifest(self, descriptor: Descriptor) -> bytes:
         if descriptor.size > self.limits.max_oci_manifest_bytes:
-            raise SourceError(f"{self.text}: manifest {descriptor.digest} is too large ({descriptor.size} bytes)")
+            raise SourceError(
+                f"{self.text}: manifest {descriptor.digest} is too large ({descriptor.size} bytes)"
+            )
         path = self._blob_path(descriptor.digest)
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise SourceError(f"{self.text}: missing manifest blob {path}: {exc.strerror}") from None
+            raise SourceError(
+                f"{self.text}: missing manifest blob {path}: {exc.strerror}"
+            ) from None
         if len(data) != descriptor.size or Digest.sha256_of(data) != descriptor.digest:
             raise SourceError(f"{self.text}: blob {path} does not match its digest or size")
         return data
@@ -166,8 +177,9 @@ class OciLayoutTarget:
         kept = [d for d in current if d.annotations.get(REF_NAME) not in names]
         for name, desc in entries:
             annotations = {**desc.annotations, REF_NAME: name}
-            kept.append(Descriptor(desc.media_type, desc.digest, desc.size, desc.platform,
-                                   annotations, {}))
+            kept.append(
+                Descriptor(desc.media_type, desc.digest, desc.size, desc.platform, annotations, {})
+            )
         kept.sort(key=lambda d: d.annotations.get(REF_NAME, ""))
         try:
             with atomic_output(self.root / "index.json") as fh:

@@ -21,7 +21,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 
@@ -63,9 +63,7 @@ def parse_file_header(data: bytes, *, source: str) -> int:
     """Validate the 32-byte file header; return the prefix length."""
     if len(data) < HEADER_SIZE:
         raise TruncatedError(f"{source}: too short to be an airbundle ({len(data)} bytes)")
-    magic, length, ident, version, _flags, prefix_length = _HEADER_STRUCT.unpack(
-        data[:HEADER_SIZE]
-    )
+    magic, length, ident, version, _flags, prefix_length = _HEADER_STRUCT.unpack(data[:HEADER_SIZE])
     if magic != _HEADER_MAGIC or length != HEADER_SIZE - 8 or ident != _HEADER_ID:
         raise ArchiveError(f"{source}: not an airbundle file (no airbundle header)")
     if version != FORMAT_VERSION:
@@ -202,7 +200,7 @@ class BundleWriter:
             raise RuntimeError("bundle already finished")
         self._write(b"\0" * (2 * BLOCK))
         self._z.flush(zstandard.FLUSH_FRAME)
-        self._z.close()
+        self._z.close()  # type: ignore[no-untyped-call]
         self._closed = True
         end = self._out.tell()
         prefix = encode_prefix(manifest, signatures, capacity=self._capacity, mtime=self._mtime)
@@ -241,7 +239,7 @@ class _Decompressed:
         self._source = source
         decompressor = zstandard.ZstdDecompressor(max_window_size=limits.max_zstd_window_bytes)
         self._reader = decompressor.stream_reader(
-            raw, read_size=limits.io_chunk_bytes, read_across_frames=True
+            cast(BinaryIO, raw), read_size=limits.io_chunk_bytes, read_across_frames=True
         )
 
     def read(self, n: int = -1) -> bytes:
@@ -292,8 +290,7 @@ class BundleReader:
                 f"{self.source}: {what} {member.path!r} declares {member.size} bytes, "
                 f"more than the {limit} allowed"
             )
-        data = b"".join(self._tar.iter_data(self._limits.io_chunk_bytes))
-        return data
+        return b"".join(self._tar.iter_data(self._limits.io_chunk_bytes))
 
     def read_prefix(self) -> Prefix:
         first = self._tar.next()
@@ -319,9 +316,7 @@ class BundleReader:
                 )
             if any(name == member.path for name, _ in signatures):
                 raise ArchiveError(f"{self.source}: duplicate member {member.path!r}")
-            sig = self._read_member_bytes(
-                member, self._limits.max_signature_bytes, "signature"
-            )
+            sig = self._read_member_bytes(member, self._limits.max_signature_bytes, "signature")
             signatures.append((member.path, sig))
         self._prefix_read = True
         return Prefix(manifest, tuple(signatures), self.prefix_length)
@@ -330,6 +325,7 @@ class BundleReader:
         """The next content member, or None at the verified end of the archive."""
         if not self._prefix_read:
             raise RuntimeError("read_prefix() first")
+        member: TarMember | None
         if self._pending is not None:
             member, self._pending = self._pending, None
         else:

@@ -49,9 +49,7 @@ def loads_strict(
     except UnicodeDecodeError as exc:
         raise error(f"{what} is not valid UTF-8: {exc}") from None
     try:
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
-        )
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except RecursionError:
         raise error(f"{what} is nested too deeply") from None
     except ValueError as exc:

@@ -18,7 +18,12 @@ from airbundle.errors import FormatError, ManifestError
 from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
-from airbundle.format.paths import check_member_path, check_object_id, check_ref_name, check_repo_name
+from airbundle.format.paths import (
+    check_member_path,
+    check_object_id,
+    check_ref_name,
+    check_repo_name,
+)
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -217,8 +222,10 @@ def _member(i: int, m: dict[str, Any]) -> MemberEntry:
         named = _digest("sha256:" + path[len(BLOB_PREFIX) :], f"{where}.path")
         if named != digest:
             raise ManifestError(f"{where}: blob {path!r} is listed with digest {digest}")
-    elif not (path in (f"{OCI_LAYOUT_DIR}/oci-layout", f"{OCI_LAYOUT_DIR}/index.json")
-              or path.startswith(f"{REPO_DIR}/")):
+    elif not (
+        path in (f"{OCI_LAYOUT_DIR}/oci-layout", f"{OCI_LAYOUT_DIR}/index.json")
+        or path.startswith(f"{REPO_DIR}/")
+    ):
         raise ManifestError(f"{where}: member path {path!r} is outside images/ and repos/")
     return MemberEntry(path, m["size"], digest)
 

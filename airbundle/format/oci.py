@@ -139,9 +139,7 @@ def parse_manifest(
             f"{where}: manifest says mediaType {doc['mediaType']!r}, "
             f"its descriptor says {declared_type!r}"
         )
-    subject = (
-        Descriptor.from_json(doc["subject"], f"{where}.subject") if "subject" in doc else None
-    )
+    subject = Descriptor.from_json(doc["subject"], f"{where}.subject") if "subject" in doc else None
     if media_type in INDEX_TYPES:
         manifests = doc.get("manifests")
         if not isinstance(manifests, list):
@@ -155,8 +153,9 @@ def parse_manifest(
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise InvalidOCIError(f"{where}: manifest has no layers list")
-        blobs = (config,) + tuple(
-            Descriptor.from_json(d, f"{where}.layers[{i}]") for i, d in enumerate(layers)
+        blobs = (
+            config,
+            *(Descriptor.from_json(d, f"{where}.layers[{i}]") for i, d in enumerate(layers)),
         )
         return ParsedManifest(media_type, (), blobs, subject)
     raise InvalidOCIError(f"{where}: unsupported manifest media type {media_type!r}")

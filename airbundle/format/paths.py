@@ -14,7 +14,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Git refs we carry: refs/heads/* and refs/tags/* by default; the component
 # rules follow git-check-ref-format(1), stricter where it is cheap to be.
-_REF_COMPONENT = re.compile(r"[A-Za-z0-9_+=%@,~^{}()\[\]#!$&'*][A-Za-z0-9._+=%@,~^{}()\[\]#!$&'*-]*")
+_REF_COMPONENT = re.compile(
+    r"[A-Za-z0-9_+=%@,~^{}()\[\]#!$&'*][A-Za-z0-9._+=%@,~^{}()\[\]#!$&'*-]*"
+)
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 

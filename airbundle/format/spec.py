@@ -84,7 +84,7 @@ def parse_source(text: str, *, base_dir: Path) -> SourceRef:
             path = Path(path_text)
             if not path.is_absolute():
                 path = base_dir / path
-            return SourceRef(transport, path=path, ref=ref or None)  # type: ignore[arg-type]
+            return SourceRef(transport, path=path, ref=ref or None)
     body = text.removeprefix("docker://")
     return SourceRef("docker", reference=ImageReference.parse(body))
 
@@ -107,8 +107,7 @@ class _Builder:
         self.count += 1
         if self.count > _MAX_NODES:
             raise SpecError(
-                f"{self.source}: the spec expands to more than {_MAX_NODES} values "
-                "(an alias bomb?)"
+                f"{self.source}: the spec expands to more than {_MAX_NODES} values (an alias bomb?)"
             )
         line = node.start_mark.line + 1
         self.lines.setdefault(path, line)
@@ -174,8 +173,11 @@ def parse_spec(
         name = None
         if "name" in item:
             if src.transport == "docker":
-                raise fail(("images", i, "name"), "only local sources (oci:, docker-archive:) "
-                           "take a name; a registry image keeps its own")
+                raise fail(
+                    ("images", i, "name"),
+                    "only local sources (oci:, docker-archive:) "
+                    "take a name; a registry image keeps its own",
+                )
             try:
                 name = ImageReference.parse(item["name"])
             except FormatError as exc:
@@ -183,19 +185,17 @@ def parse_spec(
         platforms = None
         if "platforms" in item:
             platforms = tuple(Platform.parse(p) for p in item["platforms"])
-        images.append(
-            ImageSpec(src, item["ref"], name, platforms, builder.line_of(("images", i)))
-        )
+        images.append(ImageSpec(src, item["ref"], name, platforms, builder.line_of(("images", i))))
     repos = []
     seen: set[str] = set()
     for i, item in enumerate(doc.get("repos", [])):
         try:
-            name = check_repo_name(item["name"], error=SpecError)
+            repo_name = check_repo_name(item["name"], error=SpecError)
         except SpecError as exc:
             raise fail(("repos", i, "name"), exc.message) from None
-        if name in seen:
-            raise fail(("repos", i, "name"), f"repo name {name!r} is used twice")
-        seen.add(name)
+        if repo_name in seen:
+            raise fail(("repos", i, "name"), f"repo name {repo_name!r} is used twice")
+        seen.add(repo_name)
         refs = tuple(item.get("refs", DEFAULT_REFS))
         for j, ref in enumerate(refs):
             try:
@@ -203,7 +203,7 @@ def parse_spec(
             except SpecError as exc:
                 raise fail(("repos", i, "refs", j), exc.message) from None
         repos.append(
-            RepoSpec(name, _resolve_url(item["url"], base_dir), refs, builder.line_of(("repos", i)))
+            RepoSpec(repo_name, _resolve_url(item["url"], base_dir), refs, builder.line_of(("repos", i)))
         )
     return BundleSpec(doc["metadata"]["name"], tuple(images), tuple(repos))
 

@@ -41,7 +41,9 @@ def collect_image(
     image = CollectedImage(ref, what, source, root, ())
     try:
         root_bytes = source.read_manifest(root)
-        parsed = parse_manifest(root_bytes, declared_type=root.media_type, where=what, limits=limits)
+        parsed = parse_manifest(
+            root_bytes, declared_type=root.media_type, where=what, limits=limits
+        )
         found: list[str] = []
         if parsed.is_index:
             children = list(parsed.children)
@@ -67,8 +69,10 @@ def collect_image(
     return image
 
 
-def _select(children: list[Descriptor], wanted: tuple[Platform, ...], what: str) -> list[Descriptor]:
-    chosen = []
+def _select(
+    children: list[Descriptor], wanted: tuple[Platform, ...], what: str
+) -> list[Descriptor]:
+    chosen: list[Descriptor] = []
     for platform in wanted:
         matches = [c for c in children if c.platform and platform.matches(c.platform)]
         if not matches:
@@ -91,8 +95,12 @@ def _walk(
     if depth > _MAX_INDEX_DEPTH:
         raise SourceError(f"{image.source_text}: indexes nested deeper than {_MAX_INDEX_DEPTH}")
     data = source.read_manifest(desc)
-    parsed = parse_manifest(data, declared_type=desc.media_type, where=f"{image.source_text}@{desc.digest}",
-                            limits=limits)
+    parsed = parse_manifest(
+        data,
+        declared_type=desc.media_type,
+        where=f"{image.source_text}@{desc.digest}",
+        limits=limits,
+    )
     if parsed.is_index:
         for child in parsed.children:
             _walk(source, child, image, found, limits, depth=depth + 1)

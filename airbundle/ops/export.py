@@ -101,7 +101,9 @@ def _image_name(spec: ImageSpec, recorded: str | None) -> ImageReference:
     try:
         return ImageReference.parse(recorded)
     except Exception as exc:
-        raise SourceError(f"{spec.text}: recorded name {recorded!r} is not a reference: {exc}") from None
+        raise SourceError(
+            f"{spec.text}: recorded name {recorded!r} is not a reference: {exc}"
+        ) from None
 
 
 def _redact_url(url: str) -> str:
@@ -122,7 +124,9 @@ def _prepare_repo(spec: RepoSpec, workdir: Path, *, reproducible: bool) -> _Prep
     bare = workdir / f"{spec.name}.git"
     refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
     if not refs:
-        raise SourceError(f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository")
+        raise SourceError(
+            f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository"
+        )
     fmt = git.object_format(bare, error=SourceError, what=what)
     bundle = workdir / f"{spec.name}.bundle"
     names = sorted(name for name, _ in refs)
@@ -167,12 +171,17 @@ def plan_images(spec: BundleSpec, limits: Limits) -> list[CollectedImage]:
         ref = _image_name(item, resolved_name)
         key = str(ref)
         if key in seen:
-            raise UsageError(f"image {key} is listed twice in the spec ({seen[key]} and {item.text})")
+            raise UsageError(
+                f"image {key} is listed twice in the spec ({seen[key]} and {item.text})"
+            )
         seen[key] = item.text
         image = collect_image(source, ref, item.platforms, limits=limits)
         for digest in [*image.documents, *(b.digest for b in image.blobs)]:
             if digest.algorithm != "sha256":
-                raise SourceError(f"{item.text}: blob {digest} uses {digest.algorithm}; bundles carry sha256 blobs only")
+                raise SourceError(
+                    f"{item.text}: blob {digest} uses {digest.algorithm}; "
+                    "bundles carry sha256 blobs only"
+                )
         images.append(image)
     return images
 
@@ -207,8 +216,11 @@ def export_bundle(
             MemberEntry(f"{OCI_LAYOUT_DIR}/oci-layout", len(LAYOUT_FILE), placeholder),
             MemberEntry(f"{OCI_LAYOUT_DIR}/index.json", len(index), placeholder),
             *(MemberEntry(blob_member_path(d), len(data), d) for d, data in documents.items()),
-            *(MemberEntry(blob_member_path(d), desc.size, d) for d, (desc, _) in blobs.items()
-              if d not in documents),
+            *(
+                MemberEntry(blob_member_path(d), desc.size, d)
+                for d, (desc, _) in blobs.items()
+                if d not in documents
+            ),
             *(MemberEntry(r.entry.member, r.size, placeholder) for r in repos),
         ]
         info = BundleInfo(
@@ -221,8 +233,15 @@ def export_bundle(
             expires=created + options.expires_in if options.expires_in else None,
         )
         image_entries = tuple(
-            ImageEntry(img.ref, img.source_text, img.root.digest, img.root.media_type,
-                       img.root.size, img.platforms, img.source_digest)
+            ImageEntry(
+                img.ref,
+                img.source_text,
+                img.root.digest,
+                img.root.media_type,
+                img.root.size,
+                img.platforms,
+                img.source_digest,
+            )
             for img in images
         )
         draft = BundleManifest(info, tuple(members), image_entries, tuple(r.entry for r in repos))
@@ -231,33 +250,46 @@ def export_bundle(
         )
         mtime = int(created.timestamp())
         with atomic_output(out) as fh:
-            writer = BundleWriter(fh, prefix_capacity=capacity, level=options.level,
-                                  threads=options.threads, mtime=mtime, limits=limits)
+            writer = BundleWriter(
+                fh,
+                prefix_capacity=capacity,
+                level=options.level,
+                threads=options.threads,
+                mtime=mtime,
+                limits=limits,
+            )
             written = [
                 writer.add_bytes(f"{OCI_LAYOUT_DIR}/oci-layout", LAYOUT_FILE),
                 writer.add_bytes(f"{OCI_LAYOUT_DIR}/index.json", index),
             ]
             for digest, data in documents.items():
-                written.append(writer.add_stream(blob_member_path(digest), len(data), [data],
-                                                 expected=digest))
+                written.append(
+                    writer.add_stream(blob_member_path(digest), len(data), [data], expected=digest)
+                )
             for digest, (desc, img) in blobs.items():
                 if digest in documents:
                     continue
-                written.append(writer.add_stream(
-                    blob_member_path(digest), desc.size,
-                    _counting(img.source.open_blob(desc), progress),
-                    expected=digest, what=f"{img.source_text}: blob {digest}",
-                ))
+                written.append(
+                    writer.add_stream(
+                        blob_member_path(digest),
+                        desc.size,
+                        _counting(img.source.open_blob(desc), progress),
+                        expected=digest,
+                        what=f"{img.source_text}: blob {digest}",
+                    )
+                )
             for repo in repos:
                 with repo.bundle.open("rb") as bfh:
                     chunks = iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b"")  # type: ignore[misc]
-                    written.append(writer.add_stream(repo.entry.member, repo.size,
-                                                     _counting(chunks, progress)))
+                    written.append(
+                        writer.add_stream(repo.entry.member, repo.size, _counting(chunks, progress))
+                    )
                 repo.bundle.unlink()
             final_members = [MemberEntry(w.path, w.size, w.sha256) for w in written]
             info = replace(info, id=_bundle_id(spec.name, created, final_members))
-            manifest = BundleManifest(info, tuple(final_members), image_entries,
-                                      tuple(r.entry for r in repos))
+            manifest = BundleManifest(
+                info, tuple(final_members), image_entries, tuple(r.entry for r in repos)
+            )
             manifest_bytes = manifest.to_bytes()
             signatures = [sshsig.sign(manifest_bytes, key) for key in options.keys]
             writer.finish(manifest_bytes, signatures)

@@ -70,8 +70,13 @@ def _check_targets(manifest: BundleManifest, options: ImportOptions) -> None:
 
 
 class _Sinks:
-    def __init__(self, target: OciLayoutTarget | None, git_dir: Path | None,
-                 manifest: BundleManifest, report: ImportReport) -> None:
+    def __init__(
+        self,
+        target: OciLayoutTarget | None,
+        git_dir: Path | None,
+        manifest: BundleManifest,
+        report: ImportReport,
+    ) -> None:
         self.target = target
         self.git_dir = git_dir
         self.report = report
@@ -107,13 +112,20 @@ def import_bundle(
     report = ImportReport(bundle=source)
     with fh:
         reader = BundleReader(fh, source=source, limits=options.limits)
-        auth = authenticate(reader.read_prefix(), options.policy, source=source,
-                            at=options.at, limits=options.limits)
+        auth = authenticate(
+            reader.read_prefix(),
+            options.policy,
+            source=source,
+            at=options.at,
+            limits=options.limits,
+        )
         manifest = auth.manifest
         report.bundle_id = manifest.bundle.id
         report.manifest_digest = str(auth.manifest_digest)
         _check_targets(manifest, options)
-        target = OciLayoutTarget(options.oci_dir, limits=options.limits) if options.oci_dir else None
+        target = (
+            OciLayoutTarget(options.oci_dir, limits=options.limits) if options.oci_dir else None
+        )
         if options.git_dir is not None:
             options.git_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(options.git_dir)
@@ -136,8 +148,13 @@ def _repo_path(git_dir: Path, repo: RepoEntry) -> Path:
     return git_dir / f"{check_repo_name(repo.name, error=TargetError)}.git"
 
 
-def _publish(auth: Authenticated, sinks: _Sinks, target: OciLayoutTarget | None,
-             options: ImportOptions, report: ImportReport) -> None:
+def _publish(
+    auth: Authenticated,
+    sinks: _Sinks,
+    target: OciLayoutTarget | None,
+    options: ImportOptions,
+    report: ImportReport,
+) -> None:
     manifest = auth.manifest
     refused: list[str] = []
     if options.git_dir is not None:
@@ -160,16 +177,25 @@ def _publish(auth: Authenticated, sinks: _Sinks, target: OciLayoutTarget | None,
         ]
         for image in manifest.images:
             if not target.has_blob(image.digest):
-                raise TargetError(f"image {image.ref}: manifest {image.digest} missing after import")
+                raise TargetError(
+                    f"image {image.ref}: manifest {image.digest} missing after import"
+                )
         target.tag(entries)
-        report.images = [{"ref": ref, "digest": str(d.digest), "target": f"{target.describe()}:{ref}"}
-                         for ref, d in entries]
+        report.images = [
+            {"ref": ref, "digest": str(d.digest), "target": f"{target.describe()}:{ref}"}
+            for ref, d in entries
+        ]
     if options.git_dir is not None:
         for repo in manifest.repos:
             refs = [(r.name, r.target) for r in repo.refs]
             repo_path = _repo_path(options.git_dir, repo)
             git.update_refs(repo_path, refs, head=repo.head, what=f"repo {repo.name!r}")
-            report.repos.append({"name": repo.name, "path": str(repo_path),
-                                 "refs": {name: oid for name, oid in refs}})
+            report.repos.append(
+                {
+                    "name": repo.name,
+                    "path": str(repo_path),
+                    "refs": {name: oid for name, oid in refs},
+                }
+            )
     if target is not None:
         write_atomic(target.root / REPORT_NAME, report.to_json())

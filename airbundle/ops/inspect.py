@@ -31,8 +31,12 @@ class Inspection:
             "repos": doc["repos"],
             "members": len(self.manifest.members),
             "signatures": [
-                {"member": s.member, "fingerprint": s.fingerprint, "valid": s.valid,
-                 "problem": s.problem}
+                {
+                    "member": s.member,
+                    "fingerprint": s.fingerprint,
+                    "valid": s.valid,
+                    "problem": s.problem,
+                }
                 for s in self.signatures
             ],
             "note": "signatures checked for validity only; run verify with --trust to check trust",

@@ -21,13 +21,17 @@ def read_passphrase(passphrase_file: Path | None) -> bytes | None:
         try:
             text = passphrase_file.read_bytes()
         except OSError as exc:
-            raise KeyFileError(f"cannot read passphrase file {passphrase_file}: {exc.strerror}") from None
+            raise KeyFileError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from None
         return text.splitlines()[0] if text.strip() else None
     env = os.environ.get(PASSPHRASE_ENV)
     return env.encode() if env else None
 
 
-def generate_key(path: Path, *, passphrase: bytes | None, comment: str, force: bool = False) -> sshsig.PublicKey:
+def generate_key(
+    path: Path, *, passphrase: bytes | None, comment: str, force: bool = False
+) -> sshsig.PublicKey:
     pub_path = path.with_name(path.name + ".pub")
     if not force and (path.exists() or pub_path.exists()):
         raise UsageError(f"{path} or {pub_path} already exists; refusing to overwrite a key")

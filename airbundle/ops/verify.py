@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airbundle.errors import ArchiveError, MemberDigestError, SignatureError, TruncatedError, UsageError
+from airbundle.errors import (
+    ArchiveError,
+    MemberDigestError,
+    SignatureError,
+    TruncatedError,
+    UsageError,
+)
 from airbundle.format import sshsig
 from airbundle.format.archive import BundleReader, Prefix
 from airbundle.format.digest import Digest
@@ -63,7 +69,11 @@ def check_signatures(prefix: Prefix) -> list[tuple[SignatureReport, sshsig.Publi
 
 
 def authenticate(
-    prefix: Prefix, policy: TrustPolicy, *, source: str, at: datetime | None = None,
+    prefix: Prefix,
+    policy: TrustPolicy,
+    *,
+    source: str,
+    at: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Authenticated:
     if not prefix.signatures:
@@ -79,16 +89,21 @@ def authenticate(
         raise SignatureError(f"{source}: {exc.message}{detail}", hint=exc.hint) from None
     trusted = {s.public_key for s in signers}
     reports = tuple(
-        SignatureReport(r.member, r.fingerprint, r.valid, key in trusted if key else False, r.problem)
+        SignatureReport(
+            r.member, r.fingerprint, r.valid, key in trusted if key else False, r.problem
+        )
         for r, key in checked
     )
     # Only now, with the bytes authenticated, is the manifest parsed.
     manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
-    return Authenticated(manifest, prefix.manifest, Digest.sha256_of(prefix.manifest),
-                         tuple(signers), reports)
+    return Authenticated(
+        manifest, prefix.manifest, Digest.sha256_of(prefix.manifest), tuple(signers), reports
+    )
 
 
-def _verified_chunks(reader: BundleReader, entry: MemberEntry, progress: Progress | None) -> Iterator[bytes]:
+def _verified_chunks(
+    reader: BundleReader, entry: MemberEntry, progress: Progress | None
+) -> Iterator[bytes]:
     """The member's bytes; raises MemberDigestError after the last chunk if they are wrong.
 
     A sink that commits only after exhausting this iterator can never commit
@@ -103,7 +118,8 @@ def _verified_chunks(reader: BundleReader, entry: MemberEntry, progress: Progres
     if h.hexdigest() != entry.digest.hex:
         raise MemberDigestError(
             f"{reader.source}: member {entry.path!r} is corrupt or was tampered with: "
-            f"its content has digest sha256:{h.hexdigest()}, the signed manifest says {entry.digest}"
+            f"its content has digest sha256:{h.hexdigest()}, "
+            f"the signed manifest says {entry.digest}"
         )
 
 
@@ -132,7 +148,9 @@ def stream_members(
             break
         if member.kind == DIRECTORY:
             if not any(f == member.path or f.startswith(member.path + "/") for f in folders):
-                raise ArchiveError(f"{reader.source}: folder {member.path!r} is not in the manifest")
+                raise ArchiveError(
+                    f"{reader.source}: folder {member.path!r} is not in the manifest"
+                )
             continue
         entry = expected.get(member.path)
         if entry is None:
@@ -156,7 +174,8 @@ def stream_members(
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise TruncatedError(
-            f"{reader.source}: member {missing[0]!r}{more} listed in the manifest is missing from the archive"
+            f"{reader.source}: member {missing[0]!r}{more} listed in the manifest "
+            "is missing from the archive"
         )
 
 
@@ -175,8 +194,12 @@ def load_policy(trust: list[TrustedKey], threshold: int) -> TrustPolicy:
 
 
 def verify_bundle(
-    path: Path, policy: TrustPolicy, *, limits: Limits = DEFAULT_LIMITS,
-    progress: Progress | None = None, at: datetime | None = None,
+    path: Path,
+    policy: TrustPolicy,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+    at: datetime | None = None,
 ) -> VerifyResult:
     source = str(path)
     try:
