@@ -270,3 +270,18 @@ def update_refs(
     )
     if head and any(name == head for name, _ in refs):
         run_git(["-C", str(repo), "symbolic-ref", "HEAD", head], error=TargetError, what=what)
+
+
+def discard_staged(repo: Path, *, what: str) -> None:
+    """Drop the staging refs of an import that will not be published."""
+    if not repo.exists():
+        return
+    staged = [n for n, _ in list_refs(repo, error=TargetError, what=what) if n.startswith(INCOMING)]
+    if staged:
+        lines = "".join(f"delete {name}\n" for name in staged)
+        run_git(
+            ["-C", str(repo), "update-ref", "--stdin"],
+            error=TargetError,
+            what=what,
+            stdin=lines.encode(),
+        )

@@ -271,6 +271,7 @@ class BundleReader:
         self._tar = TarReader(
             _Decompressed(self._counter, limits, source),  # type: ignore[arg-type]
             max_path_length=limits.max_path_length,
+            source=source,
         )
         self._pending: TarMember | None = None
         self._prefix_read = False

@@ -160,8 +160,11 @@ class TarReader:
     next header; `read_data` never returns more than the header declared.
     """
 
-    def __init__(self, stream: BinaryIO, *, max_path_length: int = 1024) -> None:
+    def __init__(
+        self, stream: BinaryIO, *, max_path_length: int = 1024, source: str = "tar stream"
+    ) -> None:
         self._stream = stream
+        self._source = source
         self._offset = 0
         self._remaining = 0  # data bytes left in the current member
         self._pad = 0
@@ -181,7 +184,7 @@ class TarReader:
             chunk = self._stream.read(n - got)
             if not chunk:
                 raise TruncatedError(
-                    f"bundle ends early: {what} stops after {got} of {n} bytes "
+                    f"{self._source}: the bundle ends early: {what} stops after {got} of {n} bytes "
                     f"(uncompressed offset {self._offset + got})"
                 )
             chunks.append(chunk)
@@ -200,12 +203,17 @@ class TarReader:
         if block == b"\0" * BLOCK:
             second = self._read_exact(BLOCK, "the tar end-of-archive marker")
             if second != b"\0" * BLOCK:
-                raise ArchiveError(f"malformed end-of-archive marker at offset {start}")
+                raise ArchiveError(
+                    f"{self._source}: malformed end-of-archive marker at offset {start}"
+                )
             self._check_trailer()
             self._ended = True
             self._current = None
             return None
-        member = decode_header(block, start, max_path_length=self._max_path_length)
+        try:
+            member = decode_header(block, start, max_path_length=self._max_path_length)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{self._source}: {exc.message}") from None
         self._current = member
         self._remaining = member.size
         self._pad = padding(member.size)
@@ -219,12 +227,14 @@ class TarReader:
                 return
             if chunk.count(0) != len(chunk):
                 raise ArchiveError(
-                    f"unexpected data after the tar end-of-archive marker "
+                    f"{self._source}: unexpected data after the tar end-of-archive marker "
                     f"(uncompressed offset {self._offset + seen})"
                 )
             seen += len(chunk)
             if seen > MAX_TRAILING_ZEROS:
-                raise ArchiveError("more than 1 MiB of padding after the end of the archive")
+                raise ArchiveError(
+                    f"{self._source}: more than 1 MiB of padding after the end of the archive"
+                )
 
     def read_data(self, n: int) -> bytes:
         """Up to `n` bytes of the current member's data; b'' at its end."""
@@ -236,7 +246,7 @@ class TarReader:
         if not chunk:
             where = self._current.path if self._current else "?"
             raise TruncatedError(
-                f"bundle ends early inside member {where!r} "
+                f"{self._source}: the bundle ends early inside member {where!r} "
                 f"({self._remaining} bytes missing, uncompressed offset {self._offset})"
             )
         self._offset += len(chunk)
@@ -251,7 +261,9 @@ class TarReader:
             pad = self._read_exact(self._pad, f"the padding of member {where!r}")
             self._pad = 0
             if pad.count(0) != len(pad):
-                raise ArchiveError(f"member {where!r}: non-zero padding after its data")
+                raise ArchiveError(
+                    f"{self._source}: member {where!r}: non-zero padding after its data"
+                )
 
     def iter_data(self, chunk_size: int) -> Iterator[bytes]:
         while True:

@@ -136,6 +136,12 @@ def import_bundle(
             try:
                 stream_members(reader, manifest, sinks, progress=progress)
                 _publish(auth, sinks, target, options, report)
+            except BaseException:
+                # Staged objects may stay (they are unreferenced); staging refs may not.
+                if options.git_dir is not None:
+                    for repo in manifest.repos:
+                        git.discard_staged(_repo_path(options.git_dir, repo), what=repo.name)
+                raise
             finally:
                 for staged in sinks.staged.values():
                     with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,325 @@
+"""Export -> verify -> import on the samples, judged by skopeo, git and ssh-keygen."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import KeyPair, make_key, require_tool
+
+from airbundle.errors import RefUpdateError, TruncatedError
+from airbundle.format.digest import Digest
+from airbundle.format.spec import load_spec
+from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
+from airbundle.ops.importer import ImportOptions, import_bundle
+from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.verify import load_policy, verify_bundle
+
+
+def run(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None) -> str:
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, input=stdin, capture_output=True)
+    assert proc.returncode == 0, f"{args} failed: {proc.stderr.decode()}"
+    return proc.stdout.decode()
+
+
+def export(spec: Path, out: Path, key: KeyPair, **kw: object) -> ExportResult:
+    options = ExportOptions(
+        output=out, keys=(load_signing_key(key.private, passphrase=None),), **kw
+    )  # type: ignore[arg-type]
+    return export_bundle(load_spec(spec), options)
+
+
+def importing(bundle: Path, key: KeyPair, root: Path, *, force: bool = False) -> object:
+    policy = load_policy(load_trust([key.public]), 1)
+    options = ImportOptions(
+        policy=policy, oci_dir=root / "images", git_dir=root / "git", force=force
+    )
+    return import_bundle(bundle, options)
+
+
+@pytest.fixture(scope="module")
+def exported(
+    sample_tree: Path, signing_key: KeyPair, tmp_path_factory: pytest.TempPathFactory
+) -> ExportResult:
+    out = tmp_path_factory.mktemp("bundle") / "samples.airbundle"
+    return export(sample_tree / "spec.yaml", out, signing_key)
+
+
+def skopeo_digest(ref: str) -> str:
+    raw = run("skopeo", "inspect", "--raw", ref).encode()
+    return str(Digest.sha256_of(raw))
+
+
+def test_verify_accepts_what_export_wrote(exported: ExportResult, signing_key: KeyPair) -> None:
+    policy = load_policy(load_trust([signing_key.public]), 1)
+    result = verify_bundle(exported.path, policy)
+    assert result.members == len(exported.manifest.members) == 17
+    assert result.authenticated.manifest_digest == exported.manifest_digest
+
+
+def test_import_lands_images_and_repos_judged_by_skopeo_and_git(
+    exported: ExportResult, signing_key: KeyPair, sample_tree: Path, tmp_path: Path
+) -> None:
+    require_tool("skopeo")
+    importing(exported.path, signing_key, tmp_path)
+    layout = tmp_path / "images"
+    for image in exported.manifest.images:
+        assert skopeo_digest(f"oci:{layout}:{image.ref}") == str(image.digest)
+    # Multi-platform index: both platform manifests made it and copy works.
+    run(
+        "skopeo",
+        "--override-arch",
+        "arm64",
+        "copy",
+        "--insecure-policy",
+        f"oci:{layout}:registry.example.com/team/hello:1.0",
+        f"dir:{tmp_path / 'arm'}",
+    )
+    repo = tmp_path / "git" / "gitops.git"
+    run("git", "-C", repo, "fsck", "--strict")
+    source_refs = run(
+        "git",
+        "-C",
+        sample_tree / "gitops",
+        "for-each-ref",
+        "--format=%(objectname) %(refname)",
+        "refs/heads",
+        "refs/tags",
+    )
+    target_refs = run("git", "-C", repo, "for-each-ref", "--format=%(objectname) %(refname)")
+    assert target_refs == source_refs
+    assert run("git", "-C", repo, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
+    report = json.loads((layout / "airbundle-import.json").read_text())
+    assert report["manifest_digest"] == str(exported.manifest_digest)
+
+
+def test_reimport_is_a_noop(exported: ExportResult, signing_key: KeyPair, tmp_path: Path) -> None:
+    first = importing(exported.path, signing_key, tmp_path)
+    index = (tmp_path / "images" / "index.json").read_bytes()
+    refs = run("git", "-C", tmp_path / "git" / "gitops.git", "for-each-ref")
+    second = importing(exported.path, signing_key, tmp_path)
+    assert first.blobs_written == 14 and first.blobs_present == 0  # type: ignore[attr-defined]
+    assert second.blobs_written == 0 and second.blobs_present == 14  # type: ignore[attr-defined]
+    assert (tmp_path / "images" / "index.json").read_bytes() == index
+    assert run("git", "-C", tmp_path / "git" / "gitops.git", "for-each-ref") == refs
+
+
+def test_truncated_bundle_imports_nothing(
+    exported: ExportResult, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    data = exported.path.read_bytes()
+    cut = tmp_path / "cut.airbundle"
+    cut.write_bytes(data[: len(data) - 3000])
+    with pytest.raises(TruncatedError, match=r"cut\.airbundle"):
+        importing(cut, signing_key, tmp_path / "target")
+    index = tmp_path / "target" / "images" / "index.json"
+    assert not index.exists() or json.loads(index.read_text())["manifests"] == []
+    assert not (tmp_path / "target" / "git" / "gitops.git").exists()
+    assert not list((tmp_path / "target").rglob(".airbundle-tmp-*"))
+
+
+def test_interrupted_import_rerun_completes(
+    exported: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airbundle.adapters.oci_layout import OciLayoutTarget
+
+    real = OciLayoutTarget.write_blob
+    calls = []
+
+    def interrupted(self: OciLayoutTarget, *args: object) -> None:
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OciLayoutTarget, "write_blob", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        importing(exported.path, signing_key, tmp_path / "target")
+    monkeypatch.undo()
+    # Blobs verified before the interrupt are there; no tag, no repo, no temp file.
+    index = json.loads((tmp_path / "target" / "images" / "index.json").read_text())
+    assert index["manifests"] == []
+    assert len(list((tmp_path / "target/images/blobs/sha256").iterdir())) == 5
+    assert not (tmp_path / "target" / "git" / "gitops.git").exists()
+    assert not list((tmp_path / "target").rglob(".airbundle-tmp-*"))
+    importing(exported.path, signing_key, tmp_path / "target")
+    importing(exported.path, signing_key, tmp_path / "clean")
+    for name in ("images/index.json", "images/oci-layout"):
+        assert (tmp_path / "target" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+    blobs = sorted(p.name for p in (tmp_path / "target/images/blobs/sha256").iterdir())
+    assert blobs == sorted(p.name for p in (tmp_path / "clean/images/blobs/sha256").iterdir())
+
+
+def test_plain_tar_and_zstd_unpack_is_a_valid_layout_for_skopeo(
+    exported: ExportResult, tmp_path: Path
+) -> None:
+    require_tool("skopeo")
+    require_tool("zstd")
+    run("tar", "--zstd", "-xf", exported.path, "-C", tmp_path)
+    names = run("tar", "--zstd", "-tf", exported.path).split()
+    assert names[:2] == ["airbundle/manifest.json", "airbundle/signatures/00.sig"]
+    for image in exported.manifest.images:
+        assert skopeo_digest(f"oci:{tmp_path / 'images'}:{image.ref}") == str(image.digest)
+    run(
+        "skopeo",
+        "copy",
+        "--insecure-policy",
+        f"oci:{tmp_path / 'images'}:example.com/team/app:2.1",
+        f"dir:{tmp_path / 'app'}",
+    )
+    # git can read the bundle on its own.
+    run(
+        "git",
+        "clone",
+        "--quiet",
+        "--mirror",
+        tmp_path / "repos" / "gitops.bundle",
+        tmp_path / "clone.git",
+    )
+    run(
+        "git",
+        "-C",
+        tmp_path / "clone.git",
+        "bundle",
+        "verify",
+        tmp_path / "repos" / "gitops.bundle",
+    )
+
+
+def test_ssh_keygen_verifies_the_manifest_signature(
+    exported: ExportResult, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    require_tool("ssh-keygen")
+    run("tar", "--zstd", "-xf", exported.path, "-C", tmp_path)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text("release@airbundle " + signing_key.public.read_text())
+    manifest = (tmp_path / "airbundle" / "manifest.json").read_bytes()
+    out = run(
+        "ssh-keygen",
+        "-Y",
+        "verify",
+        "-f",
+        allowed,
+        "-I",
+        "release@airbundle",
+        "-n",
+        "airbundle",
+        "-s",
+        tmp_path / "airbundle" / "signatures" / "00.sig",
+        stdin=manifest,
+    )
+    assert "Good" in out
+
+
+def test_export_signed_with_ssh_keygen_key_and_allowed_signers(
+    sample_tree: Path, tmp_path: Path
+) -> None:
+    require_tool("ssh-keygen")
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", tmp_path / "ops")
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text('ops@example namespaces="airbundle" ' + (tmp_path / "ops.pub").read_text())
+    key = KeyPair(tmp_path / "ops", allowed)
+    result = export(sample_tree / "spec.yaml", tmp_path / "b.airbundle", key)
+    verify_bundle(result.path, load_policy(load_trust([allowed]), 1))
+
+
+def test_same_inputs_and_source_date_epoch_give_identical_bytes(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    a = export(
+        sample_tree / "spec.yaml",
+        tmp_path / "a.airbundle",
+        signing_key,
+        source_date_epoch=1_700_000_000,
+    )
+    b = export(
+        sample_tree / "spec.yaml",
+        tmp_path / "b.airbundle",
+        signing_key,
+        source_date_epoch=1_700_000_000,
+    )
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.manifest.bundle.id == b.manifest.bundle.id
+
+
+def test_non_fast_forward_is_refused_without_force(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(sample_tree, work, symlinks=True)
+    first = export(work / "spec.yaml", tmp_path / "1.airbundle", signing_key)
+    importing(first.path, signing_key, tmp_path / "target")
+    # Rewrite history: main moves to a commit that does not descend from the old tip.
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+    }
+    subprocess.run(
+        ["git", "-C", str(work / "gitops"), "reset", "-q", "--hard", "HEAD~1"], check=True, env=env
+    )
+    subprocess.run(
+        ["git", "-C", str(work / "gitops"), "commit", "-q", "--allow-empty", "-m", "rewritten"],
+        check=True,
+        env=env,
+    )
+    second = export(work / "spec.yaml", tmp_path / "2.airbundle", signing_key)
+    repo = tmp_path / "target" / "git" / "gitops.git"
+    before = run("git", "-C", repo, "for-each-ref")
+    index_before = (tmp_path / "target" / "images" / "index.json").read_bytes()
+    with pytest.raises(RefUpdateError, match="refs/heads/main would move non-fast-forward"):
+        importing(second.path, signing_key, tmp_path / "target")
+    assert run("git", "-C", repo, "for-each-ref") == before
+    assert (tmp_path / "target" / "images" / "index.json").read_bytes() == index_before
+    importing(second.path, signing_key, tmp_path / "target", force=True)
+    new_main = dict((r.name, r.target) for r in second.manifest.repos[0].refs)["refs/heads/main"]
+    assert run("git", "-C", repo, "rev-parse", "refs/heads/main").strip() == new_main
+
+
+def test_platform_subset_records_the_source_index_digest(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    require_tool("skopeo")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: arm}\nimages:\n"
+        f"  - ref: oci:{sample_tree}/layouts/hello:1.0\n"
+        "    name: registry.example.com/team/hello:1.0\n"
+        "    platforms: [linux/arm64]\n"
+    )
+    result = export(spec, tmp_path / "arm.airbundle", signing_key)
+    (image,) = result.manifest.images
+    original = skopeo_digest(
+        f"oci:{sample_tree}/layouts:hello:1.0".replace("layouts:hello", "layouts/hello")
+    )
+    assert str(image.source_digest) == original
+    assert image.digest != image.source_digest
+    assert image.platforms == ("linux/arm64",)
+    importing(result.path, signing_key, tmp_path / "target")
+    raw = run(
+        "skopeo",
+        "inspect",
+        "--raw",
+        f"oci:{tmp_path / 'target' / 'images'}:registry.example.com/team/hello:1.0",
+    )
+    platforms = [m["platform"]["architecture"] for m in json.loads(raw)["manifests"]]
+    assert platforms == ["arm64"]
+
+
+def test_second_signer_key_not_trusted_is_not_enough(
+    exported: ExportResult, tmp_path: Path
+) -> None:
+    other = make_key(tmp_path, "other")
+    from airbundle.errors import SignatureError
+
+    with pytest.raises(SignatureError, match="not in trust set"):
+        verify_bundle(exported.path, load_policy(load_trust([other.public]), 1))
