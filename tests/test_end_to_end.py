@@ -323,3 +323,19 @@ def test_second_signer_key_not_trusted_is_not_enough(
 
     with pytest.raises(SignatureError, match="not in trust set"):
         verify_bundle(exported.path, load_policy(load_trust([other.public]), 1))
+
+
+def test_cli_with_relative_paths_from_another_folder(sample_tree: Path, tmp_path: Path) -> None:
+    import sys
+
+    work = tmp_path / "w"
+    work.mkdir()
+    cli = [sys.executable, "-m", "airbundle"]
+    run(*cli, "key", "generate", "k", cwd=work)
+    spec = os.path.relpath(sample_tree / "spec.yaml", work)
+    run(*cli, "export", spec, "-o", "out/b.airbundle", "--key", "k", cwd=work)
+    run(*cli, "verify", "out/b.airbundle", "--trust", "k.pub", cwd=work)
+    run(*cli, "import", "out/b.airbundle", "--trust", "k.pub", "--registry", "oci:air/img",
+        "--git", "air/git", cwd=work)
+    assert (work / "air" / "git" / "gitops.git").is_dir()
+    assert not list(work.rglob(".airbundle-tmp-*"))

@@ -40,6 +40,18 @@ def git_binary() -> str:
     return path
 
 
+def _subcommand(args: Sequence[str]) -> str:
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("-C", "-c"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return ""
+
+
 def run_git(
     args: Sequence[str],
     *,
@@ -60,7 +72,7 @@ def run_git(
     )
     if proc.returncode != 0:
         message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
-        raise error(f"{what}: git {args[0] if args else ''} failed: {message}")
+        raise error(f"{what}: git {_subcommand(args)} failed: {message}")
     return proc
 
 

@@ -203,7 +203,9 @@ def parse_spec(
             except SpecError as exc:
                 raise fail(("repos", i, "refs", j), exc.message) from None
         repos.append(
-            RepoSpec(repo_name, _resolve_url(item["url"], base_dir), refs, builder.line_of(("repos", i)))
+            RepoSpec(
+                repo_name, _resolve_url(item["url"], base_dir), refs, builder.line_of(("repos", i))
+            )
         )
     return BundleSpec(doc["metadata"]["name"], tuple(images), tuple(repos))
 

@@ -197,7 +197,7 @@ def export_bundle(
     images = plan_images(spec, limits)
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent)).resolve()
     try:
         repos = [_prepare_repo(r, workdir, reproducible=reproducible) for r in spec.repos]
         # Everything the manifest will say is known now except the git bundles'

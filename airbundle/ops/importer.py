@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -105,6 +105,12 @@ def import_bundle(
     path: Path, options: ImportOptions, *, progress: Progress | None = None
 ) -> ImportReport:
     source = str(path)
+    # git runs with -C in the repository: hand it absolute paths only.
+    options = replace(
+        options,
+        oci_dir=options.oci_dir.resolve() if options.oci_dir else None,
+        git_dir=options.git_dir.resolve() if options.git_dir else None,
+    )
     try:
         fh = path.open("rb")
     except OSError as exc:
