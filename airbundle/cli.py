@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
 import traceback
@@ -20,6 +21,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from airbundle import __version__
+from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import EXIT_USAGE, AirbundleError, UsageError
 from airbundle.format.manifest import format_time
 from airbundle.format.spec import load_spec
@@ -139,6 +141,34 @@ PassOpt = Annotated[
 ]
 
 
+def _transport(
+    ca_file: Path | None, cert: Path | None, cert_key: Path | None, insecure: list[str]
+) -> Transport:
+    ca = ca_file
+    if ca is None and os.environ.get("SSL_CERT_FILE"):
+        ca = Path(os.environ["SSL_CERT_FILE"])
+    if cert_key is not None and cert is None:
+        raise UsageError("--cert-key needs --cert")
+    return Transport(TLSConfig(ca, cert, cert_key, frozenset(insecure)))
+
+
+CaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file", help="CA bundle for registry TLS (default: system CAs, or SSL_CERT_FILE)."
+    ),
+]
+CertOpt = Annotated[Path | None, typer.Option("--cert", help="TLS client certificate (PEM).")]
+CertKeyOpt = Annotated[Path | None, typer.Option("--cert-key", help="TLS client key (PEM).")]
+InsecureOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--insecure-registry",
+        help="Allow plain HTTP / unverified TLS for HOST[:PORT] (repeatable).",
+    ),
+]
+
+
 @app.command()
 @_errors_to_exit
 def export(
@@ -157,6 +187,10 @@ def export(
         int | None, typer.Option(help="Sequence number (default: creation time).")
     ] = None,
     expires: Annotated[str | None, typer.Option(help="Expiry after creation, e.g. 30d.")] = None,
+    ca_file: CaOpt = None,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
@@ -259,48 +293,68 @@ def inspect(
     typer.echo("\n".join(lines))
 
 
-def _parse_image_target(text: str) -> Path:
-    if text.startswith("oci:"):
-        return Path(text[len("oci:") :])
-    raise UsageError(
-        f"--registry {text!r}: this version imports into OCI layouts only; use --registry oci:DIR"
-    )
-
-
 @app.command("import")
 @_errors_to_exit
 def import_(
     bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
     trust: TrustOpt,
-    registry: Annotated[str | None, typer.Option(help="Image target: oci:DIR.")] = None,
-    git_dir: Annotated[
-        Path | None, typer.Option("--git", help="Folder for bare repositories.")
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            help="Image target: HOST[:PORT][/PREFIX] (a registry) or oci:DIR (an OCI layout)."
+        ),
+    ] = None,
+    git_target: Annotated[
+        str | None,
+        typer.Option(
+            "--git",
+            help="Repo target: a folder of bare repos, or a URL template with {name}, "
+            "e.g. git://host/{name}.git",
+        ),
     ] = None,
     threshold: ThresholdOpt = 1,
     force: Annotated[bool, typer.Option(help="Allow refs to move non-fast-forward.")] = False,
+    keep_source_host: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the source registry host as the first path component in the target."
+        ),
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the import report (JSON) here.")
+    ] = None,
+    ca_file: CaOpt = None,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
     quiet: QuietOpt = False,
 ) -> None:
-    """Verify and import a bundle into local targets. Safe to re-run."""
+    """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run."""
     policy = load_policy(keyops.load_trust(trust), threshold)
     options = ImportOptions(
         policy=policy,
-        oci_dir=_parse_image_target(registry) if registry else None,
-        git_dir=git_dir,
+        registry=registry,
+        git=git_target,
         force=force,
+        keep_source_host=keep_source_host,
+        report=report,
+        transport=_transport(ca_file, cert, cert_key, insecure_registry),
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
-        report = import_bundle(bundle, options, progress=progress)
+        result = import_bundle(bundle, options, progress=progress)
     _say(
         quiet,
-        f"imported {bundle}: {len(report.images)} image(s) "
-        f"({report.blobs_written} blobs written, {report.blobs_present} already present), "
-        f"{len(report.repos)} repo(s)",
+        f"imported {bundle}: {len(result.images)} image(s) "
+        f"({result.blobs_written} blobs written, {result.blobs_present} already present), "
+        f"{len(result.repos)} repo(s)",
     )
-    for image in report.images:
-        _say(quiet, f"  {image['target']}  {image['digest']}")
-    for repo in report.repos:
-        _say(quiet, f"  {repo['path']}")
+    for image in result.images:
+        _say(quiet, f"  {image['source']} -> {image['target']}  {image['digest']}")
+    for repo in result.repos:
+        _say(quiet, f"  {repo['name']} -> {repo['target']}")
+    if result.report_path:
+        _say(quiet, f"report: {result.report_path}")
 
 
 @key_app.command("generate")

@@ -248,17 +248,20 @@ def refused_updates(repo: Path, refs: Sequence[tuple[str, str]], *, what: str) -
         if name.startswith("refs/tags/"):
             problems.append(f"{what}: tag {name} exists at {old[:12]}, bundle has {oid[:12]}")
             continue
-        proc = subprocess.run(
-            [git_binary(), "-C", str(repo), "merge-base", "--is-ancestor", old, oid],
-            capture_output=True,
-            env={**os.environ, **_BASE_ENV},
-            check=False,
-        )
-        if proc.returncode != 0:
+        if not is_ancestor(repo, old, oid):
             problems.append(
                 f"{what}: {name} would move non-fast-forward from {old[:12]} to {oid[:12]}"
             )
     return problems
+
+
+def is_ancestor(repo: Path, old: str, new: str) -> bool:
+    """True if `old` is in the history of `new` (False if `old` is unknown here)."""
+    proc = subprocess.run(
+        [git_binary(), "-C", str(repo), "merge-base", "--is-ancestor", old, new],
+        capture_output=True, env={**os.environ, **_BASE_ENV}, check=False,
+    )
+    return proc.returncode == 0
 
 
 def update_refs(

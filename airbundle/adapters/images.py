@@ -7,12 +7,13 @@ only to these protocols, so adding a transport touches no pipeline code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from airbundle.format.digest import Digest
 from airbundle.format.oci import Descriptor
+from airbundle.format.reference import ImageReference
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,11 @@ class ImageSource(Protocol):
 
 
 class ImageTarget(Protocol):
-    """Where imported images land. Blobs first, then manifests, tags last."""
+    """Where imported images land. Blobs first, then manifests, tags last.
+
+    `repo` strings are the target's own names for where an image lives: a
+    registry repository path, or the full reference in an OCI layout.
+    """
 
     def describe(self) -> str: ...
 
@@ -50,13 +55,29 @@ class ImageTarget(Protocol):
         """Create what must exist before anything is written."""
         ...
 
-    def has_blob(self, digest: Digest) -> bool: ...
-
-    def write_blob(self, digest: Digest, size: int, chunks: Iterable[bytes]) -> None:
-        """Store a blob; must not be visible under its digest until complete
-        and checked. Raises IntegrityError if the bytes do not match."""
+    def locate(self, ref: ImageReference) -> str:
+        """The target repository for an image carried under `ref`."""
         ...
 
-    def tag(self, entries: list[tuple[str, Descriptor]]) -> None:
-        """Point each full reference at its root descriptor, atomically."""
+    def has_blob(self, digest: Digest, repos: Sequence[str]) -> bool:
+        """True if the blob is available to every repo in `repos`."""
+        ...
+
+    def write_blob(
+        self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
+    ) -> None:
+        """Store a blob; it must not be visible under its digest until complete
+        and checked. `chunks` raises if the bytes do not match the manifest."""
+        ...
+
+    def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
+        """Store a manifest or index by digest (children before parents)."""
+        ...
+
+    def tag(self, repo: str, ref: ImageReference, media_type: str, data: bytes) -> str:
+        """Make the image findable under `ref`; returns where, for the report."""
+        ...
+
+    def finish(self) -> None:
+        """Make the tags visible (atomically, where the target allows)."""
         ...

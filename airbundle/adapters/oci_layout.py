@@ -6,7 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from airbundle.adapters.fsutil import atomic_output, remove_stale_temps, write_atomic
@@ -15,6 +15,7 @@ from airbundle.errors import FormatError, MemberDigestError, SourceError, Target
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
+from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
@@ -122,6 +123,7 @@ class OciLayoutTarget:
         self.root = root
         self.limits = limits
         self._blobs = root / "blobs" / "sha256"
+        self._pending: list[tuple[str, Descriptor]] = []
 
     def describe(self) -> str:
         return f"oci:{self.root}"
@@ -149,10 +151,15 @@ class OciLayoutTarget:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def has_blob(self, digest: Digest) -> bool:
+    def locate(self, ref: ImageReference) -> str:
+        return str(ref)
+
+    def has_blob(self, digest: Digest, repos: Sequence[str] = ()) -> bool:
         return (self.root / digest.blob_path).is_file()
 
-    def write_blob(self, digest: Digest, size: int, chunks: Iterable[bytes]) -> None:
+    def write_blob(
+        self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str] = ()
+    ) -> None:
         path = self.root / digest.blob_path
         try:
             with atomic_output(path, fsync=False) as fh:
@@ -171,7 +178,22 @@ class OciLayoutTarget:
         except OSError as exc:
             raise TargetError(f"{self.describe()}: cannot write blob {digest}: {exc}") from None
 
-    def tag(self, entries: list[tuple[str, Descriptor]]) -> None:
+    def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
+        if not self.has_blob(digest):
+            self.write_blob(digest, len(data), [data])
+
+    def tag(self, repo: str, ref: ImageReference, media_type: str, data: bytes) -> str:
+        digest = Digest.sha256_of(data)
+        self._pending.append((repo, Descriptor(media_type, digest, len(data))))
+        return f"{self.describe()}:{repo}"
+
+    def finish(self) -> None:
+        if self._pending:
+            self.set_refs(self._pending)
+            self._pending = []
+
+    def set_refs(self, entries: list[tuple[str, Descriptor]]) -> None:
+        """Point each ref name at its descriptor in index.json, atomically."""
         current = _read_index(self.root, error=TargetError, limits=self.limits)
         names = {name for name, _ in entries}
         kept = [d for d in current if d.annotations.get(REF_NAME) not in names]

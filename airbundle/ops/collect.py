@@ -22,7 +22,7 @@ class CollectedImage:
     root: Descriptor
     platforms: tuple[str, ...]
     source_digest: Digest | None = None
-    # Manifest and index documents by digest (exact bytes), children first.
+    # Manifest and index documents by digest (exact bytes), root first.
     documents: dict[Digest, bytes] = field(default_factory=dict)
     # Config and layer descriptors in the order they appear.
     blobs: list[Descriptor] = field(default_factory=list)
@@ -62,7 +62,9 @@ def collect_image(
         else:
             _add_blobs(parsed.blobs, image)
         image.root = root
-        image.documents[root.digest] = root_bytes
+        # Root first, then children: an importer reading the stream discovers
+        # every document from the ones before it (docs/bundle-format.md).
+        image.documents = {root.digest: root_bytes, **image.documents}
         image.platforms = tuple(dict.fromkeys(found))
     except FormatError as exc:
         raise SourceError(f"{what}: {exc.message}") from None
@@ -101,12 +103,12 @@ def _walk(
         where=f"{image.source_text}@{desc.digest}",
         limits=limits,
     )
+    image.documents[desc.digest] = data
     if parsed.is_index:
         for child in parsed.children:
             _walk(source, child, image, found, limits, depth=depth + 1)
     else:
         _add_blobs(parsed.blobs, image)
-    image.documents[desc.digest] = data
 
 
 def _add_blobs(blobs: tuple[Descriptor, ...], image: CollectedImage) -> None:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from airbundle import __version__
 from airbundle.adapters import git
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
+from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import BundleWriter, prefix_upper_bound
@@ -39,7 +40,7 @@ from airbundle.format.reference import ImageReference
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.collect import CollectedImage, collect_image
-from airbundle.ops.sources import open_source
+from airbundle.ops.sources import Sources
 
 # Room kept in the prefix for approval signatures added later by `sign`.
 RESERVED_SIGNATURES = 16
@@ -58,6 +59,7 @@ class ExportOptions:
     sequence: int | None = None
     expires_in: timedelta | None = None
     source_date_epoch: int | None = None
+    transport: Transport | None = None
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -158,11 +160,12 @@ def _bundle_id(name: str, created: datetime, members: list[MemberEntry]) -> str:
     return str(uuid.UUID(bytes=h.digest()[:16], version=4))
 
 
-def plan_images(spec: BundleSpec, limits: Limits) -> list[CollectedImage]:
+def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
+    limits = sources.limits
     images: list[CollectedImage] = []
     seen: dict[str, str] = {}
     for item in spec.images:
-        source = open_source(item.source, text=item.text, limits=limits)
+        source = sources.open(item.source, text=item.text)
         resolved_name = None
         # Resolve once for the recorded name; collect_image resolves again
         # (cheap for local sources, one HEAD for a registry).
@@ -194,7 +197,7 @@ def export_bundle(
     limits = options.limits
     created = _created(options)
     reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
-    images = plan_images(spec, limits)
+    images = plan_images(spec, Sources(options.transport or Transport(), limits))
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent)).resolve()

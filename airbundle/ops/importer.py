@@ -1,29 +1,38 @@
 """Import: authenticate, then stream verified members into the targets.
 
-Phase 1 streams the archive once: blobs go to the image target as they pass
-(each only after its digest checked), git bundles to temporary files. Only
-after the whole archive has been verified does phase 2 make anything
-visible: refs are staged and checked, then images are tagged and refs moved.
-A re-run skips blobs already present, so an interrupted import completes.
+Phase 1 streams the archive once. Manifests and indexes come first in a
+bundle (root before children), so by the time layers arrive the importer
+knows which target repositories need each blob; every blob goes to the image
+target as it passes, committed only after its digest checked. Git bundles go
+to temporary files. Only after the whole archive has been verified does phase
+2 make anything visible: refs are staged and checked, manifests pushed
+(children first), then tags and refs move. A re-run skips blobs already
+present, so an interrupted import completes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from airbundle.adapters import git
-from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, remove_stale_temps, write_atomic
+from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, write_atomic
+from airbundle.adapters.git_targets import GitTarget, open_git_target
+from airbundle.adapters.images import ImageTarget
 from airbundle.adapters.oci_layout import OciLayoutTarget
-from airbundle.errors import RefUpdateError, TargetError, UsageError
+from airbundle.adapters.registry.client import RegistryClient
+from airbundle.adapters.registry.target import RegistryImageTarget
+from airbundle.adapters.registry.transport import Transport
+from airbundle.errors import ArchiveError, FormatError, RefUpdateError, TargetError, UsageError
 from airbundle.format.archive import BundleReader
-from airbundle.format.manifest import BLOB_PREFIX, BundleManifest, MemberEntry, RepoEntry
-from airbundle.format.oci import Descriptor
-from airbundle.format.paths import check_repo_name
+from airbundle.format.digest import Digest
+from airbundle.format.manifest import BLOB_PREFIX, BundleManifest, ImageEntry, MemberEntry
+from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
+from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST, parse_manifest
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -36,9 +45,14 @@ REPORT_NAME = "airbundle-import.json"
 @dataclass(frozen=True)
 class ImportOptions:
     policy: TrustPolicy
-    oci_dir: Path | None = None
-    git_dir: Path | None = None
+    # --registry: "oci:DIR" for an OCI layout, else HOST[:PORT][/PREFIX].
+    registry: str | None = None
+    # --git: a folder of bare repositories, or a URL template with {name}.
+    git: str | None = None
     force: bool = False
+    keep_source_host: bool = False
+    transport: Transport | None = None
+    report: Path | None = None
     at: datetime | None = None
     limits: Limits = DEFAULT_LIMITS
 
@@ -52,49 +66,129 @@ class ImportReport:
     blobs_present: int = 0
     images: list[dict[str, str]] = field(default_factory=list)
     repos: list[dict[str, object]] = field(default_factory=list)
+    report_path: str | None = None
 
     def to_json(self) -> bytes:
-        return (json.dumps(self.__dict__, indent=1, sort_keys=True) + "\n").encode()
+        doc = {k: v for k, v in self.__dict__.items() if k != "report_path"}
+        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _check_targets(manifest: BundleManifest, options: ImportOptions) -> None:
-    if manifest.images and options.oci_dir is None:
+def _image_target(manifest: BundleManifest, options: ImportOptions) -> ImageTarget | None:
+    if not manifest.images:
+        return None
+    if options.registry is None:
         raise UsageError(
             f"the bundle carries {len(manifest.images)} image(s): say where they go with "
-            "--registry oci:DIR"
+            "--registry HOST[:PORT][/PREFIX] or --registry oci:DIR"
         )
-    if manifest.repos and options.git_dir is None:
+    if options.registry.startswith("oci:"):
+        return OciLayoutTarget(Path(options.registry[4:]).resolve(), limits=options.limits)
+    location = RegistryLocation.parse(options.registry)
+    mapping = map_images(
+        [i.ref for i in manifest.images],
+        location,
+        MappingOptions(keep_source_host=options.keep_source_host),
+    )
+    client = RegistryClient(
+        location.host, options.transport or Transport(), error=TargetError, limits=options.limits
+    )
+    return RegistryImageTarget(client, mapping)
+
+
+def _git_target(manifest: BundleManifest, options: ImportOptions) -> GitTarget | None:
+    if not manifest.repos:
+        return None
+    if options.git is None:
         raise UsageError(
-            f"the bundle carries {len(manifest.repos)} repo(s): say where they go with --git DIR"
+            f"the bundle carries {len(manifest.repos)} repo(s): say where they go with "
+            "--git DIR or --git 'URL/{name}.git'"
         )
+    return open_git_target(options.git)
+
+
+class _Documents:
+    """Manifests and indexes discovered top-down from the images' roots."""
+
+    def __init__(self, images: tuple[ImageEntry, ...], target: ImageTarget, limits: Limits):
+        self.limits = limits
+        self.expected: dict[Digest, tuple[str, set[str]]] = {}  # digest -> (media type, repos)
+        for image in images:
+            repo = target.locate(image.ref)
+            self._expect(image.digest, image.media_type, {repo})
+        self.data: dict[Digest, bytes] = {}
+        self.order: list[Digest] = []
+        self.blob_repos: dict[Digest, set[str]] = {}
+
+    def _expect(self, digest: Digest, media_type: str, repos: set[str]) -> None:
+        known = self.expected.setdefault(digest, (media_type, set()))
+        known[1].update(repos)
+
+    def is_document(self, digest: Digest) -> bool:
+        return digest in self.expected
+
+    def add(self, digest: Digest, data: bytes) -> None:
+        media_type, repos = self.expected[digest]
+        try:
+            parsed = parse_manifest(
+                data, declared_type=media_type, where=f"manifest {digest}", limits=self.limits
+            )
+        except FormatError as exc:
+            raise ArchiveError(f"bundle member for {digest}: {exc.message}") from None
+        self.data[digest] = data
+        self.order.append(digest)
+        for child in parsed.children:
+            self._expect(child.digest, child.media_type, repos)
+        for blob in parsed.blobs:
+            self.blob_repos.setdefault(blob.digest, set()).update(repos)
+
+    def media_type(self, digest: Digest) -> str:
+        return self.expected[digest][0] or OCI_MANIFEST
+
+    def repos(self, digest: Digest) -> list[str]:
+        return sorted(self.expected[digest][1])
 
 
 class _Sinks:
     def __init__(
         self,
-        target: OciLayoutTarget | None,
-        git_dir: Path | None,
+        target: ImageTarget | None,
+        scratch: Path | None,
         manifest: BundleManifest,
         report: ImportReport,
+        limits: Limits,
     ) -> None:
         self.target = target
-        self.git_dir = git_dir
+        self.scratch = scratch
         self.report = report
+        self.limits = limits
         self.repos = {r.member: r for r in manifest.repos}
         self.staged: dict[str, Path] = {}
+        self.documents = _Documents(manifest.images, target, limits) if target is not None else None
 
     def __call__(self, member: TarMember, entry: MemberEntry, chunks: Iterator[bytes]) -> None:
         if entry.path.startswith(BLOB_PREFIX):
-            assert self.target is not None
-            if self.target.has_blob(entry.digest):
+            assert self.target is not None and self.documents is not None
+            docs = self.documents
+            if docs.is_document(entry.digest):
+                if entry.size > self.limits.max_oci_manifest_bytes:
+                    raise ArchiveError(f"manifest {entry.digest} is {entry.size} bytes, too large")
+                docs.add(entry.digest, b"".join(chunks))  # chunks raise if the digest is wrong
+                return
+            repos = sorted(docs.blob_repos.get(entry.digest, ()))
+            if not repos:
+                raise ArchiveError(
+                    f"{entry.path}: blob is not referenced by any image in the bundle, or comes "
+                    "before the manifests that reference it"
+                )
+            if self.target.has_blob(entry.digest, repos):
                 self.report.blobs_present += 1
                 return  # stream_members still drains and verifies the bytes
-            self.target.write_blob(entry.digest, entry.size, chunks)
+            self.target.write_blob(entry.digest, entry.size, chunks, repos)
             self.report.blobs_written += 1
         elif entry.path in self.repos:
-            assert self.git_dir is not None
+            assert self.scratch is not None
             repo = self.repos[entry.path]
-            path = self.git_dir / f"{TEMP_MARK}{repo.name}.bundle"
+            path = self.scratch / f"{TEMP_MARK}{repo.name}.bundle"
             with atomic_output(path, fsync=False) as fh:
                 for chunk in chunks:
                     fh.write(chunk)
@@ -105,18 +199,12 @@ def import_bundle(
     path: Path, options: ImportOptions, *, progress: Progress | None = None
 ) -> ImportReport:
     source = str(path)
-    # git runs with -C in the repository: hand it absolute paths only.
-    options = replace(
-        options,
-        oci_dir=options.oci_dir.resolve() if options.oci_dir else None,
-        git_dir=options.git_dir.resolve() if options.git_dir else None,
-    )
     try:
         fh = path.open("rb")
     except OSError as exc:
         raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
     report = ImportReport(bundle=source)
-    with fh:
+    with fh, contextlib.ExitStack() as stack:
         reader = BundleReader(fh, source=source, limits=options.limits)
         auth = authenticate(
             reader.read_prefix(),
@@ -128,86 +216,83 @@ def import_bundle(
         manifest = auth.manifest
         report.bundle_id = manifest.bundle.id
         report.manifest_digest = str(auth.manifest_digest)
-        _check_targets(manifest, options)
-        target = (
-            OciLayoutTarget(options.oci_dir, limits=options.limits) if options.oci_dir else None
-        )
-        if options.git_dir is not None:
-            options.git_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(options.git_dir)
-        with target.locked() if target else contextlib.nullcontext():
-            if target:
-                target.prepare()
-            sinks = _Sinks(target, options.git_dir, manifest, report)
-            try:
-                stream_members(reader, manifest, sinks, progress=progress)
-                _publish(auth, sinks, target, options, report)
-            except BaseException:
-                # Staged objects may stay (they are unreferenced); staging refs may not.
-                if options.git_dir is not None:
-                    for repo in manifest.repos:
-                        git.discard_staged(_repo_path(options.git_dir, repo), what=repo.name)
-                raise
-            finally:
-                for staged in sinks.staged.values():
-                    with contextlib.suppress(FileNotFoundError):
-                        staged.unlink()
+        # Both targets are checked before a byte is written to either.
+        target = _image_target(manifest, options)
+        gits = _git_target(manifest, options)
+        if gits is not None:
+            stack.callback(gits.close)
+        if isinstance(target, OciLayoutTarget):
+            stack.enter_context(target.locked())
+        if target is not None:
+            target.prepare()
+        scratch = None
+        if manifest.repos:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airbundle-")))
+        sinks = _Sinks(target, scratch, manifest, report, options.limits)
+        try:
+            stream_members(reader, manifest, sinks, progress=progress)
+            _publish(auth, sinks, target, gits, options, report)
+        except BaseException:
+            # Staged objects may stay (unreferenced); staging refs may not.
+            if gits is not None:
+                for repo in manifest.repos:
+                    with contextlib.suppress(Exception):
+                        gits.discard(repo.name)
+            raise
     return report
-
-
-def _repo_path(git_dir: Path, repo: RepoEntry) -> Path:
-    # Validated again here: a name from the media becomes a path.
-    return git_dir / f"{check_repo_name(repo.name, error=TargetError)}.git"
 
 
 def _publish(
     auth: Authenticated,
     sinks: _Sinks,
-    target: OciLayoutTarget | None,
+    target: ImageTarget | None,
+    gits: GitTarget | None,
     options: ImportOptions,
     report: ImportReport,
 ) -> None:
     manifest = auth.manifest
     refused: list[str] = []
-    if options.git_dir is not None:
+    if gits is not None:
         for repo in manifest.repos:
-            what = f"repo {repo.name!r}"
             refs = [(r.name, r.target) for r in repo.refs]
-            repo_path = _repo_path(options.git_dir, repo)
-            git.stage_bundle(sinks.staged[repo.name], repo_path, refs, what=what)
+            gits.stage(repo.name, sinks.staged[repo.name], refs)
             if not options.force:
-                refused += git.refused_updates(repo_path, refs, what=what)
+                refused += gits.refused(repo.name, refs)
     if refused:
         raise RefUpdateError(
             "refusing to move refs: " + "; ".join(refused),
             hint="nothing was changed; re-run with --force to move them anyway",
         )
     if target is not None:
-        entries = [
-            (str(image.ref), Descriptor(image.media_type, image.digest, image.size))
-            for image in manifest.images
-        ]
+        docs = sinks.documents
+        assert docs is not None
+        missing = [d for d in docs.expected if d not in docs.data]
+        if missing:
+            raise ArchiveError(f"manifest {missing[0]} is referenced but not in the bundle")
+        # Children before the indexes that reference them.
+        for digest in reversed(docs.order):
+            for location in docs.repos(digest):
+                target.put_manifest(location, digest, docs.media_type(digest), docs.data[digest])
         for image in manifest.images:
-            if not target.has_blob(image.digest):
-                raise TargetError(
-                    f"image {image.ref}: manifest {image.digest} missing after import"
-                )
-        target.tag(entries)
-        report.images = [
-            {"ref": ref, "digest": str(d.digest), "target": f"{target.describe()}:{ref}"}
-            for ref, d in entries
-        ]
-    if options.git_dir is not None:
+            location = target.locate(image.ref)
+            where = target.tag(location, image.ref, image.media_type, docs.data[image.digest])
+            report.images.append(
+                {"source": str(image.ref), "target": where, "digest": str(image.digest)}
+            )
+        target.finish()
+    if gits is not None:
         for repo in manifest.repos:
             refs = [(r.name, r.target) for r in repo.refs]
-            repo_path = _repo_path(options.git_dir, repo)
-            git.update_refs(repo_path, refs, head=repo.head, what=f"repo {repo.name!r}")
+            gits.publish(repo.name, refs, head=repo.head, force=options.force)
             report.repos.append(
-                {
-                    "name": repo.name,
-                    "path": str(repo_path),
-                    "refs": {name: oid for name, oid in refs},
-                }
+                {"name": repo.name, "target": gits.describe(repo.name), "refs": dict(refs)}
             )
-    if target is not None:
-        write_atomic(target.root / REPORT_NAME, report.to_json())
+    report_path = options.report
+    if report_path is None and isinstance(target, OciLayoutTarget):
+        report_path = target.root / REPORT_NAME
+    if report_path is not None:
+        write_atomic(report_path, report.to_json())
+        report.report_path = str(report_path)
+
+
+__all__ = ["OCI_INDEX", "ImportOptions", "ImportReport", "import_bundle"]

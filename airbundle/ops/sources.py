@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from airbundle.adapters.docker_archive import DockerArchiveSource
 from airbundle.adapters.images import ImageSource
 from airbundle.adapters.oci_layout import OciLayoutSource
+from airbundle.adapters.registry.client import RegistryClient
+from airbundle.adapters.registry.source import RegistryImageSource
+from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError
 from airbundle.format.spec import SourceRef
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
-def open_source(source: SourceRef, *, text: str, limits: Limits = DEFAULT_LIMITS) -> ImageSource:
-    if source.transport == "oci":
-        assert source.path is not None
-        return OciLayoutSource(source.path, source.ref, text=text, limits=limits)
-    if source.transport == "docker-archive":
-        assert source.path is not None
-        return DockerArchiveSource(source.path, source.ref, text=text, limits=limits)
-    raise SourceError(
-        f"{text}: pulling from registries is not available in this version; "
-        "export the image to an OCI layout first (skopeo copy docker://... oci:DIR:REF) "
-        "and name it as oci:DIR:REF"
-    )
+def api_host(registry: str) -> str:
+    """Docker Hub's registry API does not live at docker.io itself."""
+    return "registry-1.docker.io" if registry == "docker.io" else registry
+
+
+@dataclass
+class Sources:
+    """Opens sources; one registry client (and token cache) per registry host."""
+
+    transport: Transport = field(default_factory=Transport)
+    limits: Limits = DEFAULT_LIMITS
+    _clients: dict[str, RegistryClient] = field(default_factory=dict)
+
+    def client(self, registry: str) -> RegistryClient:
+        host = api_host(registry)
+        if host not in self._clients:
+            self._clients[host] = RegistryClient(
+                host, self.transport, error=SourceError, limits=self.limits
+            )
+        return self._clients[host]
+
+    def open(self, source: SourceRef, *, text: str) -> ImageSource:
+        if source.transport == "oci":
+            assert source.path is not None
+            return OciLayoutSource(source.path, source.ref, text=text, limits=self.limits)
+        if source.transport == "docker-archive":
+            assert source.path is not None
+            return DockerArchiveSource(source.path, source.ref, text=text, limits=self.limits)
+        assert source.reference is not None
+        return RegistryImageSource(
+            source.reference, self.client(source.reference.registry), text=text
+        )

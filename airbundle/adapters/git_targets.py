@@ -1,0 +1,159 @@
+"""Where imported repositories land: bare repositories in a folder, or a git
+server named by a URL template such as git://host/{name}.git.
+
+Both follow the same three steps so that nothing moves until every check of
+the whole import has passed: stage (objects in, verified), check (refuse
+non-fast-forward), publish (move refs atomically).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from airbundle.adapters import git
+from airbundle.errors import RefUpdateError, TargetError, UsageError
+from airbundle.format.paths import check_ref_name, check_repo_name
+
+Refs = Sequence[tuple[str, str]]
+
+
+class GitTarget(Protocol):
+    def describe(self, name: str) -> str: ...
+
+    def stage(self, name: str, bundle: Path, refs: Refs) -> None: ...
+
+    def refused(self, name: str, refs: Refs) -> list[str]: ...
+
+    def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None: ...
+
+    def discard(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BareRepoTarget:
+    """DIR/<name>.git, created bare if absent."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def path(self, name: str) -> Path:
+        # Validated again here: a name from the media becomes a path.
+        return self.root / f"{check_repo_name(name, error=TargetError)}.git"
+
+    def describe(self, name: str) -> str:
+        return str(self.path(name))
+
+    def stage(self, name: str, bundle: Path, refs: Refs) -> None:
+        git.stage_bundle(bundle, self.path(name), refs, what=f"repo {name!r}")
+
+    def refused(self, name: str, refs: Refs) -> list[str]:
+        return git.refused_updates(self.path(name), refs, what=f"repo {name!r}")
+
+    def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
+        git.update_refs(self.path(name), refs, head=head, what=f"repo {name!r}")
+
+    def discard(self, name: str) -> None:
+        git.discard_staged(self.path(name), what=f"repo {name!r}")
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteTarget:
+    """A git server: objects are staged in a scratch repository, then pushed
+    with `git push --atomic` (one transaction per repository)."""
+
+    def __init__(self, template: str, *, scratch: Path | None = None) -> None:
+        if "{name}" not in template:
+            raise UsageError(f"--git {template!r}: a URL template must contain {{name}}")
+        self.template = template
+        self._scratch = Path(tempfile.mkdtemp(prefix="airbundle-git-", dir=scratch))
+
+    def url(self, name: str) -> str:
+        return self.template.replace("{name}", check_repo_name(name, error=TargetError))
+
+    def describe(self, name: str) -> str:
+        return self.url(name)
+
+    def _work(self, name: str) -> Path:
+        return self._scratch / f"{name}.git"
+
+    def stage(self, name: str, bundle: Path, refs: Refs) -> None:
+        git.stage_bundle(bundle, self._work(name), refs, what=f"repo {name!r}")
+
+    def _remote_refs(self, name: str) -> dict[str, str]:
+        proc = git.run_git(
+            ["ls-remote", "--", self.url(name)],
+            error=TargetError,
+            what=f"repo {name!r} ({self.url(name)})",
+        )
+        out = {}
+        for line in proc.stdout.decode().splitlines():
+            oid, _, ref = line.partition("\t")
+            if ref.startswith("refs/"):
+                out[ref] = oid
+        return out
+
+    def refused(self, name: str, refs: Refs) -> list[str]:
+        current = self._remote_refs(name)
+        problems = []
+        for ref, oid in refs:
+            old = current.get(ref)
+            if old is None or old == oid:
+                continue
+            if ref.startswith("refs/tags/") or not git.is_ancestor(self._work(name), old, oid):
+                problems.append(
+                    f"repo {name!r}: {ref} on {self.url(name)} is at {old[:12]}; "
+                    f"moving it to {oid[:12]} is not a fast-forward"
+                )
+        return problems
+
+    def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
+        plus = "+" if force else ""
+        specs = [
+            f"{plus}{git.INCOMING}{check_ref_name(r, error=TargetError)[5:]}:{r}" for r, _ in refs
+        ]
+        try:
+            git.run_git(
+                [
+                    "-C",
+                    str(self._work(name)),
+                    "push",
+                    "--atomic",
+                    "--porcelain",
+                    "--quiet",
+                    "--",
+                    self.url(name),
+                    *specs,
+                ],
+                error=TargetError,
+                what=f"repo {name!r}: push to {self.url(name)}",
+            )
+        except TargetError as exc:
+            if "non-fast-forward" in exc.message or "fetch first" in exc.message:
+                raise RefUpdateError(exc.message, hint="re-run with --force to move it") from None
+            raise
+
+    def discard(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self._scratch)
+
+
+def open_git_target(value: str) -> GitTarget:
+    """--git DIR or --git URL-TEMPLATE (with {name})."""
+    if "{name}" in value:
+        return RemoteTarget(value)
+    if "://" in value:
+        raise UsageError(
+            f"--git {value!r}: a URL needs a {{name}} placeholder, e.g. git://host/{{name}}.git"
+        )
+    return BareRepoTarget(Path(value))

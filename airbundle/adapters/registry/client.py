@@ -1,0 +1,510 @@
+"""A small OCI distribution API client: manifests, blobs, uploads, mounts.
+
+It speaks only what airbundle needs, checks every digest it is given against
+the bytes it receives, and raises one error class chosen by the caller
+(SourceError on export, TargetError on import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from airbundle.adapters.registry.auth import (
+    AuthError,
+    Credentials,
+    TokenCache,
+    lookup_credentials,
+    parse_challenge,
+)
+from airbundle.adapters.registry.transport import Response, Transport, TransportError
+from airbundle.errors import AirbundleError
+from airbundle.format.digest import Digest
+from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    data: bytes
+    media_type: str
+    digest: Digest
+
+
+def _registry_errors(response: Response, body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        errors = doc.get("errors") or []
+        parts = [f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors]
+        if parts:
+            return "; ".join(parts)
+    except (ValueError, AttributeError):
+        pass
+    text = body.decode("utf-8", "replace").strip()
+    return text[:300] or f"HTTP {response.status}"
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        host: str,
+        transport: Transport,
+        *,
+        error: type[AirbundleError],
+        credentials: Credentials | object | None = _UNSET,
+        tokens: TokenCache | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        chunk_bytes: int = 16 << 20,
+    ) -> None:
+        self.host = host
+        self.transport = transport
+        self._error = error
+        self._credentials = credentials
+        self._tokens = tokens or TokenCache()
+        self._limits = limits
+        self._chunk = chunk_bytes
+        self._basic = False
+        self._base: str | None = None
+
+    # -- plumbing ------------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        if self._base is None:
+            try:
+                self._base = self.transport.base_url(self.host)
+            except TransportError as exc:
+                raise self._error(f"registry {self.host}: {exc.message}", hint=exc.hint) from exc
+        return self._base
+
+    def credentials(self) -> Credentials | None:
+        if self._credentials is _UNSET:
+            try:
+                self._credentials = lookup_credentials(self.host)
+            except AuthError as exc:
+                raise self._error(exc.message) from exc
+        return self._credentials  # type: ignore[return-value]
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        token = self._tokens.get(self.host, scope)
+        if token:
+            return {"Authorization": f"Bearer {token}"}
+        creds = self.credentials()
+        if self._basic and creds:
+            return {"Authorization": creds.basic_header()}
+        return {}
+
+    def _fetch_token(self, params: dict[str, str], scope: str) -> None:
+        realm = params.get("realm")
+        if not realm:
+            raise self._error(f"registry {self.host}: Bearer challenge without a realm")
+        creds = self.credentials()
+        query = {"service": params.get("service", "")} if params.get("service") else {}
+        scopes = [s for s in scope.split(" ") if s]
+        headers: dict[str, str] = {}
+        body = None
+        method = "GET"
+        if creds and creds.identity_token:
+            method = "POST"
+            body = urllib.parse.urlencode(
+                {
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "service": params.get("service", ""),
+                    "scope": " ".join(scopes),
+                    "client_id": "airbundle",
+                }
+            ).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            url = realm
+        else:
+            pairs = list(query.items()) + [("scope", s) for s in scopes]
+            url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(pairs)
+            if creds and creds.username is not None:
+                headers["Authorization"] = creds.basic_header()
+        token_host = urllib.parse.urlsplit(realm).netloc
+        try:
+            response = self.transport.request(
+                method, url, host=token_host, headers=headers, body=body
+            )
+        except TransportError as exc:
+            raise self._error(f"token server {realm}: {exc.message}", hint=exc.hint) from exc
+        data = response.read_limited(1 << 20)
+        if response.status != 200:
+            who = f" with credentials from {creds.source}" if creds else " anonymously"
+            raise self._error(
+                f"registry {self.host}: token server refused access to {scope}{who}: "
+                f"{_registry_errors(response, data)}",
+                hint="check the credentials (docker login / podman login, or auth.json)",
+            )
+        try:
+            doc = json.loads(data)
+            token = doc.get("token") or doc.get("access_token")
+            expires = float(doc.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            raise self._error(f"token server {realm}: malformed response") from None
+        if not isinstance(token, str) or not token:
+            raise self._error(f"token server {realm}: response has no token")
+        self._tokens.put(self.host, scope, token, expires)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scope: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        stream: bool = False,
+        retry: bool = True,
+        what: str,
+    ) -> Response:
+        url = path_or_url if "://" in path_or_url else self.base + path_or_url
+        for attempt in range(3):
+            all_headers = {**(headers or {}), **self._auth_header(scope)}
+            try:
+                response = self.transport.request(
+                    method,
+                    url,
+                    host=self.host,
+                    headers=all_headers,
+                    body=body,
+                    stream=stream,
+                    retry=retry,
+                )
+            except TransportError as exc:
+                raise self._error(f"{what}: {exc.message}", hint=exc.hint) from exc
+            if response.status != 401 or attempt == 2:
+                break
+            challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+            response.raw.drain_conn()
+            response.close()
+            if challenge is None:
+                break
+            if challenge.scheme == "bearer":
+                if self._tokens.get(self.host, scope) and attempt > 0:
+                    break
+                self._fetch_token(challenge.params, scope)
+            elif challenge.scheme == "basic":
+                if self.credentials() is None or self._basic:
+                    break
+                self._basic = True
+        if response.status == 401:
+            body_text = _registry_errors(response, response.read_limited(1 << 16))
+            creds = self.credentials()
+            who = f"credentials from {creds.source}" if creds else "no credentials"
+            raise self._error(
+                f"{what}: registry {self.host} requires authentication ({who}): {body_text}",
+                hint="log in with `docker login` / `podman login`, or set REGISTRY_AUTH_FILE",
+            )
+        if response.status == 429:
+            raise self._error(
+                f"{what}: registry {self.host} says toomanyrequests (rate limit) after "
+                f"{self.transport.retry.attempts} attempts",
+                hint="wait and re-run (work done so far is kept), or authenticate to get a "
+                "higher limit",
+            )
+        return response
+
+    def fail(self, response: Response, what: str) -> AirbundleError:
+        data = response.read_limited(1 << 16) if response.status != 204 else b""
+        return self._error(f"{what}: HTTP {response.status}: {_registry_errors(response, data)}")
+
+    @staticmethod
+    def scope(repo: str, actions: str = "pull") -> str:
+        return f"repository:{repo}:{actions}"
+
+    # -- manifests ----------------------------------------------------------------
+
+    def get_manifest(
+        self, repo: str, reference: str, *, expect: Digest | None = None
+    ) -> FetchedManifest:
+        what = (
+            f"{self.host}/{repo}:{reference}" if expect is None else f"{self.host}/{repo}@{expect}"
+        )
+        response = self.request(
+            "GET",
+            f"/v2/{repo}/manifests/{reference}",
+            scope=self.scope(repo),
+            headers={"Accept": MANIFEST_ACCEPT},
+            stream=True,
+            what=what,
+        )
+        if response.status == 404:
+            response.close()
+            raise self._error(f"{what}: manifest not found (HTTP 404)")
+        if response.status != 200:
+            raise self.fail(response, what)
+        try:
+            data = response.read_limited(self._limits.max_oci_manifest_bytes)
+        except TransportError as exc:
+            raise self._error(f"{what}: {exc.message}") from exc
+        digest = Digest.sha256_of(data)
+        if expect is not None and digest != expect:
+            raise self._error(f"{what}: registry returned a manifest with digest {digest}")
+        media_type = (response.headers.get("content-type") or "").split(";")[0].strip()
+        return FetchedManifest(data, media_type, digest)
+
+    def manifest_exists(self, repo: str, digest: Digest) -> bool:
+        what = f"{self.host}/{repo}@{digest}"
+        response = self.request(
+            "HEAD",
+            f"/v2/{repo}/manifests/{digest}",
+            scope=self.scope(repo),
+            headers={"Accept": MANIFEST_ACCEPT},
+            what=what,
+        )
+        response.close()
+        return response.status == 200
+
+    def put_manifest(self, repo: str, reference: str, media_type: str, data: bytes) -> Digest:
+        what = f"push manifest {self.host}/{repo}:{reference}"
+        response = self.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{reference}",
+            scope=self.scope(repo, "pull,push"),
+            headers={"Content-Type": media_type},
+            body=data,
+            what=what,
+        )
+        if response.status not in (200, 201):
+            raise self.fail(response, what)
+        response.close()
+        expected = Digest.sha256_of(data)
+        told = response.headers.get("docker-content-digest")
+        if told and told != str(expected):
+            raise self._error(f"{what}: registry stored digest {told}, we sent {expected}")
+        return expected
+
+    # -- blobs --------------------------------------------------------------------
+
+    def blob_exists(self, repo: str, digest: Digest) -> bool:
+        what = f"{self.host}/{repo}@{digest}"
+        response = self.request(
+            "HEAD", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo), what=what
+        )
+        response.close()
+        if response.status in (200, 404):
+            return response.status == 200
+        raise self._error(f"{what}: HEAD blob: HTTP {response.status}")
+
+    def blob_chunks(self, repo: str, digest: Digest, size: int) -> Iterator[bytes]:
+        """The blob's bytes; an interrupted download resumes with a Range request."""
+        what = f"{self.host}/{repo}@{digest}"
+        offset = 0
+        failures = 0
+        while True:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            response = self.request(
+                "GET",
+                f"/v2/{repo}/blobs/{digest}",
+                scope=self.scope(repo),
+                headers=headers,
+                stream=True,
+                what=what,
+            )
+            if response.status not in (200, 206):
+                raise self.fail(response, f"{what}: GET blob")
+            skip = offset if (offset and response.status == 200) else 0
+            try:
+                for chunk in response.stream(self._limits.io_chunk_bytes):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    offset += len(chunk)
+                    yield chunk
+                response.close()
+                return
+            except TransportError as exc:
+                failures += 1
+                if failures >= self.transport.retry.attempts or offset >= size:
+                    raise self._error(
+                        f"{what}: download failed at byte {offset}: {exc.message}"
+                    ) from exc
+                self.transport.sleep(self.transport.retry.backoff * failures)
+
+    def mount_blob(self, repo: str, digest: Digest, from_repo: str) -> bool:
+        """Cross-repository mount; True if the registry linked the blob."""
+        what = f"mount {digest} from {from_repo} into {self.host}/{repo}"
+        scope = f"{self.scope(repo, 'pull,push')} {self.scope(from_repo)}"
+        query = urllib.parse.urlencode({"mount": str(digest), "from": from_repo})
+        response = self.request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/?{query}",
+            scope=scope,
+            headers={"Content-Length": "0"},
+            body=b"",
+            what=what,
+        )
+        response.close()
+        if response.status == 201:
+            return True
+        if response.status == 202:
+            # The registry opened an upload instead; cancel it, we upload normally.
+            location = response.headers.get("location")
+            if location:
+                cancel = self.request(
+                    "DELETE",
+                    self._absolute(location),
+                    scope=self.scope(repo, "pull,push"),
+                    what=what,
+                    retry=False,
+                )
+                cancel.close()
+            return False
+        raise self._error(f"{what}: HTTP {response.status}")
+
+    def _absolute(self, location: str) -> str:
+        return urllib.parse.urljoin(self.base + "/", location)
+
+    def _start_upload(self, repo: str, what: str) -> str:
+        response = self.request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            scope=self.scope(repo, "pull,push"),
+            headers={"Content-Length": "0"},
+            body=b"",
+            what=what,
+        )
+        if response.status != 202 or not response.headers.get("location"):
+            raise self.fail(response, f"{what}: start upload")
+        response.close()
+        return self._absolute(response.headers["location"])
+
+    @staticmethod
+    def _with_digest(location: str, digest: Digest) -> str:
+        sep = "&" if "?" in location else "?"
+        return f"{location}{sep}{urllib.parse.urlencode({'digest': str(digest)})}"
+
+    def upload_blob(self, repo: str, digest: Digest, size: int, chunks: Iterable[bytes]) -> None:
+        """Upload a blob whose bytes arrive once, as a stream.
+
+        Small blobs go in one monolithic PUT (retried whole); large ones in
+        PATCH chunks held in memory one at a time, so a failed chunk is resent
+        from the offset the registry acknowledges.
+        """
+        what = f"upload {digest} to {self.host}/{repo}"
+        iterator = iter(chunks)
+        first = self._fill(iterator)
+        h = hashlib.sha256(first)
+        if len(first) < self._chunk:
+            if len(first) != size:
+                raise self._error(f"{what}: got {len(first)} bytes, expected {size}")
+            for _ in range(self.transport.retry.attempts):
+                location = self._start_upload(repo, what)
+                response = self.request(
+                    "PUT",
+                    self._with_digest(location, digest),
+                    scope=self.scope(repo, "pull,push"),
+                    headers={"Content-Type": "application/octet-stream"},
+                    body=first,
+                    what=what,
+                )
+                if response.status == 201:
+                    response.close()
+                    self._check_stored(response, digest, what)
+                    return
+                if response.status not in (500, 502, 503, 504):
+                    raise self.fail(response, what)
+                response.close()
+            raise self._error(f"{what}: registry kept failing")
+        location = self._start_upload(repo, what)
+        offset = 0
+        buffer = first
+        while buffer:
+            location = self._patch(location, buffer, offset, what, repo)
+            offset += len(buffer)
+            buffer = self._fill(iterator)
+            h.update(buffer)
+        if offset != size:
+            raise self._error(f"{what}: got {offset} bytes, expected {size}")
+        if h.hexdigest() != digest.hex:
+            raise self._error(f"{what}: content has digest sha256:{h.hexdigest()}")
+        response = self.request(
+            "PUT",
+            self._with_digest(location, digest),
+            scope=self.scope(repo, "pull,push"),
+            headers={"Content-Length": "0"},
+            body=b"",
+            what=what,
+        )
+        if response.status != 201:
+            raise self.fail(response, f"{what}: finish upload")
+        response.close()
+        self._check_stored(response, digest, what)
+
+    def _check_stored(self, response: Response, digest: Digest, what: str) -> None:
+        told = response.headers.get("docker-content-digest")
+        if told and told != str(digest):
+            raise self._error(f"{what}: registry stored the blob as {told}")
+
+    def _fill(self, iterator: Iterator[bytes]) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        for chunk in iterator:
+            parts.append(chunk)
+            total += len(chunk)
+            if total >= self._chunk:
+                break
+        return b"".join(parts)
+
+    def _patch(self, location: str, buffer: bytes, offset: int, what: str, repo: str) -> str:
+        sent_from = 0
+        for attempt in range(self.transport.retry.attempts):
+            part = buffer[sent_from:]
+            start = offset + sent_from
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{start + len(part) - 1}",
+                "Content-Length": str(len(part)),
+            }
+            try:
+                response = self.request(
+                    "PATCH",
+                    location,
+                    scope=self.scope(repo, "pull,push"),
+                    headers=headers,
+                    body=part,
+                    what=what,
+                    retry=False,
+                )
+            except AirbundleError:
+                response = None
+            if response is not None and response.status == 202:
+                response.close()
+                return self._absolute(response.headers.get("location") or location)
+            if response is not None and response.status not in (500, 502, 503, 504, 429):
+                raise self.fail(response, f"{what}: PATCH")
+            if response is not None:
+                response.close()
+            self.transport.sleep(self.transport.retry.backoff * (attempt + 1))
+            # Ask how much the registry kept, and resend from there.
+            status = self.request("GET", location, scope=self.scope(repo, "pull,push"), what=what)
+            status.close()
+            if status.status != 204:
+                raise self._error(
+                    f"{what}: upload session lost (HTTP {status.status}); re-run "
+                    "the import to continue"
+                )
+            location = self._absolute(status.headers.get("location") or location)
+            acknowledged = int((status.headers.get("range") or "0-0").split("-")[-1]) + 1
+            if status.headers.get("range") in (None, "0-0") and offset == 0:
+                acknowledged = 0
+            if not offset <= acknowledged <= offset + len(buffer):
+                raise self._error(
+                    f"{what}: registry holds {acknowledged} bytes, we are at "
+                    f"{offset}; re-run the import to continue"
+                )
+            sent_from = acknowledged - offset
+            if sent_from == len(buffer):
+                return location
+        raise self._error(f"{what}: chunk at offset {offset} kept failing")

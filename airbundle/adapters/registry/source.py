@@ -1,0 +1,51 @@
+"""Images pulled straight from a registry during export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from airbundle.adapters.images import ResolvedImage
+from airbundle.adapters.registry.client import FetchedManifest, RegistryClient
+from airbundle.errors import SourceError
+from airbundle.format.oci import Descriptor
+from airbundle.format.reference import ImageReference
+
+
+class RegistryImageSource:
+    def __init__(self, ref: ImageReference, client: RegistryClient, *, text: str) -> None:
+        self.ref = ref
+        self.client = client
+        self.text = text
+        self._root: FetchedManifest | None = None
+
+    def describe(self) -> str:
+        return self.text
+
+    def _registry_host(self) -> str:
+        # Docker Hub's API lives at registry-1.docker.io.
+        return "registry-1.docker.io" if self.ref.registry == "docker.io" else self.ref.registry
+
+    def resolve(self) -> ResolvedImage:
+        reference = str(self.ref.digest) if self.ref.digest else (self.ref.tag or "latest")
+        fetched = self.client.get_manifest(self.ref.repository, reference, expect=self.ref.digest)
+        if not fetched.media_type:
+            raise SourceError(f"{self.text}: registry sent no Content-Type for the manifest")
+        self._root = fetched
+        desc = Descriptor(fetched.media_type, fetched.digest, len(fetched.data))
+        return ResolvedImage(desc, str(self.ref))
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        if self._root is not None and self._root.digest == descriptor.digest:
+            return self._root.data
+        fetched = self.client.get_manifest(
+            self.ref.repository, str(descriptor.digest), expect=descriptor.digest
+        )
+        if len(fetched.data) != descriptor.size:
+            raise SourceError(
+                f"{self.text}: manifest {descriptor.digest} has {len(fetched.data)} "
+                f"bytes, its descriptor says {descriptor.size}"
+            )
+        return fetched.data
+
+    def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
+        return self.client.blob_chunks(self.ref.repository, descriptor.digest, descriptor.size)

@@ -1,0 +1,91 @@
+"""Images pushed into a registry during import, digests preserved byte for byte."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+from airbundle.adapters.registry.client import RegistryClient
+from airbundle.errors import TargetError
+from airbundle.format.digest import Digest
+from airbundle.format.reference import ImageReference
+
+
+class RegistryImageTarget:
+    """Blobs first (HEAD to skip, mount across repositories), manifests next, tags last."""
+
+    def __init__(self, client: RegistryClient, mapping: dict[ImageReference, str]) -> None:
+        self.client = client
+        self.mapping = mapping
+        # Which repositories are known to hold a blob (filled as we go), so that
+        # the next repository can mount instead of upload.
+        self._holders: dict[Digest, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"registry {self.client.host}"
+
+    def prepare(self) -> None:
+        pass
+
+    def locate(self, ref: ImageReference) -> str:
+        try:
+            return self.mapping[ref]
+        except KeyError:
+            raise TargetError(f"no target repository mapped for {ref}") from None
+
+    def where(self, repo: str, ref: ImageReference) -> str:
+        suffix = f":{ref.tag}" if ref.tag else ""
+        digest = f"@{ref.digest}" if ref.digest else ""
+        return f"{self.client.host}/{repo}{suffix}{digest}"
+
+    def _known(self, digest: Digest, repo: str) -> None:
+        with self._lock:
+            self._holders.setdefault(digest, set()).add(repo)
+
+    def has_blob(self, digest: Digest, repos: Sequence[str]) -> bool:
+        """True if every repo holds the blob (mounting it where it is missing)."""
+        missing = []
+        for repo in repos:
+            if self.client.blob_exists(repo, digest):
+                self._known(digest, repo)
+            else:
+                missing.append(repo)
+        if not missing:
+            return True
+        holders = self._holders.get(digest)
+        if not holders:
+            return False
+        source = sorted(holders)[0]
+        for repo in missing:
+            if not self.client.mount_blob(repo, digest, source):
+                return False
+            self._known(digest, repo)
+        return True
+
+    def write_blob(
+        self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
+    ) -> None:
+        first, *others = repos
+        self.client.upload_blob(first, digest, size, chunks)
+        self._known(digest, first)
+        for repo in others:
+            if not self.client.mount_blob(repo, digest, first):
+                raise TargetError(
+                    f"{self.client.host}: could not mount {digest} into {repo} "
+                    "(the registry refused a cross-repository mount)"
+                )
+            self._known(digest, repo)
+
+    def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
+        if self.client.manifest_exists(repo, digest):
+            return
+        self.client.put_manifest(repo, str(digest), media_type, data)
+
+    def tag(self, repo: str, ref: ImageReference, media_type: str, data: bytes) -> str:
+        if ref.tag:
+            self.client.put_manifest(repo, ref.tag, media_type, data)
+        return self.where(repo, ref)
+
+    def finish(self) -> None:
+        pass

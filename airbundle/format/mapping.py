@@ -1,0 +1,76 @@
+"""Where each carried image lands in a target registry.
+
+Default: the source repository path without its registry host, under the
+target's prefix (docker.io/library/nginx -> TARGET/PREFIX/library/nginx).
+Collisions are found before anything is pushed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airbundle.errors import FormatError, UsageError
+from airbundle.format.reference import ImageReference, validate_repository
+
+
+@dataclass(frozen=True)
+class RegistryLocation:
+    host: str  # host[:port]
+    prefix: str  # repository path prefix, may be empty
+
+    @classmethod
+    def parse(cls, text: str) -> RegistryLocation:
+        """`HOST[:PORT][/PREFIX]`, as given to --registry."""
+        body = text.removeprefix("docker://").rstrip("/")
+        host, _, prefix = body.partition("/")
+        if not host or "@" in body or " " in body:
+            raise UsageError(f"--registry {text!r}: expected HOST[:PORT][/PREFIX]")
+        try:
+            ImageReference.parse(f"{host}/x")
+            if prefix:
+                validate_repository(prefix)
+        except FormatError as exc:
+            raise UsageError(f"--registry {text!r}: {exc.message}") from None
+        return cls(host, prefix)
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    keep_source_host: bool = False
+
+
+def target_repository(
+    ref: ImageReference, location: RegistryLocation, options: MappingOptions = MappingOptions()
+) -> str:
+    path = ref.repository
+    if options.keep_source_host:
+        # A port's colon is not allowed in a repository path component.
+        path = f"{ref.registry.replace(':', '-')}/{path}"
+    if location.prefix:
+        path = f"{location.prefix}/{path}"
+    try:
+        return validate_repository(path)
+    except FormatError as exc:
+        raise UsageError(
+            f"image {ref} cannot be mapped into {location.host}: {exc.message}"
+        ) from None
+
+
+def map_images(
+    refs: list[ImageReference],
+    location: RegistryLocation,
+    options: MappingOptions = MappingOptions(),
+) -> dict[ImageReference, str]:
+    """Target repository for each image; refuse two source repositories on one target."""
+    mapping: dict[ImageReference, str] = {}
+    owners: dict[str, str] = {}
+    for ref in refs:
+        repo = target_repository(ref, location, options)
+        owner = owners.setdefault(repo, ref.name)
+        if owner != ref.name:
+            raise UsageError(
+                f"{owner} and {ref.name} would both land in {location.host}/{repo}",
+                hint="use --keep-source-host to keep the source registry in the target path",
+            )
+        mapping[ref] = repo
+    return mapping
