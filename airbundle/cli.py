@@ -26,7 +26,7 @@ from airbundle.errors import EXIT_USAGE, AirbundleError, UsageError
 from airbundle.format.manifest import format_time
 from airbundle.format.spec import load_spec
 from airbundle.ops import keys as keyops
-from airbundle.ops.export import ExportOptions, export_bundle
+from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
@@ -191,6 +191,10 @@ def export(
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
     insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache of git mirrors (default: ~/.cache/airbundle).")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option(help="Fetch repos into scratch space.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
@@ -205,6 +209,8 @@ def export(
         channel=channel,
         sequence=sequence,
         expires_in=parse_duration(expires) if expires else None,
+        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)

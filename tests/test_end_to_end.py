@@ -339,3 +339,21 @@ def test_cli_with_relative_paths_from_another_folder(sample_tree: Path, tmp_path
         "--git", "air/git", cwd=work)
     assert (work / "air" / "git" / "gitops.git").is_dir()
     assert not list(work.rglob(".airbundle-tmp-*"))
+
+
+def test_git_cache_is_reused_and_narrowed_to_the_spec(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = export(sample_tree / "spec.yaml", tmp_path / "a.airbundle", signing_key,
+                   cache_dir=cache)
+    assert len(first.manifest.repos[0].refs) == 3
+    (mirror,) = (cache / "git").glob("*-gitops.git")
+    spec = tmp_path / "main-only.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: m}\nrepos:\n"
+        f"  - name: gitops\n    url: {sample_tree / 'gitops'}\n    refs: [refs/heads/main]\n"
+    )
+    second = export(spec, tmp_path / "b.airbundle", signing_key, cache_dir=cache)
+    assert [r.name for r in second.manifest.repos[0].refs] == ["refs/heads/main"]
+    assert list((cache / "git").glob("*-gitops.git")) == [mirror]

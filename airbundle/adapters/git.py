@@ -7,6 +7,7 @@ be taken for an option.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -141,7 +142,13 @@ def fetch_selected_refs(
         error=SourceError,
         what=f"{what} (fetching {url})",
     )
-    refs = list_refs(repo, error=SourceError, what=what)
+    # The repository may be a cache shared with earlier exports whose specs
+    # selected other refs: keep only what this spec asks for.
+    refs = [
+        (n, oid)
+        for n, oid in list_refs(repo, error=SourceError, what=what)
+        if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+    ]
     head = None
     proc = run_git(["ls-remote", "--symref", "--", url, "HEAD"], error=SourceError, what=what)
     match = re.match(rb"ref: (refs/heads/\S+)\tHEAD", proc.stdout)
@@ -259,7 +266,9 @@ def is_ancestor(repo: Path, old: str, new: str) -> bool:
     """True if `old` is in the history of `new` (False if `old` is unknown here)."""
     proc = subprocess.run(
         [git_binary(), "-C", str(repo), "merge-base", "--is-ancestor", old, new],
-        capture_output=True, env={**os.environ, **_BASE_ENV}, check=False,
+        capture_output=True,
+        env={**os.environ, **_BASE_ENV},
+        check=False,
     )
     return proc.returncode == 0
 

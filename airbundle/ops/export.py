@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -60,6 +62,8 @@ class ExportOptions:
     expires_in: timedelta | None = None
     source_date_epoch: int | None = None
     transport: Transport | None = None
+    # Persistent git mirror cache; None: fetch into a scratch repository.
+    cache_dir: Path | None = None
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -121,9 +125,37 @@ def _redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
-def _prepare_repo(spec: RepoSpec, workdir: Path, *, reproducible: bool) -> _PreparedRepo:
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "airbundle"
+
+
+@contextlib.contextmanager
+def _git_cache(spec: RepoSpec, cache_dir: Path | None, workdir: Path) -> Iterator[Path]:
+    """A bare repository that persists between exports, so a re-export fetches
+    only what changed; locked while in use. Without a cache: a scratch repo."""
+    if cache_dir is None:
+        yield workdir / f"{spec.name}.git"
+        return
+    key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
+    folder = cache_dir / "git"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{key}.lock").open("a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield folder / f"{key}-{spec.name}.git"
+
+
+def _prepare_repo(
+    spec: RepoSpec, workdir: Path, *, reproducible: bool, cache_dir: Path | None
+) -> _PreparedRepo:
     what = f"repo {spec.name!r} ({_redact_url(spec.url)})"
-    bare = workdir / f"{spec.name}.git"
+    with _git_cache(spec, cache_dir, workdir) as bare:
+        return _bundle_repo(spec, bare, workdir, what, reproducible=reproducible)
+
+
+def _bundle_repo(
+    spec: RepoSpec, bare: Path, workdir: Path, what: str, *, reproducible: bool
+) -> _PreparedRepo:
     refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
     if not refs:
         raise SourceError(
@@ -202,7 +234,10 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent)).resolve()
     try:
-        repos = [_prepare_repo(r, workdir, reproducible=reproducible) for r in spec.repos]
+        repos = [
+            _prepare_repo(r, workdir, reproducible=reproducible, cache_dir=options.cache_dir)
+            for r in spec.repos
+        ]
         # Everything the manifest will say is known now except the git bundles'
         # digests; digests have a fixed length, so this sizes the prefix exactly.
         index = layout_index(
