@@ -17,6 +17,7 @@ INSTALL_HINTS = {
     "fcgiwrap": "apt-get install fcgiwrap",
     "htpasswd": "apt-get install apache2-utils",
     "unshare": "apt-get install util-linux",
+    "ip": "apt-get install iproute2",
 }
 
 
