@@ -214,6 +214,8 @@ def export(
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
+    for warning in result.warnings:
+        typer.echo(f"airbundle: warning: {warning}", err=True)
     m = result.manifest
     _say(
         quiet,

@@ -11,6 +11,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +74,7 @@ class ExportResult:
     manifest: BundleManifest
     manifest_digest: Digest
     size: int
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,33 +194,50 @@ def _bundle_id(name: str, created: datetime, members: list[MemberEntry]) -> str:
     return str(uuid.UUID(bytes=h.digest()[:16], version=4))
 
 
-def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
-    limits = sources.limits
-    images: list[CollectedImage] = []
+def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
+    source = sources.open(item.source, text=item.text)
+    resolved_name = None
+    # Resolve once for the recorded name; collect_image resolves again
+    # (cheap for local sources, one request for a registry).
+    if item.name is None and item.source.transport != "docker":
+        resolved_name = source.resolve().recorded_name
+    ref = _image_name(item, resolved_name)
+    image = collect_image(source, ref, item.platforms, limits=sources.limits)
+    for digest in [*image.documents, *(b.digest for b in image.blobs)]:
+        if digest.algorithm != "sha256":
+            raise SourceError(
+                f"{item.text}: blob {digest} uses {digest.algorithm}; "
+                "bundles carry sha256 blobs only"
+            )
+    return image
+
+
+def plan_images(spec: BundleSpec, sources: Sources, *, workers: int = 8) -> list[CollectedImage]:
+    """Resolve every image and fetch its manifests; round trips overlap in a
+    bounded pool (hundreds of small images are latency-bound, not byte-bound)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(spec.images)))) as pool:
+        futures = [pool.submit(_plan_one, item, sources) for item in spec.images]
+        images = [f.result() for f in futures]
     seen: dict[str, str] = {}
-    for item in spec.images:
-        source = sources.open(item.source, text=item.text)
-        resolved_name = None
-        # Resolve once for the recorded name; collect_image resolves again
-        # (cheap for local sources, one HEAD for a registry).
-        if item.name is None and item.source.transport != "docker":
-            resolved_name = source.resolve().recorded_name
-        ref = _image_name(item, resolved_name)
-        key = str(ref)
+    for item, image in zip(spec.images, images, strict=True):
+        key = str(image.ref)
         if key in seen:
             raise UsageError(
                 f"image {key} is listed twice in the spec ({seen[key]} and {item.text})"
             )
         seen[key] = item.text
-        image = collect_image(source, ref, item.platforms, limits=limits)
-        for digest in [*image.documents, *(b.digest for b in image.blobs)]:
-            if digest.algorithm != "sha256":
-                raise SourceError(
-                    f"{item.text}: blob {digest} uses {digest.algorithm}; "
-                    "bundles carry sha256 blobs only"
-                )
-        images.append(image)
     return images
+
+
+def subset_warnings(images: list[CollectedImage]) -> list[str]:
+    return [
+        f"{img.source_text}: carrying {', '.join(img.platforms)} only changes the index digest "
+        f"from {img.source_digest} to {img.root.digest}; references pinned to "
+        f"{img.source_digest} will not resolve in the target (tags and the platform manifest "
+        "digests will)"
+        for img in images
+        if img.source_digest is not None
+    ]
 
 
 def export_bundle(
@@ -334,4 +353,6 @@ def export_bundle(
             size = fh.tell()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return ExportResult(out, manifest, Digest.sha256_of(manifest_bytes), size)
+    return ExportResult(
+        out, manifest, Digest.sha256_of(manifest_bytes), size, tuple(subset_warnings(images))
+    )
