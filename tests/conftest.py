@@ -72,3 +72,82 @@ def make_key(folder: Path, name: str = "key") -> KeyPair:
 @pytest.fixture(scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     return make_key(tmp_path_factory.mktemp("keys"), "release")
+
+
+# --- real servers on loopback (implementation: tests/servers.py) -----------
+
+from collections.abc import Iterator  # noqa: E402
+
+from servers import TEST_CREDS, GitDaemon, GitHttpServer, RecordingProxy, Registry  # noqa: E402
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    """A plain-HTTP registry (CNCF distribution) on 127.0.0.1: no auth, delete enabled."""
+    with Registry(tmp_path / "registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+def target_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A second, separate plain-HTTP registry: the import side."""
+    with Registry(tmp_path / "target-registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry requiring Basic auth (bcrypt htpasswd) for TEST_CREDS."""
+    with Registry(tmp_path / "auth-registry", htpasswd=dict([TEST_CREDS])) as reg:
+        yield reg
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[Registry]:
+    """An HTTPS registry; trust reg.ca_file (Python) or reg.cert_dir (skopeo --cert-dir)."""
+    with Registry(tmp_path / "tls-registry", tls=True) as reg:
+        yield reg
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A registry with Docker token auth; TEST_CREDS get every action they ask for,
+    anonymous gets nothing; reg.token_requests records the flow."""
+    with Registry(tmp_path / "token-registry", token_auth=True,
+                  htpasswd=dict([TEST_CREDS])) as reg:
+        yield reg
+
+
+@pytest.fixture
+def git_daemon(tmp_path: Path) -> Iterator[GitDaemon]:
+    """git daemon (push enabled) over tmp_path/git-daemon/repos; .init_bare(name), .url(name)."""
+    with GitDaemon(tmp_path / "git-daemon" / "repos") as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def git_http(tmp_path: Path) -> Iterator[GitHttpServer]:
+    """Smart HTTP (nginx + fcgiwrap + git http-backend), push enabled, no auth."""
+    with GitHttpServer(tmp_path / "git-http" / "repos") as server:
+        yield server
+
+
+@pytest.fixture
+def git_http_auth(tmp_path: Path) -> Iterator[GitHttpServer]:
+    """Smart HTTP requiring Basic auth for TEST_CREDS; .url(name, TEST_CREDS)."""
+    with GitHttpServer(tmp_path / "git-http-auth" / "repos",
+                       htpasswd=dict([TEST_CREDS])) as server:
+        yield server
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[RecordingProxy]:
+    """An HTTP proxy (CONNECT + absolute URIs) forwarding only to loopback; .requests."""
+    with RecordingProxy() as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def hello_layout(sample_tree: Path) -> Path:
+    """samples' OCI layout: tag 1.0 is a two-platform index, 0.9 one manifest."""
+    return sample_tree / "layouts" / "hello"
