@@ -17,7 +17,16 @@ Grammar (from distribution/reference)::
     path-component   := [a-z0-9]+ ( ( [._] | "__" | "-"+ ) [a-z0-9]+ )*
     tag              := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
 
-Digests are narrower than distribution's: see :mod:`airbundle.format.digest`.
+The 255-character limit applies to the path after normalization (so
+``library/`` counts, the registry does not), as in current distribution.
+
+Where we differ, it is to refuse or to stay unambiguous, never to accept more:
+
+* digests are narrower: see :mod:`airbundle.format.digest`;
+* a first component taken as a host but not a valid one (``a_b.c/d``) is an
+  error; distribution silently falls back to a name without any registry;
+* :attr:`ImageReference.familiar` keeps ``docker.io/`` where the short form
+  would read back as another registry (``docker.io/localhost/x``).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ _OFFICIAL_PREFIX: Final = "library/"
 _LOCALHOST: Final = "localhost"
 
 MAX_REPOSITORY_LENGTH: Final = 255
+MAX_TAG_LENGTH: Final = 128
 
 # All character classes are spelled out in ASCII: Python's \w and \d match
 # Unicode letters and digits, which Go's (and registries') do not.
@@ -48,7 +58,7 @@ _DOMAIN_COMPONENT: Final = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])
 _HOST: Final = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
 )
-_TAG: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_TAG: Final = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_TAG_LENGTH - 1}}}")
 _PORT: Final = re.compile(r"[0-9]+")
 # A bare image ID; docker refuses it as a name so that "docker pull <id>"
 # cannot silently mean a Hub repository.
@@ -73,8 +83,8 @@ def _tag_problem(tag: str) -> str | None:
         return None
     if not tag:
         return "tag is empty"
-    if len(tag) > 128:
-        return f"tag is {len(tag)} characters long, the limit is 128"
+    if len(tag) > MAX_TAG_LENGTH:
+        return f"tag is {len(tag)} characters long, the limit is {MAX_TAG_LENGTH}"
     return (
         f"tag {_quote(tag)} must start with a letter, digit or '_' and contain "
         "only letters, digits, '_', '.' and '-'"
@@ -178,9 +188,7 @@ class ImageReference:
     def __post_init__(self) -> None:
         problem = self._problem()
         if problem is not None:
-            raise InvalidReferenceError(
-                f"invalid image reference {_quote(self._render())}: {problem}"
-            )
+            raise InvalidReferenceError(f"invalid image reference {_quote(str(self))}: {problem}")
 
     def _problem(self) -> str | None:
         problem = _registry_problem(self.registry) or _repository_problem(self.repository)
@@ -297,10 +305,6 @@ class ImageReference:
         if self.digest is not None:
             suffix += f"@{self.digest}"
         return suffix
-
-    def _render(self) -> str:
-        # Used for messages before validation, so it must not assume validity.
-        return f"{self.registry}/{self.repository}{self._suffix()}"
 
     def __str__(self) -> str:
         return self.name + self._suffix()
