@@ -38,6 +38,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts contain [OPTIONAL] syntax that rich would read as markup.
+    rich_markup_mode=None,
 )
 key_app = typer.Typer(help="Manage signing keys.", no_args_is_help=True)
 app.add_typer(key_app, name="key")

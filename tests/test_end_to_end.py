@@ -357,3 +357,25 @@ def test_git_cache_is_reused_and_narrowed_to_the_spec(
     second = export(spec, tmp_path / "b.airbundle", signing_key, cache_dir=cache)
     assert [r.name for r in second.manifest.repos[0].refs] == ["refs/heads/main"]
     assert list((cache / "git").glob("*-gitops.git")) == [mirror]
+
+
+def test_manual_verification_script_accepts_a_good_bundle_and_rejects_a_bad_one(
+    exported: ExportResult, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    """docs/manual-verification.sh checks a bundle with tar, zstd, ssh-keygen,
+    sha256sum, skopeo and git only: the README's promise, proven."""
+    from conftest import REPO_ROOT
+
+    for tool in ("zstd", "ssh-keygen", "skopeo", "git"):
+        require_tool(tool)
+    script = REPO_ROOT / "docs" / "manual-verification.sh"
+    ok = subprocess.run(["bash", str(script), str(exported.path), str(signing_key.public),
+                         str(tmp_path / "out")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    data = bytearray(exported.path.read_bytes())
+    data[-200] ^= 0x01
+    bad = tmp_path / "bad.airbundle"
+    bad.write_bytes(bytes(data))
+    failed = subprocess.run(["bash", str(script), str(bad), str(signing_key.public),
+                             str(tmp_path / "out2")], capture_output=True, text=True)
+    assert failed.returncode != 0

@@ -41,6 +41,7 @@ class BareRepoTarget:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._created: set[str] = set()
 
     def path(self, name: str) -> Path:
         # Validated again here: a name from the media becomes a path.
@@ -50,6 +51,8 @@ class BareRepoTarget:
         return str(self.path(name))
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None:
+        if not self.path(name).exists():
+            self._created.add(name)
         git.stage_bundle(bundle, self.path(name), refs, what=f"repo {name!r}")
 
     def refused(self, name: str, refs: Refs) -> list[str]:
@@ -59,6 +62,11 @@ class BareRepoTarget:
         git.update_refs(self.path(name), refs, head=head, what=f"repo {name!r}")
 
     def discard(self, name: str) -> None:
+        if name in self._created:
+            # A repository this import created and never published: leave no trace.
+            shutil.rmtree(self.path(name), ignore_errors=True)
+            self._created.discard(name)
+            return
         git.discard_staged(self.path(name), what=f"repo {name!r}")
 
     def close(self) -> None:

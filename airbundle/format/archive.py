@@ -18,6 +18,8 @@ passes over the content once; co-signing rewrites only the prefix region.
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,8 +39,8 @@ SIGNATURE_DIR = "airbundle/signatures/"
 _HEADER_MAGIC = 0x184D2A5A
 _PADDING_MAGIC = 0x184D2A50
 _HEADER_ID = b"AIRBUNDLE\0"
-_HEADER_STRUCT = struct.Struct("<II10sHIQ")
-HEADER_SIZE = _HEADER_STRUCT.size  # 32
+_HEADER_STRUCT = struct.Struct("<II10sHIQQ")
+HEADER_SIZE = _HEADER_STRUCT.size  # 40
 _SKIPPABLE_MIN = 8
 
 
@@ -53,25 +55,48 @@ def signature_path(index: int) -> str:
     return f"{SIGNATURE_DIR}{index:02d}.sig"
 
 
-def _encode_file_header(prefix_length: int) -> bytes:
+@dataclass(frozen=True)
+class FileHeader:
+    prefix_length: int
+    # Length of the whole file. zstd readers return a clean end of stream
+    # when the last frame is cut short, so this is what catches a bundle that
+    # lost its last bytes (or gained some) in transit.
+    total_length: int
+
+
+def _encode_file_header(prefix_length: int, total_length: int) -> bytes:
     return _HEADER_STRUCT.pack(
-        _HEADER_MAGIC, HEADER_SIZE - 8, _HEADER_ID, FORMAT_VERSION, 0, prefix_length
+        _HEADER_MAGIC, HEADER_SIZE - 8, _HEADER_ID, FORMAT_VERSION, 0, prefix_length, total_length
     )
 
 
 def parse_file_header(data: bytes, *, source: str) -> int:
-    """Validate the 32-byte file header; return the prefix length."""
+    """Validate the file header; return the prefix length."""
+    return read_file_header(data, source=source).prefix_length
+
+
+def read_file_header(data: bytes, *, source: str) -> FileHeader:
+    """Validate the 40-byte file header."""
     if len(data) < HEADER_SIZE:
         raise TruncatedError(f"{source}: too short to be an airbundle ({len(data)} bytes)")
-    magic, length, ident, version, _flags, prefix_length = _HEADER_STRUCT.unpack(data[:HEADER_SIZE])
+    magic, length, ident, version, _flags, prefix_length, total = _HEADER_STRUCT.unpack(
+        data[:HEADER_SIZE]
+    )
     if magic != _HEADER_MAGIC or length != HEADER_SIZE - 8 or ident != _HEADER_ID:
         raise ArchiveError(f"{source}: not an airbundle file (no airbundle header)")
+    if _flags != 0:
+        raise ArchiveError(f"{source}: unknown header flags {_flags:#x}; upgrade airbundle")
     if version != FORMAT_VERSION:
         raise ArchiveError(
             f"{source}: bundle format version {version} is not supported "
             f"(this airbundle reads version {FORMAT_VERSION}); upgrade airbundle"
         )
-    return int(prefix_length)
+    if total < HEADER_SIZE + prefix_length:
+        raise ArchiveError(
+            f"{source}: the header declares no complete bundle (the export that wrote it "
+            "did not finish)"
+        )
+    return FileHeader(int(prefix_length), int(total))
 
 
 def _prefix_tar(manifest: bytes, signatures: Sequence[bytes], mtime: int) -> bytes:
@@ -145,7 +170,7 @@ class BundleWriter:
         self._capacity = prefix_capacity
         self._mtime = mtime
         self._limits = limits
-        out.write(_encode_file_header(prefix_capacity))
+        out.write(_encode_file_header(prefix_capacity, 0))
         out.write(b"\0" * prefix_capacity)
         # zstd's multi-threaded output is the same for any worker count >= 1,
         # so reproducibility does not depend on the machine's core count.
@@ -204,7 +229,8 @@ class BundleWriter:
         self._closed = True
         end = self._out.tell()
         prefix = encode_prefix(manifest, signatures, capacity=self._capacity, mtime=self._mtime)
-        self._out.seek(self._start + HEADER_SIZE)
+        self._out.seek(self._start)
+        self._out.write(_encode_file_header(self._capacity, end - self._start))
         self._out.write(prefix)
         self._out.seek(end)
 
@@ -266,7 +292,15 @@ class BundleReader:
     def __init__(self, raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.source = source
         self._limits = limits
-        self.prefix_length = parse_file_header(raw.read(HEADER_SIZE), source=source)
+        header = read_file_header(raw.read(HEADER_SIZE), source=source)
+        self.prefix_length = header.prefix_length
+        self.total_length = header.total_length
+        try:
+            actual = os.fstat(raw.fileno()).st_size
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            actual = None  # a pipe: checked at the end of the stream instead
+        if actual is not None and actual != header.total_length:
+            self._length_error(actual)
         self._counter = _CountingReader(raw)
         self._tar = TarReader(
             _Decompressed(self._counter, limits, source),  # type: ignore[arg-type]
@@ -336,7 +370,20 @@ class BundleReader:
                 f"{self.source}: member {member.path!r} is out of place: "
                 "manifest and signatures must come first"
             )
+        if member is None and HEADER_SIZE + self._counter.count != self.total_length:
+            self._length_error(HEADER_SIZE + self._counter.count)
         return member
+
+    def _length_error(self, actual: int) -> None:
+        if actual < self.total_length:
+            raise TruncatedError(
+                f"{self.source}: the bundle is truncated: {actual} bytes, "
+                f"its header says {self.total_length}"
+            )
+        raise ArchiveError(
+            f"{self.source}: {actual - self.total_length} unexpected bytes after the end of "
+            f"the bundle (its header says {self.total_length} bytes)"
+        )
 
     def read(self, n: int) -> bytes:
         """Up to n bytes of the current member; b'' at its end."""
@@ -357,7 +404,7 @@ def rewrite_prefix(
 ) -> None:
     """Replace the prefix region in place (co-signing); content bytes are untouched."""
     fh.seek(0)
-    capacity = parse_file_header(fh.read(HEADER_SIZE), source=source)
+    capacity = read_file_header(fh.read(HEADER_SIZE), source=source).prefix_length
     region = encode_prefix(manifest, signatures, capacity=capacity, mtime=mtime)
     fh.seek(HEADER_SIZE)
     fh.write(region)

@@ -41,8 +41,11 @@ def format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+def parse_time(text: str, *, where: str = "timestamp") -> datetime:
+    try:
+        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ManifestError(f"bundle manifest: {where} {text!r} is not a valid UTC time") from None
 
 
 def repo_member_path(name: str) -> str:
@@ -157,7 +160,7 @@ class BundleManifest:
                 f"bundle manifest: field {schemas.json_path(error)}: {error.message}"
             )
         try:
-            return _from_json(doc)
+            return _from_json(doc, limits)
         except FormatError as exc:
             raise ManifestError(f"bundle manifest: {exc.message}") from exc
 
@@ -188,23 +191,23 @@ def _repo_json(r: RepoEntry) -> dict[str, Any]:
     }
 
 
-def _from_json(doc: dict[str, Any]) -> BundleManifest:
+def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
     b = doc["bundle"]
     info = BundleInfo(
         name=b["name"],
         id=b["id"],
-        created=parse_time(b["created"]),
+        created=parse_time(b["created"], where="bundle.created"),
         tool=b["tool"],
         channel=b["channel"],
         sequence=b["sequence"],
-        expires=parse_time(b["expires"]) if b.get("expires") else None,
+        expires=parse_time(b["expires"], where="bundle.expires") if b.get("expires") else None,
     )
     members = tuple(_member(i, m) for i, m in enumerate(doc["members"]))
     manifest = BundleManifest(
         bundle=info,
         members=members,
         images=tuple(_image(i, m) for i, m in enumerate(doc["images"])),
-        repos=tuple(_repo(i, r) for i, r in enumerate(doc["repos"])),
+        repos=tuple(_repo(i, r, limits) for i, r in enumerate(doc["repos"])),
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     _check_consistency(manifest)
@@ -257,11 +260,13 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
     )
 
 
-def _repo(i: int, r: dict[str, Any]) -> RepoEntry:
+def _repo(i: int, r: dict[str, Any], limits: Limits) -> RepoEntry:
     where = f"repos[{i}]"
     name = check_repo_name(r["name"], error=ManifestError)
     if r["member"] != repo_member_path(name):
         raise ManifestError(f"{where}.member must be {repo_member_path(name)!r}")
+    if len(r["refs"]) > limits.max_refs_per_repo:
+        raise ManifestError(f"{where}: more than {limits.max_refs_per_repo} refs")
     refs = []
     for j, ref in enumerate(r["refs"]):
         try:

@@ -11,7 +11,8 @@ import re
 from airbundle.errors import AirbundleError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# 80 characters keep repos/<name>.bundle inside a plain ustar name field.
+_REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 # Git refs we carry: refs/heads/* and refs/tags/* by default; the component
 # rules follow git-check-ref-format(1), stricter where it is cheap to be.
 _REF_COMPONENT = re.compile(
@@ -49,7 +50,7 @@ def check_repo_name(name: str, *, error: type[AirbundleError] = AirbundleError) 
     if not _REPO_NAME.fullmatch(name) or ".." in name or name.endswith((".", ".git", ".lock")):
         raise error(
             f"invalid repo name {name!r}: use letters, digits, '.', '_' and '-' "
-            "(at most 100, starting with a letter or digit, no '..', no '/', "
+            "(at most 80, starting with a letter or digit, no '..', no '/', "
             "not ending in '.git' or '.lock')"
         )
     return name

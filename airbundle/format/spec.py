@@ -20,6 +20,7 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 DEFAULT_REFS = ("refs/heads/*", "refs/tags/*")
 Transport = Literal["oci", "docker-archive", "docker"]
 _MAX_NODES = 100_000
+_MAX_DEPTH = 64
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -59,9 +60,12 @@ class ImageSpec:
 @dataclass(frozen=True)
 class RepoSpec:
     name: str
-    url: str
+    url: str  # resolved: relative paths made absolute against the spec's folder
     refs: tuple[str, ...]
     line: int
+    # As written in the spec; recorded in manifests so they do not reveal (or
+    # depend on) where the connected host keeps its files.
+    written_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,13 @@ class _Builder:
         self.count = 0
         self._constructor = yaml.constructor.SafeConstructor()
 
-    def build(self, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
+    def build(self, node: yaml.Node, path: tuple[str | int, ...], depth: int = 0) -> Any:
         self.count += 1
+        if depth > _MAX_DEPTH:
+            raise SpecError(
+                f"{self.source}:{node.start_mark.line + 1}: nested deeper than {_MAX_DEPTH} "
+                "levels (or an alias refers to itself)"
+            )
         if self.count > _MAX_NODES:
             raise SpecError(
                 f"{self.source}: the spec expands to more than {_MAX_NODES} values (an alias bomb?)"
@@ -116,19 +125,27 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = self.build(key_node, path)
+                key = self.build(key_node, path, depth + 1)
                 if not isinstance(key, str):
-                    raise SpecError(f"{self.source}:{line}: mapping keys must be strings")
+                    key_line = key_node.start_mark.line + 1
+                    raise SpecError(f"{self.source}:{key_line}: mapping keys must be strings")
                 if key in out:
                     raise SpecError(
                         f"{self.source}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
                     )
-                out[key] = self.build(value_node, (*path, key))
+                self.lines.setdefault((*path, key), key_node.start_mark.line + 1)
+                out[key] = self.build(value_node, (*path, key), depth + 1)
             return out
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+            raise SpecError(
+                f"{self.source}:{line}: value {node.value!r} does not fit its tag {node.tag!r}"
+                f" ({type(exc).__name__})"
+            ) from None
 
     def line_of(self, path: tuple[str | int, ...]) -> int:
         while path and path not in self.lines:
@@ -152,12 +169,25 @@ def parse_spec(
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise SpecError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: nested too deeply to be a spec") from None
     if len(nodes) != 1 or nodes[0] is None:
         raise SpecError(f"{source}: expected exactly one YAML document")
     builder = _Builder(source)
     doc = builder.build(nodes[0], ())
     for error in schemas.errors(schemas.BUNDLE_SPEC, doc):
         path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            # Point at the unknown key itself, not at the mapping holding it.
+            schema = error.schema if isinstance(error.schema, dict) else {}
+            known = set(schema.get("properties", {}))
+            extra = sorted(k for k in error.instance if k not in known)
+            if extra:
+                path = (*path, extra[0])
+                raise SpecError(
+                    f"{source}:{builder.line_of(path)}: field {_field(path)}: unknown field "
+                    f"{extra[0]!r} (allowed: {', '.join(sorted(known))})"
+                )
         where = _field(path) or "(top level)"
         raise SpecError(f"{source}:{builder.line_of(path)}: field {where}: {error.message}")
 
@@ -204,7 +234,11 @@ def parse_spec(
                 raise fail(("repos", i, "refs", j), exc.message) from None
         repos.append(
             RepoSpec(
-                repo_name, _resolve_url(item["url"], base_dir), refs, builder.line_of(("repos", i))
+                repo_name,
+                _resolve_url(item["url"], base_dir),
+                refs,
+                builder.line_of(("repos", i)),
+                written_url=item["url"],
             )
         )
     return BundleSpec(doc["metadata"]["name"], tuple(images), tuple(repos))

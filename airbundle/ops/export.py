@@ -170,7 +170,7 @@ def _bundle_repo(
     heads = git.read_bundle_heads(bundle)
     entry = RepoEntry(
         name=spec.name,
-        url=_redact_url(spec.url),
+        url=_redact_url(spec.written_url or spec.url),
         member=repo_member_path(spec.name),
         object_format=fmt,
         refs=tuple(RefEntry(n, oid) for n, oid in sorted(heads.refs)),

@@ -269,6 +269,13 @@ def _publish(
         missing = [d for d in docs.expected if d not in docs.data]
         if missing:
             raise ArchiveError(f"manifest {missing[0]} is referenced but not in the bundle")
+        carried = {m.digest for m in manifest.members}
+        for digest, repos in docs.blob_repos.items():
+            if digest not in carried and not target.has_blob(digest, sorted(repos)):
+                raise ArchiveError(
+                    f"blob {digest} (needed by {', '.join(sorted(repos))}) is neither in the "
+                    f"bundle nor in {target.describe()}"
+                )
         # Children before the indexes that reference them.
         for digest in reversed(docs.order):
             for location in docs.repos(digest):

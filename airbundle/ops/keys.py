@@ -42,6 +42,7 @@ def generate_key(
     write_atomic(path, data)
     path.chmod(0o600)
     write_atomic(pub_path, (public.openssh_line() + "\n").encode())
+    pub_path.chmod(0o644)
     return public
 
 
