@@ -29,6 +29,7 @@ from airbundle.ops import keys as keyops
 from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
+from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 
 app = typer.Typer(
@@ -333,6 +334,31 @@ def import_(
     report: Annotated[
         Path | None, typer.Option(help="Write the import report (JSON) here.")
     ] = None,
+    channel: Annotated[
+        str,
+        typer.Option(
+            help="The channel this target takes bundles from; a bundle for another is refused."
+        ),
+    ] = "default",
+    allow_expired: Annotated[
+        bool,
+        typer.Option(
+            help="Import even if the bundle has expired (recorded in the state's history)."
+        ),
+    ] = False,
+    allow_rollback: Annotated[
+        bool,
+        typer.Option(
+            help="Import even if older than the last import (recorded in the state's history)."
+        ),
+    ] = False,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the import state lives (default: inside an oci: target, else "
+            "~/.local/state/airbundle)."
+        ),
+    ] = None,
     ca_file: CaOpt = None,
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
@@ -348,11 +374,24 @@ def import_(
         force=force,
         keep_source_host=keep_source_host,
         report=report,
+        channel=channel,
+        allow_expired=allow_expired,
+        allow_rollback=allow_rollback,
+        state_dir=state_dir,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
         result = import_bundle(bundle, options, progress=progress)
+    for note in result.notes:
+        typer.echo(f"airbundle: WARNING: {note}", err=True)
+    if result.noop:
+        _say(
+            quiet,
+            f"already imported: {bundle} (channel {result.channel}, sequence "
+            f"{result.sequence}, manifest {result.manifest_digest}); nothing to do",
+        )
+        return
     _say(
         quiet,
         f"imported {bundle}: {len(result.images)} image(s) "
@@ -365,6 +404,25 @@ def import_(
         _say(quiet, f"  {repo['name']} -> {repo['target']}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
+
+
+@app.command()
+@_errors_to_exit
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file to approve.")],
+    key: Annotated[Path, typer.Option("--key", help="Your signing key (OpenSSH ed25519).")],
+    passphrase_file: PassOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Add an approval signature (co-sign) without rewriting the bundle's content."""
+    private = keyops.load_signing_key(key, passphrase=keyops.read_passphrase(passphrase_file))
+    result = sign_bundle(bundle, private)
+    if result.added:
+        _say(
+            quiet, f"signed {bundle} as {result.fingerprint}; {result.signatures} signature(s) now"
+        )
+    else:
+        _say(quiet, f"{bundle} is already signed by {result.fingerprint}; nothing to do")
 
 
 @key_app.command("generate")

@@ -930,9 +930,15 @@ def assert_nothing_imported(oci: Path, git: Path) -> None:
     assert temp_files(oci, git) == []
 
 
-def import_options(env: World, oci: Path, git: Path, *, other: bool = False) -> ImportOptions:
+def import_options(
+    env: World, oci: Path, git: Path, *, other: bool = False, state: Path | None = None
+) -> ImportOptions:
     return ImportOptions(
-        policy=env.policy(other=other), registry=f"oci:{oci}", git=str(git), at=NOW
+        policy=env.policy(other=other),
+        registry=f"oci:{oci}",
+        git=str(git),
+        at=NOW,
+        state_dir=state,
     )
 
 
@@ -982,8 +988,11 @@ def test_good_import_then_tampered_import_changes_nothing(
     assert "refs/heads/main" in refs_before
     before = snapshot(oci)
     for kind in ("blob", "git", "flip"):
+        # A state of its own, so that freshness (same sequence, other manifest)
+        # does not stop the import before the tampering is found.
+        options = import_options(env, oci, git, state=tmp_path / f"state-{kind}")
         with pytest.raises(TAMPERED[kind]):
-            import_bundle(tampered(env, parts, tmp_path, kind), import_options(env, oci, git))
+            import_bundle(tampered(env, parts, tmp_path, kind), options)
         assert snapshot(oci) == before
         assert git_refs(git / "gitops.git") == refs_before
         assert temp_files(oci, git) == []

@@ -103,7 +103,8 @@ def test_reimport_is_a_noop(exported: ExportResult, signing_key: KeyPair, tmp_pa
     refs = run("git", "-C", tmp_path / "git" / "gitops.git", "for-each-ref")
     second = importing(exported.path, signing_key, tmp_path)
     assert first.blobs_written == 9 and first.blobs_present == 0  # type: ignore[attr-defined]
-    assert second.blobs_written == 0 and second.blobs_present == 9  # type: ignore[attr-defined]
+    # Same channel, sequence and manifest: recognised from the state, nothing is read.
+    assert second.noop and second.blobs_written == 0  # type: ignore[attr-defined]
     assert (tmp_path / "images" / "index.json").read_bytes() == index
     assert run("git", "-C", tmp_path / "git" / "gitops.git", "for-each-ref") == refs
 
@@ -254,7 +255,7 @@ def test_non_fast_forward_is_refused_without_force(
 ) -> None:
     work = tmp_path / "work"
     shutil.copytree(sample_tree, work, symlinks=True)
-    first = export(work / "spec.yaml", tmp_path / "1.airbundle", signing_key)
+    first = export(work / "spec.yaml", tmp_path / "1.airbundle", signing_key, sequence=1)
     importing(first.path, signing_key, tmp_path / "target")
     # Rewrite history: main moves to a commit that does not descend from the old tip.
     env = {
@@ -272,7 +273,7 @@ def test_non_fast_forward_is_refused_without_force(
         check=True,
         env=env,
     )
-    second = export(work / "spec.yaml", tmp_path / "2.airbundle", signing_key)
+    second = export(work / "spec.yaml", tmp_path / "2.airbundle", signing_key, sequence=2)
     repo = tmp_path / "target" / "git" / "gitops.git"
     before = run("git", "-C", repo, "for-each-ref")
     index_before = (tmp_path / "target" / "images" / "index.json").read_bytes()
@@ -335,8 +336,18 @@ def test_cli_with_relative_paths_from_another_folder(sample_tree: Path, tmp_path
     spec = os.path.relpath(sample_tree / "spec.yaml", work)
     run(*cli, "export", spec, "-o", "out/b.airbundle", "--key", "k", cwd=work)
     run(*cli, "verify", "out/b.airbundle", "--trust", "k.pub", cwd=work)
-    run(*cli, "import", "out/b.airbundle", "--trust", "k.pub", "--registry", "oci:air/img",
-        "--git", "air/git", cwd=work)
+    run(
+        *cli,
+        "import",
+        "out/b.airbundle",
+        "--trust",
+        "k.pub",
+        "--registry",
+        "oci:air/img",
+        "--git",
+        "air/git",
+        cwd=work,
+    )
     assert (work / "air" / "git" / "gitops.git").is_dir()
     assert not list(work.rglob(".airbundle-tmp-*"))
 
@@ -345,8 +356,9 @@ def test_git_cache_is_reused_and_narrowed_to_the_spec(
     sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    first = export(sample_tree / "spec.yaml", tmp_path / "a.airbundle", signing_key,
-                   cache_dir=cache)
+    first = export(
+        sample_tree / "spec.yaml", tmp_path / "a.airbundle", signing_key, cache_dir=cache
+    )
     assert len(first.manifest.repos[0].refs) == 3
     (mirror,) = (cache / "git").glob("*-gitops.git")
     spec = tmp_path / "main-only.yaml"
@@ -369,13 +381,19 @@ def test_manual_verification_script_accepts_a_good_bundle_and_rejects_a_bad_one(
     for tool in ("zstd", "ssh-keygen", "skopeo", "git"):
         require_tool(tool)
     script = REPO_ROOT / "docs" / "manual-verification.sh"
-    ok = subprocess.run(["bash", str(script), str(exported.path), str(signing_key.public),
-                         str(tmp_path / "out")], capture_output=True, text=True)
+    ok = subprocess.run(
+        ["bash", str(script), str(exported.path), str(signing_key.public), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     data = bytearray(exported.path.read_bytes())
     data[-200] ^= 0x01
     bad = tmp_path / "bad.airbundle"
     bad.write_bytes(bytes(data))
-    failed = subprocess.run(["bash", str(script), str(bad), str(signing_key.public),
-                             str(tmp_path / "out2")], capture_output=True, text=True)
+    failed = subprocess.run(
+        ["bash", str(script), str(bad), str(signing_key.public), str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode != 0

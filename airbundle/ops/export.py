@@ -95,6 +95,14 @@ def _created(options: ExportOptions) -> datetime:
     return datetime.fromtimestamp(epoch if epoch is not None else int(time.time()), UTC)
 
 
+def _default_sequence(reproducible: bool, created: datetime) -> int:
+    """Milliseconds since 1970: monotonic enough for one exporter, and two
+    exports in the same second still differ (unless made reproducible)."""
+    if reproducible:
+        return int(created.timestamp()) * 1000
+    return time.time_ns() // 1_000_000
+
+
 def _image_name(spec: ImageSpec, recorded: str | None) -> ImageReference:
     if spec.name is not None:
         return spec.name
@@ -286,7 +294,9 @@ def export_bundle(
             created=created,
             tool=f"airbundle {__version__}",
             channel=options.channel,
-            sequence=options.sequence if options.sequence is not None else int(created.timestamp()),
+            sequence=options.sequence
+            if options.sequence is not None
+            else _default_sequence(reproducible, created),
             expires=created + options.expires_in if options.expires_in else None,
         )
         image_entries = tuple(

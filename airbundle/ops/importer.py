@@ -17,7 +17,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, write_atomic
@@ -30,12 +30,21 @@ from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import ArchiveError, FormatError, RefUpdateError, TargetError, UsageError
 from airbundle.format.archive import BundleReader
 from airbundle.format.digest import Digest
-from airbundle.format.manifest import BLOB_PREFIX, BundleManifest, ImageEntry, MemberEntry
+from airbundle.format.freshness import Accepted, channel_key, decide, trust_set_id
+from airbundle.format.manifest import (
+    BLOB_PREFIX,
+    DEFAULT_CHANNEL,
+    BundleManifest,
+    ImageEntry,
+    MemberEntry,
+    format_time,
+)
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
 from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST, parse_manifest
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
 
 Progress = Callable[[int], None]
@@ -53,6 +62,13 @@ class ImportOptions:
     keep_source_host: bool = False
     transport: Transport | None = None
     report: Path | None = None
+    # Freshness (docs/security.md): the channel this import is for, overrides
+    # (loud, recorded in the state's history), and where the state lives
+    # (default: inside an OCI layout target, else the user's state folder).
+    channel: str = DEFAULT_CHANNEL
+    allow_expired: bool = False
+    allow_rollback: bool = False
+    state_dir: Path | None = None
     at: datetime | None = None
     limits: Limits = DEFAULT_LIMITS
 
@@ -67,6 +83,10 @@ class ImportReport:
     images: list[dict[str, str]] = field(default_factory=list)
     repos: list[dict[str, object]] = field(default_factory=list)
     report_path: str | None = None
+    sequence: int = 0
+    channel: str = ""
+    noop: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         doc = {k: v for k, v in self.__dict__.items() if k != "report_path"}
@@ -216,9 +236,34 @@ def import_bundle(
         manifest = auth.manifest
         report.bundle_id = manifest.bundle.id
         report.manifest_digest = str(auth.manifest_digest)
+        report.sequence = manifest.bundle.sequence
+        report.channel = manifest.bundle.channel
         # Both targets are checked before a byte is written to either.
         target = _image_target(manifest, options)
         gits = _git_target(manifest, options)
+        store = _state_store(target, gits, manifest, options)
+        state = stack.enter_context(store.locked())
+        key = channel_key(
+            options.channel,
+            trust_set_id(
+                [k.public_key.fingerprint for k in options.policy.keys], options.policy.threshold
+            ),
+        )
+        now = options.at or datetime.now(UTC)
+        decision = decide(
+            manifest,
+            str(auth.manifest_digest),
+            state.accepted.get(key),
+            channel=options.channel,
+            now=now,
+            allow_expired=options.allow_expired,
+            allow_rollback=options.allow_rollback,
+        )
+        report.notes = list(decision.notes)
+        if decision.action == "noop":
+            report.noop = True
+            _record(store, state, key, auth, report, now, "noop")
+            return report
         if gits is not None:
             stack.callback(gits.close)
         if isinstance(target, OciLayoutTarget):
@@ -232,6 +277,7 @@ def import_bundle(
         try:
             stream_members(reader, manifest, sinks, progress=progress)
             _publish(auth, sinks, target, gits, options, report)
+            _record(store, state, key, auth, report, now, "import")
         except BaseException:
             # Staged objects may stay (unreferenced); staging refs may not.
             if gits is not None:
@@ -240,6 +286,63 @@ def import_bundle(
                         gits.discard(repo.name)
             raise
     return report
+
+
+def _state_store(
+    target: ImageTarget | None,
+    gits: GitTarget | None,
+    manifest: BundleManifest,
+    options: ImportOptions,
+) -> StateStore:
+    parts = []
+    if target is not None:
+        parts.append(f"images={target.describe()}")
+    if gits is not None and options.git is not None:
+        where = options.git if "{name}" in options.git else str(Path(options.git).resolve())
+        parts.append(f"git={where}")
+    folder = options.state_dir
+    if folder is None:
+        folder = (
+            target.root / ".airbundle"
+            if isinstance(target, OciLayoutTarget)
+            else default_state_dir()
+        )
+    return StateStore(folder, " ".join(parts) or "empty")
+
+
+def _record(
+    store: StateStore,
+    state: TargetState,
+    key: str,
+    auth: Authenticated,
+    report: ImportReport,
+    now: datetime,
+    action: str,
+) -> None:
+    info = auth.manifest.bundle
+    if action == "import":
+        state.accepted[key] = Accepted(
+            info.sequence,
+            str(auth.manifest_digest),
+            info.id,
+            format_time(info.created),
+            format_time(now),
+        )
+    state.history.append(
+        {
+            "time": format_time(now),
+            "action": action,
+            "channel": info.channel,
+            "trustSet": key.split("@", 1)[1],
+            "sequence": info.sequence,
+            "bundle": info.name,
+            "bundleId": info.id,
+            "manifestDigest": str(auth.manifest_digest),
+            "signers": [s.public_key.fingerprint for s in auth.signers],
+            "notes": report.notes,
+        }
+    )
+    store.save(state)
 
 
 def _publish(

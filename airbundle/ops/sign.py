@@ -1,0 +1,89 @@
+"""Co-signing: add an approval signature to a bundle without touching its content.
+
+Only the prefix region (manifest + signatures) is rewritten, in place. The old
+region is saved to a journal beside the bundle first, so a crash mid-write is
+undone by the next `sign` (or `recover_journal`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from airbundle.adapters.fsutil import write_atomic
+from airbundle.errors import SignatureError, UsageError
+from airbundle.format import sshsig
+from airbundle.format.archive import (
+    HEADER_SIZE,
+    read_file_header,
+    read_prefix_region,
+    rewrite_prefix,
+)
+from airbundle.format.manifest import BundleManifest
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+
+@dataclass(frozen=True)
+class SignResult:
+    path: Path
+    fingerprint: str
+    signatures: int
+    added: bool
+
+
+def journal_path(bundle: Path) -> Path:
+    return bundle.with_name(bundle.name + ".sign-journal")
+
+
+def recover_journal(bundle: Path) -> bool:
+    """Put back the prefix saved by an interrupted `sign`; True if there was one."""
+    journal = journal_path(bundle)
+    if not journal.exists():
+        return False
+    saved = journal.read_bytes()
+    with bundle.open("r+b") as fh:
+        fh.write(saved)
+        fh.flush()
+        os.fsync(fh.fileno())
+    journal.unlink()
+    return True
+
+
+def sign_bundle(
+    bundle: Path, key: Ed25519PrivateKey, *, limits: Limits = DEFAULT_LIMITS
+) -> SignResult:
+    recover_journal(bundle)
+    try:
+        fh = bundle.open("r+b")
+    except OSError as exc:
+        raise UsageError(f"cannot open bundle {bundle} for signing: {exc.strerror}") from None
+    with fh:
+        prefix = read_prefix_region(fh, source=str(bundle), limits=limits)
+        # Refuse to approve something that is not a well-formed manifest.
+        manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
+        signer = sshsig.public_key_of(key)
+        existing = []
+        for _name, armored in prefix.signatures:
+            try:
+                if sshsig.verify(prefix.manifest, armored) == signer:
+                    return SignResult(bundle, signer.fingerprint, len(prefix.signatures), False)
+            except SignatureError:
+                pass  # kept as found; verify reports it
+            existing.append(armored)
+        signatures = [*existing, sshsig.sign(prefix.manifest, key)]
+        fh.seek(0)
+        header = read_file_header(fh.read(HEADER_SIZE), source=str(bundle))
+        fh.seek(0)
+        original = fh.read(HEADER_SIZE + header.prefix_length)
+        write_atomic(journal_path(bundle), original)
+        mtime = int(manifest.bundle.created.timestamp())
+        rewrite_prefix(fh, prefix.manifest, signatures, mtime=mtime, source=str(bundle))
+        fh.flush()
+        os.fsync(fh.fileno())
+    with contextlib.suppress(FileNotFoundError):
+        journal_path(bundle).unlink()
+    return SignResult(bundle, signer.fingerprint, len(signatures), True)
