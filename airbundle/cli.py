@@ -352,6 +352,9 @@ def import_(
             help="Import even if older than the last import (recorded in the state's history)."
         ),
     ] = False,
+    allow_other_refs: Annotated[
+        bool, typer.Option(help="Also move refs outside refs/heads and refs/tags.")
+    ] = False,
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -378,6 +381,7 @@ def import_(
         allow_expired=allow_expired,
         allow_rollback=allow_rollback,
         state_dir=state_dir,
+        allow_other_refs=allow_other_refs,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
     )
     size = bundle.stat().st_size if bundle.is_file() else None

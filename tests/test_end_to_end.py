@@ -397,3 +397,34 @@ def test_manual_verification_script_accepts_a_good_bundle_and_rejects_a_bad_one(
         text=True,
     )
     assert failed.returncode != 0
+
+
+def test_refs_outside_heads_and_tags_need_a_flag(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    from airbundle.errors import UsageError
+
+    work = tmp_path / "w"
+    shutil.copytree(sample_tree, work, symlinks=True)
+    run("git", "-C", work / "gitops", "update-ref", "refs/notes/review", "HEAD")
+    spec = work / "spec.yaml"
+    spec.write_text(
+        spec.read_text().replace(
+            'refs: ["refs/heads/*", "refs/tags/*"]', 'refs: ["refs/heads/*", "refs/notes/*"]'
+        )
+    )
+    bundle = export(spec, tmp_path / "n.airbundle", signing_key)
+    with pytest.raises(UsageError, match="refs/notes/review, outside refs/heads"):
+        importing(bundle.path, signing_key, tmp_path / "t")
+    assert not (tmp_path / "t" / "git" / "gitops.git").exists()
+    policy = load_policy(load_trust([signing_key.public]), 1)
+    import_bundle(
+        bundle.path,
+        ImportOptions(
+            policy=policy,
+            registry=f"oci:{tmp_path / 't' / 'images'}",
+            git=str(tmp_path / "t" / "git"),
+            allow_other_refs=True,
+        ),
+    )
+    assert "refs/notes/review" in run("git", "-C", tmp_path / "t/git/gitops.git", "for-each-ref")

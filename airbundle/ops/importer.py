@@ -69,6 +69,9 @@ class ImportOptions:
     allow_expired: bool = False
     allow_rollback: bool = False
     state_dir: Path | None = None
+    # Only branches and tags move by default; other namespaces (notes, pull
+    # requests, stashes) only when asked for.
+    allow_other_refs: bool = False
     at: datetime | None = None
     limits: Limits = DEFAULT_LIMITS
 
@@ -238,6 +241,8 @@ def import_bundle(
         report.manifest_digest = str(auth.manifest_digest)
         report.sequence = manifest.bundle.sequence
         report.channel = manifest.bundle.channel
+        if not options.allow_other_refs:
+            _check_ref_namespaces(manifest)
         # Both targets are checked before a byte is written to either.
         target = _image_target(manifest, options)
         gits = _git_target(manifest, options)
@@ -286,6 +291,17 @@ def import_bundle(
                         gits.discard(repo.name)
             raise
     return report
+
+
+def _check_ref_namespaces(manifest: BundleManifest) -> None:
+    for repo in manifest.repos:
+        for ref in repo.refs:
+            if not ref.name.startswith(("refs/heads/", "refs/tags/")):
+                raise UsageError(
+                    f"repo {repo.name!r}: the bundle carries {ref.name}, outside refs/heads "
+                    "and refs/tags",
+                    hint="pass --allow-other-refs if the target should receive it",
+                )
 
 
 def _state_store(
