@@ -24,11 +24,13 @@ from airbundle import __version__
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import EXIT_USAGE, AirbundleError, UsageError
 from airbundle.format.manifest import format_time
+from airbundle.format.mapping import MappingOptions, RegistryLocation
 from airbundle.format.spec import load_spec
 from airbundle.ops import keys as keyops
 from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
+from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
 from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 
@@ -352,6 +354,15 @@ def import_(
             help="Import even if older than the last import (recorded in the state's history)."
         ),
     ] = False,
+    emit_mirror_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write mirror configuration for the imported repositories into this folder."
+        ),
+    ] = None,
+    mirror_scope: Annotated[
+        str, typer.Option(help="Mirror entries per 'repository' or per upstream 'registry'.")
+    ] = "repository",
     allow_other_refs: Annotated[
         bool, typer.Option(help="Also move refs outside refs/heads and refs/tags.")
     ] = False,
@@ -382,6 +393,8 @@ def import_(
         allow_rollback=allow_rollback,
         state_dir=state_dir,
         allow_other_refs=allow_other_refs,
+        emit_mirror_config=emit_mirror_config,
+        mirror_scope=mirror_scope,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
     )
     size = bundle.stat().st_size if bundle.is_file() else None
@@ -427,6 +440,40 @@ def sign(
         )
     else:
         _say(quiet, f"{bundle} is already signed by {result.fingerprint}; nothing to do")
+
+
+@app.command("mirror-config")
+@_errors_to_exit
+def mirror_config(
+    source: Annotated[Path, typer.Argument(help="A bundle, or the JSON report of an import.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write into.")],
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            help="The mirror: HOST[:PORT][/PREFIX] (needed for a bundle, not for a report)."
+        ),
+    ] = None,
+    keep_source_host: Annotated[
+        bool, typer.Option(help="The import kept the source host as first path component.")
+    ] = False,
+    insecure: Annotated[bool, typer.Option(help="The mirror speaks plain HTTP.")] = False,
+    scope: Annotated[
+        str, typer.Option(help="Entries per 'repository' or per upstream 'registry'.")
+    ] = "repository",
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate registries.conf, OpenShift IDMS/ITMS/ICSP, containerd hosts.toml and
+    kustomize images for what a bundle carries (or an import put somewhere)."""
+    if source.suffix == ".json":
+        name, images = carried_from_report(source)
+    else:
+        if registry is None:
+            raise UsageError("--registry HOST[:PORT][/PREFIX] is needed to map a bundle")
+        name, images = carried_from_bundle(
+            source, RegistryLocation.parse(registry), MappingOptions(keep_source_host)
+        )
+    for path in write_mirror_config(output, name, images, insecure=insecure, scope=scope):
+        _say(quiet, f"wrote {path}")
 
 
 @key_app.command("generate")

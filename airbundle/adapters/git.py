@@ -41,6 +41,14 @@ def git_binary() -> str:
     return path
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hide user:password in any URL of a message."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
 def _subcommand(args: Sequence[str]) -> str:
     skip = False
     for arg in args:
@@ -73,7 +81,7 @@ def run_git(
     )
     if proc.returncode != 0:
         message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
-        raise error(f"{what}: git {_subcommand(args)} failed: {message}")
+        raise error(redact(f"{what}: git {_subcommand(args)} failed: {message}"))
     return proc
 
 
@@ -140,7 +148,7 @@ def fetch_selected_refs(
             *_refspecs(patterns, force=True),
         ],
         error=SourceError,
-        what=f"{what} (fetching {url})",
+        what=f"{what} (fetching {redact(url)})",
     )
     # The repository may be a cache shared with earlier exports whose specs
     # selected other refs: keep only what this spec asks for.

@@ -40,10 +40,12 @@ from airbundle.format.manifest import (
     format_time,
 )
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
+from airbundle.format.mirrorconfig import CarriedImage
 from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST, parse_manifest
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.mirrors import write_mirror_config
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
 
@@ -72,6 +74,10 @@ class ImportOptions:
     # Only branches and tags move by default; other namespaces (notes, pull
     # requests, stashes) only when asked for.
     allow_other_refs: bool = False
+    # Write mirror configuration (registries.conf, IDMS/ITMS/ICSP, containerd,
+    # kustomize) for exactly the repositories imported, here.
+    emit_mirror_config: Path | None = None
+    mirror_scope: str = "repository"
     at: datetime | None = None
     limits: Limits = DEFAULT_LIMITS
 
@@ -79,6 +85,7 @@ class ImportOptions:
 @dataclass
 class ImportReport:
     bundle: str
+    bundle_name: str = ""
     bundle_id: str = ""
     manifest_digest: str = ""
     blobs_written: int = 0
@@ -238,11 +245,16 @@ def import_bundle(
         )
         manifest = auth.manifest
         report.bundle_id = manifest.bundle.id
+        report.bundle_name = manifest.bundle.name
         report.manifest_digest = str(auth.manifest_digest)
         report.sequence = manifest.bundle.sequence
         report.channel = manifest.bundle.channel
         if not options.allow_other_refs:
             _check_ref_namespaces(manifest)
+        if options.emit_mirror_config is not None and (
+            options.registry is None or options.registry.startswith("oci:")
+        ):
+            raise UsageError("--emit-mirror-config needs a registry target (--registry HOST)")
         # Both targets are checked before a byte is written to either.
         target = _image_target(manifest, options)
         gits = _git_target(manifest, options)
@@ -413,6 +425,17 @@ def _publish(
             report.repos.append(
                 {"name": repo.name, "target": gits.describe(repo.name), "refs": dict(refs)}
             )
+    if options.emit_mirror_config is not None and isinstance(target, RegistryImageTarget):
+        mirrored = [
+            CarriedImage(ref, target.client.host, repo) for ref, repo in target.mapping.items()
+        ]
+        write_mirror_config(
+            options.emit_mirror_config,
+            manifest.bundle.name,
+            mirrored,
+            insecure=target.client.base.startswith("http://"),
+            scope=options.mirror_scope,
+        )
     report_path = options.report
     if report_path is None and isinstance(target, OciLayoutTarget):
         report_path = target.root / REPORT_NAME
