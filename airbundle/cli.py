@@ -23,6 +23,7 @@ import typer
 from airbundle import __version__
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import EXIT_USAGE, AirbundleError, UsageError
+from airbundle.format.imagescan import Carried, missing
 from airbundle.format.manifest import format_time
 from airbundle.format.mapping import MappingOptions, RegistryLocation
 from airbundle.format.spec import load_spec
@@ -31,6 +32,7 @@ from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
+from airbundle.ops.scan import scan_folder
 from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 
@@ -200,6 +202,12 @@ def export(
         Path | None, typer.Option(help="Cache of git mirrors (default: ~/.cache/airbundle).")
     ] = None,
     no_cache: Annotated[bool, typer.Option(help="Fetch repos into scratch space.")] = False,
+    check_images: Annotated[
+        bool, typer.Option(help="Scan the carried repos for image references the bundle lacks.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option(help="With --check-images: fail if any referenced image is missing.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
@@ -216,11 +224,20 @@ def export(
         expires_in=parse_duration(expires) if expires else None,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        check_images=check_images or strict,
+        strict=strict,
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
     for warning in result.warnings:
         typer.echo(f"airbundle: warning: {warning}", err=True)
+    if result.manifest.scan is not None:
+        for issue in result.manifest.scan.missing:
+            typer.echo(
+                f"airbundle: warning: {issue.file}:{issue.line}: image {issue.ref} is "
+                "referenced but not in the bundle",
+                err=True,
+            )
     m = result.manifest
     _say(
         quiet,
@@ -299,6 +316,12 @@ def inspect(
         f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
         for i in m.images
     ]
+    if m.scan is not None:
+        lines.append(
+            f"image scan: {m.scan.references} reference(s) in {m.scan.files} file(s), "
+            f"{len(m.scan.missing)} not in the bundle"
+        )
+        lines += [f"  MISSING {s.ref}  at {s.file}:{s.line} ({s.kind})" for s in m.scan.missing]
     lines.append(f"repos ({len(m.repos)}):")
     for r in m.repos:
         lines.append(f"  {r.name}  from {r.url}")
@@ -440,6 +463,62 @@ def sign(
         )
     else:
         _say(quiet, f"{bundle} is already signed by {result.fingerprint}; nothing to do")
+
+
+@app.command()
+@_errors_to_exit
+def scan(
+    path: Annotated[Path, typer.Argument(help="A folder of manifests (a git working tree).")],
+    bundle: Annotated[
+        Path | None, typer.Option(help="Report only references this bundle does not carry.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the image references in Kubernetes, kustomize, Helm values and Flux files,
+    with file and line; with --bundle, only those the bundle lacks (exit 1 if any)."""
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder")
+    files, findings = scan_folder(path)
+    shown = findings
+    if bundle is not None:
+        info = inspect_bundle(bundle)
+        carried = Carried(
+            frozenset(str(i.ref) for i in info.manifest.images),
+            frozenset(str(m.digest) for m in info.manifest.members),
+            frozenset(i.ref.name for i in info.manifest.images),
+        )
+        shown = missing(findings, carried)
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {
+                    "files": files,
+                    "references": len(findings),
+                    "shown": [
+                        {
+                            "ref": f.text,
+                            "normalized": str(f.ref) if f.ref else None,
+                            "file": f.path,
+                            "line": f.line,
+                            "kind": f.kind,
+                            "problem": f.problem,
+                        }
+                        for f in shown
+                    ],
+                },
+                indent=1,
+            )
+        )
+    else:
+        for f in shown:
+            note = f"  ({f.problem})" if f.problem else ""
+            typer.echo(f"{f.path}:{f.line}: {f.text}  [{f.kind}]{note}")
+        what = "not in the bundle" if bundle is not None else "found"
+        typer.echo(
+            f"{len(shown)} image reference(s) {what}, {len(findings)} in {files} file(s)", err=True
+        )
+    if bundle is not None and shown:
+        raise typer.Exit(1)
 
 
 @app.command("mirror-config")

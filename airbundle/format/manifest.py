@@ -93,6 +93,23 @@ class RepoEntry:
 
 
 @dataclass(frozen=True)
+class ScanIssue:
+    """An image reference found in a carried repository that the bundle lacks."""
+
+    ref: str
+    file: str  # repo:ref:path
+    line: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    files: int
+    references: int
+    missing: tuple[ScanIssue, ...] = ()
+
+
+@dataclass(frozen=True)
 class BundleInfo:
     name: str
     id: str
@@ -109,6 +126,7 @@ class BundleManifest:
     members: tuple[MemberEntry, ...]
     images: tuple[ImageEntry, ...]
     repos: tuple[RepoEntry, ...]
+    scan: ScanSummary | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @cached_property
@@ -139,6 +157,7 @@ class BundleManifest:
             ],
             "images": [_image_json(i) for i in self.images],
             "repos": [_repo_json(r) for r in self.repos],
+            **({"scan": _scan_json(self.scan)} if self.scan is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -163,6 +182,26 @@ class BundleManifest:
             return _from_json(doc, limits)
         except FormatError as exc:
             raise ManifestError(f"bundle manifest: {exc.message}") from exc
+
+
+def _scan_json(s: ScanSummary) -> dict[str, Any]:
+    return {
+        "files": s.files,
+        "references": s.references,
+        "missing": [
+            {"ref": m.ref, "file": m.file, "line": m.line, "kind": m.kind} for m in s.missing
+        ],
+    }
+
+
+def _scan(doc: dict[str, Any] | None) -> ScanSummary | None:
+    if doc is None:
+        return None
+    return ScanSummary(
+        doc["files"],
+        doc["references"],
+        tuple(ScanIssue(m["ref"], m["file"], m["line"], m["kind"]) for m in doc["missing"]),
+    )
 
 
 def _image_json(i: ImageEntry) -> dict[str, Any]:
@@ -208,13 +247,14 @@ def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
         members=members,
         images=tuple(_image(i, m) for i, m in enumerate(doc["images"])),
         repos=tuple(_repo(i, r, limits) for i, r in enumerate(doc["repos"])),
+        scan=_scan(doc.get("scan")),
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     _check_consistency(manifest)
     return manifest
 
 
-_KNOWN = {"apiVersion", "kind", "formatVersion", "bundle", "members", "images", "repos"}
+_KNOWN = {"apiVersion", "kind", "formatVersion", "bundle", "members", "images", "repos", "scan"}
 
 
 def _member(i: int, m: dict[str, Any]) -> MemberEntry:

@@ -23,10 +23,11 @@ from airbundle import __version__
 from airbundle.adapters import git
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
 from airbundle.adapters.registry.transport import Transport
-from airbundle.errors import SourceError, UsageError
+from airbundle.errors import SourceError, SpecError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
+from airbundle.format.imagescan import Finding
 from airbundle.format.manifest import (
     OCI_LAYOUT_DIR,
     BundleInfo,
@@ -43,6 +44,7 @@ from airbundle.format.reference import ImageReference
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.collect import CollectedImage, collect_image
+from airbundle.ops.scan import carried_images, scan_repo, summarize
 from airbundle.ops.sources import Sources
 
 # Room kept in the prefix for approval signatures added later by `sign`.
@@ -65,6 +67,10 @@ class ExportOptions:
     transport: Transport | None = None
     # Persistent git mirror cache; None: fetch into a scratch repository.
     cache_dir: Path | None = None
+    # Scan the carried repositories for image references the bundle lacks;
+    # with strict, any such reference fails the export.
+    check_images: bool = False
+    strict: bool = False
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -83,6 +89,7 @@ class _PreparedRepo:
     bundle: Path
     size: int
     entry: RepoEntry
+    scanned: tuple[int, list[Finding]] = (0, [])
 
 
 def _created(options: ExportOptions) -> datetime:
@@ -156,11 +163,15 @@ def _git_cache(spec: RepoSpec, cache_dir: Path | None, workdir: Path) -> Iterato
 
 
 def _prepare_repo(
-    spec: RepoSpec, workdir: Path, *, reproducible: bool, cache_dir: Path | None
+    spec: RepoSpec, workdir: Path, *, reproducible: bool, cache_dir: Path | None, scan: bool
 ) -> _PreparedRepo:
     what = f"repo {spec.name!r} ({_redact_url(spec.url)})"
     with _git_cache(spec, cache_dir, workdir) as bare:
-        return _bundle_repo(spec, bare, workdir, what, reproducible=reproducible)
+        prepared = _bundle_repo(spec, bare, workdir, what, reproducible=reproducible)
+        if scan:
+            refs = [r.name for r in prepared.entry.refs]
+            prepared = replace(prepared, scanned=scan_repo(spec.name, bare, refs))
+        return prepared
 
 
 def _bundle_repo(
@@ -262,7 +273,13 @@ def export_bundle(
     workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent)).resolve()
     try:
         repos = [
-            _prepare_repo(r, workdir, reproducible=reproducible, cache_dir=options.cache_dir)
+            _prepare_repo(
+                r,
+                workdir,
+                reproducible=reproducible,
+                cache_dir=options.cache_dir,
+                scan=options.check_images,
+            )
             for r in spec.repos
         ]
         # Everything the manifest will say is known now except the git bundles'
@@ -311,7 +328,22 @@ def export_bundle(
             )
             for img in images
         )
-        draft = BundleManifest(info, tuple(members), image_entries, tuple(r.entry for r in repos))
+        scan = None
+        if options.check_images:
+            files = sum(r.scanned[0] for r in repos)
+            findings = [f for r in repos for f in r.scanned[1]]
+            scan = summarize(files, findings, carried_images(images))
+            if options.strict and scan.missing:
+                shown = "; ".join(f"{m.ref} ({m.file}:{m.line})" for m in scan.missing[:20])
+                more = f" and {len(scan.missing) - 20} more" if len(scan.missing) > 20 else ""
+                raise SpecError(
+                    f"{len(scan.missing)} image reference(s) in the carried repositories are "
+                    f"not in the bundle: {shown}{more}",
+                    hint="add them to the spec's images, or export without --strict",
+                )
+        draft = BundleManifest(
+            info, tuple(members), image_entries, tuple(r.entry for r in repos), scan
+        )
         capacity = prefix_upper_bound(
             len(draft.to_bytes()), RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES
         )
@@ -355,7 +387,7 @@ def export_bundle(
             final_members = [MemberEntry(w.path, w.size, w.sha256) for w in written]
             info = replace(info, id=_bundle_id(spec.name, created, final_members))
             manifest = BundleManifest(
-                info, tuple(final_members), image_entries, tuple(r.entry for r in repos)
+                info, tuple(final_members), image_entries, tuple(r.entry for r in repos), scan
             )
             manifest_bytes = manifest.to_bytes()
             signatures = [sshsig.sign(manifest_bytes, key) for key in options.keys]

@@ -1,0 +1,77 @@
+"""Read YAML files from a folder or from refs of a git repository (for scanning)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from airbundle.adapters.git import git_binary, run_git
+from airbundle.errors import SourceError
+from airbundle.format.imagescan import MAX_FILE_BYTES, YAML_SUFFIXES
+
+
+def folder_yaml(root: Path) -> Iterator[tuple[str, str]]:
+    """(path relative to root, text) of every YAML file below root, .git excluded."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            if not name.endswith(YAML_SUFFIXES):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.stat().st_size > MAX_FILE_BYTES:
+                    continue
+                text = path.read_text("utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            yield str(path.relative_to(root)), text
+
+
+def repo_yaml(repo: Path, refs: Sequence[str], *, what: str) -> Iterator[tuple[str, str, str]]:
+    """(ref, path, text) of YAML files at each ref's tip; each blob is read once."""
+    seen: set[str] = set()
+    wanted: list[tuple[str, str, str]] = []  # (oid, ref, path)
+    for ref in refs:
+        proc = run_git(
+            ["-C", str(repo), "ls-tree", "-r", "-z", "--full-tree", ref, "--"],
+            error=SourceError,
+            what=what,
+        )
+        for entry in proc.stdout.split(b"\0"):
+            if not entry:
+                continue
+            meta, _, raw_path = entry.partition(b"\t")
+            parts = meta.split()
+            if len(parts) != 3 or parts[1] != b"blob":
+                continue
+            path = raw_path.decode("utf-8", "replace")
+            oid = parts[2].decode()
+            if path.endswith(YAML_SUFFIXES) and oid not in seen:
+                seen.add(oid)
+                wanted.append((oid, ref, path))
+    if not wanted:
+        return
+    # One cat-file process for every blob: thousands of files cost one fork.
+    proc = subprocess.run(
+        [git_binary(), "-C", str(repo), "cat-file", "--batch"],
+        input="".join(f"{oid}\n" for oid, _, _ in wanted).encode(),
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SourceError(f"{what}: git cat-file failed: {proc.stderr.decode(errors='replace')}")
+    data = proc.stdout
+    pos = 0
+    for _oid, ref, path in wanted:
+        header_end = data.index(b"\n", pos)
+        header = data[pos:header_end].split()
+        size = int(header[2]) if len(header) == 3 else 0
+        body = data[header_end + 1 : header_end + 1 + size]
+        pos = header_end + 1 + size + 1
+        if size <= MAX_FILE_BYTES:
+            try:
+                yield ref, path, body.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
