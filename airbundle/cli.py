@@ -22,7 +22,7 @@ import typer
 
 from airbundle import __version__
 from airbundle.adapters.registry.transport import TLSConfig, Transport
-from airbundle.errors import EXIT_USAGE, AirbundleError, UsageError
+from airbundle.errors import EXIT_INTEGRITY, EXIT_USAGE, AirbundleError, UsageError
 from airbundle.format.imagescan import Carried, missing
 from airbundle.format.manifest import format_time
 from airbundle.format.mapping import MappingOptions, RegistryLocation
@@ -33,7 +33,7 @@ from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
 from airbundle.ops.scan import scan_folder
-from airbundle.ops.sign import sign_bundle
+from airbundle.ops.sign import journal_hint, sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 
 app = typer.Typer(
@@ -62,6 +62,9 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except AirbundleError as exc:
+            bundle = kwargs.get("bundle")
+            if isinstance(bundle, Path) and exc.exit_code == EXIT_INTEGRITY:
+                exc.hint = journal_hint(bundle) or exc.hint
             if _state["verbose"]:
                 traceback.print_exc()
             typer.echo(f"airbundle: error: {exc.diagnostics()}", err=True)

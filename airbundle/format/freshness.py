@@ -1,7 +1,8 @@
 """Freshness rules: rollback, replay and freeze protection, as pure decisions.
 
 The import side remembers, per target, the last accepted sequence number for
-each channel and trust set. A bundle is accepted only if it is newer, not
+each channel (whichever trusted keys signed it: editing the trust file for a
+key rotation must not reset that memory). A bundle is accepted only if it is newer, not
 expired, and for the channel the operator names. The decisions live here, as
 values; reading and writing the state file is ops/state.py's job.
 """
@@ -56,10 +57,6 @@ def trust_set_id(fingerprints: list[str], threshold: int) -> str:
     """A short, stable name for a trust policy (its keys and threshold)."""
     text = "\n".join(sorted(set(fingerprints))) + f"\nthreshold={threshold}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def channel_key(channel: str, trust_set: str) -> str:
-    return f"{channel}@{trust_set}"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import ArchiveError, FormatError, RefUpdateError, TargetError, UsageError
 from airbundle.format.archive import BundleReader
 from airbundle.format.digest import Digest
-from airbundle.format.freshness import Accepted, channel_key, decide, trust_set_id
+from airbundle.format.freshness import Accepted, decide, trust_set_id
 from airbundle.format.manifest import (
     BLOB_PREFIX,
     DEFAULT_CHANNEL,
@@ -258,28 +258,28 @@ def import_bundle(
         # Both targets are checked before a byte is written to either.
         target = _image_target(manifest, options)
         gits = _git_target(manifest, options)
-        store = _state_store(target, gits, manifest, options)
-        state = stack.enter_context(store.locked())
-        key = channel_key(
-            options.channel,
-            trust_set_id(
-                [k.public_key.fingerprint for k in options.policy.keys], options.policy.threshold
-            ),
-        )
+        # One state per target the operator named (not per what this bundle
+        # carries: an images-only bundle must not slip past a newer full one).
+        stores = sorted(_state_stores(options), key=lambda s: str(s.path))
+        states = [stack.enter_context(store.locked()) for store in stores]
         now = options.at or datetime.now(UTC)
-        decision = decide(
-            manifest,
-            str(auth.manifest_digest),
-            state.accepted.get(key),
-            channel=options.channel,
-            now=now,
-            allow_expired=options.allow_expired,
-            allow_rollback=options.allow_rollback,
-        )
-        report.notes = list(decision.notes)
-        if decision.action == "noop":
+        decisions = [
+            decide(
+                manifest,
+                str(auth.manifest_digest),
+                state.accepted.get(options.channel),
+                channel=options.channel,
+                now=now,
+                allow_expired=options.allow_expired,
+                allow_rollback=options.allow_rollback,
+            )
+            for state in states
+        ]
+        report.notes = list(dict.fromkeys(n for d in decisions for n in d.notes))
+        if decisions and all(d.action == "noop" for d in decisions):
             report.noop = True
-            _record(store, state, key, auth, report, now, "noop")
+            for store, state in zip(stores, states, strict=True):
+                _record(store, state, options, auth, report, now, "noop")
             return report
         if gits is not None:
             stack.callback(gits.close)
@@ -294,7 +294,8 @@ def import_bundle(
         try:
             stream_members(reader, manifest, sinks, progress=progress)
             _publish(auth, sinks, target, gits, options, report)
-            _record(store, state, key, auth, report, now, "import")
+            for store, state in zip(stores, states, strict=True):
+                _record(store, state, options, auth, report, now, "import")
         except BaseException:
             # Staged objects may stay (unreferenced); staging refs may not.
             if gits is not None:
@@ -316,32 +317,27 @@ def _check_ref_namespaces(manifest: BundleManifest) -> None:
                 )
 
 
-def _state_store(
-    target: ImageTarget | None,
-    gits: GitTarget | None,
-    manifest: BundleManifest,
-    options: ImportOptions,
-) -> StateStore:
-    parts = []
-    if target is not None:
-        parts.append(f"images={target.describe()}")
-    if gits is not None and options.git is not None:
+def _state_stores(options: ImportOptions) -> list[StateStore]:
+    stores = []
+    if options.registry is not None:
+        if options.registry.startswith("oci:"):
+            root = Path(options.registry[4:]).resolve()
+            folder = options.state_dir or root / ".airbundle"
+            stores.append(StateStore(folder, f"images=oci:{root}"))
+        else:
+            location = RegistryLocation.parse(options.registry)
+            where = f"{location.host}/{location.prefix}".rstrip("/")
+            stores.append(StateStore(options.state_dir or default_state_dir(), f"images={where}"))
+    if options.git is not None:
         where = options.git if "{name}" in options.git else str(Path(options.git).resolve())
-        parts.append(f"git={where}")
-    folder = options.state_dir
-    if folder is None:
-        folder = (
-            target.root / ".airbundle"
-            if isinstance(target, OciLayoutTarget)
-            else default_state_dir()
-        )
-    return StateStore(folder, " ".join(parts) or "empty")
+        stores.append(StateStore(options.state_dir or default_state_dir(), f"git={where}"))
+    return stores
 
 
 def _record(
     store: StateStore,
     state: TargetState,
-    key: str,
+    options: ImportOptions,
     auth: Authenticated,
     report: ImportReport,
     now: datetime,
@@ -349,19 +345,24 @@ def _record(
 ) -> None:
     info = auth.manifest.bundle
     if action == "import":
-        state.accepted[key] = Accepted(
+        # Keyed by channel alone: changing the trust file (a key rotation)
+        # must not make the target forget what it has seen.
+        state.accepted[options.channel] = Accepted(
             info.sequence,
             str(auth.manifest_digest),
             info.id,
             format_time(info.created),
             format_time(now),
         )
+    policy = options.policy
     state.history.append(
         {
             "time": format_time(now),
             "action": action,
             "channel": info.channel,
-            "trustSet": key.split("@", 1)[1],
+            "trustSet": trust_set_id(
+                [k.public_key.fingerprint for k in policy.keys], policy.threshold
+            ),
             "sequence": info.sequence,
             "bundle": info.name,
             "bundleId": info.id,

@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import write_atomic
-from airbundle.errors import SignatureError, UsageError
+from airbundle.errors import AirbundleError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import (
     HEADER_SIZE,
@@ -40,10 +40,21 @@ def journal_path(bundle: Path) -> Path:
 
 
 def recover_journal(bundle: Path) -> bool:
-    """Put back the prefix saved by an interrupted `sign`; True if there was one."""
+    """Finish what an interrupted `sign` left: keep the new prefix if it was
+    written completely, else put back the saved one. True if there was a journal."""
     journal = journal_path(bundle)
     if not journal.exists():
         return False
+    try:
+        with bundle.open("rb") as fh:
+            read_prefix_region(fh, source=str(bundle))
+    except AirbundleError:
+        pass  # the rewrite was cut short: restore below
+    else:
+        # The new prefix is whole (the crash came after it was synced):
+        # keep it, so the signature just added is not lost.
+        journal.unlink()
+        return True
     saved = journal.read_bytes()
     with bundle.open("r+b") as fh:
         fh.write(saved)
@@ -51,6 +62,15 @@ def recover_journal(bundle: Path) -> bool:
         os.fsync(fh.fileno())
     journal.unlink()
     return True
+
+
+def journal_hint(bundle: Path) -> str | None:
+    if journal_path(bundle).exists():
+        return (
+            f"an interrupted `airbundle sign` left {journal_path(bundle).name}; "
+            "run `airbundle sign` again to repair the bundle"
+        )
+    return None
 
 
 def sign_bundle(

@@ -168,6 +168,7 @@ class RegistryClient:
         url = path_or_url if "://" in path_or_url else self.base + path_or_url
         for attempt in range(3):
             all_headers = {**(headers or {}), **self._auth_header(scope)}
+            sent_basic = all_headers.get("Authorization", "").startswith("Basic ")
             try:
                 response = self.transport.request(
                     method,
@@ -192,7 +193,9 @@ class RegistryClient:
                     break
                 self._fetch_token(challenge.params, scope)
             elif challenge.scheme == "basic":
-                if self.credentials() is None or self._basic:
+                # Another thread may have switched to Basic meanwhile: what
+                # matters is whether *this* request carried the credentials.
+                if self.credentials() is None or sent_basic:
                     break
                 self._basic = True
         if response.status == 401:

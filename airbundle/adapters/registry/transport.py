@@ -63,12 +63,18 @@ class Response:
     headers: Mapping[str, str]
     raw: urllib3.BaseHTTPResponse
     url: str
+    # urllib3 already read the body of a request made with stream=False;
+    # reading raw again would give b"".
+    preloaded: bool = False
 
     def read(self) -> bytes:
-        return bytes(self.raw.read())
+        return bytes(self.raw.data) if self.preloaded else bytes(self.raw.read())
 
     def read_limited(self, limit: int) -> bytes:
-        data = bytes(self.raw.read(limit + 1))
+        if self.preloaded:
+            data = bytes(self.raw.data or b"")
+        else:
+            data = bytes(self.raw.read(limit + 1))
         if len(data) > limit:
             self.raw.release_conn()
             raise TransportError(f"{self.url}: response larger than {limit} bytes")
@@ -192,7 +198,8 @@ class Transport:
             raw = pool.request(
                 method,
                 url,
-                headers=dict(headers),
+                # Per-request headers replace the pool's defaults in urllib3.
+                headers={"User-Agent": USER_AGENT, **headers},
                 body=body,
                 preload_content=not stream,
                 redirect=redirect,
@@ -206,7 +213,7 @@ class Transport:
             ) from exc
         except (Urllib3Error, OSError) as exc:
             raise TransportError(f"{method} {url}: {_reason(exc)}") from exc
-        return Response(raw.status, raw.headers, raw, url)
+        return Response(raw.status, raw.headers, raw, url, preloaded=not stream)
 
     def request(
         self,
