@@ -84,7 +84,12 @@ def check_ref_pattern(pattern: str, *, error: type[AirbundleError] = AirbundleEr
     if "*" in pattern:
         if pattern.count("*") != 1 or "*" in pattern.rsplit("/", 1)[0]:
             raise error(f"invalid ref pattern {pattern!r}: one '*', in the last component only")
-        check_ref_name(pattern.replace("*", "x"), error=error)
+        try:
+            check_ref_name(pattern.replace("*", "x"), error=error)
+        except AirbundleError as exc:
+            # Report the pattern the user wrote, not our stand-in for '*'.
+            problem = exc.message.split(": it ", 1)[-1]
+            raise error(f"invalid git ref pattern {pattern!r}: it {problem}") from None
         return pattern
     return check_ref_name(pattern, error=error)
 

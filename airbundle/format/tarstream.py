@@ -242,7 +242,12 @@ class TarReader:
             self._finish_member()
             return b""
         n = min(n, self._remaining)
-        chunk = self._stream.read(n)
+        try:
+            chunk = self._stream.read(n)
+        except ArchiveError as exc:
+            # Name the member whose bytes were damaged, not just the offset.
+            where = self._current.path if self._current else "?"
+            raise ArchiveError(f"{exc.message} (inside member {where!r})") from exc
         if not chunk:
             where = self._current.path if self._current else "?"
             raise TruncatedError(
