@@ -71,10 +71,7 @@ class Response:
         return bytes(self.raw.data) if self.preloaded else bytes(self.raw.read())
 
     def read_limited(self, limit: int) -> bytes:
-        if self.preloaded:
-            data = bytes(self.raw.data or b"")
-        else:
-            data = bytes(self.raw.read(limit + 1))
+        data = bytes(self.raw.data or b"") if self.preloaded else bytes(self.raw.read(limit + 1))
         if len(data) > limit:
             self.raw.release_conn()
             raise TransportError(f"{self.url}: response larger than {limit} bytes")
