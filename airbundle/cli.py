@@ -21,12 +21,20 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from airbundle import __version__
+from airbundle.adapters.media import open_media
 from airbundle.adapters.registry.transport import TLSConfig, Transport
-from airbundle.errors import EXIT_INTEGRITY, EXIT_USAGE, AirbundleError, UsageError
+from airbundle.errors import (
+    EXIT_INTEGRITY,
+    EXIT_USAGE,
+    AirbundleError,
+    IntegrityError,
+    UsageError,
+)
 from airbundle.format.imagescan import Carried, missing
 from airbundle.format.manifest import format_time
 from airbundle.format.mapping import MappingOptions, RegistryLocation
 from airbundle.format.spec import load_spec
+from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
@@ -35,6 +43,7 @@ from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, writ
 from airbundle.ops.scan import scan_folder
 from airbundle.ops.sign import journal_hint, sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
+from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
 app = typer.Typer(
     name="airbundle",
@@ -121,6 +130,7 @@ def _main(
     _state["verbose"] = verbose
 
 
+_VOLUME_FILE = re.compile(r".+\.\d{3}")
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -211,6 +221,10 @@ def export(
     strict: Annotated[
         bool, typer.Option(help="With --check-images: fail if any referenced image is missing.")
     ] = False,
+    split_size: Annotated[
+        str | None,
+        typer.Option(help="Cut into volumes of this size: 4GiB, 700MB, or fat32, dvd, bd25, bd50."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
@@ -229,6 +243,7 @@ def export(
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         check_images=check_images or strict,
         strict=strict,
+        split_size=parse_size(split_size) if split_size else None,
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
@@ -258,8 +273,21 @@ def verify(
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check signatures, then every member's size and digest. Exit 0 only if all holds."""
+    """Check signatures, then every member's size and digest. Exit 0 only if all holds.
+
+    BUNDLE is a bundle file, a volume index (NAME.volumes) or a folder holding
+    one: the whole set is checked. Given a single volume (NAME.003), only that
+    volume is checked against the signed index."""
     policy = load_policy(keyops.load_trust(trust), threshold)
+    if _VOLUME_FILE.fullmatch(bundle.name) and open_media(bundle).index is not None:
+        check = check_one_volume(bundle, policy)
+        if not check.ok:
+            raise IntegrityError(
+                f"volume {check.name} is damaged: {check.problem}",
+                hint="copy it again from the original media",
+            )
+        _say(quiet, f"OK volume {check.name} matches the signed volume index")
+        return
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "verify", quiet or json_output) as progress:
         result = verify_bundle(bundle, policy, progress=progress)
@@ -447,6 +475,39 @@ def import_(
         _say(quiet, f"  {repo['name']} -> {repo['target']}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
+
+
+@app.command()
+@_errors_to_exit
+def split(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file to cut into volumes.")],
+    size: Annotated[
+        str, typer.Option("--size", help="Volume size: 4GiB, 700MB, or fat32, dvd, bd25, bd50.")
+    ],
+    key: Annotated[list[Path], typer.Option("--key", help="Key(s) to sign the volume index.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for the volumes (default: beside the bundle)."),
+    ] = None,
+    passphrase_file: PassOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Cut an existing bundle into media-sized volumes plus a signed index (no re-export)."""
+    passphrase = keyops.read_passphrase(passphrase_file)
+    keys = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
+    index = split_bundle(bundle, parse_size(size), keys, folder=output)
+    _say(quiet, f"wrote {index} and its volumes")
+
+
+@app.command()
+@_errors_to_exit
+def join(
+    index: Annotated[Path, typer.Argument(help="Volume index (NAME.volumes) or its folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Join a volume set back into one bundle file, checking every volume."""
+    _say(quiet, f"wrote {join_volumes(index, output)}")
 
 
 @app.command()

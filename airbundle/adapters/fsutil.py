@@ -12,6 +12,12 @@ from typing import BinaryIO
 TEMP_MARK = ".airbundle-tmp-"
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -27,6 +33,8 @@ def atomic_output(path: Path, *, fsync: bool = True) -> Iterator[BinaryIO]:
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_MARK + path.name + ".", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp makes 0600 files; outputs get the usual umask-derived mode.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()

@@ -87,7 +87,7 @@ class RemoteTarget:
         return self.template.replace("{name}", check_repo_name(name, error=TargetError))
 
     def describe(self, name: str) -> str:
-        return self.url(name)
+        return git.redact(self.url(name))
 
     def _work(self, name: str) -> Path:
         return self._scratch / f"{name}.git"

@@ -17,6 +17,7 @@ passes over the content once; co-signing rewrites only the prefix region.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -289,16 +290,23 @@ class BundleReader:
     content; then :meth:`next_member` and :meth:`read` walk the content.
     """
 
-    def __init__(self, raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        raw: BinaryIO,
+        *,
+        source: str,
+        limits: Limits = DEFAULT_LIMITS,
+        whole_file: bool = True,
+    ) -> None:
         self.source = source
         self._limits = limits
         header = read_file_header(raw.read(HEADER_SIZE), source=source)
         self.prefix_length = header.prefix_length
         self.total_length = header.total_length
-        try:
-            actual = os.fstat(raw.fileno()).st_size
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            actual = None  # a pipe: checked at the end of the stream instead
+        actual = None  # a pipe or a volume set: checked at the end of the stream
+        if whole_file:
+            with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+                actual = os.fstat(raw.fileno()).st_size
         if actual is not None and actual != header.total_length:
             self._length_error(actual)
         self._counter = _CountingReader(raw)
@@ -395,7 +403,8 @@ class BundleReader:
 
 def read_prefix_region(raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_LIMITS) -> Prefix:
     """Read only the header and prefix of a bundle (for inspect and co-signing)."""
-    reader = BundleReader(raw, source=source, limits=limits)
+    # The file may be the first volume of a set: its length says nothing.
+    reader = BundleReader(raw, source=source, limits=limits, whole_file=False)
     return reader.read_prefix()
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from airbundle import __version__
 from airbundle.adapters import git
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
+from airbundle.adapters.media import VolumeWriter
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, SpecError, UsageError
 from airbundle.format import sshsig
-from airbundle.format.archive import BundleWriter, prefix_upper_bound
+from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
 from airbundle.format.imagescan import Finding
 from airbundle.format.manifest import (
@@ -46,6 +48,7 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.collect import CollectedImage, collect_image
 from airbundle.ops.scan import carried_images, scan_repo, summarize
 from airbundle.ops.sources import Sources
+from airbundle.ops.volumes import write_index
 
 # Room kept in the prefix for approval signatures added later by `sign`.
 RESERVED_SIGNATURES = 16
@@ -71,6 +74,8 @@ class ExportOptions:
     # with strict, any such reference fails the export.
     check_images: bool = False
     strict: bool = False
+    # Cut the bundle into volumes of this many bytes (NAME.001, ... + index).
+    split_size: int | None = None
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -270,6 +275,7 @@ def export_bundle(
     images = plan_images(spec, Sources(options.transport or Transport(), limits))
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
+    index_path: Path | None = None
     workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent)).resolve()
     try:
         repos = [
@@ -348,7 +354,7 @@ def export_bundle(
             len(draft.to_bytes()), RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES
         )
         mtime = int(created.timestamp())
-        with atomic_output(out) as fh:
+        with _output(out, options.split_size, HEADER_SIZE + capacity) as fh:
             writer = BundleWriter(
                 fh,
                 prefix_capacity=capacity,
@@ -393,8 +399,29 @@ def export_bundle(
             signatures = [sshsig.sign(manifest_bytes, key) for key in options.keys]
             writer.finish(manifest_bytes, signatures)
             size = fh.tell()
+            if isinstance(fh, VolumeWriter):
+                index_path = write_index(out.parent, fh.commit(), options.keys)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return ExportResult(
-        out, manifest, Digest.sha256_of(manifest_bytes), size, tuple(subset_warnings(images))
+        index_path or out,
+        manifest,
+        Digest.sha256_of(manifest_bytes),
+        size,
+        tuple(subset_warnings(images)),
     )
+
+
+@contextlib.contextmanager
+def _output(out: Path, split_size: int | None, unhashed: int) -> Iterator[BinaryIO]:
+    """One bundle file written atomically, or a volume set (committed by the caller)."""
+    if split_size is None:
+        with atomic_output(out) as fh:
+            yield fh
+        return
+    volumes = VolumeWriter(out.parent, out.name, split_size, unhashed=unhashed)
+    try:
+        yield volumes  # type: ignore[misc]
+    except BaseException:
+        volumes.abort()
+        raise

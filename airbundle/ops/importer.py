@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, write_atomic
+from airbundle.adapters.git import redact
 from airbundle.adapters.git_targets import GitTarget, open_git_target
 from airbundle.adapters.images import ImageTarget
 from airbundle.adapters.oci_layout import OciLayoutTarget
@@ -48,6 +49,7 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.mirrors import write_mirror_config
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
+from airbundle.ops.volumes import opened_bundle
 
 Progress = Callable[[int], None]
 REPORT_NAME = "airbundle-import.json"
@@ -228,13 +230,10 @@ class _Sinks:
 def import_bundle(
     path: Path, options: ImportOptions, *, progress: Progress | None = None
 ) -> ImportReport:
-    source = str(path)
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
-    report = ImportReport(bundle=source)
-    with fh, contextlib.ExitStack() as stack:
+    report = ImportReport(bundle=str(path))
+    with contextlib.ExitStack() as stack:
+        media, fh = stack.enter_context(opened_bundle(path, options.policy, at=options.at))
+        source = media.description
         reader = BundleReader(fh, source=source, limits=options.limits)
         auth = authenticate(
             reader.read_prefix(),
@@ -329,7 +328,7 @@ def _state_stores(options: ImportOptions) -> list[StateStore]:
             where = f"{location.host}/{location.prefix}".rstrip("/")
             stores.append(StateStore(options.state_dir or default_state_dir(), f"images={where}"))
     if options.git is not None:
-        where = options.git if "{name}" in options.git else str(Path(options.git).resolve())
+        where = redact(options.git) if "{name}" in options.git else str(Path(options.git).resolve())
         stores.append(StateStore(options.state_dir or default_state_dir(), f"git={where}"))
     return stores
 

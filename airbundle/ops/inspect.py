@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airbundle.adapters.media import open_media
 from airbundle.errors import UsageError
 from airbundle.format.archive import read_prefix_region
 from airbundle.format.manifest import BundleManifest, format_time
@@ -45,13 +46,14 @@ class Inspection:
 
 def inspect_bundle(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Inspection:
     """Reads the manifest without a trust decision: for display, never for import."""
+    media = open_media(path)
     try:
-        fh = path.open("rb")
+        fh = media.first.open("rb")
     except OSError as exc:
-        raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot open bundle {media.first}: {exc.strerror}") from None
     with fh:
-        prefix = read_prefix_region(fh, source=str(path), limits=limits)
-        size = fh.seek(0, 2)
+        prefix = read_prefix_region(fh, source=media.description, limits=limits)
+        size = media.index.total_length if media.index else fh.seek(0, 2)
     reports = tuple(r for r, _ in check_signatures(prefix))
     manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
     return Inspection(path, size, manifest, reports)

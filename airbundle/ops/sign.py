@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.media import open_media
 from airbundle.errors import AirbundleError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import (
@@ -74,8 +75,11 @@ def journal_hint(bundle: Path) -> str | None:
 
 
 def sign_bundle(
-    bundle: Path, key: Ed25519PrivateKey, *, limits: Limits = DEFAULT_LIMITS
+    path: Path, key: Ed25519PrivateKey, *, limits: Limits = DEFAULT_LIMITS
 ) -> SignResult:
+    # In a volume set the prefix lives in the first volume, outside the range
+    # the volume index hashes: signing changes no other byte.
+    bundle = open_media(path).first
     recover_journal(bundle)
     try:
         fh = bundle.open("r+b")

@@ -27,6 +27,7 @@ from airbundle.format.manifest import BundleManifest, MemberEntry
 from airbundle.format.tarstream import DIRECTORY, TarMember
 from airbundle.format.trust import TrustedKey, TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.volumes import opened_bundle
 
 Progress = Callable[[int], None]
 
@@ -201,12 +202,8 @@ def verify_bundle(
     progress: Progress | None = None,
     at: datetime | None = None,
 ) -> VerifyResult:
-    source = str(path)
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
-    with fh:
+    with opened_bundle(path, policy, at=at) as (media, fh):
+        source = media.description
         reader = BundleReader(fh, source=source, limits=limits)
         auth = authenticate(reader.read_prefix(), policy, source=source, at=at, limits=limits)
         stream_members(reader, auth.manifest, progress=progress)

@@ -251,6 +251,12 @@ class RegistryClient:
         digest = Digest.sha256_of(data)
         if expect is not None and digest != expect:
             raise self._error(f"{what}: registry returned a manifest with digest {digest}")
+        told = response.headers.get("docker-content-digest")
+        if told and told.startswith("sha256:") and told != str(digest):
+            # By tag there is nothing else to check the bytes against.
+            raise self._error(
+                f"{what}: registry says the manifest is {told}, its bytes hash to {digest}"
+            )
         media_type = (response.headers.get("content-type") or "").split(";")[0].strip()
         return FetchedManifest(data, media_type, digest)
 

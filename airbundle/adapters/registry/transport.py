@@ -9,6 +9,7 @@ with httpx on the same machine.
 from __future__ import annotations
 
 import email.utils
+import errno
 import ssl
 import threading
 import time
@@ -203,11 +204,15 @@ class Transport:
                 retries=False,
             )
         except SSLError as exc:
-            raise TransportError(
-                f"{method} {url}: TLS failed: {exc}",
-                hint="give the registry's CA with --ca-file (or SSL_CERT_FILE), or allow "
-                "this host with --insecure-registry",
-            ) from exc
+            text = str(exc).lower()
+            if "certificate required" in text or "alert handshake" in text:
+                hint = "the registry wants a client certificate: give --cert and --cert-key"
+            else:
+                hint = (
+                    "give the registry's CA with --ca-file (or SSL_CERT_FILE), or allow "
+                    "this host with --insecure-registry"
+                )
+            raise TransportError(f"{method} {url}: TLS failed: {exc}", hint=hint) from exc
         except (Urllib3Error, OSError) as exc:
             raise TransportError(f"{method} {url}: {_reason(exc)}") from exc
         return Response(raw.status, raw.headers, raw, url, preloaded=not stream)
@@ -239,7 +244,7 @@ class Transport:
                 )
             except TransportError as exc:
                 last = exc
-                if attempt + 1 < attempts:
+                if attempt + 1 < attempts and not _permanent(exc):
                     self.sleep(delay)
                     delay = min(delay * 2, self.retry.max_wait)
                     continue
@@ -254,6 +259,19 @@ class Transport:
             return response
         assert last is not None
         raise last
+
+
+def _permanent(exc: BaseException) -> bool:
+    """No route to the host: waiting will not help (an air gap, or a typo)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return True
+        if isinstance(seen, MaxRetryError) and seen.reason is not None:
+            seen = seen.reason
+            continue
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,443 @@
+"""Git repositories fetched from real git servers on export and pushed into them on import.
+
+The servers are ``git daemon`` (git://) and nginx + fcgiwrap + ``git http-backend``
+(smart HTTP, with and without Basic auth), all on 127.0.0.1. The judges are git
+itself: ``git ls-remote`` against the server, ``git bundle list-heads`` on the member
+unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
+``git verify-pack`` on the export cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import KeyPair
+from servers import TEST_CREDS, GitDaemon, GitHttpServer, git_env
+
+from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
+from airbundle.format.spec import load_spec
+from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
+from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
+from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.verify import load_policy
+
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+PASSWORD = TEST_CREDS[1]
+Server = GitDaemon | GitHttpServer
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No user or system git config, no credentials, no proxies."""
+    root = tmp_path / "env"
+    for var, sub in (
+        ("HOME", "home"),
+        ("DOCKER_CONFIG", "docker"),
+        ("XDG_RUNTIME_DIR", "run"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_STATE_HOME", "state"),
+    ):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str(root / sub))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(root / "auth.json"))
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    for var in list(os.environ):
+        if var.startswith("GIT_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    return root
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def git(*args: str | Path, cwd: Path | None = None, home: Path) -> str:
+    proc = subprocess.run(
+        ["git", *map(str, args)],
+        cwd=cwd,
+        env=git_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"git {args} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def ls_remote(url: str, home: Path) -> dict[str, str]:
+    """Branches and tags as the server advertises them (no HEAD, no peeled ^{})."""
+    out = git("ls-remote", "--refs", url, home=home)
+    refs = {}
+    for line in out.splitlines():
+        oid, ref = line.split("\t")
+        if ref.startswith(("refs/heads/", "refs/tags/")):
+            refs[ref] = oid
+    return refs
+
+
+def manifest_refs(result: ExportResult | Any, name: str = "gitops") -> dict[str, str]:
+    repo = next(r for r in result.manifest.repos if r.name == name)
+    return {r.name: r.target for r in repo.refs}
+
+
+def write_spec(path: Path, url: str, refs: list[str] | None = None) -> Path:
+    repo: dict[str, Any] = {"name": "gitops", "url": url}
+    if refs is not None:
+        repo["refs"] = refs
+    doc = {
+        "apiVersion": "airbundle/v1",
+        "kind": "BundleSpec",
+        "metadata": {"name": "git-test"},
+        "repos": [repo],
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def export(tmp_path: Path, key: KeyPair, url: str, name: str = "b", **kw: Any) -> ExportResult:
+    spec = write_spec(tmp_path / f"{name}.yaml", url)
+    options = ExportOptions(
+        output=tmp_path / "out" / f"{name}.airbundle",
+        keys=(load_signing_key(key.private, passphrase=None),),
+        **kw,
+    )
+    return export_bundle(load_spec(spec), options)
+
+
+def import_(bundle: Path, key: KeyPair, git_target: str, **kw: Any) -> ImportReport:
+    policy = load_policy(load_trust([key.public]), 1)
+    return import_bundle(bundle, ImportOptions(policy=policy, git=git_target, **kw))
+
+
+def unpack(bundle: Path, dest: Path) -> Path:
+    """The bundle as plain files (tar + zstd only); returns the folder."""
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "--zstd", "-xf", str(bundle), "-C", str(dest)], check=True)
+    return dest
+
+
+def bundle_heads(member: Path, home: Path) -> dict[str, str]:
+    out = git("bundle", "list-heads", member, home=home)
+    return {ref: oid for oid, ref in (line.split(" ", 1) for line in out.splitlines())}
+
+
+def clone_and_fsck(url: str, dest: Path, home: Path, *options: str) -> str:
+    """git clone + git fsck --strict; the clone's HEAD commit."""
+    git("clone", "--quiet", *options, url, dest, home=home)
+    git("-C", dest, "fsck", "--strict", "--no-dangling", home=home)
+    return git("-C", dest, "rev-parse", "HEAD", home=home).strip()
+
+
+def seed(server: Server, sample_tree: Path, home: Path) -> str:
+    """The samples' gitops repository, pushed to the server as gitops.git; its URL."""
+    server.init_bare("gitops.git")
+    url = server.url("gitops.git")
+    git(
+        "-C",
+        sample_tree / "gitops",
+        "push",
+        "--quiet",
+        url,
+        "refs/heads/*:refs/heads/*",
+        "refs/tags/*:refs/tags/*",
+        home=home,
+    )
+    return url
+
+
+@pytest.fixture(params=["git-daemon", "git-http"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Server:
+    if request.param == "git-daemon":
+        return request.getfixturevalue("git_daemon")  # type: ignore[no-any-return]
+    return request.getfixturevalue("git_http")  # type: ignore[no-any-return]
+
+
+def target_template(server: Server) -> str:
+    """--git for a server: git://HOST/{name}.git, or http://HOST/{name} (as in README)."""
+    if isinstance(server, GitDaemon):
+        server.init_bare("gitops.git")
+        return f"git://{server.host}/{{name}}.git"
+    server.init_bare("gitops")
+    return f"http://{server.host}/{{name}}"
+
+
+def work_clone(url: str, dest: Path, home: Path) -> Path:
+    git("clone", "--quiet", url, dest, home=home)
+    return dest
+
+
+def commit_file(work: Path, name: str, text: str, message: str, home: Path) -> str:
+    (work / name).write_text(text)
+    git("-C", work, "add", name, home=home)
+    git("-C", work, "commit", "--quiet", "-m", message, home=home)
+    return git("-C", work, "rev-parse", "HEAD", home=home).strip()
+
+
+# --- export from git servers ------------------------------------------------
+
+
+def test_export_from_a_git_server(
+    server: Server, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    url = seed(server, sample_tree, home)
+    result = export(tmp_path, signing_key, url)
+    (repo,) = result.manifest.repos
+    assert repo.url == url
+    assert repo.head == "refs/heads/main"
+    served = ls_remote(url, home)
+    assert manifest_refs(result) == served
+    assert set(served) == {"refs/heads/main", "refs/heads/release-1.0", "refs/tags/v1.0"}
+    # The member is a complete git bundle: git alone lists, clones and checks it.
+    member = unpack(result.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
+    assert bundle_heads(member, home) == served
+    # (A bundle carries refs, not HEAD: the manifest records HEAD; name the branch.)
+    head = clone_and_fsck(str(member), tmp_path / "clone", home, "--branch", "main")
+    assert head == served["refs/heads/main"]
+    git("-C", tmp_path / "clone", "bundle", "verify", "--quiet", member, home=home)
+
+
+def test_credentials_in_the_url_stay_out_of_the_bundle_and_cache(
+    git_http_auth: GitHttpServer, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    server = git_http_auth
+    server.init_bare("gitops.git")
+    with_creds = server.url("gitops.git", TEST_CREDS)
+    git(
+        "-C",
+        sample_tree / "gitops",
+        "push",
+        "--quiet",
+        with_creds,
+        "refs/heads/*:refs/heads/*",
+        "refs/tags/*:refs/tags/*",
+        home=home,
+    )
+    cache = tmp_path / "cache"
+    result = export(tmp_path, signing_key, with_creds, cache_dir=cache)
+
+    (repo,) = result.manifest.repos
+    assert repo.url == f"http://{server.host}/gitops.git"
+    assert manifest_refs(result) == ls_remote(with_creds, home)
+    # The server really asked for (and got) the credentials.
+    assert f"{TEST_CREDS[0]} " in server.access_log.read_text()
+    # Not a byte of the password anywhere: unpacked members, decompressed stream, cache.
+    unpacked = unpack(result.path, tmp_path / "unpacked")
+    stream = subprocess.run(
+        ["zstd", "-dc", str(result.path)], capture_output=True, check=True
+    ).stdout
+    assert PASSWORD.encode() not in stream
+    for folder in (unpacked, cache):
+        leaks = [
+            p for p in folder.rglob("*") if p.is_file() and PASSWORD.encode() in p.read_bytes()
+        ]
+        assert leaks == []
+    inspected = subprocess.run(
+        [sys.executable, "-m", "airbundle", "inspect", "--json", str(result.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert PASSWORD not in inspected and f"http://{server.host}/gitops.git" in inspected
+
+
+def test_a_failed_fetch_does_not_reveal_the_password(
+    git_http_auth: GitHttpServer, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    url = git_http_auth.url("missing.git", TEST_CREDS)
+    with pytest.raises(SourceError) as caught:
+        export(tmp_path, signing_key, url)
+    assert f"{git_http_auth.host}/missing.git" in caught.value.message
+    assert PASSWORD not in caught.value.diagnostics()
+    assert not (tmp_path / "out" / "b.airbundle").exists()
+
+
+def test_reexport_with_a_cache_fetches_only_the_new_commit(
+    git_daemon: GitDaemon,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "git-home"
+    url = seed(git_daemon, sample_tree, home)
+    # Keep every fetched pack as a pack (never explode into loose objects), so what
+    # each fetch transferred can be read back from the cache with git verify-pack.
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "transfer.unpackLimit")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "1")
+    cache = tmp_path / "cache"
+    first = export(tmp_path, signing_key, url, name="first", cache_dir=cache)
+    (mirror,) = (cache / "git").glob("*-gitops.git")
+    packs_before = set((mirror / "objects" / "pack").glob("*.pack"))
+    assert len(packs_before) == 1
+
+    work = work_clone(url, tmp_path / "work", home)
+    new = commit_file(work, "kustomization.yaml", "resources: []\n", "empty it", home)
+    git("-C", work, "push", "--quiet", "origin", "main", home=home)
+
+    second = export(tmp_path, signing_key, url, name="second", cache_dir=cache)
+    assert manifest_refs(second)["refs/heads/main"] == new
+    assert manifest_refs(first)["refs/heads/main"] != new
+    member = unpack(second.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
+    assert bundle_heads(member, home)["refs/heads/main"] == new
+    # Same cache repository, its old pack untouched, one new pack with exactly the
+    # new commit, its root tree and the changed file.
+    assert list((cache / "git").glob("*-gitops.git")) == [mirror]
+    packs_after = set((mirror / "objects" / "pack").glob("*.pack"))
+    assert packs_before < packs_after
+    (new_pack,) = packs_after - packs_before
+    listing = git("verify-pack", "-v", new_pack.with_suffix(".idx"), home=home)
+    kinds = sorted(
+        line.split()[1]
+        for line in listing.splitlines()
+        if len(line.split()) >= 3 and line.split()[1] in ("commit", "tree", "blob")
+    )
+    assert kinds == ["blob", "commit", "tree"], listing
+    assert new in listing
+
+
+# --- import into git servers ------------------------------------------------
+
+
+@pytest.fixture
+def gitops_bundle(sample_tree: Path, signing_key: KeyPair, tmp_path: Path) -> ExportResult:
+    return export(tmp_path, signing_key, str(sample_tree / "gitops"), name="gitops", sequence=1)
+
+
+def test_import_into_a_git_server(
+    server: Server, gitops_bundle: ExportResult, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    template = target_template(server)
+    url = template.replace("{name}", "gitops")
+    report = import_(gitops_bundle.path, signing_key, template)
+    assert report.repos == [{"name": "gitops", "target": url, "refs": manifest_refs(gitops_bundle)}]
+    assert ls_remote(url, home) == manifest_refs(gitops_bundle)
+    head = clone_and_fsck(url, tmp_path / "clone", home)
+    assert head == manifest_refs(gitops_bundle)["refs/heads/main"]
+    # Nothing of the importer's staging namespace reached the server.
+    everything = git("ls-remote", url, home=home)
+    assert "airbundle" not in everything
+
+
+def test_import_into_a_missing_server_repository_names_the_url(
+    git_daemon: GitDaemon, gitops_bundle: ExportResult, signing_key: KeyPair
+) -> None:
+    template = f"git://{git_daemon.host}/{{name}}.git"
+    with pytest.raises(TargetError) as caught:
+        import_(gitops_bundle.path, signing_key, template)
+    assert f"git://{git_daemon.host}/gitops.git" in caught.value.message
+    assert not (git_daemon.base_dir / "gitops.git").exists()
+
+
+def test_non_fast_forward_on_the_server_is_refused_without_force(
+    server: Server, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    work = work_clone(str(sample_tree / "gitops"), tmp_path / "work", home)
+    for branch in ("release-1.0",):
+        git("-C", work, "branch", "--quiet", branch, f"origin/{branch}", home=home)
+    first = export(tmp_path, signing_key, str(work), name="first", sequence=1)
+    template = target_template(server)
+    url = template.replace("{name}", "gitops")
+    import_(first.path, signing_key, template)
+    assert ls_remote(url, home) == manifest_refs(first)
+
+    # Rewrite history: main moves to a commit that does not descend from the old tip.
+    git("-C", work, "reset", "--quiet", "--hard", "HEAD~1", home=home)
+    rewritten = commit_file(work, "README", "rewritten\n", "rewritten", home)
+    second = export(tmp_path, signing_key, str(work), name="second", sequence=2)
+    assert manifest_refs(second)["refs/heads/main"] == rewritten
+
+    before = git("ls-remote", url, home=home)
+    with pytest.raises(RefUpdateError) as caught:
+        import_(second.path, signing_key, template)
+    assert "refs/heads/main" in caught.value.message
+    assert "--force" in caught.value.diagnostics()
+    assert git("ls-remote", url, home=home) == before  # nothing moved, nothing added
+
+    import_(second.path, signing_key, template, force=True)
+    assert ls_remote(url, home) == manifest_refs(second)
+    assert clone_and_fsck(url, tmp_path / "clone", home) == rewritten
+
+
+def test_credentials_in_the_git_target_template_are_not_recorded(
+    git_http_auth: GitHttpServer,
+    gitops_bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    env: Path,
+) -> None:
+    home = tmp_path / "git-home"
+    git_http_auth.init_bare("gitops")
+    user, password = TEST_CREDS
+    template = f"http://{user}:{password}@{git_http_auth.host}/{{name}}"
+    report_file = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airbundle",
+            "import",
+            str(gitops_bundle.path),
+            "--trust",
+            str(signing_key.public),
+            "--git",
+            template,
+            "--report",
+            str(report_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with_creds = template.replace("{name}", "gitops")
+    assert ls_remote(with_creds, home) == manifest_refs(gitops_bundle)  # it did work
+    assert password not in proc.stdout + proc.stderr
+    assert password not in report_file.read_text()
+    state = [p for p in (env / "state").rglob("*") if p.is_file()]
+    assert state and not [p for p in state if password.encode() in p.read_bytes()]
+
+
+# --- refs that could be taken for options or escape their namespace ----------
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "refs/heads/-x",
+        "refs/heads/--upload-pack=touch PWNED",
+        "-refs/heads/main",
+        "--all",
+        "refs/heads/a..b",
+        "refs/tags/../../config",
+        "refs/heads/-*",  # a pattern: the message must quote it as written
+    ],
+)
+def test_refs_starting_with_a_dash_or_holding_dot_dot_are_spec_errors(
+    tmp_path: Path, ref: str
+) -> None:
+    spec = write_spec(
+        tmp_path / "spec.yaml", "git://127.0.0.1:9/gitops.git", refs=["refs/heads/main", ref]
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    message = caught.value.message
+    assert repr(ref) in message, message
+    assert str(spec) in message and "refs[1]" in message
+    assert not (tmp_path / "PWNED").exists()
