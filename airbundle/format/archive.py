@@ -297,6 +297,7 @@ class BundleReader:
         source: str,
         limits: Limits = DEFAULT_LIMITS,
         whole_file: bool = True,
+        prefix_only: bool = False,
     ) -> None:
         self.source = source
         self._limits = limits
@@ -309,11 +310,16 @@ class BundleReader:
                 actual = os.fstat(raw.fileno()).st_size
         if actual is not None and actual != header.total_length:
             self._length_error(actual)
+        if prefix_only:
+            # Decompress the prefix region alone: its frame ends where the
+            # signatures end, and nothing past it (another volume) is needed.
+            raw = io.BytesIO(raw.read(header.prefix_length))
         self._counter = _CountingReader(raw)
         self._tar = TarReader(
             _Decompressed(self._counter, limits, source),  # type: ignore[arg-type]
             max_path_length=limits.max_path_length,
             source=source,
+            stop_at_eof=prefix_only,
         )
         self._pending: TarMember | None = None
         self._prefix_read = False
@@ -404,7 +410,7 @@ class BundleReader:
 def read_prefix_region(raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_LIMITS) -> Prefix:
     """Read only the header and prefix of a bundle (for inspect and co-signing)."""
     # The file may be the first volume of a set: its length says nothing.
-    reader = BundleReader(raw, source=source, limits=limits, whole_file=False)
+    reader = BundleReader(raw, source=source, limits=limits, whole_file=False, prefix_only=True)
     return reader.read_prefix()
 
 

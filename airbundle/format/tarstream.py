@@ -161,10 +161,17 @@ class TarReader:
     """
 
     def __init__(
-        self, stream: BinaryIO, *, max_path_length: int = 1024, source: str = "tar stream"
+        self,
+        stream: BinaryIO,
+        *,
+        max_path_length: int = 1024,
+        source: str = "tar stream",
+        stop_at_eof: bool = False,
     ) -> None:
         self._stream = stream
         self._source = source
+        # For reading a region that holds whole members but no end marker.
+        self._stop_at_eof = stop_at_eof
         self._offset = 0
         self._remaining = 0  # data bytes left in the current member
         self._pad = 0
@@ -199,7 +206,17 @@ class TarReader:
         if self._remaining or self._pad:
             self.skip_data()
         start = self._offset
-        block = self._read_exact(BLOCK, "a tar header")
+        if self._stop_at_eof:
+            first = self._stream.read(BLOCK)
+            if not first:
+                self._ended = True
+                return None
+            self._offset += len(first)
+            block = first + (
+                self._read_exact(BLOCK - len(first), "a tar header") if len(first) < BLOCK else b""
+            )
+        else:
+            block = self._read_exact(BLOCK, "a tar header")
         if block == b"\0" * BLOCK:
             second = self._read_exact(BLOCK, "the tar end-of-archive marker")
             if second != b"\0" * BLOCK:

@@ -95,6 +95,7 @@ def split_bundle(
 ) -> Path:
     """Cut an existing bundle into volumes (no re-export); returns the index."""
     target = folder or bundle.parent
+    target.mkdir(parents=True, exist_ok=True)
     with bundle.open("rb") as fh:
         header = read_file_header(fh.read(HEADER_SIZE), source=str(bundle))
         fh.seek(0)
