@@ -25,6 +25,7 @@ from airbundle.adapters.media import open_media
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import (
     EXIT_INTEGRITY,
+    EXIT_IO,
     EXIT_USAGE,
     AirbundleError,
     IntegrityError,
@@ -78,6 +79,14 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
                 traceback.print_exc()
             typer.echo(f"airbundle: error: {exc.diagnostics()}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # A failure no layer anticipated (a disk that vanished, EIO):
+            # still one clear line and a non-zero exit, never a traceback.
+            if _state["verbose"]:
+                traceback.print_exc()
+            where = f" ({exc.filename})" if exc.filename else ""
+            typer.echo(f"airbundle: error: {exc.strerror or exc}{where}", err=True)
+            raise typer.Exit(EXIT_IO) from None
         except KeyboardInterrupt:
             typer.echo("airbundle: interrupted; re-run the same command to resume", err=True)
             raise typer.Exit(130) from None

@@ -58,7 +58,7 @@ class VolumeWriter:
 
     def _open_next(self) -> None:
         number = len(self._files) + 1
-        path = self.folder / f"{TEMP_MARK}{volume_name(self.base, number)}"
+        path = self.folder / f"{TEMP_MARK}{self.base}.{number:03d}.part"
         self._files.append(path.open("w+b"))
         self._temps.append(path)
         self._hashes.append(hashlib.sha256())

@@ -25,7 +25,7 @@ from airbundle.adapters import git
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
 from airbundle.adapters.media import VolumeWriter
 from airbundle.adapters.registry.transport import Transport
-from airbundle.errors import SourceError, SpecError, UsageError
+from airbundle.errors import SourceError, SpecError, TargetError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
@@ -276,7 +276,10 @@ def export_bundle(
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
     index_path: Path | None = None
-    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}export-", dir=out.parent)).resolve()
+    _remove_leftovers(out)
+    workdir = Path(
+        tempfile.mkdtemp(prefix=f"{TEMP_MARK}{out.name}.work-", dir=out.parent)
+    ).resolve()
     try:
         repos = [
             _prepare_repo(
@@ -412,16 +415,34 @@ def export_bundle(
     )
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Temporary files of an earlier export of the same output that was killed."""
+    for stale in out.parent.glob(f"{TEMP_MARK}{out.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def _output(out: Path, split_size: int | None, unhashed: int) -> Iterator[BinaryIO]:
     """One bundle file written atomically, or a volume set (committed by the caller)."""
-    if split_size is None:
-        with atomic_output(out) as fh:
-            yield fh
-        return
-    volumes = VolumeWriter(out.parent, out.name, split_size, unhashed=unhashed)
     try:
-        yield volumes  # type: ignore[misc]
-    except BaseException:
-        volumes.abort()
-        raise
+        if split_size is None:
+            with atomic_output(out) as fh:
+                yield fh
+            return
+        volumes = VolumeWriter(out.parent, out.name, split_size, unhashed=unhashed)
+        try:
+            yield volumes  # type: ignore[misc]
+        except BaseException:
+            volumes.abort()
+            raise
+    except OSError as exc:
+        # Disk full, media removed, permissions: the temporary output is gone,
+        # any earlier bundle of that name is untouched.
+        raise TargetError(
+            f"cannot write {out}: {exc.strerror or exc}",
+            hint="free space or choose another output folder; nothing was left behind",
+        ) from exc

@@ -26,6 +26,15 @@ from airbundle.format.digest import Digest
 from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
+
+class _BodyReadError(Exception):
+    """The connection broke while a response body was read (worth one more GET)."""
+
+
+class _SessionLostError(Exception):
+    """The registry no longer knows the upload session."""
+
+
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 _UNSET = object()
 
@@ -231,6 +240,19 @@ class RegistryClient:
         what = (
             f"{self.host}/{repo}:{reference}" if expect is None else f"{self.host}/{repo}@{expect}"
         )
+        # A body cut short is fetched again: the GET is idempotent.
+        for attempt in range(self.transport.retry.attempts):
+            try:
+                return self._get_manifest_once(repo, reference, expect, what)
+            except _BodyReadError as exc:
+                if attempt + 1 == self.transport.retry.attempts:
+                    raise self._error(f"{what}: {exc.args[0]}") from exc
+                self.transport.sleep(self.transport.retry.backoff * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _get_manifest_once(
+        self, repo: str, reference: str, expect: Digest | None, what: str
+    ) -> FetchedManifest:
         response = self.request(
             "GET",
             f"/v2/{repo}/manifests/{reference}",
@@ -247,7 +269,9 @@ class RegistryClient:
         try:
             data = response.read_limited(self._limits.max_oci_manifest_bytes)
         except TransportError as exc:
-            raise self._error(f"{what}: {exc.message}") from exc
+            if "larger than" in exc.message:
+                raise self._error(f"{what}: {exc.message}") from exc
+            raise _BodyReadError(exc.message) from exc
         digest = Digest.sha256_of(data)
         if expect is not None and digest != expect:
             raise self._error(f"{what}: registry returned a manifest with digest {digest}")
@@ -408,29 +432,31 @@ class RegistryClient:
         if len(first) < self._chunk:
             if len(first) != size:
                 raise self._error(f"{what}: got {len(first)} bytes, expected {size}")
-            for _ in range(self.transport.retry.attempts):
+            for attempt in range(self.transport.retry.attempts):
                 location = self._start_upload(repo, what)
-                response = self.request(
-                    "PUT",
-                    self._with_digest(location, digest),
-                    scope=self.scope(repo, "pull,push"),
-                    headers={"Content-Type": "application/octet-stream"},
-                    body=first,
-                    what=what,
-                )
-                if response.status == 201:
-                    response.close()
-                    self._check_stored(response, digest, what)
+                if self._finish(location, digest, first, repo, what):
                     return
-                if response.status not in (500, 502, 503, 504):
-                    raise self.fail(response, what)
-                response.close()
+                self.transport.sleep(self.transport.retry.backoff * (attempt + 1))
             raise self._error(f"{what}: registry kept failing")
         location = self._start_upload(repo, what)
         offset = 0
         buffer = first
+        restarts = 0
         while buffer:
-            location = self._patch(location, buffer, offset, what, repo)
+            try:
+                location = self._patch(location, buffer, offset, what, repo)
+            except _SessionLostError as lost:
+                # While the first chunk is all that was sent, it is still in
+                # memory: start a fresh session. Later, the earlier chunks
+                # are gone (streamed once); a re-run of the import resumes.
+                if offset != 0 or restarts >= self.transport.retry.attempts:
+                    raise self._error(
+                        f"{what}: upload session lost (HTTP {lost.args[0]}) after "
+                        f"{offset} bytes; re-run the import to continue"
+                    ) from None
+                restarts += 1
+                location = self._start_upload(repo, what)
+                continue
             offset += len(buffer)
             buffer = self._fill(iterator)
             h.update(buffer)
@@ -438,18 +464,43 @@ class RegistryClient:
             raise self._error(f"{what}: got {offset} bytes, expected {size}")
         if h.hexdigest() != digest.hex:
             raise self._error(f"{what}: content has digest sha256:{h.hexdigest()}")
-        response = self.request(
-            "PUT",
-            self._with_digest(location, digest),
-            scope=self.scope(repo, "pull,push"),
-            headers={"Content-Length": "0"},
-            body=b"",
-            what=what,
-        )
-        if response.status != 201:
-            raise self.fail(response, f"{what}: finish upload")
-        response.close()
-        self._check_stored(response, digest, what)
+        for attempt in range(self.transport.retry.attempts):
+            if self._finish(location, digest, b"", repo, what):
+                return
+            self.transport.sleep(self.transport.retry.backoff * (attempt + 1))
+        raise self._error(f"{what}: the registry did not confirm the upload; re-run the import")
+
+    def _finish(self, location: str, digest: Digest, body: bytes, repo: str, what: str) -> bool:
+        """PUT that completes an upload session. True when the blob is stored.
+
+        Not retried blindly: if the answer is lost, the session may already be
+        closed, so we ask whether the blob exists instead of repeating the PUT.
+        """
+        headers = {"Content-Type": "application/octet-stream"} if body else {"Content-Length": "0"}
+        try:
+            response = self.request(
+                "PUT",
+                self._with_digest(location, digest),
+                scope=self.scope(repo, "pull,push"),
+                headers=headers,
+                body=body,
+                what=what,
+                retry=False,
+            )
+        except AirbundleError:
+            return self.blob_exists(repo, digest)
+        if response.status == 201:
+            response.close()
+            self._check_stored(response, digest, what)
+            return True
+        if response.status in (404, 500, 502, 503, 504, 429):
+            response.close()
+            if self.blob_exists(repo, digest):
+                return True
+            if body or response.status != 404:
+                return False
+            raise self._error(f"{what}: the upload session was lost; re-run the import")
+        raise self.fail(response, f"{what}: finish upload")
 
     def _check_stored(self, response: Response, digest: Digest, what: str) -> None:
         told = response.headers.get("docker-content-digest")
@@ -500,10 +551,7 @@ class RegistryClient:
             status = self.request("GET", location, scope=self.scope(repo, "pull,push"), what=what)
             status.close()
             if status.status != 204:
-                raise self._error(
-                    f"{what}: upload session lost (HTTP {status.status}); re-run "
-                    "the import to continue"
-                )
+                raise _SessionLostError(status.status)
             location = self._absolute(status.headers.get("location") or location)
             acknowledged = int((status.headers.get("range") or "0-0").split("-")[-1]) + 1
             if status.headers.get("range") in (None, "0-0") and offset == 0:

@@ -69,10 +69,15 @@ class Response:
     preloaded: bool = False
 
     def read(self) -> bytes:
-        return bytes(self.raw.data) if self.preloaded else bytes(self.raw.read())
+        return self.read_limited(1 << 62)
 
     def read_limited(self, limit: int) -> bytes:
-        data = bytes(self.raw.data or b"") if self.preloaded else bytes(self.raw.read(limit + 1))
+        try:
+            data = (
+                bytes(self.raw.data or b"") if self.preloaded else bytes(self.raw.read(limit + 1))
+            )
+        except (Urllib3Error, OSError) as exc:
+            raise TransportError(f"{self.url}: connection failed while reading: {exc}") from exc
         if len(data) > limit:
             self.raw.release_conn()
             raise TransportError(f"{self.url}: response larger than {limit} bytes")
