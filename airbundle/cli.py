@@ -21,6 +21,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from airbundle import __version__
+from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import open_media
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import (
@@ -40,6 +41,7 @@ from airbundle.ops import keys as keyops
 from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
+from airbundle.ops.inventory import take_inventory
 from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
 from airbundle.ops.scan import scan_folder
 from airbundle.ops.sign import journal_hint, sign_bundle
@@ -234,6 +236,13 @@ def export(
         str | None,
         typer.Option(help="Cut into volumes of this size: 4GiB, 700MB, or fat32, dvd, bd25, bd50."),
     ] = None,
+    since: Annotated[
+        list[Path],
+        typer.Option(
+            help="Incremental: leave out what this earlier bundle (or its manifest.json, or an "
+            "inventory from the other side) shows is already there. Repeatable."
+        ),
+    ] = [],  # noqa: B006
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
@@ -253,6 +262,7 @@ def export(
         check_images=check_images or strict,
         strict=strict,
         split_size=parse_size(split_size) if split_size else None,
+        since=tuple(since),
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
@@ -484,6 +494,40 @@ def import_(
         _say(quiet, f"  {repo['name']} -> {repo['target']}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
+
+
+@app.command()
+@_errors_to_exit
+def inventory(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Inventory file to write.")],
+    registry: Annotated[
+        str | None, typer.Option(help="Image target: HOST[:PORT][/PREFIX] or oci:DIR.")
+    ] = None,
+    git_target: Annotated[
+        str | None,
+        typer.Option(
+            "--git", help="Repo target: a folder of bare repos or a URL template with {name}."
+        ),
+    ] = None,
+    repo: Annotated[
+        list[str], typer.Option(help="Repo names to list (needed with a URL template).")
+    ] = [],  # noqa: B006
+    ca_file: CaOpt = None,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    quiet: QuietOpt = False,
+) -> None:
+    """List the blobs and ref tips the targets already hold (no content), for
+    `export --since` on the connected side."""
+    inv = take_inventory(
+        registry=registry,
+        git_target=git_target,
+        repo_names=list(repo),
+        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+    )
+    write_atomic(output, inv.to_bytes())
+    _say(quiet, f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s)")
 
 
 @app.command()

@@ -186,16 +186,45 @@ def object_format(repo: Path, *, error: type[AirbundleError], what: str) -> str:
 
 
 def create_bundle(
-    repo: Path, refs: Sequence[str], out: Path, *, what: str, reproducible: bool
+    repo: Path,
+    refs: Sequence[str],
+    out: Path,
+    *,
+    what: str,
+    reproducible: bool,
+    exclude: Sequence[str] = (),
 ) -> None:
+    """A bundle of `refs`; commits in `exclude` (and their history) are left
+    out, so the bundle names them as prerequisites (an incremental bundle)."""
     config = ["-c", "pack.threads=1"] if reproducible else []
-    stdin = "".join(f"{check_ref_name(r, error=SourceError)}\n" for r in refs).encode()
+    lines = [f"{check_ref_name(r, error=SourceError)}\n" for r in refs]
+    lines += [
+        f"^{check_object_id(oid, error=SourceError)}\n" for oid in known_objects(repo, exclude)
+    ]
     run_git(
         [*config, "-C", str(repo), "bundle", "create", "--quiet", str(out), "--stdin"],
         error=SourceError,
         what=what,
-        stdin=stdin,
+        stdin="".join(lines).encode(),
     )
+
+
+def known_objects(repo: Path, oids: Sequence[str]) -> list[str]:
+    """The subset of `oids` present in `repo` (one git process for all)."""
+    if not oids:
+        return []
+    proc = subprocess.run(
+        [git_binary(), "-C", str(repo), "cat-file", "--batch-check"],
+        input="".join(f"{o}\n" for o in oids).encode(),
+        capture_output=True,
+        env={**os.environ, **_BASE_ENV},
+        check=False,
+    )
+    return [
+        line.split()[0]
+        for line in proc.stdout.decode().splitlines()
+        if line and not line.endswith("missing")
+    ]
 
 
 INCOMING = "refs/airbundle-incoming/"

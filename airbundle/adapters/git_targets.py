@@ -29,6 +29,10 @@ class GitTarget(Protocol):
 
     def refused(self, name: str, refs: Refs) -> list[str]: ...
 
+    def missing(self, name: str, commits: Sequence[str]) -> list[str]:
+        """Which of `commits` (an incremental bundle's prerequisites) the target lacks."""
+        ...
+
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None: ...
 
     def discard(self, name: str) -> None: ...
@@ -57,6 +61,14 @@ class BareRepoTarget:
 
     def refused(self, name: str, refs: Refs) -> list[str]:
         return git.refused_updates(self.path(name), refs, what=f"repo {name!r}")
+
+    def missing(self, name: str, commits: Sequence[str]) -> list[str]:
+        if not commits:
+            return []
+        if not self.path(name).exists():
+            return list(commits)
+        known = set(git.known_objects(self.path(name), commits))
+        return [c for c in commits if c not in known]
 
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
         git.update_refs(self.path(name), refs, head=head, what=f"repo {name!r}")
@@ -94,6 +106,31 @@ class RemoteTarget:
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None:
         git.stage_bundle(bundle, self._work(name), refs, what=f"repo {name!r}")
+
+    def missing(self, name: str, commits: Sequence[str]) -> list[str]:
+        """Fetch what the server has into the scratch repository (so the
+        bundle's prerequisites are there to build on) and see what is absent."""
+        if not commits:
+            return []
+        work = self._work(name)
+        git.ensure_bare_repo(work, what=f"repo {name!r}")
+        git.run_git(
+            [
+                "-C",
+                str(work),
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                self.url(name),
+                "+refs/*:refs/airbundle-remote/*",
+            ],
+            error=TargetError,
+            what=f"repo {name!r}: fetch from {self.describe(name)}",
+        )
+        known = set(git.known_objects(work, commits))
+        return [c for c in commits if c not in known]
 
     def _remote_refs(self, name: str) -> dict[str, str]:
         proc = git.run_git(

@@ -127,6 +127,9 @@ class BundleManifest:
     images: tuple[ImageEntry, ...]
     repos: tuple[RepoEntry, ...]
     scan: ScanSummary | None = None
+    # An incremental bundle: what the other side must already hold (earlier
+    # bundles or inventories), for messages that say what to import first.
+    base: tuple[Mapping[str, str], ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @cached_property
@@ -158,6 +161,7 @@ class BundleManifest:
             "images": [_image_json(i) for i in self.images],
             "repos": [_repo_json(r) for r in self.repos],
             **({"scan": _scan_json(self.scan)} if self.scan is not None else {}),
+            **({"base": [dict(b) for b in self.base]} if self.base else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -248,13 +252,24 @@ def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
         images=tuple(_image(i, m) for i, m in enumerate(doc["images"])),
         repos=tuple(_repo(i, r, limits) for i, r in enumerate(doc["repos"])),
         scan=_scan(doc.get("scan")),
+        base=tuple(dict(b) for b in doc.get("base", [])),
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     _check_consistency(manifest)
     return manifest
 
 
-_KNOWN = {"apiVersion", "kind", "formatVersion", "bundle", "members", "images", "repos", "scan"}
+_KNOWN = {
+    "apiVersion",
+    "kind",
+    "formatVersion",
+    "bundle",
+    "members",
+    "images",
+    "repos",
+    "scan",
+    "base",
+}
 
 
 def _member(i: int, m: dict[str, Any]) -> MemberEntry:

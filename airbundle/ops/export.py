@@ -30,6 +30,7 @@ from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
 from airbundle.format.imagescan import Finding
+from airbundle.format.inventory import Base
 from airbundle.format.manifest import (
     OCI_LAYOUT_DIR,
     BundleInfo,
@@ -45,6 +46,7 @@ from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
 from airbundle.format.reference import ImageReference
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.base import load_bases
 from airbundle.ops.collect import CollectedImage, collect_image
 from airbundle.ops.scan import carried_images, scan_repo, summarize
 from airbundle.ops.sources import Sources
@@ -76,6 +78,9 @@ class ExportOptions:
     strict: bool = False
     # Cut the bundle into volumes of this many bytes (NAME.001, ... + index).
     split_size: int | None = None
+    # Incremental: leave out what these earlier bundles / inventories show the
+    # disconnected side already has.
+    since: tuple[Path, ...] = ()
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -168,11 +173,24 @@ def _git_cache(spec: RepoSpec, cache_dir: Path | None, workdir: Path) -> Iterato
 
 
 def _prepare_repo(
-    spec: RepoSpec, workdir: Path, *, reproducible: bool, cache_dir: Path | None, scan: bool
+    spec: RepoSpec,
+    workdir: Path,
+    *,
+    reproducible: bool,
+    cache_dir: Path | None,
+    scan: bool,
+    base: Base,
 ) -> _PreparedRepo:
     what = f"repo {spec.name!r} ({_redact_url(spec.url)})"
     with _git_cache(spec, cache_dir, workdir) as bare:
-        prepared = _bundle_repo(spec, bare, workdir, what, reproducible=reproducible)
+        prepared = _bundle_repo(
+            spec,
+            bare,
+            workdir,
+            what,
+            reproducible=reproducible,
+            base_commits=base.commits(spec.name),
+        )
         if scan:
             refs = [r.name for r in prepared.entry.refs]
             prepared = replace(prepared, scanned=scan_repo(spec.name, bare, refs))
@@ -180,7 +198,13 @@ def _prepare_repo(
 
 
 def _bundle_repo(
-    spec: RepoSpec, bare: Path, workdir: Path, what: str, *, reproducible: bool
+    spec: RepoSpec,
+    bare: Path,
+    workdir: Path,
+    what: str,
+    *,
+    reproducible: bool,
+    base_commits: list[str],
 ) -> _PreparedRepo:
     refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
     if not refs:
@@ -190,7 +214,16 @@ def _bundle_repo(
     fmt = git.object_format(bare, error=SourceError, what=what)
     bundle = workdir / f"{spec.name}.bundle"
     names = sorted(name for name, _ in refs)
-    git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
+    try:
+        git.create_bundle(
+            bare, names, bundle, what=what, reproducible=reproducible, exclude=base_commits
+        )
+    except SourceError as exc:
+        if not base_commits or "empty bundle" not in exc.message:
+            raise
+        # Refs moved to commits the base already has: nothing new to pack, but
+        # git will not write an empty bundle; carry the refs with their history.
+        git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
     heads = git.read_bundle_heads(bundle)
     entry = RepoEntry(
         name=spec.name,
@@ -272,6 +305,7 @@ def export_bundle(
     limits = options.limits
     created = _created(options)
     reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
+    base = load_bases(options.since, limits=limits)
     images = plan_images(spec, Sources(options.transport or Transport(), limits))
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +322,7 @@ def export_bundle(
                 reproducible=reproducible,
                 cache_dir=options.cache_dir,
                 scan=options.check_images,
+                base=base,
             )
             for r in spec.repos
         ]
@@ -301,7 +336,10 @@ def export_bundle(
         for img in images:
             documents.update(img.documents)
             for blob in img.blobs:
-                blobs.setdefault(blob.digest, (blob, img))
+                # Manifests always travel (small, needed to tag); layers and
+                # configs the other side has stay home.
+                if blob.digest not in base.blobs:
+                    blobs.setdefault(blob.digest, (blob, img))
         placeholder = Digest("sha256", "0" * 64)
         members = [
             MemberEntry(f"{OCI_LAYOUT_DIR}/oci-layout", len(LAYOUT_FILE), placeholder),
@@ -351,7 +389,12 @@ def export_bundle(
                     hint="add them to the spec's images, or export without --strict",
                 )
         draft = BundleManifest(
-            info, tuple(members), image_entries, tuple(r.entry for r in repos), scan
+            info,
+            tuple(members),
+            image_entries,
+            tuple(r.entry for r in repos),
+            scan,
+            tuple(base.sources),
         )
         capacity = prefix_upper_bound(
             len(draft.to_bytes()), RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES
@@ -396,7 +439,12 @@ def export_bundle(
             final_members = [MemberEntry(w.path, w.size, w.sha256) for w in written]
             info = replace(info, id=_bundle_id(spec.name, created, final_members))
             manifest = BundleManifest(
-                info, tuple(final_members), image_entries, tuple(r.entry for r in repos), scan
+                info,
+                tuple(final_members),
+                image_entries,
+                tuple(r.entry for r in repos),
+                scan,
+                tuple(base.sources),
             )
             manifest_bytes = manifest.to_bytes()
             signatures = [sshsig.sign(manifest_bytes, key) for key in options.keys]

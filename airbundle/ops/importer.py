@@ -196,6 +196,28 @@ class _Sinks:
         self.repos = {r.member: r for r in manifest.repos}
         self.staged: dict[str, Path] = {}
         self.documents = _Documents(manifest.images, target, limits) if target is not None else None
+        self.manifest = manifest
+        self._base_checked = False
+
+    def check_base(self) -> None:
+        """Once every manifest has been read, and before any blob is written:
+        each blob an image needs but the bundle does not carry must already be
+        in the target (an incremental bundle's base)."""
+        if self._base_checked or self.target is None or self.documents is None:
+            return
+        self._base_checked = True
+        docs = self.documents
+        unread = [d for d in docs.expected if d not in docs.data]
+        if unread:
+            raise ArchiveError(f"manifest {unread[0]} is referenced but not in the bundle")
+        carried = {m.digest for m in self.manifest.members}
+        for digest, repos in sorted(docs.blob_repos.items()):
+            if digest not in carried and not self.target.has_blob(digest, sorted(repos)):
+                raise TargetError(
+                    f"blob {digest} (needed by {', '.join(sorted(repos))}) is neither in the "
+                    f"bundle nor in {self.target.describe()}",
+                    hint=base_hint(self.manifest),
+                )
 
     def __call__(self, member: TarMember, entry: MemberEntry, chunks: Iterator[bytes]) -> None:
         if entry.path.startswith(BLOB_PREFIX):
@@ -206,6 +228,7 @@ class _Sinks:
                     raise ArchiveError(f"manifest {entry.digest} is {entry.size} bytes, too large")
                 docs.add(entry.digest, b"".join(chunks))  # chunks raise if the digest is wrong
                 return
+            self.check_base()
             repos = sorted(docs.blob_repos.get(entry.digest, ()))
             if not repos:
                 raise ArchiveError(
@@ -282,6 +305,7 @@ def import_bundle(
             return report
         if gits is not None:
             stack.callback(gits.close)
+            _check_prerequisites(manifest, gits)
         if isinstance(target, OciLayoutTarget):
             stack.enter_context(target.locked())
         if target is not None:
@@ -303,6 +327,33 @@ def import_bundle(
                         gits.discard(repo.name)
             raise
     return report
+
+
+def base_hint(manifest: BundleManifest) -> str:
+    if not manifest.base:
+        return "this bundle is not incremental; was the target changed since?"
+    names = ", ".join(
+        f"bundle {b.get('name')} ({b.get('id')})"
+        if b.get("kind") == "bundle"
+        else f"the inventory of {b.get('target')} taken {b.get('created')}"
+        for b in manifest.base
+    )
+    return (
+        f"this is an incremental bundle built on {names}: import that first, or export "
+        "again with --since an inventory of this target (airbundle inventory)"
+    )
+
+
+def _check_prerequisites(manifest: BundleManifest, gits: GitTarget) -> None:
+    """Before anything is written: the commits an incremental bundle builds on."""
+    for repo in manifest.repos:
+        missing = gits.missing(repo.name, list(repo.prerequisites))
+        if missing:
+            raise TargetError(
+                f"repo {repo.name!r}: {gits.describe(repo.name)} lacks "
+                f"{len(missing)} commit(s) this bundle builds on ({', '.join(missing[:5])})",
+                hint=base_hint(manifest),
+            )
 
 
 def _check_ref_namespaces(manifest: BundleManifest) -> None:
@@ -397,16 +448,7 @@ def _publish(
     if target is not None:
         docs = sinks.documents
         assert docs is not None
-        missing = [d for d in docs.expected if d not in docs.data]
-        if missing:
-            raise ArchiveError(f"manifest {missing[0]} is referenced but not in the bundle")
-        carried = {m.digest for m in manifest.members}
-        for digest, repos in docs.blob_repos.items():
-            if digest not in carried and not target.has_blob(digest, sorted(repos)):
-                raise ArchiveError(
-                    f"blob {digest} (needed by {', '.join(sorted(repos))}) is neither in the "
-                    f"bundle nor in {target.describe()}"
-                )
+        sinks.check_base()
         # Children before the indexes that reference them.
         for digest in reversed(docs.order):
             for location in docs.repos(digest):

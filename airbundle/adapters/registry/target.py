@@ -55,7 +55,15 @@ class RegistryImageTarget:
             return True
         holders = self._holders.get(digest)
         if not holders:
-            return False
+            # An incremental bundle's base blob may sit in another repository
+            # of this target (a shared base layer): try mounting from those.
+            for candidate in sorted(set(self.mapping.values()) - set(missing)):
+                if self.client.blob_exists(candidate, digest):
+                    self._known(digest, candidate)
+                    holders = {candidate}
+                    break
+            else:
+                return False
         source = sorted(holders)[0]
         for repo in missing:
             if not self.client.mount_blob(repo, digest, source):
