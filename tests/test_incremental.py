@@ -259,7 +259,7 @@ def test_incremental_into_an_empty_target_names_what_is_missing_and_writes_nothi
         write_spec(source, [2]), tmp_path / "w2.airbundle", signing_key, 2, since=(week1.path,)
     )
     target = tmp_path / "target"
-    with pytest.raises(TargetError, match="lacks .* commit") as caught:
+    with pytest.raises(TargetError, match=r"lacks .* commit") as caught:
         import_(
             delta.path,
             signing_key,
