@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 verification/integrity failure, 2 usage or spec error,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ from airbundle.errors import (
     IntegrityError,
     UsageError,
 )
+from airbundle.format.diff import diff
 from airbundle.format.imagescan import Carried, missing
 from airbundle.format.manifest import format_time
 from airbundle.format.mapping import MappingOptions, RegistryLocation
@@ -400,6 +402,13 @@ def import_(
     ] = None,
     threshold: ThresholdOpt = 1,
     force: Annotated[bool, typer.Option(help="Allow refs to move non-fast-forward.")] = False,
+    max_nested_paths: Annotated[
+        int | None,
+        typer.Option(
+            help="For registries that limit nesting: at most this many path components "
+            "(the rest joined with '-')."
+        ),
+    ] = None,
     keep_source_host: Annotated[
         bool,
         typer.Option(
@@ -460,6 +469,7 @@ def import_(
         git=git_target,
         force=force,
         keep_source_host=keep_source_host,
+        max_nested_paths=max_nested_paths,
         report=report,
         channel=channel,
         allow_expired=allow_expired,
@@ -528,6 +538,29 @@ def inventory(
     )
     write_atomic(output, inv.to_bytes())
     _say(quiet, f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s)")
+
+
+@app.command("diff")
+@_errors_to_exit
+def diff_command(
+    old: Annotated[Path, typer.Argument(help="The earlier bundle.")],
+    new: Annotated[Path, typer.Argument(help="The later bundle.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Images added, removed and updated (tags moving to new digests), repo refs
+    moved, and the new bytes: what a reviewer reads before approving."""
+    d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(d), indent=1))
+        return
+    lines = [f"+ image {ref}  {dg}" for ref, dg in d.images_added]
+    lines += [f"- image {ref}  {dg}" for ref, dg in d.images_removed]
+    lines += [f"~ image {ref}  {a} -> {b}" for ref, a, b in d.images_updated]
+    lines += [f"+ ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_added]
+    lines += [f"- ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_removed]
+    lines += [f"~ ref {repo} {ref}  {a[:12]} -> {b[:12]}" for repo, ref, a, b in d.refs_moved]
+    lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
+    typer.echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
 
 
 @app.command()
@@ -649,6 +682,13 @@ def mirror_config(
             help="The mirror: HOST[:PORT][/PREFIX] (needed for a bundle, not for a report)."
         ),
     ] = None,
+    max_nested_paths: Annotated[
+        int | None,
+        typer.Option(
+            help="For registries that limit nesting: at most this many path components "
+            "(the rest joined with '-')."
+        ),
+    ] = None,
     keep_source_host: Annotated[
         bool, typer.Option(help="The import kept the source host as first path component.")
     ] = False,
@@ -666,7 +706,9 @@ def mirror_config(
         if registry is None:
             raise UsageError("--registry HOST[:PORT][/PREFIX] is needed to map a bundle")
         name, images = carried_from_bundle(
-            source, RegistryLocation.parse(registry), MappingOptions(keep_source_host)
+            source,
+            RegistryLocation.parse(registry),
+            MappingOptions(keep_source_host, max_nested_paths),
         )
     for path in write_mirror_config(output, name, images, insecure=insecure, scope=scope):
         _say(quiet, f"wrote {path}")

@@ -189,3 +189,87 @@ def test_skopeo_resolves_upstream_names_through_the_generated_registries_conf(
     assert result["without"] != 0
     conf = tomllib.loads((tmp_path / "mc" / "registries.conf").read_text())
     assert all(r["mirror"][0]["insecure"] for r in conf["registry"])
+
+
+def test_nesting_limits_flatten_paths_and_the_mirror_config_follows() -> None:
+    from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
+
+    refs = [ImageReference.parse("quay.io/org/team/app:1"), ImageReference.parse("nginx:1")]
+    mapping = map_images(
+        refs, RegistryLocation.parse("harbor.local/proj"), MappingOptions(max_nested_paths=2)
+    )
+    assert mapping == {refs[0]: "proj/org-team-app", refs[1]: "proj/library-nginx"}
+    images = [CarriedImage(r, "harbor.local", repo) for r, repo in mapping.items()]
+    files = render_all(entries(images), bundle="b", insecure=False)
+    conf = tomllib.loads(files["registries.conf"])
+    assert {(r["location"], r["mirror"][0]["location"]) for r in conf["registry"]} == {
+        ("quay.io/org/team/app", "harbor.local/proj/org-team-app"),
+        ("docker.io/library/nginx", "harbor.local/proj/library-nginx"),
+    }
+
+
+def test_diff_names_updated_images_and_moved_refs(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(sample_tree, work, symlinks=True)
+    first = tmp_path / "a.airbundle"
+    subprocess.run(
+        [
+            "airbundle",
+            "export",
+            str(work / "spec.yaml"),
+            "-o",
+            str(first),
+            "--key",
+            str(signing_key.private),
+            "-q",
+            "--no-cache",
+        ],
+        check=True,
+    )
+    spec = work / "spec.yaml"
+    spec.write_text(spec.read_text().replace("oci:layouts/hello:0.9", "oci:layouts/hello:1.0"))
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+        "PATH": "/usr/bin:/bin",
+    }
+    subprocess.run(
+        ["git", "-C", str(work / "gitops"), "commit", "-q", "--allow-empty", "-m", "x"],
+        check=True,
+        env=env,
+    )
+    second = tmp_path / "b.airbundle"
+    subprocess.run(
+        [
+            "airbundle",
+            "export",
+            str(spec),
+            "-o",
+            str(second),
+            "--key",
+            str(signing_key.private),
+            "-q",
+            "--no-cache",
+        ],
+        check=True,
+    )
+    out = subprocess.run(
+        ["airbundle", "diff", str(first), str(second)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "~ image registry.example.com/team/hello:0.9" in out
+    assert "~ ref gitops refs/heads/main" in out
+    doc = json.loads(
+        subprocess.run(
+            ["airbundle", "diff", str(first), str(second), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert doc["images_updated"][0][0] == "registry.example.com/team/hello:0.9"

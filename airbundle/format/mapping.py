@@ -37,6 +37,9 @@ class RegistryLocation:
 @dataclass(frozen=True)
 class MappingOptions:
     keep_source_host: bool = False
+    # Registries that limit nesting (some allow only project/name): the last
+    # components are joined with '-' so the path has at most this many.
+    max_nested_paths: int | None = None
 
 
 def target_repository(
@@ -48,6 +51,13 @@ def target_repository(
         path = f"{ref.registry.replace(':', '-')}/{path}"
     if location.prefix:
         path = f"{location.prefix}/{path}"
+    limit = options.max_nested_paths
+    if limit is not None:
+        if limit < 1:
+            raise UsageError("--max-nested-paths must be at least 1")
+        parts = path.split("/")
+        if len(parts) > limit:
+            path = "/".join([*parts[: limit - 1], "-".join(parts[limit - 1 :])])
     try:
         return validate_repository(path)
     except FormatError as exc:

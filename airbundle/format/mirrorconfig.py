@@ -215,6 +215,13 @@ def kustomize(items: list[MirrorEntry]) -> str:
 def render_all(items: list[MirrorEntry], *, bundle: str, insecure: bool) -> dict[str, str]:
     files = openshift(items, bundle=bundle)
     files["registries.conf"] = registries_conf(items, insecure=insecure)
-    files.update(containerd(items, insecure=insecure))
+    try:
+        files.update(containerd(items, insecure=insecure))
+    except UsageError as exc:
+        # Flattened or mixed mappings: say so instead of writing wrong files.
+        files["containerd/NOT-GENERATED.txt"] = (
+            f"containerd hosts.toml files were not generated: {exc.message}\n"
+            "Use registries.conf (CRI-O, podman) or the kustomize image list instead.\n"
+        )
     files["kustomize/images.yaml"] = kustomize(items)
     return files

@@ -64,6 +64,7 @@ class ImportOptions:
     git: str | None = None
     force: bool = False
     keep_source_host: bool = False
+    max_nested_paths: int | None = None
     transport: Transport | None = None
     report: Path | None = None
     # Freshness (docs/security.md): the channel this import is for, overrides
@@ -119,7 +120,9 @@ def _image_target(manifest: BundleManifest, options: ImportOptions) -> ImageTarg
     mapping = map_images(
         [i.ref for i in manifest.images],
         location,
-        MappingOptions(keep_source_host=options.keep_source_host),
+        MappingOptions(
+            keep_source_host=options.keep_source_host, max_nested_paths=options.max_nested_paths
+        ),
     )
     client = RegistryClient(
         location.host, options.transport or Transport(), error=TargetError, limits=options.limits

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.errors import TargetError
 from airbundle.format.digest import Digest
 from airbundle.format.reference import ImageReference
+
+
+@contextlib.contextmanager
+def _project_hint(repo: str) -> Iterator[None]:
+    """Harbor and Quay refuse pushes into a project/organisation that does not
+    exist yet, with NAME_UNKNOWN or a denial: say which one to create."""
+    try:
+        yield
+    except TargetError as exc:
+        text = exc.message.lower()
+        if any(s in text for s in ("name_unknown", "project", "denied", "not found")):
+            project = repo.split("/", 1)[0]
+            exc.hint = (
+                f"the registry may need the project or organisation {project!r} to "
+                "exist before a push: create it (Harbor, Quay) and re-run the import"
+            )
+        raise
 
 
 class RegistryImageTarget:
@@ -75,7 +93,8 @@ class RegistryImageTarget:
         self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
     ) -> None:
         first, *others = repos
-        self.client.upload_blob(first, digest, size, chunks)
+        with _project_hint(first):
+            self.client.upload_blob(first, digest, size, chunks)
         self._known(digest, first)
         for repo in others:
             if not self.client.mount_blob(repo, digest, first):
