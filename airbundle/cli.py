@@ -44,6 +44,7 @@ from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.inventory import take_inventory
+from airbundle.ops.kit import build_kit, check_python_version
 from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
 from airbundle.ops.scan import scan_folder
 from airbundle.ops.sign import journal_hint, sign_bundle
@@ -561,6 +562,39 @@ def diff_command(
     lines += [f"~ ref {repo} {ref}  {a[:12]} -> {b[:12]}" for repo, ref, a, b in d.refs_moved]
     lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
     typer.echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
+
+
+@app.command()
+@_errors_to_exit
+def kit(
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the kit.")],
+    key: Annotated[list[Path], typer.Option("--key", help="Key(s) to sign SHA256SUMS.")],
+    python_version: Annotated[
+        str | None,
+        typer.Option(help="The disconnected host's Python, e.g. 3.11 (default: this one)."),
+    ] = None,
+    platform: Annotated[
+        list[str], typer.Option(help="Wheel platform tags, e.g. manylinux2014_x86_64 (repeatable).")
+    ] = [],  # noqa: B006
+    wheelhouse: Annotated[
+        Path | None,
+        typer.Option(help="Take dependency wheels from this folder instead of the package index."),
+    ] = None,
+    passphrase_file: PassOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write an offline installer for airbundle and its dependencies (wheels,
+    signed SHA256SUMS, INSTALL.txt) to carry along with the bundles."""
+    passphrase = keyops.read_passphrase(passphrase_file)
+    keys = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
+    result = build_kit(
+        output,
+        keys,
+        python_version=check_python_version(python_version) if python_version else None,
+        platforms=tuple(platform),
+        wheelhouse=wheelhouse,
+    )
+    _say(quiet, f"wrote {result.folder}: {len(result.wheels)} wheels; see INSTALL.txt")
 
 
 @app.command()
