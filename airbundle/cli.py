@@ -22,6 +22,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from airbundle import __version__
+from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import open_media
 from airbundle.adapters.registry.transport import TLSConfig, Transport
@@ -63,6 +64,10 @@ app = typer.Typer(
 )
 key_app = typer.Typer(help="Manage signing keys.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
+cache_app = typer.Typer(
+    help="Manage the export cache (git mirrors, registry blobs).", no_args_is_help=True
+)
+app.add_typer(cache_app, name="cache")
 
 _state = {"verbose": False}
 P = ParamSpec("P")
@@ -746,6 +751,27 @@ def mirror_config(
         )
     for path in write_mirror_config(output, name, images, insecure=insecure, scope=scope):
         _say(quiet, f"wrote {path}")
+
+
+@cache_app.command("prune")
+@_errors_to_exit
+def cache_prune(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep blobs used more recently than this, e.g. 30d (default: remove all)."
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="The cache (default: ~/.cache/airbundle).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Remove cached registry blobs (git mirrors are kept: they make re-exports cheap)."""
+    cache = BlobCache(cache_dir or default_cache_dir())
+    seconds = parse_duration(older_than).total_seconds() if older_than else None
+    result = cache.prune(older_than=seconds)
+    _say(quiet, f"removed {result.removed} blob(s), {result.freed} bytes; kept {result.kept}")
 
 
 @key_app.command("generate")

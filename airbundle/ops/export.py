@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle import __version__
 from airbundle.adapters import git
+from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
 from airbundle.adapters.media import VolumeWriter
 from airbundle.adapters.registry.transport import Transport
@@ -306,7 +307,8 @@ def export_bundle(
     created = _created(options)
     reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
     base = load_bases(options.since, limits=limits)
-    images = plan_images(spec, Sources(options.transport or Transport(), limits))
+    cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
+    images = plan_images(spec, Sources(options.transport or Transport(), limits, cache))
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
     index_path: Path | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.docker_archive import DockerArchiveSource
 from airbundle.adapters.images import ImageSource
 from airbundle.adapters.oci_layout import OciLayoutSource
@@ -26,6 +27,7 @@ class Sources:
 
     transport: Transport = field(default_factory=Transport)
     limits: Limits = DEFAULT_LIMITS
+    cache: BlobCache | None = None
     _clients: dict[str, RegistryClient] = field(default_factory=dict)
 
     def client(self, registry: str) -> RegistryClient:
@@ -45,5 +47,8 @@ class Sources:
             return DockerArchiveSource(source.path, source.ref, text=text, limits=self.limits)
         assert source.reference is not None
         return RegistryImageSource(
-            source.reference, self.client(source.reference.registry), text=text
+            source.reference,
+            self.client(source.reference.registry),
+            text=text,
+            cache=self.cache,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.images import ResolvedImage
 from airbundle.adapters.registry.client import FetchedManifest, RegistryClient
 from airbundle.errors import SourceError
@@ -12,10 +13,18 @@ from airbundle.format.reference import ImageReference
 
 
 class RegistryImageSource:
-    def __init__(self, ref: ImageReference, client: RegistryClient, *, text: str) -> None:
+    def __init__(
+        self,
+        ref: ImageReference,
+        client: RegistryClient,
+        *,
+        text: str,
+        cache: BlobCache | None = None,
+    ) -> None:
         self.ref = ref
         self.client = client
         self.text = text
+        self.cache = cache
         self._root: FetchedManifest | None = None
 
     def describe(self) -> str:
@@ -48,4 +57,11 @@ class RegistryImageSource:
         return fetched.data
 
     def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
-        return self.client.blob_chunks(self.ref.repository, descriptor.digest, descriptor.size)
+        if self.cache is not None:
+            cached = self.cache.get(descriptor.digest, descriptor.size)
+            if cached is not None:
+                return cached
+        chunks = self.client.blob_chunks(self.ref.repository, descriptor.digest, descriptor.size)
+        if self.cache is not None:
+            return self.cache.tee(descriptor.digest, descriptor.size, chunks)
+        return chunks
