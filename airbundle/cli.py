@@ -47,6 +47,7 @@ from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.kit import build_kit, check_python_version
 from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
+from airbundle.ops.plan import apply_lock, make_plan, read_lock
 from airbundle.ops.scan import scan_folder
 from airbundle.ops.sign import journal_hint, sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
@@ -244,6 +245,10 @@ def export(
         str | None,
         typer.Option(help="Cut into volumes of this size: 4GiB, 700MB, or fat32, dvd, bd25, bd50."),
     ] = None,
+    lock: Annotated[
+        Path | None,
+        typer.Option(help="Export exactly the digests and commits pinned by `airbundle plan`."),
+    ] = None,
     since: Annotated[
         list[Path],
         typer.Option(
@@ -257,6 +262,8 @@ def export(
     passphrase = keyops.read_passphrase(passphrase_file)
     signing = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
     loaded = load_spec(spec)
+    if lock is not None:
+        loaded = apply_lock(loaded, read_lock(lock))
     options = ExportOptions(
         output=output,
         keys=signing,
@@ -567,6 +574,54 @@ def diff_command(
     lines += [f"~ ref {repo} {ref}  {a[:12]} -> {b[:12]}" for repo, ref, a, b in d.refs_moved]
     lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
     typer.echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
+
+
+@app.command()
+@_errors_to_exit
+def plan(
+    spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Lock file to write (default: SPEC.lock beside the spec)."
+        ),
+    ] = None,
+    since: Annotated[
+        list[Path],
+        typer.Option(help="Plan an incremental export on top of this bundle or inventory."),
+    ] = [],  # noqa: B006
+    split_size: Annotated[str | None, typer.Option(help="Estimate volumes of this size.")] = None,
+    ca_file: CaOpt = None,
+    cert: CertOpt = None,
+    cert_key: CertKeyOpt = None,
+    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    quiet: QuietOpt = False,
+) -> None:
+    """Resolve every reference to a digest and commit, show what would be carried
+    and how big, and write a lock file that `export --lock` reproduces."""
+    loaded = load_spec(spec)
+    size = parse_size(split_size) if split_size else None
+    result = make_plan(
+        loaded,
+        since=tuple(since),
+        split_size=size,
+        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+    )
+    lines = [
+        f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
+        for i in result.images
+    ]
+    for repo in result.repos:
+        lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
+    volumes = f", {result.volumes} volume(s) of {size} bytes" if result.volumes else ""
+    lines.append(
+        f"images: {result.image_bytes} bytes to carry (before compression), "
+        f"plus git history{volumes}"
+    )
+    _say(quiet, "\n".join(lines))
+    target = output or spec.with_name(spec.name + ".lock")
+    write_atomic(target, result.lock_bytes())
+    _say(quiet, f"wrote {target}")
 
 
 @app.command()

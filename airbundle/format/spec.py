@@ -12,6 +12,7 @@ import yaml
 
 from airbundle.errors import FormatError, SpecError
 from airbundle.format import schemas
+from airbundle.format.digest import Digest
 from airbundle.format.oci import Platform
 from airbundle.format.paths import check_ref_pattern, check_repo_name
 from airbundle.format.reference import ImageReference
@@ -55,6 +56,8 @@ class ImageSpec:
     name: ImageReference | None
     platforms: tuple[Platform, ...] | None
     line: int
+    # Set from a lock file: the digest this image must resolve to.
+    pinned: Digest | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class RepoSpec:
     # As written in the spec; recorded in manifests so they do not reveal (or
     # depend on) where the connected host keeps its files.
     written_url: str = ""
+    # Set from a lock file: the exact commit of each ref.
+    pinned: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,8 @@ def _bundle_repo(
     base_commits: list[str],
 ) -> _PreparedRepo:
     refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
+    if spec.pinned is not None:
+        refs = _pin_refs(bare, refs, spec.pinned, what)
     if not refs:
         raise SourceError(
             f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository"
@@ -238,6 +240,24 @@ def _bundle_repo(
     return _PreparedRepo(spec, bundle, bundle.stat().st_size, entry)
 
 
+def _pin_refs(
+    bare: Path, refs: list[tuple[str, str]], pinned: tuple[tuple[str, str], ...], what: str
+) -> list[tuple[str, str]]:
+    """Point the mirror's refs at the locked commits (they must be in its history)."""
+    current = dict(refs)
+    for name, oid in pinned:
+        if current.get(name) == oid:
+            continue
+        if not git.known_objects(bare, [oid]):
+            raise SourceError(
+                f"{what}: the lock file pins {name} to {oid}, which the repository no longer "
+                "has (history rewritten?)",
+                hint="review and run airbundle plan again",
+            )
+        git.run_git(["-C", str(bare), "update-ref", name, oid], error=SourceError, what=what)
+    return list(pinned)
+
+
 def _counting(chunks: Iterable[bytes], progress: Progress | None) -> Iterator[bytes]:
     for chunk in chunks:
         if progress:
@@ -261,6 +281,11 @@ def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
         resolved_name = source.resolve().recorded_name
     ref = _image_name(item, resolved_name)
     image = collect_image(source, ref, item.platforms, limits=sources.limits)
+    if item.pinned is not None and image.root.digest != item.pinned:
+        raise SourceError(
+            f"{item.text}: resolves to {image.root.digest}, the lock file pins {item.pinned}",
+            hint="the source changed since `airbundle plan`: review and plan again",
+        )
     for digest in [*image.documents, *(b.digest for b in image.blobs)]:
         if digest.algorithm != "sha256":
             raise SourceError(

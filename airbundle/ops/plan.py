@@ -1,0 +1,161 @@
+"""Plan an export before carrying anything: resolve every reference, estimate the
+size and the media, and pin it all in a lock file a later export reproduces."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from airbundle.adapters import git
+from airbundle.adapters.registry.transport import Transport
+from airbundle.errors import FormatError, SourceError, UsageError
+from airbundle.format.digest import Digest
+from airbundle.format.jsonutil import loads_strict
+from airbundle.format.paths import check_object_id, check_ref_name
+from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
+from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.base import load_bases
+from airbundle.ops.export import plan_images
+from airbundle.ops.sources import Sources
+
+LOCK_KIND = "BundleLock"
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    text: str  # as written in the spec
+    ref: str
+    digest: str
+    platforms: tuple[str, ...]
+    size: int  # bytes this export would carry for it (blobs not in the base)
+    total: int  # the image's full size
+
+
+@dataclass(frozen=True)
+class PlannedRepo:
+    name: str
+    url: str
+    refs: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    images: tuple[PlannedImage, ...]
+    repos: tuple[PlannedRepo, ...]
+    image_bytes: int
+    volumes: int | None
+
+    def lock_bytes(self) -> bytes:
+        doc = {
+            "apiVersion": "airbundle/v1",
+            "kind": LOCK_KIND,
+            "images": [{"spec": i.text, "ref": i.ref, "digest": i.digest} for i in self.images],
+            "repos": [{"name": r.name, "refs": dict(sorted(r.refs.items()))} for r in self.repos],
+        }
+        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _remote_refs(spec: RepoSpec) -> dict[str, str]:
+    proc = git.run_git(
+        ["ls-remote", "--refs", "--", spec.url], error=SourceError, what=f"repo {spec.name!r}"
+    )
+    refs = {}
+    for line in proc.stdout.decode().splitlines():
+        oid, _, ref = line.partition("\t")
+        if any(fnmatch.fnmatchcase(ref, p) for p in spec.refs):
+            refs[ref] = oid
+    if not refs:
+        raise SourceError(f"repo {spec.name!r}: none of {', '.join(spec.refs)} exist")
+    return refs
+
+
+def make_plan(
+    spec: BundleSpec,
+    *,
+    since: tuple[Path, ...] = (),
+    split_size: int | None = None,
+    transport: Transport | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Plan:
+    base = load_bases(since, limits=limits)
+    images = plan_images(spec, Sources(transport or Transport(), limits))
+    planned = []
+    seen: set[Digest] = set()
+    carried = 0
+    for item, image in zip(spec.images, images, strict=True):
+        total = sum(b.size for b in image.blobs) + sum(len(d) for d in image.documents.values())
+        size = sum(len(d) for d in image.documents.values())
+        for blob in image.blobs:
+            if blob.digest not in base.blobs and blob.digest not in seen:
+                size += blob.size
+                seen.add(blob.digest)
+        carried += size
+        planned.append(
+            PlannedImage(
+                item.text, str(image.ref), str(image.root.digest), image.platforms, size, total
+            )
+        )
+    repos = tuple(PlannedRepo(r.name, r.written_url or r.url, _remote_refs(r)) for r in spec.repos)
+    volumes = math.ceil(carried / split_size) if split_size else None
+    return Plan(tuple(planned), repos, carried, volumes)
+
+
+@dataclass(frozen=True)
+class Lock:
+    images: dict[str, Digest]  # spec text -> digest
+    repos: dict[str, dict[str, str]]
+
+
+def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read lock file {path}: {exc.strerror}") from None
+    doc: Any = loads_strict(
+        data,
+        what=f"lock file {path}",
+        max_bytes=limits.max_spec_bytes,
+        max_depth=8,
+        error=UsageError,
+    )
+    try:
+        if doc["kind"] != LOCK_KIND:
+            raise UsageError(f"{path} is not an airbundle lock file")
+        images = {i["spec"]: Digest.parse(i["digest"]) for i in doc["images"]}
+        repos = {
+            r["name"]: {
+                check_ref_name(k, error=UsageError): check_object_id(v, error=UsageError)
+                for k, v in r["refs"].items()
+            }
+            for r in doc["repos"]
+        }
+    except (KeyError, TypeError, FormatError) as exc:
+        raise UsageError(f"lock file {path} is malformed: {exc}") from None
+    return Lock(images, repos)
+
+
+def apply_lock(spec: BundleSpec, lock: Lock) -> BundleSpec:
+    """The spec with every registry image pinned to its locked digest (keeping
+    its name) and every repo restricted to its locked refs."""
+    images: list[ImageSpec] = []
+    for item in spec.images:
+        digest = lock.images.get(item.text)
+        if digest is None:
+            raise UsageError(f"{item.text} is not in the lock file; run airbundle plan again")
+        if item.source.transport == "docker" and item.source.reference is not None:
+            ref = item.source.reference
+            pinned = SourceRef("docker", reference=ref.with_digest(digest))
+            images.append(replace(item, source=pinned, name=item.name or ref, pinned=digest))
+        else:
+            images.append(replace(item, pinned=digest))
+    repos = []
+    for repo in spec.repos:
+        refs = lock.repos.get(repo.name)
+        if refs is None:
+            raise UsageError(f"repo {repo.name!r} is not in the lock file")
+        repos.append(replace(repo, refs=tuple(sorted(refs)), pinned=tuple(sorted(refs.items()))))
+    return replace(spec, images=tuple(images), repos=tuple(repos))

@@ -1,0 +1,98 @@
+"""plan resolves and pins; export --lock carries exactly what was planned even
+after tags and branches moved."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import KeyPair
+from servers import Registry, push_oci_layout
+
+from airbundle.errors import SourceError
+from airbundle.format.spec import load_spec
+from airbundle.ops.export import ExportOptions, export_bundle
+from airbundle.ops.keys import load_signing_key
+from airbundle.ops.plan import apply_lock, make_plan, read_lock
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@e",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@e",
+}
+
+
+def test_lock_pins_digests_and_commits_after_they_move(
+    registry: Registry,
+    hello_layout: Path,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    push_oci_layout(registry, hello_layout, "1.0", "team/hello:stable")
+    work = tmp_path / "w"
+    shutil.copytree(sample_tree / "gitops", work / "gitops", symlinks=True)
+    spec = work / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: p}\n"
+        f"images:\n  - ref: {registry.host}/team/hello:stable\n"
+        "repos:\n  - name: gitops\n    url: gitops\n    refs: [refs/heads/main]\n"
+    )
+    plan = make_plan(load_spec(spec), split_size=10_000)
+    (image,) = plan.images
+    assert image.size == image.total > 0 and plan.volumes is not None and plan.volumes >= 1
+    lock = tmp_path / "spec.lock"
+    lock.write_bytes(plan.lock_bytes())
+    planned_main = plan.repos[0].refs["refs/heads/main"]
+
+    # Both move after the plan.
+    push_oci_layout(registry, hello_layout, "0.9", "team/hello:stable", all_platforms=False)
+    subprocess.run(
+        ["git", "-C", str(work / "gitops"), "commit", "-q", "--allow-empty", "-m", "later"],
+        check=True,
+        env=GIT_ENV,
+    )
+
+    locked = apply_lock(load_spec(spec), read_lock(lock))
+    key = (load_signing_key(signing_key.private, passphrase=None),)
+    result = export_bundle(locked, ExportOptions(output=tmp_path / "b.airbundle", keys=key))
+    assert str(result.manifest.images[0].digest) == image.digest
+    assert str(result.manifest.images[0].ref) == f"{registry.host}/team/hello:stable"
+    assert {r.name: r.target for r in result.manifest.repos[0].refs} == {
+        "refs/heads/main": planned_main
+    }
+    doc = json.loads(lock.read_text())
+    assert doc["kind"] == "BundleLock"
+
+
+def test_a_local_source_that_changed_since_the_plan_is_refused(
+    sample_tree: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "w"
+    shutil.copytree(sample_tree, work, symlinks=True)
+    spec = work / "spec.yaml"
+    plan = make_plan(load_spec(spec))
+    lock = tmp_path / "lock"
+    lock.write_bytes(
+        plan.lock_bytes().replace(plan.images[0].digest.encode(), b"sha256:" + b"0" * 64)
+    )
+    with pytest.raises(SourceError, match="the lock file pins sha256:0000"):
+        _export(work, lock, tmp_path)
+    assert not (tmp_path / "x.airbundle").exists()
+
+
+def _export(work: Path, lock: Path, tmp_path: Path) -> None:
+    from airbundle.ops.keys import generate_key
+
+    generate_key(tmp_path / "k", passphrase=None, comment="k")
+    key = (load_signing_key(tmp_path / "k", passphrase=None),)
+    export_bundle(
+        apply_lock(load_spec(work / "spec.yaml"), read_lock(lock)),
+        ExportOptions(output=tmp_path / "x.airbundle", keys=key),
+    )
