@@ -57,7 +57,8 @@ def test_kit_is_checked_with_ssh_keygen_and_sha256sum(
     assert "airbundle-0.1.0-py3-none-any.whl" in names
     for dep in ("cryptography", "zstandard", "typer", "urllib3", "jsonschema"):
         assert dep in names
-    assert "pip install --no-index --find-links . airbundle" in (kit / "INSTALL.txt").read_text()
+    assert "--require-hashes -r requirements.txt" in (kit / "INSTALL.txt").read_text()
+    assert "requirements.txt" in names
 
 
 def test_kit_installs_with_no_network(kit: Path, tmp_path: Path) -> None:
@@ -65,8 +66,8 @@ def test_kit_installs_with_no_network(kit: Path, tmp_path: Path) -> None:
     script = (
         "set -e\n"
         f"{sys.executable} -m venv {tmp_path}/venv\n"
-        f"{tmp_path}/venv/bin/pip install -q --disable-pip-version-check --no-index "
-        f"--find-links {kit} airbundle\n"
+        f"cd {kit} && {tmp_path}/venv/bin/pip install -q --disable-pip-version-check "
+        "--no-index --find-links . --require-hashes -r requirements.txt\n"
         f"{tmp_path}/venv/bin/airbundle --version\n"
     )
     proc = netns_run(["bash", "-c", script], timeout=240)

@@ -716,3 +716,52 @@ def test_key_rotation_with_allowed_signers_validity_windows(env: Env, tmp_path: 
             check=False,
         )
         assert proc.returncode != 0, proc.stdout
+
+
+def test_sign_refuses_a_header_whose_prefix_length_was_altered(tmp_path: Path) -> None:
+    """The prefix length is not covered by signatures: sign checks it before
+    rewriting anything in place."""
+    import shutil as _shutil
+
+    from conftest import REPO_ROOT, make_key
+
+    from airbundle.errors import ArchiveError
+    from airbundle.format.archive import HEADER_SIZE
+    from airbundle.ops.keys import load_signing_key
+    from airbundle.ops.sign import sign_bundle
+
+    tree = tmp_path / "s"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "samples" / "make_samples.py"), "--out", str(tree)],
+        check=True,
+        capture_output=True,
+    )
+    _shutil.copy(REPO_ROOT / "samples" / "spec.yaml", tree / "spec.yaml")
+    key = make_key(tmp_path, "a")
+    bundle = tmp_path / "b.airbundle"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airbundle",
+            "export",
+            str(tree / "spec.yaml"),
+            "-o",
+            str(bundle),
+            "--key",
+            str(key.private),
+            "-q",
+            "--no-cache",
+        ],
+        check=True,
+    )
+    data = bytearray(bundle.read_bytes())
+    length = int.from_bytes(data[24:32], "little")
+    data[24:32] = (length - 16).to_bytes(8, "little")
+    bundle.write_bytes(bytes(data))
+    before = bundle.read_bytes()
+    other = make_key(tmp_path, "b")
+    with pytest.raises(ArchiveError, match="prefix"):
+        sign_bundle(bundle, load_signing_key(other.private, passphrase=None))
+    assert bundle.read_bytes() == before
+    assert HEADER_SIZE == 40

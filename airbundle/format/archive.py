@@ -414,12 +414,42 @@ def read_prefix_region(raw: BinaryIO, *, source: str, limits: Limits = DEFAULT_L
     return reader.read_prefix()
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def check_prefix_region(region: bytes, following: bytes, *, source: str) -> None:
+    """The prefix region must be exactly one zstd frame plus padding, and the
+    content must start right after it. The header's prefix length is not
+    signed: before rewriting the region in place, make sure it is the truth."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        decompressor.decompress(region)
+    except zstandard.ZstdError as exc:
+        raise ArchiveError(f"{source}: the signed prefix is damaged: {exc}") from None
+    if not decompressor.eof:
+        raise ArchiveError(f"{source}: the header's prefix length cuts the prefix frame short")
+    rest = decompressor.unused_data
+    if rest:
+        magic, size = struct.unpack("<II", rest[:8]) if len(rest) >= 8 else (0, -1)
+        if magic != _PADDING_MAGIC or size != len(rest) - _SKIPPABLE_MIN:
+            raise ArchiveError(
+                f"{source}: the header's prefix length does not match the "
+                "prefix region (padding frame malformed)"
+            )
+    if not following.startswith(_ZSTD_MAGIC):
+        raise ArchiveError(
+            f"{source}: no compressed content right after the prefix region; "
+            "the header's prefix length is wrong"
+        )
+
+
 def rewrite_prefix(
     fh: BinaryIO, manifest: bytes, signatures: Sequence[bytes], *, mtime: int, source: str
 ) -> None:
     """Replace the prefix region in place (co-signing); content bytes are untouched."""
     fh.seek(0)
     capacity = read_file_header(fh.read(HEADER_SIZE), source=source).prefix_length
+    check_prefix_region(fh.read(capacity), fh.read(4), source=source)
     region = encode_prefix(manifest, signatures, capacity=capacity, mtime=mtime)
     fh.seek(HEADER_SIZE)
     fh.write(region)

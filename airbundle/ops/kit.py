@@ -37,7 +37,8 @@ airbundle offline installer
 2. Install, with no network:
 
      python3 -m venv /opt/airbundle
-     /opt/airbundle/bin/pip install --no-index --find-links . airbundle
+     /opt/airbundle/bin/pip install --no-index --find-links . \\
+         --require-hashes -r requirements.txt
      /opt/airbundle/bin/airbundle --version
 
 Built for Python {python} on {platforms}.
@@ -107,6 +108,12 @@ def build_kit(
         sums = "".join(
             f"{hashlib.sha256((work / w).read_bytes()).hexdigest()}  {w}\n" for w in wheels
         )
+        # pip installs exactly these files, whatever else lies in the folder:
+        # --require-hashes refuses anything not listed here.
+        digests = {w: hashlib.sha256((work / w).read_bytes()).hexdigest() for w in wheels}
+        requirements = "".join(f"{_wheel_name(w)} --hash=sha256:{digests[w]}\n" for w in wheels)
+        (work / "requirements.txt").write_text(requirements)
+        sums += f"{hashlib.sha256(requirements.encode()).hexdigest()}  requirements.txt\n"
         (work / "SHA256SUMS").write_text(sums)
         (work / "SHA256SUMS.sig").write_bytes(
             b"".join(sshsig.sign(sums.encode(), key) for key in keys)
@@ -125,6 +132,12 @@ def build_kit(
 
 
 _VERSION = re.compile(r"\d+\.\d+")
+
+
+def _wheel_name(filename: str) -> str:
+    """name==version from a wheel file name (PEP 427)."""
+    name, version = filename.split("-")[:2]
+    return f"{name}=={version}"
 
 
 def check_python_version(text: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import write_atomic
-from airbundle.adapters.media import open_media
+from airbundle.adapters.media import Media, open_media
 from airbundle.errors import AirbundleError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import (
@@ -25,6 +25,7 @@ from airbundle.format.archive import (
     rewrite_prefix,
 )
 from airbundle.format.manifest import BundleManifest
+from airbundle.format.volumes import SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
@@ -78,8 +79,9 @@ def sign_bundle(
     path: Path, key: Ed25519PrivateKey, *, limits: Limits = DEFAULT_LIMITS
 ) -> SignResult:
     # In a volume set the prefix lives in the first volume, outside the range
-    # the volume index hashes: signing changes no other byte.
-    bundle = open_media(path).first
+    # the volume index hashes: signing changes no other byte of the volumes.
+    media = open_media(path)
+    bundle = media.first
     recover_journal(bundle)
     try:
         fh = bundle.open("r+b")
@@ -94,6 +96,8 @@ def sign_bundle(
         for _name, armored in prefix.signatures:
             try:
                 if sshsig.verify(prefix.manifest, armored) == signer:
+                    if media.index is not None:
+                        _cosign_index(media, key)
                     return SignResult(bundle, signer.fingerprint, len(prefix.signatures), False)
             except SignatureError:
                 pass  # kept as found; verify reports it
@@ -110,4 +114,18 @@ def sign_bundle(
         os.fsync(fh.fileno())
     with contextlib.suppress(FileNotFoundError):
         journal_path(bundle).unlink()
+    if media.index is not None:
+        _cosign_index(media, key)
     return SignResult(bundle, signer.fingerprint, len(signatures), True)
+
+
+def _cosign_index(media: Media, key: Ed25519PrivateKey) -> None:
+    """Approve the volume index too, so a threshold holds for the set as well."""
+    assert media.index is not None and media.folder is not None
+    signer = sshsig.public_key_of(key)
+    for armored in media.index_signatures:
+        with contextlib.suppress(SignatureError):
+            if sshsig.verify(media.index_bytes, armored) == signer:
+                return
+    data = b"".join([*media.index_signatures, sshsig.sign(media.index_bytes, key)])
+    write_atomic(media.folder / (media.index.bundle + SIGNATURE_SUFFIX), data)
