@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -341,6 +341,13 @@ def verify(
             )
         )
         return
+    expires = auth.manifest.bundle.expires
+    if expires is not None and expires < datetime.now(UTC):
+        typer.echo(
+            f"airbundle: warning: the bundle expired on {format_time(expires)}; "
+            "import will refuse it without --allow-expired",
+            err=True,
+        )
     signers = ", ".join(s.public_key.fingerprint for s in auth.signers)
     _say(
         quiet,

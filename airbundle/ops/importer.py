@@ -422,6 +422,13 @@ def _record(
             "manifestDigest": str(auth.manifest_digest),
             "signers": [s.public_key.fingerprint for s in auth.signers],
             "notes": report.notes,
+            # Overrides an auditor will want to see next to the import.
+            "flags": {
+                "force": options.force,
+                "allowOtherRefs": options.allow_other_refs,
+                "allowExpired": options.allow_expired,
+                "allowRollback": options.allow_rollback,
+            },
         }
     )
     store.save(state)
