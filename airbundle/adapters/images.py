@@ -81,3 +81,25 @@ class ImageTarget(Protocol):
     def finish(self) -> None:
         """Make the tags visible (atomically, where the target allows)."""
         ...
+
+
+class FixedRootSource:
+    """Another image of the same source, rooted at a known descriptor (an
+    artifact found through the referrers of an image)."""
+
+    def __init__(self, source: ImageSource, root: Descriptor, text: str) -> None:
+        self._source = source
+        self._root = root
+        self._text = text
+
+    def describe(self) -> str:
+        return self._text
+
+    def resolve(self) -> ResolvedImage:
+        return ResolvedImage(self._root, None)
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        return self._source.read_manifest(descriptor)
+
+    def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
+        return self._source.open_blob(descriptor)

@@ -58,6 +58,8 @@ class ImageSpec:
     line: int
     # Set from a lock file: the digest this image must resolve to.
     pinned: Digest | None = None
+    # Carry the artifacts that refer to it (signatures, SBOMs).
+    referrers: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,18 @@ def parse_spec(
         platforms = None
         if "platforms" in item:
             platforms = tuple(Platform.parse(p) for p in item["platforms"])
-        images.append(ImageSpec(src, item["ref"], name, platforms, builder.line_of(("images", i))))
+        if item.get("referrers") and src.transport != "docker":
+            raise fail(("images", i, "referrers"), "referrers are found in registries only")
+        images.append(
+            ImageSpec(
+                src,
+                item["ref"],
+                name,
+                platforms,
+                builder.line_of(("images", i)),
+                referrers=bool(item.get("referrers", False)),
+            )
+        )
     repos = []
     seen: set[str] = set()
     for i, item in enumerate(doc.get("repos", [])):

@@ -26,6 +26,8 @@ class CollectedImage:
     documents: dict[Digest, bytes] = field(default_factory=dict)
     # Config and layer descriptors in the order they appear.
     blobs: list[Descriptor] = field(default_factory=list)
+    # Artifacts that refer to this image (signatures, SBOMs), when asked for.
+    referrers: list[CollectedImage] = field(default_factory=list)
 
 
 def collect_image(

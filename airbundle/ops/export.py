@@ -24,7 +24,9 @@ from airbundle import __version__
 from airbundle.adapters import git
 from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
+from airbundle.adapters.images import FixedRootSource
 from airbundle.adapters.media import VolumeWriter
+from airbundle.adapters.registry.source import RegistryImageSource
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, SpecError, TargetError, UsageError
 from airbundle.format import sshsig
@@ -286,12 +288,30 @@ def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
             f"{item.text}: resolves to {image.root.digest}, the lock file pins {item.pinned}",
             hint="the source changed since `airbundle plan`: review and plan again",
         )
-    for digest in [*image.documents, *(b.digest for b in image.blobs)]:
-        if digest.algorithm != "sha256":
-            raise SourceError(
-                f"{item.text}: blob {digest} uses {digest.algorithm}; "
-                "bundles carry sha256 blobs only"
-            )
+    if item.referrers and isinstance(source, RegistryImageSource):
+        subjects = [image.root.digest, *(d for d in image.documents if d != image.root.digest)]
+        seen: set[Digest] = set()
+        for subject in subjects:
+            for desc, tag in source.referrers(subject):
+                if desc.digest in seen:
+                    continue
+                seen.add(desc.digest)
+                name = replace(ref, tag=tag, digest=None if tag else desc.digest)
+                image.referrers.append(
+                    collect_image(
+                        FixedRootSource(source, desc, f"{item.text} (referrer {desc.digest})"),
+                        name,
+                        None,
+                        limits=sources.limits,
+                    )
+                )
+    for carried in [image, *image.referrers]:
+        for digest in [*carried.documents, *(b.digest for b in carried.blobs)]:
+            if digest.algorithm != "sha256":
+                raise SourceError(
+                    f"{item.text}: blob {digest} uses {digest.algorithm}; "
+                    "bundles carry sha256 blobs only"
+                )
     return image
 
 
@@ -333,7 +353,8 @@ def export_bundle(
     reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
     base = load_bases(options.since, limits=limits)
     cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
-    images = plan_images(spec, Sources(options.transport or Transport(), limits, cache))
+    planned = plan_images(spec, Sources(options.transport or Transport(), limits, cache))
+    images = [carried for img in planned for carried in (img, *img.referrers)]
     out = options.output
     out.parent.mkdir(parents=True, exist_ok=True)
     index_path: Path | None = None

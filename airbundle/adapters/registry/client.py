@@ -284,6 +284,33 @@ class RegistryClient:
         media_type = (response.headers.get("content-type") or "").split(";")[0].strip()
         return FetchedManifest(data, media_type, digest)
 
+    def find_manifest(self, repo: str, reference: str) -> FetchedManifest | None:
+        """A manifest by tag or digest, or None if the registry has no such thing."""
+        try:
+            return self.get_manifest(repo, reference)
+        except AirbundleError as exc:
+            if "HTTP 404" in exc.message or "MANIFEST_UNKNOWN" in exc.message.upper():
+                return None
+            raise
+
+    def referrers(self, repo: str, digest: Digest) -> FetchedManifest | None:
+        """The OCI 1.1 referrers index of `digest`, or None where the registry
+        does not offer the API (then the fallback tag is the place to look)."""
+        what = f"referrers of {self.host}/{repo}@{digest}"
+        response = self.request(
+            "GET",
+            f"/v2/{repo}/referrers/{digest}",
+            scope=self.scope(repo),
+            headers={"Accept": OCI_INDEX},
+            stream=True,
+            what=what,
+        )
+        if response.status != 200:
+            response.close()
+            return None
+        data = response.read_limited(self._limits.max_oci_manifest_bytes)
+        return FetchedManifest(data, OCI_INDEX, Digest.sha256_of(data))
+
     def manifest_exists(self, repo: str, digest: Digest) -> bool:
         what = f"{self.host}/{repo}@{digest}"
         response = self.request(

@@ -8,7 +8,8 @@ from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.images import ResolvedImage
 from airbundle.adapters.registry.client import FetchedManifest, RegistryClient
 from airbundle.errors import SourceError
-from airbundle.format.oci import Descriptor
+from airbundle.format.digest import Digest
+from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST, Descriptor, parse_manifest
 from airbundle.format.reference import ImageReference
 
 
@@ -55,6 +56,49 @@ class RegistryImageSource:
                 f"bytes, its descriptor says {descriptor.size}"
             )
         return fetched.data
+
+    def referrers(self, subject: Digest) -> list[tuple[Descriptor, str | None]]:
+        """Artifacts that refer to `subject`: (descriptor, tag to keep or None).
+
+        The referrers API when the registry has it, else the OCI fallback tag
+        (sha256-HEX, an index kept under that tag); plus cosign's own tags
+        (sha256-HEX.sig/.att/.sbom), which most signed images still use.
+        """
+        repo = self.ref.repository
+        found: list[tuple[Descriptor, str | None]] = []
+        fallback_tag = f"{subject.algorithm}-{subject.hex}"
+        index = self.client.referrers(repo, subject)
+        if index is None:
+            index = self.client.find_manifest(repo, fallback_tag)
+            if index is not None:
+                found.append(
+                    (
+                        Descriptor(index.media_type or OCI_INDEX, index.digest, len(index.data)),
+                        fallback_tag,
+                    )
+                )
+        if index is not None:
+            parsed = parse_manifest(
+                index.data, declared_type=OCI_INDEX, where=f"{self.text}: referrers of {subject}"
+            )
+            found += [(child, None) for child in parsed.children]
+        for suffix in ("sig", "att", "sbom"):
+            tag = f"{fallback_tag}.{suffix}"
+            fetched = self.client.find_manifest(repo, tag)
+            if fetched is not None:
+                found.append(
+                    (
+                        Descriptor(
+                            fetched.media_type or OCI_MANIFEST, fetched.digest, len(fetched.data)
+                        ),
+                        tag,
+                    )
+                )
+        unique: dict[Digest, tuple[Descriptor, str | None]] = {}
+        for desc, keep_tag in found:
+            if desc.digest not in unique or keep_tag:
+                unique[desc.digest] = (desc, keep_tag)
+        return list(unique.values())
 
     def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
         if self.cache is not None:
