@@ -200,3 +200,17 @@ def test_scan_cli_against_a_bundle_exits_1_when_images_are_missing(
     assert proc.returncode == 1
     assert "apps/extra/deployment.yaml:12: nginx:1.25" in proc.stdout
     assert "team/hello" not in proc.stdout
+
+
+def test_argocd_application_kustomize_overrides_are_found() -> None:
+    text = (
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: web}\n"
+        "spec:\n  source:\n    repoURL: https://git.example/gitops\n    kustomize:\n"
+        "      images:\n        - nginx=registry.example.com/nginx:1.25\n"
+        "        - quay.io/org/api:2\n"
+    )
+    found = {(f.text, f.line, f.kind) for f in scan_text(text, "apps/web.yaml")}
+    assert found == {
+        ("registry.example.com/nginx:1.25", 9, "argocd"),
+        ("quay.io/org/api:2", 10, "argocd"),
+    }

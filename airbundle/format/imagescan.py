@@ -5,7 +5,7 @@ workloads (any `containers`, `initContainers`, `ephemeralContainers` list,
 so Pods, Deployments, StatefulSets, DaemonSets, Jobs, CronJobs and templates
 inside Argo CD / Flux objects alike), kustomize `images:` transformers, Helm
 values files (`image: {registry, repository, tag, digest}`) and Flux
-ImageRepository objects.
+ImageRepository objects, and Argo CD Applications' kustomize image overrides.
 """
 
 from __future__ import annotations
@@ -82,6 +82,15 @@ def _walk(node: yaml.Node, path: str, depth: int = 0) -> Iterator[Finding]:
         text = _scalar(spec.get("image"))
         if text:
             yield _finding(path, spec["image"], text, "flux")
+    kustomize = fields.get("kustomize")
+    if isinstance(kustomize, yaml.MappingNode):
+        # Argo CD Application: spec.source(s).kustomize.images: ["[old=]new:tag", ...]
+        overrides = _items(kustomize).get("images")
+        if isinstance(overrides, yaml.SequenceNode):
+            for item in overrides.value:
+                text = _scalar(item)
+                if text:
+                    yield _finding(path, item, text.rsplit("=", 1)[-1], "argocd")
     image = fields.get("image")
     if isinstance(image, yaml.MappingNode):
         helm = _helm_image(_items(image))
