@@ -59,6 +59,10 @@ class ImageTarget(Protocol):
         """The target repository for an image carried under `ref`."""
         ...
 
+    def warm(self, needed: dict[Digest, list[str]]) -> None:
+        """Learn, in one go, which of these blobs the target already has."""
+        ...
+
     def has_blob(self, digest: Digest, repos: Sequence[str]) -> bool:
         """True if the blob is available to every repo in `repos`."""
         ...

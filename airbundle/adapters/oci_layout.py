@@ -154,6 +154,9 @@ class OciLayoutTarget:
     def locate(self, ref: ImageReference) -> str:
         return str(ref)
 
+    def warm(self, needed: dict[Digest, list[str]]) -> None:
+        pass  # a file test is as cheap as a cache
+
     def has_blob(self, digest: Digest, repos: Sequence[str] = ()) -> bool:
         return (self.root / digest.blob_path).is_file()
 

@@ -25,6 +25,7 @@ from airbundle.adapters.git import redact
 from airbundle.adapters.git_targets import GitTarget, open_git_target
 from airbundle.adapters.images import ImageTarget
 from airbundle.adapters.oci_layout import OciLayoutTarget
+from airbundle.adapters.pipeline import parallel
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.target import RegistryImageTarget
 from airbundle.adapters.registry.transport import Transport
@@ -153,6 +154,9 @@ class _Documents:
         self.data: dict[Digest, bytes] = {}
         self.order: list[Digest] = []
         self.blob_repos: dict[Digest, set[str]] = {}
+        # Index nesting depth: manifests are pushed deepest first, one level
+        # at a time, so an index never arrives before what it references.
+        self.depth: dict[Digest, int] = {}
 
     def _expect(self, digest: Digest, media_type: str, repos: set[str]) -> None:
         known = self.expected.setdefault(digest, (media_type, set()))
@@ -173,6 +177,9 @@ class _Documents:
         self.order.append(digest)
         for child in parsed.children:
             self._expect(child.digest, child.media_type, repos)
+            self.depth[child.digest] = max(
+                self.depth.get(child.digest, 0), self.depth.get(digest, 0) + 1
+            )
         for blob in parsed.blobs:
             self.blob_repos.setdefault(blob.digest, set()).update(repos)
 
@@ -210,6 +217,7 @@ class _Sinks:
             return
         self._base_checked = True
         docs = self.documents
+        self.target.warm({d: sorted(r) for d, r in docs.blob_repos.items()})
         unread = [d for d in docs.expected if d not in docs.data]
         if unread:
             raise ArchiveError(f"manifest {unread[0]} is referenced but not in the bundle")
@@ -459,13 +467,29 @@ def _publish(
         docs = sinks.documents
         assert docs is not None
         sinks.check_base()
-        # Children before the indexes that reference them.
-        for digest in reversed(docs.order):
-            for location in docs.repos(digest):
-                target.put_manifest(location, digest, docs.media_type(digest), docs.data[digest])
-        for image in manifest.images:
-            location = target.locate(image.ref)
-            where = target.tag(location, image.ref, image.media_type, docs.data[image.digest])
+        # Children before the indexes that reference them: deepest level first,
+        # each level's manifests in parallel (round trips, not bytes, dominate).
+        for level in sorted({docs.depth.get(d, 0) for d in docs.order}, reverse=True):
+            jobs = [
+                (location, digest)
+                for digest in docs.order
+                if docs.depth.get(digest, 0) == level
+                for location in docs.repos(digest)
+            ]
+            parallel(
+                lambda job: target.put_manifest(
+                    job[0], job[1], docs.media_type(job[1]), docs.data[job[1]]
+                ),
+                jobs,
+            )
+        # Tags last, once every manifest they name is in place.
+        wheres = parallel(
+            lambda image: target.tag(
+                target.locate(image.ref), image.ref, image.media_type, docs.data[image.digest]
+            ),
+            list(manifest.images),
+        )
+        for image, where in zip(manifest.images, wheres, strict=True):
             report.images.append(
                 {"source": str(image.ref), "target": where, "digest": str(image.digest)}
             )

@@ -6,6 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
+from airbundle.adapters.pipeline import parallel, prefetch
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.errors import TargetError
 from airbundle.format.digest import Digest
@@ -38,6 +39,8 @@ class RegistryImageTarget:
         # Which repositories are known to hold a blob (filled as we go), so that
         # the next repository can mount instead of upload.
         self._holders: dict[Digest, set[str]] = {}
+        # Answers of warm(), used once each (a later question asks again).
+        self._checked: dict[tuple[Digest, str], bool] = {}
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -61,11 +64,27 @@ class RegistryImageTarget:
         with self._lock:
             self._holders.setdefault(digest, set()).add(repo)
 
+    def warm(self, needed: dict[Digest, list[str]]) -> None:
+        """Ask about every (blob, repository) pair at once, in parallel: a bundle
+        of hundreds of small images should not wait on one HEAD at a time."""
+        pairs = [(d, r) for d, repos in needed.items() for r in repos]
+        found = parallel(lambda pair: self.client.blob_exists(pair[1], pair[0]), pairs, workers=8)
+        with self._lock:
+            for (digest, repo), present in zip(pairs, found, strict=True):
+                self._checked[(digest, repo)] = present
+                if present:
+                    self._holders.setdefault(digest, set()).add(repo)
+
+    def _exists(self, repo: str, digest: Digest) -> bool:
+        with self._lock:
+            known = self._checked.pop((digest, repo), None)
+        return known if known is not None else self.client.blob_exists(repo, digest)
+
     def has_blob(self, digest: Digest, repos: Sequence[str]) -> bool:
         """True if every repo holds the blob (mounting it where it is missing)."""
         missing = []
         for repo in repos:
-            if self.client.blob_exists(repo, digest):
+            if self._exists(repo, digest):
                 self._known(digest, repo)
             else:
                 missing.append(repo)
@@ -94,7 +113,7 @@ class RegistryImageTarget:
     ) -> None:
         first, *others = repos
         with _project_hint(first):
-            self.client.upload_blob(first, digest, size, chunks)
+            self.client.upload_blob(first, digest, size, prefetch(chunks))
         self._known(digest, first)
         for repo in others:
             if not self.client.mount_blob(repo, digest, first):

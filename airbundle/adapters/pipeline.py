@@ -1,0 +1,73 @@
+"""Overlap producing bytes with sending them.
+
+zstd decompression, sha256 and socket writes all release the GIL, so a
+reader thread that decompresses (and checks) the next chunks while the
+caller uploads the current ones keeps both cores busy. Memory stays bounded
+by the queue depth.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_DONE = object()
+
+
+def prefetch(chunks: Iterable[bytes], *, depth: int = 8) -> Iterator[bytes]:
+    """Iterate `chunks` in a background thread, `depth` chunks ahead.
+
+    Exceptions raised by `chunks` (a digest mismatch at its end, for one)
+    are re-raised here. When the caller stops early, the thread is stopped
+    and joined before this generator returns, so `chunks` can be drained by
+    someone else afterwards.
+    """
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="airbundle-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes | bytearray | memoryview)
+            yield bytes(item)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def parallel(func: Callable[[T], R], items: Sequence[T], *, workers: int = 8) -> list[R]:
+    """`func` over `items` in a bounded pool, results in order, first error raised."""
+    if len(items) <= 1:
+        return [func(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(func, items))
