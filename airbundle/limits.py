@@ -27,6 +27,8 @@ class Limits:
     max_refs_per_repo: int = 100_000
     # Read/write buffer for streaming blobs.
     io_chunk_bytes: int = 1 << 20
+    # zstd multi-threaded job size: memory per compression worker scales with it.
+    zstd_job_bytes: int = 2 << 20
 
 
 DEFAULT_LIMITS = Limits()

@@ -175,9 +175,14 @@ class BundleWriter:
         out.write(b"\0" * prefix_capacity)
         # zstd's multi-threaded output is the same for any worker count >= 1,
         # so reproducibility does not depend on the machine's core count.
-        compressor = zstandard.ZstdCompressor(
-            level=level, threads=threads if threads != 0 else 1, write_checksum=True
+        # A fixed, small job size keeps memory flat (the default at level 3
+        # holds ~40 MiB per worker) and the bytes independent of the level's
+        # defaults; measured in docs/performance.md.
+        workers = threads if threads > 0 else (os.cpu_count() or 1)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level, threads=workers, job_size=limits.zstd_job_bytes, write_checksum=True
         )
+        compressor = zstandard.ZstdCompressor(compression_params=params)
         self._z = compressor.stream_writer(out, closefd=False)
         self._closed = False
 
