@@ -232,7 +232,8 @@ def export(
     cert_key: CertKeyOpt = None,
     insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache of git mirrors (default: ~/.cache/airbundle).")
+        Path | None,
+        typer.Option(help="Cache of git mirrors and registry blobs (default: ~/.cache/airbundle)."),
     ] = None,
     no_cache: Annotated[bool, typer.Option(help="Fetch repos into scratch space.")] = False,
     check_images: Annotated[

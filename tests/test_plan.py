@@ -96,3 +96,26 @@ def _export(work: Path, lock: Path, tmp_path: Path) -> None:
         apply_lock(load_spec(work / "spec.yaml"), read_lock(lock)),
         ExportOptions(output=tmp_path / "x.airbundle", keys=key),
     )
+
+
+def test_a_locked_platform_subset_exports(
+    registry: Registry, hello_layout: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    push_oci_layout(registry, hello_layout, "1.0", "team/hello:1.0")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: p}\n"
+        f"images:\n  - ref: {registry.host}/team/hello:1.0\n"
+        "    platforms: [linux/arm64]\n"
+    )
+    plan = make_plan(load_spec(spec))
+    lock = tmp_path / "lock"
+    lock.write_bytes(plan.lock_bytes())
+    key = (load_signing_key(signing_key.private, passphrase=None),)
+    result = export_bundle(
+        apply_lock(load_spec(spec), read_lock(lock)),
+        ExportOptions(output=tmp_path / "b.airbundle", keys=key),
+    )
+    (image,) = result.manifest.images
+    assert str(image.source_digest) == plan.images[0].digest
+    assert image.platforms == ("linux/arm64",)

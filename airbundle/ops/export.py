@@ -283,7 +283,7 @@ def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
         resolved_name = source.resolve().recorded_name
     ref = _image_name(item, resolved_name)
     image = collect_image(source, ref, item.platforms, limits=sources.limits)
-    if item.pinned is not None and image.root.digest != item.pinned:
+    if item.pinned is not None and item.pinned not in (image.root.digest, image.source_digest):
         raise SourceError(
             f"{item.text}: resolves to {image.root.digest}, the lock file pins {item.pinned}",
             hint="the source changed since `airbundle plan`: review and plan again",

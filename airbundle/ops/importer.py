@@ -350,8 +350,9 @@ def base_hint(manifest: BundleManifest) -> str:
         for b in manifest.base
     )
     return (
-        f"this is an incremental bundle built on {names}: import that first, or export "
-        "again with --since an inventory of this target (airbundle inventory)"
+        f"this is an incremental bundle built on {names}: the target must hold what that "
+        "base holds (import the base bundle first), or export again with --since a fresh "
+        "inventory of this target (airbundle inventory)"
     )
 
 

@@ -30,6 +30,8 @@ class Inspection:
             "bundle": doc["bundle"],
             "images": doc["images"],
             "repos": doc["repos"],
+            "scan": doc.get("scan"),
+            "base": doc.get("base", []),
             "members": len(self.manifest.members),
             "signatures": [
                 {

@@ -9,12 +9,12 @@ INSTALL.txt. Standard tools check it before anything is installed:
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +63,10 @@ def _project_root() -> Path:
 
 
 def _requirements() -> list[str]:
-    reqs = importlib.metadata.requires("airbundle") or []
-    # Runtime dependencies only, not the test extra.
-    return [r for r in reqs if "extra ==" not in r]
+    """Runtime dependencies as the source tree declares them (the installed
+    metadata may be older than the checkout the wheel is built from)."""
+    with (_project_root() / "pyproject.toml").open("rb") as fh:
+        return list(tomllib.load(fh)["project"]["dependencies"])
 
 
 def _pip(args: list[str], what: str) -> None:

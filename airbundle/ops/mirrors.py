@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.media import open_media
 from airbundle.errors import FormatError, UsageError
 from airbundle.format import mirrorconfig
 from airbundle.format.archive import read_prefix_region
@@ -24,10 +25,11 @@ def carried_from_bundle(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[str, list[CarriedImage]]:
     """Where `import --registry LOCATION` puts (or put) each image of a bundle."""
+    first = open_media(bundle).first
     try:
-        fh = bundle.open("rb")
+        fh = first.open("rb")
     except OSError as exc:
-        raise UsageError(f"cannot open bundle {bundle}: {exc.strerror}") from None
+        raise UsageError(f"cannot open bundle {first}: {exc.strerror}") from None
     with fh:
         prefix = read_prefix_region(fh, source=str(bundle), limits=limits)
     manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)

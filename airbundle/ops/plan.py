@@ -96,7 +96,14 @@ def make_plan(
         carried += size
         planned.append(
             PlannedImage(
-                item.text, str(image.ref), str(image.root.digest), image.platforms, size, total
+                item.text,
+                str(image.ref),
+                # The source's digest: a platform subset's index is ours, the
+                # registry only knows the one it came from.
+                str(image.source_digest or image.root.digest),
+                image.platforms,
+                size,
+                total,
             )
         )
     repos = tuple(PlannedRepo(r.name, r.written_url or r.url, _remote_refs(r)) for r in spec.repos)
