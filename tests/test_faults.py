@@ -72,7 +72,7 @@ PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 # The registry client's upload chunk: a blob larger than this goes up in PATCHes.
 CHUNK: int = inspect.signature(RegistryClient).parameters["chunk_bytes"].default
 IO_CHUNK = DEFAULT_LIMITS.io_chunk_bytes  # the client reads blob downloads in these
-BIG = 20 << 20  # one layer larger than CHUNK: two PATCHes (16 MiB + 4 MiB)
+BIG = 20 << 20  # one layer larger than two CHUNKs: three PATCHes (8 + 8 + 4 MiB)
 assert BIG > CHUNK
 IMAGES = ("team/hello:1.0", "team/big:1.0")
 MIRRORED = {f"mirror/{r.split(':')[0]}": r.split(":")[1] for r in IMAGES}  # repo -> tag
@@ -733,8 +733,9 @@ def test_import_resends_an_unacknowledged_chunk_from_the_registry_offset(
     patches = proxy.matching("PATCH", r"/blobs/uploads/")
     assert [(e.content_range, e.fault) for e in patches] == [
         (f"0-{CHUNK - 1}", None),
-        (f"{CHUNK}-{BIG - 1}", "DropUpload"),
-        (f"{CHUNK}-{BIG - 1}", None),
+        (f"{CHUNK}-{2 * CHUNK - 1}", "DropUpload"),
+        (f"{CHUNK}-{2 * CHUNK - 1}", None),
+        (f"{2 * CHUNK}-{BIG - 1}", None),
     ], patches
     status = [e for e in proxy.matching("GET", r"/blobs/uploads/") if e.status == 204]
     assert len(status) == 1  # it asked the registry where to resume

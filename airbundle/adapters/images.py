@@ -63,8 +63,9 @@ class ImageTarget(Protocol):
         """Learn, in one go, which of these blobs the target already has."""
         ...
 
-    def has_blob(self, digest: Digest, repos: Sequence[str]) -> bool:
-        """True if the blob is available to every repo in `repos`."""
+    def has_blob(self, digest: Digest, repos: Sequence[str], *, anywhere: bool = False) -> bool:
+        """True if the blob is available to every repo in `repos` (with
+        `anywhere`, a copy elsewhere in the target that can be linked counts)."""
         ...
 
     def write_blob(

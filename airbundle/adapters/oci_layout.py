@@ -157,7 +157,9 @@ class OciLayoutTarget:
     def warm(self, needed: dict[Digest, list[str]]) -> None:
         pass  # a file test is as cheap as a cache
 
-    def has_blob(self, digest: Digest, repos: Sequence[str] = ()) -> bool:
+    def has_blob(
+        self, digest: Digest, repos: Sequence[str] = (), *, anywhere: bool = False
+    ) -> bool:
         return (self.root / digest.blob_path).is_file()
 
     def write_blob(

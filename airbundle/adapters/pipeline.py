@@ -20,7 +20,7 @@ R = TypeVar("R")
 _DONE = object()
 
 
-def prefetch(chunks: Iterable[bytes], *, depth: int = 8) -> Iterator[bytes]:
+def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Iterator[bytes]:
     """Iterate `chunks` in a background thread, `depth` chunks ahead.
 
     Exceptions raised by `chunks` (a digest mismatch at its end, for one)

@@ -223,7 +223,9 @@ class _Sinks:
             raise ArchiveError(f"manifest {unread[0]} is referenced but not in the bundle")
         carried = {m.digest for m in self.manifest.members}
         for digest, repos in sorted(docs.blob_repos.items()):
-            if digest not in carried and not self.target.has_blob(digest, sorted(repos)):
+            if digest not in carried and not self.target.has_blob(
+                digest, sorted(repos), anywhere=True
+            ):
                 raise TargetError(
                     f"blob {digest} (needed by {', '.join(sorted(repos))}) is neither in the "
                     f"bundle nor in {self.target.describe()}",

@@ -69,7 +69,7 @@ class RegistryClient:
         credentials: Credentials | object | None = _UNSET,
         tokens: TokenCache | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        chunk_bytes: int = 16 << 20,
+        chunk_bytes: int = 8 << 20,
     ) -> None:
         self.host = host
         self.transport = transport

@@ -80,8 +80,12 @@ class RegistryImageTarget:
             known = self._checked.pop((digest, repo), None)
         return known if known is not None else self.client.blob_exists(repo, digest)
 
-    def has_blob(self, digest: Digest, repos: Sequence[str]) -> bool:
-        """True if every repo holds the blob (mounting it where it is missing)."""
+    def has_blob(self, digest: Digest, repos: Sequence[str], *, anywhere: bool = False) -> bool:
+        """True if every repo holds the blob (mounting it where it is missing).
+
+        With `anywhere`, also look in the target's other repositories (a base
+        blob of an incremental bundle): a question per repository, so only for
+        blobs the bundle does not carry."""
         missing = []
         for repo in repos:
             if self._exists(repo, digest):
@@ -91,6 +95,8 @@ class RegistryImageTarget:
         if not missing:
             return True
         holders = self._holders.get(digest)
+        if not holders and not anywhere:
+            return False
         if not holders:
             # An incremental bundle's base blob may sit in another repository
             # of this target (a shared base layer): try mounting from those.
