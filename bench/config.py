@@ -53,8 +53,9 @@ class SizePlan:
     def fingerprint(self) -> str:
         from bench import BENCH_VERSION
 
-        doc = {"version": BENCH_VERSION, "plan": asdict(self)}
-        doc["plan"].pop("reps")
+        plan = asdict(self)
+        plan.pop("reps")  # the data does not depend on it (dd_mib and probe_mib are in)
+        doc = {"version": BENCH_VERSION, "plan": plan}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 

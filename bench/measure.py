@@ -160,7 +160,7 @@ def snapshot_airbundle(store: Path, reuse: str | None = None) -> tuple[Path, dic
         )
         return proc.stdout.strip()
 
-    info = {
+    info: dict[str, Any] = {
         "commit": git("rev-parse", "--short", "HEAD"),
         "dirty_files": git("status", "--porcelain", "--", "airbundle").splitlines(),
         "tree_sha256": h.hexdigest()[:16],

@@ -171,4 +171,4 @@ def limit_seconds(step: str, rates: dict[str, Any], raw: int, packed: int) -> fl
         parts = [raw / rates["zstd3_decompress_1thread"], raw / rates["sha256_1core"]]
     else:
         raise ValueError(step)
-    return max(parts)
+    return float(max(parts))

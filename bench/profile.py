@@ -16,6 +16,7 @@ first when the step needs one, then runs the step once under the profiler:
 from __future__ import annotations
 
 import argparse
+import io
 import pstats
 import re
 import shutil
@@ -129,28 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.tool == "py-spy":
             summary = summarize_collapsed(out / "pyspy.txt")
         else:
-            stats = pstats.Stats(str(out / "cprofile.pstats"), stream=(buf := _Buf()))
+            buf = io.StringIO()
+            stats = pstats.Stats(str(out / "cprofile.pstats"), stream=buf)
             stats.sort_stats("cumulative").print_stats(30)
             stats.sort_stats("tottime").print_stats(30)
-            summary = buf.text()
+            summary = buf.getvalue()
         (out / "summary.txt").write_text(summary + "\n")
         print(summary)
         log(f"wrote {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-class _Buf:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.parts.append(text)
-        return len(text)
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 if __name__ == "__main__":

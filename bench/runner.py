@@ -45,7 +45,7 @@ def servers_module() -> Any:
     """tests/servers.py (Registry, GitDaemon ...), imported from its folder."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
-    import servers
+    import servers  # type: ignore[import-not-found]
 
     return servers
 
@@ -250,6 +250,7 @@ class Bench:
         scratch: Path,
         fn: Callable[[], Sample],
         check: Callable[[Sample], None] | None = None,
+        cleanup: bool = True,
     ) -> Sample | None:
         """Run one measured command (then its untimed ``check``). A failure is recorded
         in the row, its side is marked failed, and None returned."""
@@ -264,14 +265,16 @@ class Bench:
             row.failed.add(side)
             self.errors.append(error)
             self.log(f"{row.step} {row.dataset} {side} rep {rep}: FAILED: {str(exc)[:400]}")
-            shutil.rmtree(scratch, ignore_errors=True)
+            if cleanup:
+                shutil.rmtree(scratch, ignore_errors=True)
             return None
         (row.ab if side == "ab" else row.peer).append(sample)
         self.log(
             f"{row.step} {row.dataset} {side} rep {rep}: {sample.wall_s:.2f}s "
             f"(load {sample.load1:.1f})"
         )
-        shutil.rmtree(scratch, ignore_errors=True)
+        if cleanup:
+            shutil.rmtree(scratch, ignore_errors=True)
         return sample
 
     def _order(self, rep: int, row: Row) -> list[str]:
@@ -466,7 +469,9 @@ class Bench:
                         phases = self._peer_import(ds, bundles["peer"], scratch, reg, git)
                         run = partial(self.peer, phases, scratch)
                     check = partial(self._check_import, ds, reg, git, side)
-                    self._measure(row, side, rep, scratch, run, check)
+                    self._measure(row, side, rep, scratch, run, check, cleanup=False)
+                # Only now: the target servers have stopped writing into it.
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def _peer_import(
         self, ds: Dataset, bundle: Path, scratch: Path, reg: Any, git: Any
