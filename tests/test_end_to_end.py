@@ -428,3 +428,13 @@ def test_refs_outside_heads_and_tags_need_a_flag(
         ),
     )
     assert "refs/notes/review" in run("git", "-C", tmp_path / "t/git/gitops.git", "for-each-ref")
+
+
+@pytest.mark.parametrize("name", ["bundle-spec.schema.json", "bundle-manifest.schema.json"])
+def test_shipped_schemas_are_valid_json_schema_2020_12(name: str) -> None:
+    from conftest import REPO_ROOT
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((REPO_ROOT / "schemas" / name).read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"

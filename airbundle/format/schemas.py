@@ -6,10 +6,11 @@ import json
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 BUNDLE_SPEC = "bundle-spec.schema.json"
 BUNDLE_MANIFEST = "bundle-manifest.schema.json"
@@ -17,10 +18,13 @@ BUNDLE_MANIFEST = "bundle-manifest.schema.json"
 
 @cache
 def validator(name: str) -> Draft202012Validator:
+    # Imported on first use: jsonschema costs ~30 ms at start-up, and most
+    # commands validate one document at most. The schemas themselves are
+    # checked by the test suite, not on every run.
+    from jsonschema import Draft202012Validator
+
     text = resources.files("airbundle").joinpath("schemas", name).read_text("utf-8")
-    schema = json.loads(text)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(json.loads(text))
 
 
 def errors(name: str, instance: Any) -> Iterator[ValidationError]:

@@ -118,6 +118,7 @@ class Transport:
     sleep: Callable[[float], None] = time.sleep
     _pools: dict[tuple[str | None, bool], urllib3.PoolManager] = field(default_factory=dict)
     _schemes: dict[str, str] = field(default_factory=dict)
+    _proxies: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _ssl_context(self, verify: bool) -> ssl.SSLContext:
@@ -133,12 +134,24 @@ class Transport:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    def _pool(self, url: str, host: str) -> urllib3.PoolManager:
-        scheme = url.split("://", 1)[0]
+    def _proxy(self, scheme: str, host: str) -> str | None:
+        """The proxy for a scheme and host, from the environment, decided once:
+        reading os.environ on every request costs seconds over thousands."""
+        key = f"{scheme}://{host}"
+        with self._lock:
+            if key in self._proxies:
+                return self._proxies[key]
         proxy = None
         bypass: Callable[[str], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
         if not bypass(host.split(":")[0]):
             proxy = urllib.request.getproxies_environment().get(scheme)
+        with self._lock:
+            self._proxies[key] = proxy
+        return proxy
+
+    def _pool(self, url: str, host: str) -> urllib3.PoolManager:
+        scheme = url.split("://", 1)[0]
+        proxy = self._proxy(scheme, host)
         verify = host not in self.tls.insecure_hosts
         key = (proxy, verify)
         with self._lock:
