@@ -17,15 +17,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
 from airbundle import __version__
-from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import open_media
-from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import (
     EXIT_INTEGRITY,
     EXIT_IO,
@@ -34,24 +32,20 @@ from airbundle.errors import (
     IntegrityError,
     UsageError,
 )
-from airbundle.format.diff import diff
-from airbundle.format.imagescan import Carried, missing
 from airbundle.format.manifest import format_time
-from airbundle.format.mapping import MappingOptions, RegistryLocation
 from airbundle.format.spec import load_spec
 from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
-from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
-from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.inventory import take_inventory
-from airbundle.ops.kit import build_kit, check_python_version
-from airbundle.ops.mirrors import carried_from_bundle, carried_from_report, write_mirror_config
-from airbundle.ops.plan import apply_lock, make_plan, read_lock
-from airbundle.ops.scan import scan_folder
 from airbundle.ops.sign import journal_hint, sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
+
+if TYPE_CHECKING:
+    from airbundle.adapters.registry.transport import Transport
+
+# Commands import what they need when they run: the registry client (urllib3,
+# ssl) and the export/import pipelines are not loaded for `verify` or `--help`.
 
 app = typer.Typer(
     name="airbundle",
@@ -184,6 +178,8 @@ PassOpt = Annotated[
 def _transport(
     ca_file: Path | None, cert: Path | None, cert_key: Path | None, insecure: list[str]
 ) -> Transport:
+    from airbundle.adapters.registry.transport import TLSConfig, Transport
+
     ca = ca_file
     if ca is None and os.environ.get("SSL_CERT_FILE"):
         ca = Path(os.environ["SSL_CERT_FILE"])
@@ -260,6 +256,9 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
+    from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
+    from airbundle.ops.plan import apply_lock, read_lock
+
     passphrase = keyops.read_passphrase(passphrase_file)
     signing = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
     loaded = load_spec(spec)
@@ -483,6 +482,8 @@ def import_(
     quiet: QuietOpt = False,
 ) -> None:
     """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run."""
+    from airbundle.ops.importer import ImportOptions, import_bundle
+
     policy = load_policy(keyops.load_trust(trust), threshold)
     options = ImportOptions(
         policy=policy,
@@ -551,6 +552,8 @@ def inventory(
 ) -> None:
     """List the blobs and ref tips the targets already hold (no content), for
     `export --since` on the connected side."""
+    from airbundle.ops.inventory import take_inventory
+
     inv = take_inventory(
         registry=registry,
         git_target=git_target,
@@ -570,6 +573,8 @@ def diff_command(
 ) -> None:
     """Images added, removed and updated (tags moving to new digests), repo refs
     moved, and the new bytes: what a reviewer reads before approving."""
+    from airbundle.format.diff import diff
+
     d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(d), indent=1))
@@ -607,6 +612,8 @@ def plan(
 ) -> None:
     """Resolve every reference to a digest and commit, show what would be carried
     and how big, and write a lock file that `export --lock` reproduces."""
+    from airbundle.ops.plan import make_plan
+
     loaded = load_spec(spec)
     size = parse_size(split_size) if split_size else None
     result = make_plan(
@@ -653,6 +660,8 @@ def kit(
 ) -> None:
     """Write an offline installer for airbundle and its dependencies (wheels,
     signed SHA256SUMS, INSTALL.txt) to carry along with the bundles."""
+    from airbundle.ops.kit import build_kit, check_python_version
+
     passphrase = keyops.read_passphrase(passphrase_file)
     keys = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
     result = build_kit(
@@ -728,6 +737,9 @@ def scan(
 ) -> None:
     """List the image references in Kubernetes, kustomize, Helm values and Flux files,
     with file and line; with --bundle, only those the bundle lacks (exit 1 if any)."""
+    from airbundle.format.imagescan import Carried, missing
+    from airbundle.ops.scan import scan_folder
+
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder")
     files, findings = scan_folder(path)
@@ -802,6 +814,13 @@ def mirror_config(
 ) -> None:
     """Generate registries.conf, OpenShift IDMS/ITMS/ICSP, containerd hosts.toml and
     kustomize images for what a bundle carries (or an import put somewhere)."""
+    from airbundle.format.mapping import MappingOptions, RegistryLocation
+    from airbundle.ops.mirrors import (
+        carried_from_bundle,
+        carried_from_report,
+        write_mirror_config,
+    )
+
     if source.suffix == ".json":
         name, images = carried_from_report(source)
     else:
@@ -831,6 +850,9 @@ def cache_prune(
     quiet: QuietOpt = False,
 ) -> None:
     """Remove cached registry blobs (git mirrors are kept: they make re-exports cheap)."""
+    from airbundle.adapters.blobcache import BlobCache
+    from airbundle.ops.export import default_cache_dir
+
     cache = BlobCache(cache_dir or default_cache_dir())
     seconds = parse_duration(older_than).total_seconds() if older_than else None
     result = cache.prune(older_than=seconds)
