@@ -21,6 +21,37 @@ INSTALL_HINTS = {
 }
 
 
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+
+
+def hermetic(monkeypatch: pytest.MonkeyPatch, root: object, *, git: bool = False) -> None:
+    """Point every place airbundle, skopeo and git look for credentials, config,
+    caches and state into `root`, and drop proxies (and GIT_* with `git`)."""
+    import os
+    from pathlib import Path as _Path
+
+    base = _Path(str(root))
+    for var, sub in (
+        ("HOME", "home"),
+        ("DOCKER_CONFIG", "docker"),
+        ("XDG_RUNTIME_DIR", "run"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_STATE_HOME", "state"),
+    ):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str(base / sub))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(base / "auth.json"))  # absent: no credentials
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    if git:
+        for var in list(os.environ):
+            if var.startswith("GIT_"):
+                monkeypatch.delenv(var)
+
+
 def require_tool(name: str) -> str:
     """Path of a tool the test needs; fail (never skip) with the install hint."""
     path = shutil.which(name)
@@ -113,8 +144,7 @@ def tls_registry(tmp_path: Path) -> Iterator[Registry]:
 def token_registry(tmp_path: Path) -> Iterator[Registry]:
     """A registry with Docker token auth; TEST_CREDS get every action they ask for,
     anonymous gets nothing; reg.token_requests records the flow."""
-    with Registry(tmp_path / "token-registry", token_auth=True,
-                  htpasswd=dict([TEST_CREDS])) as reg:
+    with Registry(tmp_path / "token-registry", token_auth=True, htpasswd=dict([TEST_CREDS])) as reg:
         yield reg
 
 
@@ -135,8 +165,7 @@ def git_http(tmp_path: Path) -> Iterator[GitHttpServer]:
 @pytest.fixture
 def git_http_auth(tmp_path: Path) -> Iterator[GitHttpServer]:
     """Smart HTTP requiring Basic auth for TEST_CREDS; .url(name, TEST_CREDS)."""
-    with GitHttpServer(tmp_path / "git-http-auth" / "repos",
-                       htpasswd=dict([TEST_CREDS])) as server:
+    with GitHttpServer(tmp_path / "git-http-auth" / "repos", htpasswd=dict([TEST_CREDS])) as server:
         yield server
 
 

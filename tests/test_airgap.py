@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, require_tool
+from conftest import KeyPair, hermetic, require_tool
 from servers import (
     GitDaemon,
     Registry,
@@ -35,7 +35,6 @@ from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.keys import load_signing_key
 
 TESTS_DIR = Path(__file__).resolve().parent
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 IMAGES = ("team/hello:1.0", "team/app:2.1")
 
 
@@ -43,20 +42,7 @@ IMAGES = ("team/hello:1.0", "team/app:2.1")
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Credentials, state and caches in tmp_path only; no proxies (inherited by netns_run)."""
     root = tmp_path / "env"
-    for var, sub in (
-        ("HOME", "home"),
-        ("DOCKER_CONFIG", "docker"),
-        ("XDG_RUNTIME_DIR", "run"),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_CACHE_HOME", "cache"),
-        ("XDG_STATE_HOME", "state"),
-    ):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(var, str(root / sub))
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(root / "auth.json"))
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
+    hermetic(monkeypatch, root)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return root
 

@@ -10,14 +10,13 @@ unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair
+from conftest import KeyPair, hermetic
 from servers import TEST_CREDS, GitDaemon, GitHttpServer, git_env
 
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
@@ -27,7 +26,6 @@ from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
 
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 PASSWORD = TEST_CREDS[1]
 Server = GitDaemon | GitHttpServer
 
@@ -36,23 +34,7 @@ Server = GitDaemon | GitHttpServer
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No user or system git config, no credentials, no proxies."""
     root = tmp_path / "env"
-    for var, sub in (
-        ("HOME", "home"),
-        ("DOCKER_CONFIG", "docker"),
-        ("XDG_RUNTIME_DIR", "run"),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_CACHE_HOME", "cache"),
-        ("XDG_STATE_HOME", "state"),
-    ):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(var, str(root / sub))
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(root / "auth.json"))
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
-    for var in list(os.environ):
-        if var.startswith("GIT_"):
-            monkeypatch.delenv(var)
+    hermetic(monkeypatch, root, git=True)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return root

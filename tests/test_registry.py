@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair
+from conftest import KeyPair, hermetic
 from servers import (
     TEST_CREDS,
     Creds,
@@ -46,7 +46,6 @@ from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 # One line of distribution's combined access log: "METHOD URI HTTP/1.1" STATUS
 ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.1" (\d{3})')
 
@@ -58,20 +57,7 @@ ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.1" (\d{3})
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every place airbundle (and skopeo) could find credentials points into tmp_path."""
     root = tmp_path / "env"
-    for var, sub in (
-        ("HOME", "home"),
-        ("DOCKER_CONFIG", "docker"),
-        ("XDG_RUNTIME_DIR", "run"),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_CACHE_HOME", "cache"),
-        ("XDG_STATE_HOME", "state"),
-    ):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(var, str(root / sub))
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(root / "auth.json"))  # absent: no credentials
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
+    hermetic(monkeypatch, root)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return root
