@@ -156,6 +156,13 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
+NestedOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="For registries that limit nesting: at most this many path components "
+        "(the rest joined with '-')."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 TrustOpt = Annotated[
     list[Path],
@@ -422,13 +429,7 @@ def import_(
     ] = None,
     threshold: ThresholdOpt = 1,
     force: Annotated[bool, typer.Option(help="Allow refs to move non-fast-forward.")] = False,
-    max_nested_paths: Annotated[
-        int | None,
-        typer.Option(
-            help="For registries that limit nesting: at most this many path components "
-            "(the rest joined with '-')."
-        ),
-    ] = None,
+    max_nested_paths: NestedOpt = None,
     keep_source_host: Annotated[
         bool,
         typer.Option(
@@ -796,13 +797,7 @@ def mirror_config(
             help="The mirror: HOST[:PORT][/PREFIX] (needed for a bundle, not for a report)."
         ),
     ] = None,
-    max_nested_paths: Annotated[
-        int | None,
-        typer.Option(
-            help="For registries that limit nesting: at most this many path components "
-            "(the rest joined with '-')."
-        ),
-    ] = None,
+    max_nested_paths: NestedOpt = None,
     keep_source_host: Annotated[
         bool, typer.Option(help="The import kept the source host as first path component.")
     ] = False,
