@@ -936,7 +936,7 @@ def test_sigkill_mid_import_leaves_no_tag_and_a_rerun_completes(
     signing_key: KeyPair,
     tmp_path: Path,
 ) -> None:
-    proxy.delay = 0.05  # every answer a little late: the import takes a few seconds
+    proxy.delay = 0.15  # every answer late: the import takes a few seconds
     state = tmp_path / "state"
     argv = airbundle_argv(
         "import", bundle.path, "--trust", signing_key.public,

@@ -75,6 +75,10 @@ class ImageTarget(Protocol):
         and checked. `chunks` raises if the bytes do not match the manifest."""
         ...
 
+    def drain(self) -> None:
+        """Wait until every blob written so far is stored (background uploads)."""
+        ...
+
     def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
         """Store a manifest or index by digest (children before parents)."""
         ...

@@ -154,6 +154,9 @@ class OciLayoutTarget:
     def locate(self, ref: ImageReference) -> str:
         return str(ref)
 
+    def drain(self) -> None:
+        pass  # blobs are written synchronously
+
     def warm(self, needed: dict[Digest, list[str]]) -> None:
         pass  # a file test is as cheap as a cache
 

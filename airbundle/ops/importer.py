@@ -333,6 +333,10 @@ def import_bundle(
             for store, state in zip(stores, states, strict=True):
                 _record(store, state, options, auth, report, now, "import")
         except BaseException:
+            if target is not None:
+                # Let background uploads settle before reporting the failure.
+                with contextlib.suppress(Exception):
+                    target.drain()
             # Staged objects may stay (unreferenced); staging refs may not.
             if gits is not None:
                 for repo in manifest.repos:
@@ -470,6 +474,7 @@ def _publish(
         docs = sinks.documents
         assert docs is not None
         sinks.check_base()
+        target.drain()  # every blob stored before the first manifest goes up
         # Children before the indexes that reference them: deepest level first,
         # each level's manifests in parallel (round trips, not bytes, dominate).
         for level in sorted({docs.depth.get(d, 0) for d in docs.order}, reverse=True):

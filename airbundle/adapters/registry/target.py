@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from airbundle.adapters.pipeline import parallel, prefetch
 from airbundle.adapters.registry.client import RegistryClient
@@ -30,6 +31,10 @@ def _project_hint(repo: str) -> Iterator[None]:
         raise
 
 
+ASYNC_UPLOADS = 4
+ASYNC_BLOB_BYTES = 1 << 20
+
+
 class RegistryImageTarget:
     """Blobs first (HEAD to skip, mount across repositories), manifests next, tags last."""
 
@@ -42,6 +47,12 @@ class RegistryImageTarget:
         # Answers of warm(), used once each (a later question asks again).
         self._checked: dict[tuple[Digest, str], bool] = {}
         self._lock = threading.Lock()
+        # Small blobs are read whole (and so checked) from the stream, then
+        # uploaded in the background while the stream moves on: hundreds of
+        # small layers are round trips, not bytes. Bounded in count and size.
+        self._uploads = ThreadPoolExecutor(max_workers=ASYNC_UPLOADS)
+        self._pending: list[Future[None]] = []
+        self._slots = threading.BoundedSemaphore(ASYNC_UPLOADS * 2)
 
     def describe(self) -> str:
         return f"registry {self.client.host}"
@@ -117,9 +128,41 @@ class RegistryImageTarget:
     def write_blob(
         self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
     ) -> None:
+        if size <= ASYNC_BLOB_BYTES:
+            data = b"".join(chunks)  # raises here if the bytes do not match
+            self._slots.acquire()
+            self._pending.append(
+                self._uploads.submit(self._upload, digest, size, [data], repos, True)
+            )
+            return
+        self._upload(digest, size, prefetch(chunks), repos, False)
+
+    def drain(self) -> None:
+        """Wait for background uploads; the first failure is raised."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _upload(
+        self,
+        digest: Digest,
+        size: int,
+        chunks: Iterable[bytes],
+        repos: Sequence[str],
+        release: bool,
+    ) -> None:
+        try:
+            self._store(digest, size, chunks, repos)
+        finally:
+            if release:
+                self._slots.release()
+
+    def _store(
+        self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
+    ) -> None:
         first, *others = repos
         with _project_hint(first):
-            self.client.upload_blob(first, digest, size, prefetch(chunks))
+            self.client.upload_blob(first, digest, size, chunks)
         self._known(digest, first)
         for repo in others:
             if not self.client.mount_blob(repo, digest, first):
@@ -140,4 +183,5 @@ class RegistryImageTarget:
         return self.where(repo, ref)
 
     def finish(self) -> None:
-        pass
+        self.drain()
+        self._uploads.shutdown(wait=True)
