@@ -329,15 +329,6 @@ class BundleReader:
         self._pending: TarMember | None = None
         self._prefix_read = False
 
-    @property
-    def compressed_offset(self) -> int:
-        """Approximate position in the file (the decompressor reads ahead)."""
-        return HEADER_SIZE + self._counter.count
-
-    @property
-    def tar_offset(self) -> int:
-        return self._tar.offset
-
     def _read_member_bytes(self, member: TarMember, limit: int, what: str) -> bytes:
         if member.size > limit:
             raise ArchiveError(

@@ -112,7 +112,3 @@ def _parse(doc: Any) -> Inventory:
             for r, o in refs.items()
         }
     return Inventory(str(doc.get("created", "")), str(doc.get("target", "")), blobs, repos)
-
-
-def is_inventory(data: bytes) -> bool:
-    return b'"Inventory"' in data[:4096] or b'"kind": "Inventory"' in data

@@ -147,6 +147,11 @@ def validate_repository(path: str) -> str:
     return path
 
 
+def api_host(registry: str) -> str:
+    """Where a registry's API is served: Docker Hub's is not at docker.io itself."""
+    return "registry-1.docker.io" if registry == DEFAULT_REGISTRY else registry
+
+
 def is_loopback_registry(host: str) -> bool:
     """True for localhost, 127.0.0.0/8 and ::1, with or without a port."""
     if host.startswith("["):

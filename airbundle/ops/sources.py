@@ -12,13 +12,9 @@ from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.source import RegistryImageSource
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError
+from airbundle.format.reference import api_host
 from airbundle.format.spec import SourceRef
 from airbundle.limits import DEFAULT_LIMITS, Limits
-
-
-def api_host(registry: str) -> str:
-    """Docker Hub's registry API does not live at docker.io itself."""
-    return "registry-1.docker.io" if registry == "docker.io" else registry
 
 
 @dataclass

@@ -31,10 +31,6 @@ class RegistryImageSource:
     def describe(self) -> str:
         return self.text
 
-    def _registry_host(self) -> str:
-        # Docker Hub's API lives at registry-1.docker.io.
-        return "registry-1.docker.io" if self.ref.registry == "docker.io" else self.ref.registry
-
     def resolve(self) -> ResolvedImage:
         reference = str(self.ref.digest) if self.ref.digest else (self.ref.tag or "latest")
         fetched = self.client.get_manifest(self.ref.repository, reference, expect=self.ref.digest)
