@@ -180,7 +180,9 @@ def test_weekly_routine_full_then_two_incrementals_on_three_volumes_each(
             signing_key,
             week,
             since=since,
-            split_size=size // 3 + 1,
+            # Slack for what may differ between two runs (git's threaded delta
+            # search, the volume index); three volumes still need > 2/3 of it.
+            split_size=size // 3 + size // 20,
         )
         volumes = sorted(p.name for p in (media / f"w{week}").glob("weekly.airbundle.0*"))
         assert len(volumes) == 3, volumes
