@@ -22,7 +22,8 @@ class in one place and exits with :attr:`AirbundleError.exit_code`.
     ├── KeyFileError          (exit 2) a key or trust file cannot be read
     ├── SourceError           (exit 3) an image or repo source failed
     └── TargetError           (exit 3) a registry or git target failed
-        └── RefUpdateError        a ref would move non-fast-forward
+        ├── RefUpdateError        a ref would move non-fast-forward
+        └── UploadLostError       a blob upload must start again from the bundle
 """
 
 from __future__ import annotations
@@ -117,3 +118,8 @@ class TargetError(AirbundleError):
 
 class RefUpdateError(TargetError):
     pass
+
+
+class UploadLostError(TargetError):
+    """A blob upload failed past the bytes still held in memory: resending it
+    needs its bytes again from the bundle (the importer re-reads them once)."""

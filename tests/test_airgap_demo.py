@@ -18,7 +18,9 @@ def test_airgap_demo_script_crosses_a_simulated_gap(tmp_path: Path) -> None:
     airbundle = shutil.which("airbundle") or str(Path(sys.executable).with_name("airbundle"))
     proc = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "airgap-demo"), str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "AIRBUNDLE": airbundle},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

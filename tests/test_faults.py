@@ -47,7 +47,7 @@ from airbundle import cli
 from airbundle.adapters.fsutil import TEMP_MARK
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.transport import RetryPolicy, Transport
-from airbundle.errors import SourceError, TargetError
+from airbundle.errors import SourceError, TargetError, UploadLostError
 from airbundle.format.digest import Digest
 from airbundle.format.spec import load_spec
 from airbundle.limits import DEFAULT_LIMITS
@@ -72,8 +72,10 @@ PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 # The registry client's upload chunk: a blob larger than this goes up in PATCHes.
 CHUNK: int = inspect.signature(RegistryClient).parameters["chunk_bytes"].default
 IO_CHUNK = DEFAULT_LIMITS.io_chunk_bytes  # the client reads blob downloads in these
-BIG = 20 << 20  # one layer larger than two CHUNKs: three PATCHes (8 + 8 + 4 MiB)
-assert BIG > CHUNK
+# One layer sent in a streamed PATCH (larger than CHUNK), and larger than the
+# bytes the client holds for a resend (2 * CHUNK).
+BIG = 20 << 20
+assert BIG > 2 * CHUNK
 IMAGES = ("team/hello:1.0", "team/big:1.0")
 MIRRORED = {f"mirror/{r.split(':')[0]}": r.split(":")[1] for r in IMAGES}  # repo -> tag
 BLOB_GET = r"/v2/team/[a-z]+/blobs/sha256:"
@@ -651,7 +653,6 @@ TRANSIENT = [
     Fault("HEAD", r"/blobs/sha256:", Respond(429, {"Retry-After": "1"}), 2, "blob-head-429"),
     Fault("PUT", r"/blobs/uploads/.*digest=", Respond(503), id="small-blob-put-503"),
     Fault("PATCH", r"/blobs/uploads/", Respond(503), id="first-patch-503"),
-    Fault("PATCH", r"/blobs/uploads/", Respond(503), 2, "second-patch-503"),
     Fault("PUT", r"/manifests/sha256:", LoseResponse(), id="manifest-put-answer-lost"),
     Fault("PUT", r"/manifests/1\.0$", LoseResponse(), id="tag-put-answer-lost"),
 ]
@@ -682,8 +683,11 @@ def check_transient(
     # a failed blob-finishing PUT starts a fresh session, as the old one may be gone).
     # Requests run in parallel: the retry is the next one for the same path (a
     # failed blob-finishing PUT starts a fresh session, as the old one may be gone).
-    again = [e for e in retried if e.path == hit.path
-             or ("/blobs/uploads/" in hit.path and "/blobs/uploads/" in e.path)]
+    again = [
+        e
+        for e in retried
+        if e.path == hit.path or ("/blobs/uploads/" in hit.path and "/blobs/uploads/" in e.path)
+    ]
     assert again, proxy.requests
     assert again[0].status in (200, 201, 202, 204, 404), again  # a real answer
     assert registry_state(target_registry) == reference.state
@@ -716,7 +720,7 @@ def test_import_survives_losing_the_answer_to_a_blob_finishing_put(
     check_transient(fault, proxy, target_registry, bundle, reference, signing_key, tmp_path)
 
 
-def test_import_resends_an_unacknowledged_chunk_from_the_registry_offset(
+def test_import_resumes_a_cut_patch_on_the_same_session_from_the_registry_offset(
     proxy: FaultProxy,
     target_registry: Registry,
     bundle: ExportResult,
@@ -724,43 +728,43 @@ def test_import_resends_an_unacknowledged_chunk_from_the_registry_offset(
     signing_key: KeyPair,
     tmp_path: Path,
 ) -> None:
-    # The second PATCH (bytes CHUNK..BIG) is cut before any of its body reached the
-    # registry: the registry acknowledges CHUNK bytes, and the client resends from there.
-    proxy.add("PATCH", r"/blobs/uploads/", DropUpload(0), nth=2)
+    # The big layer's PATCH is cut before any of its body reached the registry:
+    # the session survives, the registry says it holds 0 bytes, and the client
+    # sends the body again into the same session from the bytes it still holds.
+    proxy.add("PATCH", r"/blobs/uploads/", DropUpload(0))
 
-    import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
 
     patches = proxy.matching("PATCH", r"/blobs/uploads/")
     assert [(e.content_range, e.fault) for e in patches] == [
-        (f"0-{CHUNK - 1}", None),
-        (f"{CHUNK}-{2 * CHUNK - 1}", "DropUpload"),
-        (f"{CHUNK}-{2 * CHUNK - 1}", None),
-        (f"{2 * CHUNK}-{BIG - 1}", None),
+        (None, "DropUpload"),
+        (None, None),
     ], patches
+    assert session_of(patches[0]) == session_of(patches[1])
     status = [e for e in proxy.matching("GET", r"/blobs/uploads/") if e.status == 204]
     assert len(status) == 1  # it asked the registry where to resume
+    assert not report.notes  # no second read of the bundle
     assert registry_state(target_registry) == reference.state
 
 
+def session_of(exchange: Exchange) -> str:
+    return exchange.target.split("?")[0].rsplit("/", 1)[1]
+
+
 @pytest.mark.parametrize(
-    "nth",
+    ("after", "reread"),
     [
-        pytest.param(1, id="first-chunk"),
-        pytest.param(
-            2,
-            id="second-chunk",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TargetError,
-                reason="LIMITATION (docs/security.md): a lost upload session past the first "
-                "chunk cannot be restarted in the same run, the earlier chunks were streamed "
-                "once; the import fails cleanly (no tag) and a re-run completes",
-            ),
-        ),
+        # distribution drops a session whose PATCH broke mid-body. Early in the
+        # blob the client still holds every byte sent: a fresh session, no re-read.
+        pytest.param(1 << 20, False, id="early-in-the-blob"),
+        # Late, the first bytes are gone from memory: that blob is read again
+        # from the bundle after the first pass, in the same run.
+        pytest.param(BIG - (1 << 20), True, id="late-in-the-blob"),
     ],
 )
-def test_import_survives_an_upload_cut_mid_patch(
-    nth: int,
+def test_import_survives_an_upload_session_lost_mid_patch(
+    after: int,
+    reread: bool,
     proxy: FaultProxy,
     target_registry: Registry,
     bundle: ExportResult,
@@ -768,12 +772,51 @@ def test_import_survives_an_upload_cut_mid_patch(
     signing_key: KeyPair,
     tmp_path: Path,
 ) -> None:
-    proxy.add("PATCH", r"/blobs/uploads/", DropUpload(1 << 20), nth=nth)
+    proxy.add("PATCH", r"/blobs/uploads/", DropUpload(after))
 
-    import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
 
-    assert [e.fault for e in proxy.matching("PATCH", r"/blobs/uploads/")].count("DropUpload") == 1
+    patches = proxy.matching("PATCH", r"/blobs/uploads/")
+    assert [e.fault for e in patches] == ["DropUpload", None], patches
+    assert session_of(patches[0]) != session_of(patches[1])  # a fresh session
+    assert any("read again from the bundle" in n for n in report.notes) == reread, report.notes
     assert registry_state(target_registry) == reference.state
+    assert recorded(tmp_path / "state", str(bundle.manifest_digest))
+
+
+def test_a_proxy_that_buffers_the_whole_patch_then_fails_it_costs_one_re_read(
+    proxy: FaultProxy,
+    target_registry: Registry,
+    bundle: ExportResult,
+    reference: Reference,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    # As nginx does with proxy_request_buffering on: the whole body is read,
+    # then 503. The registry holds nothing and memory no longer holds byte 0.
+    proxy.add("PATCH", r"/blobs/uploads/", Respond(503))
+
+    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+
+    (note,) = report.notes
+    assert "read again from the bundle" in note and "/mirror/team/big" in note, note
+    assert registry_state(target_registry) == reference.state
+
+
+def test_a_second_loss_of_the_same_upload_fails_the_import_without_a_tag(
+    proxy: FaultProxy,
+    target_registry: Registry,
+    bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    proxy.add("PATCH", r"/blobs/uploads/", Respond(503), times=2)  # the first read, the re-read
+
+    with pytest.raises(UploadLostError, match="re-run the import"):
+        import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+
+    assert_no_tags(target_registry)
+    assert not recorded(tmp_path / "state", str(bundle.manifest_digest))
 
 
 # --- import: persistent faults fail without a tag; a re-run completes -------------------

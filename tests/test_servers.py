@@ -50,8 +50,6 @@ WRONG = (TEST_CREDS[0], "wrong")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-
-
 def tag_digest(hello_layout: Path, tag: str) -> str:
     index = json.loads((hello_layout / "index.json").read_text())
     for desc in index["manifests"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -20,7 +20,7 @@ R = TypeVar("R")
 _DONE = object()
 
 
-def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Iterator[bytes]:
+def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Generator[bytes, None, None]:
     """Iterate `chunks` in a background thread, `depth` chunks ahead.
 
     Exceptions raised by `chunks` (a digest mismatch at its end, for one)

@@ -29,7 +29,14 @@ from airbundle.adapters.pipeline import parallel
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.target import RegistryImageTarget
 from airbundle.adapters.registry.transport import Transport
-from airbundle.errors import ArchiveError, FormatError, RefUpdateError, TargetError, UsageError
+from airbundle.errors import (
+    ArchiveError,
+    FormatError,
+    RefUpdateError,
+    TargetError,
+    UploadLostError,
+    UsageError,
+)
 from airbundle.format.archive import BundleReader
 from airbundle.format.digest import Digest
 from airbundle.format.freshness import Accepted, decide, trust_set_id
@@ -208,6 +215,9 @@ class _Sinks:
         self.documents = _Documents(manifest.images, target, limits) if target is not None else None
         self.manifest = manifest
         self._base_checked = False
+        # Blobs whose upload failed past what could be resent in the same
+        # request (member path -> target repositories): read again, once.
+        self.resend: dict[str, list[str]] = {}
 
     def check_base(self) -> None:
         """Once every manifest has been read, and before any blob is written:
@@ -251,7 +261,12 @@ class _Sinks:
             if self.target.has_blob(entry.digest, repos):
                 self.report.blobs_present += 1
                 return  # stream_members still drains and verifies the bytes
-            self.target.write_blob(entry.digest, entry.size, chunks, repos)
+            try:
+                self.target.write_blob(entry.digest, entry.size, chunks, repos)
+            except UploadLostError as exc:
+                self.resend[entry.path] = repos
+                self.report.notes.append(f"{exc.message}: read again from the bundle")
+                return  # stream_members still drains and verifies the bytes
             self.report.blobs_written += 1
         elif entry.path in self.repos:
             assert self.scratch is not None
@@ -329,6 +344,9 @@ def import_bundle(
         sinks = _Sinks(target, scratch, manifest, report, options.limits)
         try:
             stream_members(reader, manifest, sinks, progress=progress)
+            if sinks.resend:
+                assert target is not None
+                _resend(path, options, auth, target, sinks.resend, report)
             _publish(auth, sinks, target, gits, options, report)
             for store, state in zip(stores, states, strict=True):
                 _record(store, state, options, auth, report, now, "import")
@@ -344,6 +362,35 @@ def import_bundle(
                         gits.discard(repo.name)
             raise
     return report
+
+
+def _resend(
+    path: Path,
+    options: ImportOptions,
+    auth: Authenticated,
+    target: ImageTarget,
+    resend: dict[str, list[str]],
+    report: ImportReport,
+) -> None:
+    """Upload again, from a second read of the bundle, the blobs whose upload
+    sessions were lost past what memory held (a registry or a proxy that drops a
+    session mid-blob). Every member is checked again on the way; a failure now
+    ends the import (a re-run continues from what is stored)."""
+    with opened_bundle(path, options.policy, at=options.at) as (media, fh):
+        reader = BundleReader(fh, source=media.description, limits=options.limits)
+        if Digest.sha256_of(reader.read_prefix().manifest) != auth.manifest_digest:
+            raise ArchiveError(
+                f"{media.description}: the bundle changed during the import (its signed "
+                "manifest is not the one verified at the start)"
+            )
+
+        def sink(_member: TarMember, entry: MemberEntry, chunks: Iterator[bytes]) -> None:
+            repos = resend.get(entry.path)
+            if repos is not None:
+                target.write_blob(entry.digest, entry.size, chunks, repos)
+                report.blobs_written += 1
+
+        stream_members(reader, auth.manifest, sink)
 
 
 def base_hint(manifest: BundleManifest) -> str:

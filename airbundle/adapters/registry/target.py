@@ -135,7 +135,13 @@ class RegistryImageTarget:
                 self._uploads.submit(self._upload, digest, size, [data], repos, True)
             )
             return
-        self._upload(digest, size, prefetch(chunks), repos, False)
+        ahead = prefetch(chunks)
+        try:
+            self._upload(digest, size, ahead, repos, False)
+        finally:
+            # Stop the read-ahead thread now, not when the failure's traceback
+            # is freed: the caller may go on to drain `chunks` itself.
+            ahead.close()
 
     def drain(self) -> None:
         """Wait for background uploads; the first failure is raised."""
