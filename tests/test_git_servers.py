@@ -190,6 +190,37 @@ def test_export_from_a_git_server(
     git("-C", tmp_path / "clone", "bundle", "verify", "--quiet", member, home=home)
 
 
+def test_a_fresh_fetch_goes_into_the_bundle_as_the_fetched_pack(
+    server: Server, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    url = seed(server, sample_tree, home)
+    cache = tmp_path / "cache"
+
+    result = export(tmp_path, signing_key, url, cache_dir=cache)
+
+    (mirror,) = (cache / "git").glob("*-gitops.git")
+    (pack,) = (mirror / "objects" / "pack").glob("*.pack")
+    member = unpack(result.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
+    data = member.read_bytes()
+    header, _, rest = data.partition(b"\n\n")
+    # No second pack-objects run: the member is a v2 header, then the pack as fetched.
+    assert rest == pack.read_bytes()
+    assert header.splitlines()[0] == b"# v2 git bundle"
+    served = ls_remote(url, home)
+    assert bundle_heads(member, home) == served
+    clone = tmp_path / "clone"
+    assert clone_and_fsck(str(member), clone, home, "--branch", "main") == served["refs/heads/main"]
+    git("-C", clone, "bundle", "verify", "--quiet", member, home=home)
+    # Every object in the pack is one the refs need (the clone reaches them all).
+    count = git("-C", clone, "rev-list", "--objects", "--all", "--count", home=home)
+    listing = git("verify-pack", "-v", pack.with_suffix(".idx"), home=home)
+    in_pack = sum(
+        1 for line in listing.splitlines() if len(line.split()) >= 5 and len(line.split()[0]) == 40
+    )
+    assert in_pack == int(count.strip())
+
+
 def test_credentials_in_the_url_stay_out_of_the_bundle_and_cache(
     git_http_auth: GitHttpServer, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:

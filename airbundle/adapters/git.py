@@ -134,10 +134,18 @@ def fetch_selected_refs(
     """
     if not repo.exists():
         run_git(["init", "--bare", "--quiet", str(repo)], error=SourceError, what=what)
+        # Mark the repository as holding nothing but this first fetch's pack
+        # (see pack_as_bundle); the next fetch into it removes the mark.
+        (repo / FRESH_MARK).touch()
+    else:
+        (repo / FRESH_MARK).unlink(missing_ok=True)
     run_git(
         [
             "-C",
             str(repo),
+            # Keep even a small fetch as one pack, never loose objects.
+            "-c",
+            "fetch.unpackLimit=1",
             "fetch",
             "--quiet",
             "--no-tags",
@@ -165,6 +173,31 @@ def fetch_selected_refs(
         if any(name == candidate for name, _ in refs):
             head = candidate
     return refs, head
+
+
+FRESH_MARK = "airbundle-first-fetch"
+
+
+def pack_as_bundle(repo: Path, refs: Sequence[tuple[str, str]]) -> tuple[bytes, Path] | None:
+    """A bundle of `refs` without `git bundle create`: its header, and the pack
+    to follow it, when the repository holds exactly one fetch of exactly these
+    refs (so the pack holds their whole history and nothing else). git
+    index-pack checked that pack when it arrived; a bundle's pack is the same
+    format. None when that cannot be known: make the bundle the usual way.
+    """
+    objects = repo / "objects"
+    packs = list((objects / "pack").glob("*.pack"))
+    if (
+        not (repo / FRESH_MARK).exists()
+        or len(packs) != 1
+        or any(len(p.name) == 2 for p in objects.iterdir())  # loose objects
+        or (objects / "info" / "alternates").exists()
+        or sorted(list_refs(repo, error=SourceError, what=str(repo))) != sorted(refs)
+        or object_format(repo, error=SourceError, what=str(repo)) != "sha1"
+    ):
+        return None
+    header = "# v2 git bundle\n" + "".join(f"{oid} {name}\n" for name, oid in refs) + "\n"
+    return header.encode(), packs[0]
 
 
 def list_refs(repo: Path, *, error: type[AirbundleError], what: str) -> list[tuple[str, str]]:

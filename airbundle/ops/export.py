@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -99,9 +100,10 @@ class ExportResult:
 @dataclass(frozen=True)
 class _PreparedRepo:
     spec: RepoSpec
-    bundle: Path
+    bundle: Path  # the git bundle; or, after `header`, the pack that completes it
     size: int
     entry: RepoEntry
+    header: bytes = b""
     scanned: tuple[int, list[Finding]] = (0, [])
 
 
@@ -217,19 +219,38 @@ def _bundle_repo(
             f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository"
         )
     fmt = git.object_format(bare, error=SourceError, what=what)
-    bundle = workdir / f"{spec.name}.bundle"
-    names = sorted(name for name, _ in refs)
-    try:
-        git.create_bundle(
-            bare, names, bundle, what=what, reproducible=reproducible, exclude=base_commits
-        )
-    except SourceError as exc:
-        if not base_commits or "empty bundle" not in exc.message:
-            raise
-        # Refs moved to commits the base already has: nothing new to pack, but
-        # git will not write an empty bundle; carry the refs with their history.
-        git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
-    heads = git.read_bundle_heads(bundle)
+    # A full bundle of a fresh fetch is the fetched pack behind a header: no
+    # second pack-objects run, no copy. Not for reproducible exports: the pack
+    # is the server's, and its delta choices vary from run to run.
+    direct = None
+    if not (reproducible or base_commits or spec.pinned is not None):
+        direct = git.pack_as_bundle(bare, refs)
+    header = b""
+    if direct is not None:
+        bundle = workdir / f"{spec.name}.pack"
+        try:
+            # A link stays readable whatever git does to the cache later.
+            os.link(direct[1], bundle)
+        except OSError:  # the cache is on another file system
+            direct = None
+    if direct is not None:
+        header = direct[0]
+        heads = git.parse_bundle_header(header, source=what)
+    else:
+        bundle = workdir / f"{spec.name}.bundle"
+        names = sorted(name for name, _ in refs)
+        try:
+            git.create_bundle(
+                bare, names, bundle, what=what, reproducible=reproducible, exclude=base_commits
+            )
+        except SourceError as exc:
+            if not base_commits or "empty bundle" not in exc.message:
+                raise
+            # Refs moved to commits the base already has: nothing new to pack,
+            # but git will not write an empty bundle; carry the refs with their
+            # history.
+            git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
+        heads = git.read_bundle_heads(bundle)
     entry = RepoEntry(
         name=spec.name,
         url=_redact_url(spec.written_url or spec.url),
@@ -239,7 +260,7 @@ def _bundle_repo(
         head=head,
         prerequisites=heads.prerequisites,
     )
-    return _PreparedRepo(spec, bundle, bundle.stat().st_size, entry)
+    return _PreparedRepo(spec, bundle, len(header) + bundle.stat().st_size, entry, header)
 
 
 def _pin_refs(
@@ -479,7 +500,10 @@ def export_bundle(
                 )
             for repo in repos:
                 with repo.bundle.open("rb") as bfh:
-                    chunks = iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b"")  # type: ignore[misc]
+                    chunks = itertools.chain(
+                        [repo.header] if repo.header else [],
+                        iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b""),  # type: ignore[misc]
+                    )
                     written.append(
                         writer.add_stream(repo.entry.member, repo.size, _counting(chunks, progress))
                     )
