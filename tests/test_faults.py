@@ -47,7 +47,7 @@ from airbundle import cli
 from airbundle.adapters.fsutil import TEMP_MARK
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.transport import RetryPolicy, Transport
-from airbundle.errors import SourceError, TargetError, UploadLostError
+from airbundle.errors import IntegrityError, SourceError, TargetError, UploadLostError
 from airbundle.format.digest import Digest
 from airbundle.format.spec import load_spec
 from airbundle.limits import DEFAULT_LIMITS
@@ -653,6 +653,7 @@ TRANSIENT = [
     Fault("HEAD", r"/blobs/sha256:", Respond(429, {"Retry-After": "1"}), 2, "blob-head-429"),
     Fault("PUT", r"/blobs/uploads/.*digest=", Respond(503), id="small-blob-put-503"),
     Fault("PATCH", r"/blobs/uploads/", Respond(503), id="first-patch-503"),
+    Fault("PATCH", r"/blobs/uploads/", Respond(429, {"Retry-After": "1"}), id="patch-429"),
     Fault("PUT", r"/manifests/sha256:", LoseResponse(), id="manifest-put-answer-lost"),
     Fault("PUT", r"/manifests/1\.0$", LoseResponse(), id="tag-put-answer-lost"),
 ]
@@ -720,7 +721,7 @@ def test_import_survives_losing_the_answer_to_a_blob_finishing_put(
     check_transient(fault, proxy, target_registry, bundle, reference, signing_key, tmp_path)
 
 
-def test_import_resumes_a_cut_patch_on_the_same_session_from_the_registry_offset(
+def test_a_patch_cut_before_its_body_arrived_restarts_from_the_bytes_held(
     proxy: FaultProxy,
     target_registry: Registry,
     bundle: ExportResult,
@@ -728,9 +729,10 @@ def test_import_resumes_a_cut_patch_on_the_same_session_from_the_registry_offset
     signing_key: KeyPair,
     tmp_path: Path,
 ) -> None:
-    # The big layer's PATCH is cut before any of its body reached the registry:
-    # the session survives, the registry says it holds 0 bytes, and the client
-    # sends the body again into the same session from the bytes it still holds.
+    # The big layer's PATCH is cut before any of its body reached the registry.
+    # The client asks where the session stands; it holds nothing (distribution
+    # says "0-0", which could also mean one byte), so the client starts a fresh
+    # session and sends the body from the bytes it still holds: no re-read.
     proxy.add("PATCH", r"/blobs/uploads/", DropUpload(0))
 
     report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
@@ -740,9 +742,9 @@ def test_import_resumes_a_cut_patch_on_the_same_session_from_the_registry_offset
         (None, "DropUpload"),
         (None, None),
     ], patches
-    assert session_of(patches[0]) == session_of(patches[1])
+    assert session_of(patches[0]) != session_of(patches[1])
     status = [e for e in proxy.matching("GET", r"/blobs/uploads/") if e.status == 204]
-    assert len(status) == 1  # it asked the registry where to resume
+    assert len(status) == 1  # it asked the registry where the session stands
     assert not report.notes  # no second read of the bundle
     assert registry_state(target_registry) == reference.state
 
@@ -799,8 +801,33 @@ def test_a_proxy_that_buffers_the_whole_patch_then_fails_it_costs_one_re_read(
     report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
 
     (note,) = report.notes
-    assert "read again from the bundle" in note and "/mirror/team/big" in note, note
+    assert "read again from the bundle" in note and "mirror/team/big" in note, note
     assert registry_state(target_registry) == reference.state
+
+
+def test_damaged_media_mid_patch_is_an_integrity_error_not_a_network_fault(
+    proxy: FaultProxy,
+    target_registry: Registry,
+    bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    # One byte flipped in the middle of the bundle (inside the 20 MiB layer):
+    # the stream feeding the PATCH fails. That must end the import as damaged
+    # media, not be retried, resumed or re-read as if the network had failed.
+    damaged = tmp_path / "damaged.airbundle"
+    data = bytearray(bundle.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+
+    with pytest.raises(IntegrityError) as caught:
+        import_(damaged, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+
+    assert not isinstance(caught.value, TargetError)
+    assert len(proxy.matching("PATCH", r"/blobs/uploads/")) == 1  # no resend
+    assert not proxy.matching("GET", r"/blobs/uploads/")  # no resume attempt
+    assert_no_tags(target_registry)
+    assert not recorded(tmp_path / "state", str(bundle.manifest_digest))
 
 
 def test_a_second_loss_of_the_same_upload_fails_the_import_without_a_tag(
@@ -812,8 +839,11 @@ def test_a_second_loss_of_the_same_upload_fails_the_import_without_a_tag(
 ) -> None:
     proxy.add("PATCH", r"/blobs/uploads/", Respond(503), times=2)  # the first read, the re-read
 
-    with pytest.raises(UploadLostError, match="re-run the import"):
+    with pytest.raises(UploadLostError) as caught:
         import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+
+    assert "mirror/team/big" in caught.value.message
+    assert "re-run the import" in caught.value.diagnostics()
 
     assert_no_tags(target_registry)
     assert not recorded(tmp_path / "state", str(bundle.manifest_digest))

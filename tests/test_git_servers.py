@@ -19,6 +19,7 @@ import pytest
 from conftest import KeyPair, hermetic
 from servers import TEST_CREDS, GitDaemon, GitHttpServer, git_env
 
+from airbundle.adapters.git_targets import RemoteTarget
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
@@ -344,6 +345,55 @@ def test_import_into_a_git_server(
     # Nothing of the importer's staging namespace reached the server.
     everything = git("ls-remote", url, home=home)
     assert "airbundle" not in everything
+
+
+def server_repo(server: Server) -> Path:
+    """The bare repository target_template(server) names for "gitops"."""
+    return server.base_dir / ("gitops.git" if isinstance(server, GitDaemon) else "gitops")
+
+
+def test_a_first_import_sends_the_bundle_pack_without_staging_it_here(
+    server: Server,
+    gitops_bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def staged_here(*_args: object) -> None:
+        raise AssertionError("the bundle was indexed locally before the push")
+
+    monkeypatch.setattr(RemoteTarget, "_stage_here", staged_here)
+    home = tmp_path / "git-home"
+    template = target_template(server)
+    url = template.replace("{name}", "gitops")
+
+    import_(gitops_bundle.path, signing_key, template)
+
+    assert ls_remote(url, home) == manifest_refs(gitops_bundle)
+    git("-C", server_repo(server), "fsck", "--strict", "--no-dangling", home=home)
+    assert (
+        clone_and_fsck(url, tmp_path / "clone", home)
+        == manifest_refs(gitops_bundle)["refs/heads/main"]
+    )
+
+
+def test_a_push_the_server_refuses_is_reported_and_moves_nothing(
+    server: Server, gitops_bundle: ExportResult, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    template = target_template(server)
+    hook = server_repo(server) / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'policy: no pushes tonight' >&2\nexit 1\n")
+    hook.chmod(0o755)
+
+    with pytest.raises(TargetError) as caught:
+        import_(gitops_bundle.path, signing_key, template, state_dir=tmp_path / "state")
+
+    message = caught.value.message
+    assert "refs/heads/main" in message and "pre-receive hook declined" in message, message
+    assert ls_remote(template.replace("{name}", "gitops"), home) == {}
+    recorded = [p.read_text() for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    assert not [t for t in recorded if str(gitops_bundle.manifest_digest) in t]
 
 
 def test_import_into_a_missing_server_repository_names_the_url(

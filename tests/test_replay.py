@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airbundle.adapters.registry.replay import ReplayWindow
+from airbundle.adapters.registry.replay import ReplayWindow, SourceFailure
 
 chunk_lists = st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=30)
 
@@ -57,8 +57,10 @@ def test_the_source_is_read_to_its_end_so_a_digest_check_there_runs() -> None:
         raise RuntimeError("digest mismatch")  # what a verifying stream does at its end
 
     window = ReplayWindow(source(), 3, keep=8)
-    with pytest.raises(RuntimeError, match="digest mismatch"):
+    with pytest.raises(SourceFailure) as caught:
         b"".join(window.body(0))
+    assert isinstance(caught.value.failure, RuntimeError)  # not an OSError urllib3 would eat
+    assert not isinstance(caught.value, OSError)
 
 
 @pytest.mark.parametrize(
@@ -71,5 +73,6 @@ def test_the_source_is_read_to_its_end_so_a_digest_check_there_runs() -> None:
 def test_a_source_of_the_wrong_size_is_refused(
     chunks: list[bytes], size: int, message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SourceFailure, match=message) as caught:
         b"".join(ReplayWindow(chunks, size, keep=8).body(0))
+    assert isinstance(caught.value.failure, ValueError)

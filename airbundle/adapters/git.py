@@ -7,6 +7,7 @@ be taken for an option.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -32,6 +33,7 @@ class BundleHeads:
     object_format: str
     refs: tuple[tuple[str, str], ...]  # (ref name, object id)
     prerequisites: tuple[str, ...]
+    pack_offset: int = 0  # where the pack starts in the bundle file (0: not known)
 
 
 def git_binary() -> str:
@@ -116,7 +118,8 @@ def read_bundle_heads(path: Path) -> BundleHeads:
     end = head.find(b"\n\n")
     if end < 0:
         raise SourceError(f"{path}: git bundle header is missing or longer than 1 MiB")
-    return parse_bundle_header(head[: end + 1], source=str(path))
+    heads = parse_bundle_header(head[: end + 1], source=str(path))
+    return dataclasses.replace(heads, pack_offset=end + 2)
 
 
 def _refspecs(patterns: Sequence[str], *, force: bool) -> list[str]:
@@ -192,12 +195,32 @@ def pack_as_bundle(repo: Path, refs: Sequence[tuple[str, str]]) -> tuple[bytes, 
         or len(packs) != 1
         or any(len(p.name) == 2 for p in objects.iterdir())  # loose objects
         or (objects / "info" / "alternates").exists()
+        or os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+        or (repo / "shallow").exists()
         or sorted(list_refs(repo, error=SourceError, what=str(repo))) != sorted(refs)
         or object_format(repo, error=SourceError, what=str(repo)) != "sha1"
     ):
         return None
+    # A server may send objects nobody asked for; git keeps them. Carry the
+    # pack only if every object in it is one the refs reach.
+    reachable = run_git(
+        ["-C", str(repo), "rev-list", "--objects", "--count", *(oid for _, oid in refs)],
+        error=SourceError,
+        what=str(repo),
+    )
+    if int(reachable.stdout.strip() or b"-1") != _pack_object_count(packs[0].with_suffix(".idx")):
+        return None
     header = "# v2 git bundle\n" + "".join(f"{oid} {name}\n" for name, oid in refs) + "\n"
     return header.encode(), packs[0]
+
+
+def _pack_object_count(idx: Path) -> int:
+    """The object count of a version 2 pack index (the last fan-out entry), or -1."""
+    with idx.open("rb") as fh:
+        head = fh.read(8 + 256 * 4)
+    if len(head) != 8 + 256 * 4 or head[:8] != b"\xfftOc\x00\x00\x00\x02":
+        return -1
+    return int.from_bytes(head[-4:], "big")
 
 
 def list_refs(repo: Path, *, error: type[AirbundleError], what: str) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from airbundle.adapters import git
+from airbundle.adapters import git, git_push
 from airbundle.errors import RefUpdateError, TargetError, UsageError
 from airbundle.format.paths import check_ref_name, check_repo_name
 
@@ -86,14 +86,19 @@ class BareRepoTarget:
 
 
 class RemoteTarget:
-    """A git server: objects are staged in a scratch repository, then pushed
-    with `git push --atomic` (one transaction per repository)."""
+    """A git server. A full bundle for refs the server does not have yet goes
+    to receive-pack as it is (git://, smart HTTP: the server indexes the pack,
+    once). Otherwise, and for transports we do not speak, its objects are
+    staged in a scratch repository (checked there, and fast-forwards judged
+    against the history), then sent with `git push --atomic`. Either way one
+    transaction per repository."""
 
     def __init__(self, template: str, *, scratch: Path | None = None) -> None:
         if "{name}" not in template:
             raise UsageError(f"--git {template!r}: a URL template must contain {{name}}")
         self.template = template
         self._scratch = Path(tempfile.mkdtemp(prefix="airbundle-git-", dir=scratch))
+        self._direct: dict[str, tuple[Path, int]] = {}  # name -> (bundle, pack offset)
 
     def url(self, name: str) -> str:
         return self.template.replace("{name}", check_repo_name(name, error=TargetError))
@@ -105,6 +110,18 @@ class RemoteTarget:
         return self._scratch / f"{name}.git"
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None:
+        heads = git.read_bundle_heads(bundle)
+        if (
+            not heads.prerequisites
+            and heads.object_format == "sha1"
+            and sorted(heads.refs) == sorted(refs)
+            and git_push.speaks(self.url(name))
+        ):
+            self._direct[name] = (bundle, heads.pack_offset)
+            return
+        self._stage_here(name, bundle, refs)
+
+    def _stage_here(self, name: str, bundle: Path, refs: Refs) -> None:
         git.stage_bundle(bundle, self._work(name), refs, what=f"repo {name!r}")
 
     def missing(self, name: str, commits: Sequence[str]) -> list[str]:
@@ -147,6 +164,10 @@ class RemoteTarget:
 
     def refused(self, name: str, refs: Refs) -> list[str]:
         current = self._remote_refs(name)
+        if name in self._direct and any(current.get(r) not in (None, oid) for r, oid in refs):
+            # Moving a ref, not creating it: whether that is a fast-forward
+            # needs the history here.
+            self._stage_here(name, self._direct.pop(name)[0], refs)
         problems = []
         for ref, oid in refs:
             old = current.get(ref)
@@ -160,6 +181,14 @@ class RemoteTarget:
         return problems
 
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
+        direct = self._direct.pop(name, None)
+        if direct is not None:
+            what = f"repo {name!r}: push to {self.describe(name)}"
+            try:
+                git_push.push_pack(self.url(name), refs, *direct, force=force, what=what)
+                return
+            except git_push.Unsupported:
+                self._stage_here(name, direct[0], refs)
         plus = "+" if force else ""
         specs = [
             f"{plus}{git.INCOMING}{check_ref_name(r, error=TargetError)[5:]}:{r}" for r, _ in refs

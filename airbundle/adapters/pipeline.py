@@ -63,6 +63,12 @@ def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Generator[bytes, Non
     finally:
         stop.set()
         thread.join()
+        # Stopped early: if the source had failed (a digest mismatch at its
+        # end), say so now rather than let the caller drain a spent iterator.
+        while not q.empty():
+            item = q.get_nowait()
+            if isinstance(item, BaseException):
+                raise item
 
 
 def parallel(func: Callable[[T], R], items: Sequence[T], *, workers: int = 8) -> list[R]:

@@ -263,9 +263,12 @@ class _Sinks:
                 return  # stream_members still drains and verifies the bytes
             try:
                 self.target.write_blob(entry.digest, entry.size, chunks, repos)
-            except UploadLostError as exc:
+            except UploadLostError:
                 self.resend[entry.path] = repos
-                self.report.notes.append(f"{exc.message}: read again from the bundle")
+                self.report.notes.append(
+                    f"{self.target.describe()}: the upload of {entry.digest} to "
+                    f"{', '.join(repos)} was lost mid-blob; it was read again from the bundle"
+                )
                 return  # stream_members still drains and verifies the bytes
             self.report.blobs_written += 1
         elif entry.path in self.repos:

@@ -19,8 +19,13 @@ from airbundle.adapters.registry.auth import (
     lookup_credentials,
     parse_challenge,
 )
-from airbundle.adapters.registry.replay import ReplayWindow
-from airbundle.adapters.registry.transport import Response, Transport, TransportError
+from airbundle.adapters.registry.replay import ReplayWindow, SourceFailure
+from airbundle.adapters.registry.transport import (
+    Response,
+    Transport,
+    TransportError,
+    retry_after,
+)
 from airbundle.errors import AirbundleError, UploadLostError
 from airbundle.format.digest import Digest
 from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
@@ -177,7 +182,7 @@ class RegistryClient:
         """One request, authenticated as the registry asks (a 401 brings a token).
 
         A streamed body can be sent once: on its 401 the token is fetched and
-        the 401 returned, for the caller to resume the upload.
+        the 401 returned, as a 429 is, for the caller to resume the upload.
         """
         url = path_or_url if "://" in path_or_url else self.base + path_or_url
         once = body is not None and not isinstance(body, bytes)
@@ -223,7 +228,7 @@ class RegistryClient:
                 f"{what}: registry {self.host} requires authentication ({who}): {body_text}",
                 hint="log in with `docker login` / `podman login`, or set REGISTRY_AUTH_FILE",
             )
-        if response.status == 429:
+        if response.status == 429 and not once:
             raise self._error(
                 f"{what}: registry {self.host} says toomanyrequests (rate limit) after "
                 f"{self.transport.retry.attempts} attempts",
@@ -501,8 +506,9 @@ class RegistryClient:
                 except _SessionLostError as lost:
                     if not window.can_resend_from(0):
                         raise UploadLostError(
-                            f"{what}: upload session lost (HTTP {lost.args[0]}) after "
-                            f"{window.read} bytes; re-run the import to continue"
+                            f"{what}: upload session lost ({lost.args[0]}) after "
+                            f"{window.read} bytes, more than memory holds",
+                            hint="re-run the import: what is stored stays",
                         ) from None
                     location, offset = self._start_upload(repo, what), 0
             if offset == window.size:
@@ -523,11 +529,13 @@ class RegistryClient:
                     what=what,
                     retry=False,
                 )
-            except ValueError as exc:  # the bundle's member is not the size it should be
-                raise self._error(f"{what}: {exc}") from None
+            except SourceFailure as exc:  # the bundle's side, not the network
+                if isinstance(exc.failure, ValueError):  # the member's size is wrong
+                    raise self._error(f"{what}: {exc.failure}") from None
+                raise exc.failure from None
             except AirbundleError as exc:
                 if not isinstance(exc.__cause__, TransportError):
-                    raise  # from the bundle's side (a digest mismatch), not the network
+                    raise
                 continue
             response.close()
             if response.status == 202:
@@ -537,6 +545,10 @@ class RegistryClient:
                 continue
             if response.status not in (401, 429, 500, 502, 503, 504):
                 raise self.fail(response, f"{what}: PATCH")
+            if response.status == 429:
+                wait = retry_after(response.headers)
+                if wait:
+                    self.transport.sleep(min(wait, self.transport.retry.max_wait))
         raise self._error(f"{what}: the upload kept failing after {window.read} bytes")
 
     def _resume_point(
@@ -546,12 +558,17 @@ class RegistryClient:
         status = self.request("GET", location, scope=self.scope(repo, "pull,push"), what=what)
         status.close()
         if status.status != 204:
-            raise _SessionLostError(status.status)
+            raise _SessionLostError(f"HTTP {status.status}")
         held = _acknowledged(status) or 0
+        if held == 0:
+            # A session holding nothing is worth no more than a new one, and
+            # distribution's "0-0" may mean one byte: start clean.
+            raise _SessionLostError("the registry kept none of it")
         if not window.can_resend_from(held):
             raise UploadLostError(
-                f"{what}: the registry holds {held} bytes of the blob, we can resend "
-                f"from {window.start} to {window.read}; re-run the import to continue"
+                f"{what}: the registry holds {held} bytes of the blob, memory holds "
+                f"{window.start} to {window.read}",
+                hint="re-run the import: what is stored stays",
             )
         return self._absolute(status.headers.get("location") or location), held
 
@@ -602,6 +619,7 @@ def _acknowledged(response: Response) -> int | None:
     value = response.headers.get("range")
     if not value:
         return None
+    value = value.removeprefix("bytes=")
     end = value.rsplit("-", 1)[-1]
     if not end.isdigit():
         return None

@@ -13,6 +13,18 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 
+class SourceFailure(Exception):  # noqa: N818 (carries the source's own error)
+    """The blob's source failed while a request body was being sent.
+
+    Deliberately not an OSError: urllib3 takes those for a broken connection
+    (and may swallow EPIPE), but a read error on the bundle's media or a digest
+    mismatch must end the upload, not resume it. The cause is `failure`."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 class ReplayWindow:
     def __init__(self, source: Iterable[bytes], size: int, keep: int) -> None:
         self._source = iter(source)
@@ -32,8 +44,8 @@ class ReplayWindow:
 
         Reads the source to its end (one step past the last byte), so a source
         that checks a digest at its end raises inside the request, before the
-        upload can be finished. Raises ValueError if the source holds more or
-        fewer than `size` bytes.
+        upload can be finished. Whatever the source raises, and a ValueError if
+        it holds more or fewer than `size` bytes, comes as a SourceFailure.
         """
         if not self.can_resend_from(offset):
             raise ValueError(f"offset {offset} is outside the held bytes {self.start}-{self.read}")
@@ -44,17 +56,20 @@ class ReplayWindow:
                 yield chunk[max(0, offset - position) :]
             position = end
         while not self._ended:
-            fresh = next(self._source, None)
+            try:
+                fresh = next(self._source, None)
+            except Exception as exc:
+                raise SourceFailure(exc) from exc
             if fresh is None:
                 self._ended = True
                 if self.read != self.size:
-                    raise ValueError(f"got {self.read} bytes, expected {self.size}")
+                    raise SourceFailure(ValueError(f"got {self.read} bytes, expected {self.size}"))
                 return
             if not fresh:
                 continue
             self.read += len(fresh)
             if self.read > self.size:
-                raise ValueError(f"got more than the expected {self.size} bytes")
+                raise SourceFailure(ValueError(f"got more than the expected {self.size} bytes"))
             self._hold(fresh)
             yield fresh
 

@@ -1,0 +1,265 @@
+"""Send a git bundle's pack straight to a server's receive-pack.
+
+`git push` needs the objects in a local repository first: git index-pack
+runs here (the bundle into a scratch repository), then again on the server.
+A full bundle's pack is already what receive-pack takes, so for git:// and
+smart HTTP(S) we speak the push protocol (v0, report-status, atomic) and let
+the server index it once. Anything we do not speak (ssh, a proxy, a dumb or
+authenticating-by-helper HTTP server, TLS we cannot verify) is reported as
+Unsupported before a byte of the pack is sent, and the caller uses git push.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import ssl
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from airbundle import __version__
+from airbundle.errors import RefUpdateError, TargetError
+from airbundle.format import pktline
+from airbundle.format.pktline import ZERO_OID, Advertisement, Report
+
+AGENT = f"agent=airbundle/{__version__}"
+CHUNK = 1 << 20
+# The server indexes the whole pack before it answers.
+ANSWER_TIMEOUT = 3600.0
+CONNECT_TIMEOUT = 30.0
+
+
+class Unsupported(Exception):  # noqa: N818 (a signal to fall back, not an error)
+    """Not a server we can push to ourselves; nothing was sent."""
+
+
+def speaks(url: str) -> bool:
+    """Whether `url` is one we try first (git://, or HTTP(S) without a proxy)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "git":
+        return True
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    proxies = urllib.request.getproxies_environment()
+    return parts.scheme not in proxies or bool(urllib.request.proxy_bypass(parts.hostname))
+
+
+def push_pack(
+    url: str,
+    refs: Sequence[tuple[str, str]],
+    pack: Path,
+    offset: int,
+    *,
+    force: bool,
+    what: str,
+) -> None:
+    """Create or move `refs` (name, oid) on the server in one atomic push,
+    sending the bytes of `pack` from `offset` as the pack.
+
+    Raises Unsupported (before anything was sent), RefUpdateError if a ref is
+    somewhere the caller did not expect and `force` is off, TargetError if
+    the server refuses.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    session: _Session = _GitSession(url) if scheme == "git" else _HttpSession(url)
+    try:
+        adv = session.advertisement()
+        updates = [
+            (adv.refs.get(name, ZERO_OID), oid, name)
+            for name, oid in refs
+            if adv.refs.get(name) != oid
+        ]
+        moved = [name for old, _, name in updates if old != ZERO_OID]
+        if moved and not force:
+            raise RefUpdateError(
+                f"{what}: {', '.join(moved)} exist on the server with other commits",
+                hint="re-run with --force to move them anyway",
+            )
+        if not updates:
+            session.finish()
+            return
+        needed = {"report-status", "ofs-delta"} | ({"atomic"} if len(updates) > 1 else set())
+        if not needed <= adv.capabilities:
+            raise Unsupported(f"the server lacks {', '.join(sorted(needed - adv.capabilities))}")
+        caps = ["report-status", "atomic", "side-band-64k", "quiet"]
+        caps = [c for c in caps if c in adv.capabilities] + [AGENT]
+        size = pack.stat().st_size - offset
+        report = session.push(pktline.commands(updates, caps), _read(pack, offset), size)
+    finally:
+        session.close()
+    _check(report, what)
+
+
+def _check(report: Report, what: str) -> None:
+    if report.errors:
+        raise TargetError(f"{what}: the server failed: {'; '.join(report.errors)}")
+    if report.unpack != "ok":
+        raise TargetError(f"{what}: the server refused the pack: {report.unpack or 'no answer'}")
+    failed = {name: why for name, why in report.refs.items() if why != "ok"}
+    if failed:
+        text = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+        raise TargetError(f"{what}: the server did not update {text} (no ref was moved)")
+
+
+def _read(path: Path, offset: int) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(CHUNK):
+            yield chunk
+
+
+class _Session:
+    def advertisement(self) -> Advertisement:
+        raise NotImplementedError
+
+    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> Report:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """End the session without pushing."""
+
+    def close(self) -> None:
+        pass
+
+
+class _GitSession(_Session):
+    """git:// (git daemon): one TCP connection for the whole exchange."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or 9418
+        self.path = urllib.parse.unquote(parts.path)
+        self.netloc = parts.netloc
+        self.sock: socket.socket | None = None
+        self.reader: socket.SocketIO | None = None
+
+    def advertisement(self) -> Advertisement:
+        try:
+            self.sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
+            request = f"git-receive-pack {self.path}\0host={self.netloc}\0".encode()
+            self.sock.sendall(pktline.encode(request))
+            data = self._until_flush()
+            return pktline.parse_advertisement(data)
+        except (OSError, pktline.PktLineError) as exc:
+            raise Unsupported(str(exc)) from None
+
+    def _recv_exact(self, size: int) -> bytes:
+        assert self.sock is not None
+        buf = bytearray()
+        while len(buf) < size:
+            part = self.sock.recv(size - len(buf))
+            if not part:
+                raise OSError("the server closed the connection")
+            buf += part
+        return bytes(buf)
+
+    def _until_flush(self) -> bytes:
+        out = bytearray()
+        while True:
+            head = self._recv_exact(4)
+            out += head
+            size = pktline.length(head)
+            if size in (0, 1, 2):
+                return bytes(out)
+            if size < 4:
+                raise pktline.PktLineError(f"bad pkt-line length {head!r}")
+            out += self._recv_exact(size - 4)
+
+    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> Report:
+        assert self.sock is not None
+        sideband = b"side-band-64k" in commands.split(b"\n", 1)[0]
+        try:
+            self.sock.sendall(commands)
+            for chunk in pack:
+                self.sock.sendall(chunk)
+            self.sock.settimeout(ANSWER_TIMEOUT)
+            answer = bytearray()
+            while part := self.sock.recv(1 << 16):
+                answer += part
+        except OSError as exc:
+            raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
+        return pktline.parse_report(bytes(answer), sideband=sideband)
+
+    def finish(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(pktline.FLUSH)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+class _HttpSession(_Session):
+    """Smart HTTP: GET info/refs, then one POST with the commands and the pack."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.headers = {"User-Agent": f"git/2 airbundle/{__version__}"}
+        if parts.username is not None:
+            creds = f"{urllib.parse.unquote(parts.username)}:"
+            creds += urllib.parse.unquote(parts.password or "")
+            self.headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        self.base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        self.shown = self.base
+        self.pool = urllib3.PoolManager(
+            ssl_context=ssl.create_default_context(),
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=ANSWER_TIMEOUT),
+            retries=False,
+        )
+
+    def advertisement(self) -> Advertisement:
+        try:
+            response = self.pool.request(
+                "GET",
+                f"{self.base}/info/refs?service=git-receive-pack",
+                headers=self.headers,
+                redirect=False,
+            )
+        except (Urllib3Error, OSError) as exc:
+            raise Unsupported(str(exc)) from None
+        kind = response.headers.get("content-type", "")
+        if response.status != 200 or kind != "application/x-git-receive-pack-advertisement":
+            raise Unsupported(f"HTTP {response.status} {kind}")
+        try:
+            return pktline.parse_advertisement(response.data)
+        except pktline.PktLineError as exc:
+            raise Unsupported(str(exc)) from None
+
+    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> Report:
+        sideband = b"side-band-64k" in commands.split(b"\n", 1)[0]
+        headers = {
+            **self.headers,
+            "Content-Type": "application/x-git-receive-pack-request",
+            "Accept": "application/x-git-receive-pack-result",
+            "Content-Length": str(len(commands) + size),
+        }
+
+        def body() -> Iterator[bytes]:
+            yield commands
+            yield from pack
+
+        try:
+            response = self.pool.request(
+                "POST", f"{self.base}/git-receive-pack", body=body(), headers=headers
+            )
+        except (Urllib3Error, OSError) as exc:
+            raise TargetError(f"{self.shown}: push failed: {exc}") from None
+        if response.status != 200:
+            raise TargetError(f"{self.shown}: push failed: HTTP {response.status}")
+        return pktline.parse_report(response.data, sideband=sideband)
+
+    def close(self) -> None:
+        self.pool.clear()
