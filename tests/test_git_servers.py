@@ -222,6 +222,27 @@ def test_a_fresh_fetch_goes_into_the_bundle_as_the_fetched_pack(
     assert in_pack == int(count.strip())
 
 
+def test_export_refuses_a_malformed_object_from_upstream(
+    git_daemon: GitDaemon, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    repo = git_daemon.init_bare("evil.git")
+    tree = git("-C", repo, "hash-object", "-w", "-t", "tree", "/dev/null", home=home).strip()
+    raw = tmp_path / "commit"
+    raw.write_text(f"tree {tree}\nauthor no-email 0 +0000\ncommitter c <c@c> 0 +0000\n\nx\n")
+    bad = git(
+        "-C", repo, "hash-object", "--literally", "-w", "-t", "commit", raw, home=home
+    ).strip()  # fmt: skip
+    git("-C", repo, "update-ref", "refs/heads/main", bad, home=home)
+
+    with pytest.raises(SourceError) as caught:
+        export(tmp_path, signing_key, git_daemon.url("evil.git"))
+
+    assert "evil.git" in caught.value.message
+    assert "fsck" in caught.value.message.lower() or bad[:7] in caught.value.message
+    assert not list((tmp_path / "out").glob("*.airbundle"))
+
+
 def test_credentials_in_the_url_stay_out_of_the_bundle_and_cache(
     git_http_auth: GitHttpServer, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:

@@ -149,6 +149,10 @@ def fetch_selected_refs(
             # Keep even a small fetch as one pack, never loose objects.
             "-c",
             "fetch.unpackLimit=1",
+            # Malformed objects from upstream are refused here, before anything
+            # is signed (an import that pushes the pack as is relies on it).
+            "-c",
+            "fetch.fsckObjects=true",
             "fetch",
             "--quiet",
             "--no-tags",
