@@ -498,6 +498,28 @@ def test_credentials_in_the_git_target_template_are_not_recorded(
     assert state and not [p for p in state if password.encode() in p.read_bytes()]
 
 
+def test_a_server_that_wants_credentials_from_a_git_helper_gets_them_through_git_push(
+    git_http_auth: GitHttpServer,
+    gitops_bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    env: Path,
+) -> None:
+    # The template has no credentials; git's credential helper has them. Our own
+    # push is refused (401) before anything changes, and git push takes over.
+    git_http_auth.init_bare("gitops")
+    user, password = TEST_CREDS
+    store = env / "git-credentials"
+    store.write_text(f"http://{user}:{password}@{git_http_auth.host}\n")
+    (env / "home" / ".gitconfig").write_text(f"[credential]\n\thelper = store --file={store}\n")
+    template = f"http://{git_http_auth.host}/{{name}}"
+
+    import_(gitops_bundle.path, signing_key, template)
+
+    with_creds = f"http://{user}:{password}@{git_http_auth.host}/gitops"
+    assert ls_remote(with_creds, tmp_path / "git-home") == manifest_refs(gitops_bundle)
+
+
 # --- refs that could be taken for options or escape their namespace ----------
 
 

@@ -62,7 +62,7 @@ def push_pack(
     """Create or move `refs` (name, oid) on the server in one atomic push,
     sending the bytes of `pack` from `offset` as the pack.
 
-    Raises Unsupported (before anything was sent), RefUpdateError if a ref is
+    Raises Unsupported (nothing changed on the server), RefUpdateError if a ref is
     somewhere the caller did not expect and `force` is off, TargetError if
     the server refuses.
     """
@@ -257,6 +257,10 @@ class _HttpSession(_Session):
             )
         except (Urllib3Error, OSError) as exc:
             raise TargetError(f"{self.shown}: push failed: {exc}") from None
+        if response.status == 401:
+            # Refused before it was read: nothing changed. git push may have
+            # credentials (a helper) that we do not.
+            raise Unsupported("HTTP 401")
         if response.status != 200:
             raise TargetError(f"{self.shown}: push failed: HTTP {response.status}")
         return pktline.parse_report(response.data, sideband=sideband)
