@@ -25,6 +25,7 @@ from helpers import (
     raw_header,
     read_prefix,
     sign,
+    signed_bundle,
     small_members,
     stream_all,
     tar_bytes,
@@ -38,6 +39,7 @@ from airbundle.errors import (
     AirbundleError,
     ArchiveError,
     IntegrityError,
+    MemberDigestError,
     SignatureError,
     SourceError,
     TruncatedError,
@@ -46,11 +48,13 @@ from airbundle.format import sshsig
 from airbundle.format.archive import (
     HEADER_SIZE,
     MANIFEST_PATH,
+    RAW_MEMBER_MIN,
     BundleReader,
     BundleWriter,
     encode_prefix,
     parse_file_header,
     prefix_upper_bound,
+    raw_frame,
     rewrite_prefix,
     signature_path,
 )
@@ -792,3 +796,57 @@ def test_mutated_bundle_fails_with_airbundle_error_or_is_unchanged(raw: bytes) -
         return
     # A change that verification lets through changed nothing that is imported.
     assert members == FUZZ_MEMBERS
+
+
+# --- already-compressed members: zstd frames of raw blocks -----------------------
+
+
+@given(st.binary(max_size=300_000))
+@settings(max_examples=40)
+def test_a_raw_frame_is_standard_zstd(data: bytes) -> None:
+    frame = raw_frame(data)
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)).read() == data
+    zstd = require_tool("zstd")
+    decoded = subprocess.run([zstd, "-dcq"], input=frame, capture_output=True, check=True)
+    assert decoded.stdout == data
+
+
+def gzip_like(size: int) -> bytes:
+    """Incompressible bytes that start as a gzip stream does."""
+    return b"\x1f\x8b" + hashlib.shake_256(b"layer").digest(size - 2)
+
+
+def test_a_large_compressed_member_is_stored_in_raw_frames_and_reads_back(
+    tmp_path: Path, env: World
+) -> None:
+    layer = blob(gzip_like(3 * RAW_MEMBER_MIN + 12345))
+    small = blob(b"\x1f\x8b" + b"small gzip-looking member" * 10)
+    plain = blob(b"compressible text\n" * 100_000)  # 1.8 MiB, no magic: compressed
+    members = [*small_members(), layer, small, plain]
+    path = signed_bundle(tmp_path / "raw.airbundle", env.key, members)
+
+    data = path.read_bytes()
+    content = data[content_start(data) :]
+    # The layer's bytes sit in the file as they are (raw blocks copy them).
+    assert layer[1][1000:5000] in content
+    assert len(content) < len(layer[1]) + 100_000  # the text member did compress
+    # The zstd tool reads the whole file as one tar stream.
+    out = subprocess.run(
+        [require_tool("zstd"), "-dcq", str(path)], capture_output=True, check=True
+    ).stdout
+    unpacked = [(p, d) for p, _, d in read_everything(out) if not p.startswith("airbundle/")]
+    assert unpacked == members
+    result = verify_bundle(path, env.policy(), at=NOW)
+    assert result.members == len(members)
+
+
+def test_a_flipped_byte_in_a_raw_frame_names_the_member(tmp_path: Path, env: World) -> None:
+    layer = blob(gzip_like(2 * RAW_MEMBER_MIN))
+    path = signed_bundle(tmp_path / "raw.airbundle", env.key, [*small_members(), layer])
+    data = bytearray(path.read_bytes())
+    at = data.index(layer[1][RAW_MEMBER_MIN : RAW_MEMBER_MIN + 64]) + 10
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(MemberDigestError, match=layer[0].rsplit("/", 1)[1]):
+        verify_bundle(path, env.policy(), at=NOW)
