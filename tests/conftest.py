@@ -10,6 +10,8 @@ INSTALL_HINTS = {
     "git": "apt-get install git",
     "skopeo": "apt-get install skopeo",
     "ssh-keygen": "apt-get install openssh-client",
+    "ssh": "apt-get install openssh-client",
+    "sshd": "apt-get install openssh-server",
     "zstd": "apt-get install zstd",
     "tar": "apt-get install tar",
     "docker-registry": "apt-get install docker-registry",
@@ -54,7 +56,8 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, root: object, *, git: bool = False
 
 def require_tool(name: str) -> str:
     """Path of a tool the test needs; fail (never skip) with the install hint."""
-    path = shutil.which(name)
+    # Daemons live in /usr/sbin, which a non-root PATH may leave out.
+    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
     if path is None:
         pytest.fail(f"{name} not found: {INSTALL_HINTS.get(name, 'install it')}", pytrace=False)
     return path
@@ -109,7 +112,14 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 
 from collections.abc import Iterator  # noqa: E402
 
-from servers import TEST_CREDS, GitDaemon, GitHttpServer, RecordingProxy, Registry  # noqa: E402
+from servers import (  # noqa: E402
+    TEST_CREDS,
+    GitDaemon,
+    GitHttpServer,
+    GitSshServer,
+    RecordingProxy,
+    Registry,
+)
 
 
 @pytest.fixture
@@ -153,6 +163,13 @@ def git_daemon(tmp_path: Path) -> Iterator[GitDaemon]:
     """git daemon (push enabled) over tmp_path/git-daemon/repos; .init_bare(name), .url(name)."""
     with GitDaemon(tmp_path / "git-daemon" / "repos") as daemon:
         yield daemon
+
+
+@pytest.fixture
+def git_ssh(tmp_path: Path) -> Iterator[GitSshServer]:
+    """sshd on loopback for git over ssh; .ssh_command is the GIT_SSH_COMMAND to use."""
+    with GitSshServer(tmp_path / "git-ssh" / "repos") as server:
+        yield server
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import KeyPair, hermetic
-from servers import TEST_CREDS, GitDaemon, GitHttpServer, git_env
+from servers import TEST_CREDS, GitDaemon, GitHttpServer, GitSshServer, git_env
 
 from airbundle.adapters.git_targets import RemoteTarget
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
@@ -518,6 +518,30 @@ def test_a_server_that_wants_credentials_from_a_git_helper_gets_them_through_git
 
     with_creds = f"http://{user}:{password}@{git_http_auth.host}/gitops"
     assert ls_remote(with_creds, tmp_path / "git-home") == manifest_refs(gitops_bundle)
+
+
+def test_export_from_and_import_into_git_over_ssh(
+    git_ssh: GitSshServer,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ssh is not spoken by our own push: the import stages the bundle and runs
+    # git push, which goes through the user's ssh set-up (GIT_SSH_COMMAND here).
+    monkeypatch.setenv("GIT_SSH_COMMAND", git_ssh.ssh_command)
+    home = tmp_path / "git-home"
+    source = git_ssh.init_bare("gitops.git")
+    git("-C", sample_tree / "gitops", "push", "--quiet", source,
+        "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*", home=home)  # fmt: skip
+    target = git_ssh.init_bare("mirror-gitops.git")
+
+    exported = export(tmp_path, signing_key, git_ssh.url("gitops.git"))
+    assert manifest_refs(exported) == ls_remote(str(source), home)
+    import_(exported.path, signing_key, git_ssh.url("mirror-{name}.git"))
+
+    assert ls_remote(str(target), home) == manifest_refs(exported)
+    git("-C", target, "fsck", "--strict", "--no-dangling", home=home)
 
 
 # --- refs that could be taken for options or escape their namespace ----------
