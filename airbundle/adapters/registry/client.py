@@ -537,14 +537,14 @@ class RegistryClient:
                 if not isinstance(exc.__cause__, TransportError):
                     raise
                 continue
+            if response.status not in (202, 401, 429, 500, 502, 503, 504):
+                raise self.fail(response, f"{what}: PATCH")  # reads the registry's reason
             response.close()
             if response.status == 202:
                 location = self._absolute(response.headers.get("location") or location)
                 if _acknowledged(response) in (None, window.size):
                     return location
                 continue
-            if response.status not in (401, 429, 500, 502, 503, 504):
-                raise self.fail(response, f"{what}: PATCH")
             if response.status == 429:
                 wait = retry_after(response.headers)
                 if wait:
