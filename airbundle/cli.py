@@ -210,6 +210,11 @@ InsecureOpt = Annotated[
         help="Allow plain HTTP / unverified TLS for HOST[:PORT] (repeatable).",
     ),
 ]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Cache of git mirrors and registry blobs (default: ~/.cache/airbundle)."),
+]
+NoCacheOpt = Annotated[bool, typer.Option(help="Fetch repos into scratch space.")]
 
 
 @app.command()
@@ -234,11 +239,8 @@ def export(
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
     insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(help="Cache of git mirrors and registry blobs (default: ~/.cache/airbundle)."),
-    ] = None,
-    no_cache: Annotated[bool, typer.Option(help="Fetch repos into scratch space.")] = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     check_images: Annotated[
         bool, typer.Option(help="Scan the carried repos for image references the bundle lacks.")
     ] = False,
@@ -609,10 +611,15 @@ def plan(
     cert: CertOpt = None,
     cert_key: CertKeyOpt = None,
     insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Resolve every reference to a digest and commit, show what would be carried
-    and how big, and write a lock file that `export --lock` reproduces."""
+    and how big, and write a lock file that `export --lock` reproduces. Repos are
+    fetched into the export's git cache, so their history can be measured and the
+    export that follows fetches only what moved."""
+    from airbundle.ops.export import default_cache_dir
     from airbundle.ops.plan import make_plan
 
     loaded = load_spec(spec)
@@ -622,6 +629,7 @@ def plan(
         since=tuple(since),
         split_size=size,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
     )
     lines = [
         f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
@@ -629,10 +637,12 @@ def plan(
     ]
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
+        lines.append(f"  {repo.name}: {repo.size} bytes of git history to carry")
     volumes = f", {result.volumes} volume(s) of {size} bytes" if result.volumes else ""
+    history = sum(r.size for r in result.repos)
     lines.append(
-        f"images: {result.image_bytes} bytes to carry (before compression), "
-        f"plus git history{volumes}"
+        f"images: {result.image_bytes} bytes, git history: {history} bytes; "
+        f"the bundle: about {result.bundle_bytes} bytes{volumes}"
     )
     _say(quiet, "\n".join(lines))
     target = output or spec.with_name(spec.name + ".lock")

@@ -119,3 +119,39 @@ def test_a_locked_platform_subset_exports(
     (image,) = result.manifest.images
     assert str(image.source_digest) == plan.images[0].digest
     assert image.platforms == ("linux/arm64",)
+
+
+def test_plan_estimates_the_whole_bundle_git_history_included(
+    registry: Registry, hello_layout: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    push_oci_layout(registry, hello_layout, "1.0", "team/hello:stable")
+    repo = tmp_path / "w" / "history"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=GIT_ENV)
+    for i in range(4):  # 2 MiB of history that no compressor shrinks
+        (repo / f"data{i}.bin").write_bytes(os.urandom(512 * 1024))
+        subprocess.run(["git", "-C", str(repo), "add", "."], check=True, env=GIT_ENV)
+        subprocess.run(
+            ["git", "-C", str(repo), "commit", "-q", "-m", f"c{i}"], check=True, env=GIT_ENV
+        )
+    spec = tmp_path / "w" / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: p}\n"
+        f"images:\n  - ref: {registry.host}/team/hello:stable\n"
+        "repos:\n  - name: history\n    url: history\n"
+    )
+    key = (load_signing_key(signing_key.private, passphrase=None),)
+    actual = (
+        export_bundle(load_spec(spec), ExportOptions(output=tmp_path / "b.airbundle", keys=key))
+        .path.stat()
+        .st_size
+    )
+    split = int(actual * 0.4)  # the bundle fills 2.5 volumes: 3, with room either way
+
+    plan = make_plan(load_spec(spec), split_size=split, cache_dir=tmp_path / "cache")
+
+    (history,) = plan.repos
+    assert history.size >= 2 * 1024 * 1024
+    assert abs(plan.bundle_bytes - actual) <= 0.05 * actual, (plan.bundle_bytes, actual)
+    assert plan.volumes == 3
+    # The plan filled the export's git cache: the mirror is there for the export.
+    assert list((tmp_path / "cache" / "git").glob("*-history.git"))

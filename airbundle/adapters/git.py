@@ -269,6 +269,20 @@ def create_bundle(
     )
 
 
+def history_size(repo: Path, tips: Sequence[str], exclude: Sequence[str], *, what: str) -> int:
+    """Bytes the objects reachable from `tips`, less those reachable from the
+    `exclude` commits the repository knows, take in its packs: close to the
+    size of a bundle of them."""
+    known = known_objects(repo, exclude)
+    proc = run_git(
+        ["-C", str(repo), "rev-list", "--objects", "--disk-usage", "--stdin"],
+        error=SourceError,
+        what=what,
+        stdin="".join([*(f"{t}\n" for t in tips), *(f"^{k}\n" for k in known)]).encode(),
+    )
+    return int(proc.stdout.strip() or b"0")
+
+
 def known_objects(repo: Path, oids: Sequence[str]) -> list[str]:
     """The subset of `oids` present in `repo` (one git process for all)."""
     if not oids:

@@ -163,7 +163,7 @@ def default_cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _git_cache(spec: RepoSpec, cache_dir: Path | None, workdir: Path) -> Iterator[Path]:
+def git_mirror(spec: RepoSpec, cache_dir: Path | None, workdir: Path) -> Iterator[Path]:
     """A bare repository that persists between exports, so a re-export fetches
     only what changed; locked while in use. Without a cache: a scratch repo."""
     if cache_dir is None:
@@ -187,7 +187,7 @@ def _prepare_repo(
     base: Base,
 ) -> _PreparedRepo:
     what = f"repo {spec.name!r} ({_redact_url(spec.url)})"
-    with _git_cache(spec, cache_dir, workdir) as bare:
+    with git_mirror(spec, cache_dir, workdir) as bare:
         prepared = _bundle_repo(
             spec,
             bare,

@@ -3,9 +3,9 @@ size and the media, and pin it all in a lock file a later export reproduces."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,13 +13,21 @@ from typing import Any
 from airbundle.adapters import git
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import FormatError, SourceError, UsageError
+from airbundle.format.archive import HEADER_SIZE, prefix_upper_bound
 from airbundle.format.digest import Digest
+from airbundle.format.inventory import Base
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.paths import check_object_id, check_ref_name
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
+from airbundle.format.tarstream import BLOCK, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
-from airbundle.ops.export import plan_images
+from airbundle.ops.export import (
+    RESERVED_SIGNATURE_BYTES,
+    RESERVED_SIGNATURES,
+    git_mirror,
+    plan_images,
+)
 from airbundle.ops.sources import Sources
 
 LOCK_KIND = "BundleLock"
@@ -40,6 +48,7 @@ class PlannedRepo:
     name: str
     url: str
     refs: dict[str, str]
+    size: int  # packed size of the history this export would carry (not in the base)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,10 @@ class Plan:
     repos: tuple[PlannedRepo, ...]
     image_bytes: int
     volumes: int | None
+    # The whole bundle, estimated: images and git history as they pack, the
+    # tar framing, the header and the reserved prefix (before compression,
+    # which gains nothing on layers and packs).
+    bundle_bytes: int = 0
 
     def lock_bytes(self) -> bytes:
         doc = {
@@ -59,18 +72,20 @@ class Plan:
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
-def _remote_refs(spec: RepoSpec) -> dict[str, str]:
-    proc = git.run_git(
-        ["ls-remote", "--refs", "--", spec.url], error=SourceError, what=f"repo {spec.name!r}"
-    )
-    refs = {}
-    for line in proc.stdout.decode().splitlines():
-        oid, _, ref = line.partition("\t")
-        if any(fnmatch.fnmatchcase(ref, p) for p in spec.refs):
-            refs[ref] = oid
-    if not refs:
-        raise SourceError(f"repo {spec.name!r}: none of {', '.join(spec.refs)} exist")
-    return refs
+def _plan_repo(spec: RepoSpec, base: Base, cache_dir: Path | None, scratch: Path) -> PlannedRepo:
+    """Fetch the selected refs into the export's git mirror (the export that
+    follows then fetches only what moved) and measure the history to carry."""
+    what = f"repo {spec.name!r}"
+    with git_mirror(spec, cache_dir, scratch) as bare:
+        refs, _head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
+        if not refs:
+            raise SourceError(f"{what}: none of {', '.join(spec.refs)} exist")
+        size = git.history_size(bare, [oid for _, oid in refs], base.commits(spec.name), what=what)
+    return PlannedRepo(spec.name, spec.written_url or spec.url, dict(refs), size)
+
+
+def _member_bytes(size: int) -> int:
+    return BLOCK + size + padding(size)
 
 
 def make_plan(
@@ -79,6 +94,7 @@ def make_plan(
     since: tuple[Path, ...] = (),
     split_size: int | None = None,
     transport: Transport | None = None,
+    cache_dir: Path | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Plan:
     base = load_bases(since, limits=limits)
@@ -86,12 +102,22 @@ def make_plan(
     planned = []
     seen: set[Digest] = set()
     carried = 0
+    framed = 0  # the same members with their tar headers and padding
+    members = 0
     for item, image in zip(spec.images, images, strict=True):
         total = sum(b.size for b in image.blobs) + sum(len(d) for d in image.documents.values())
-        size = sum(len(d) for d in image.documents.values())
+        size = 0
+        for digest, data in image.documents.items():
+            if digest not in seen:
+                size += len(data)
+                framed += _member_bytes(len(data))
+                members += 1
+                seen.add(digest)
         for blob in image.blobs:
             if blob.digest not in base.blobs and blob.digest not in seen:
                 size += blob.size
+                framed += _member_bytes(blob.size)
+                members += 1
                 seen.add(blob.digest)
         carried += size
         planned.append(
@@ -106,9 +132,19 @@ def make_plan(
                 total,
             )
         )
-    repos = tuple(PlannedRepo(r.name, r.written_url or r.url, _remote_refs(r)) for r in spec.repos)
-    volumes = math.ceil(carried / split_size) if split_size else None
-    return Plan(tuple(planned), repos, carried, volumes)
+    with tempfile.TemporaryDirectory(prefix="airbundle-plan-") as scratch:
+        repos = tuple(_plan_repo(r, base, cache_dir, Path(scratch)) for r in spec.repos)
+    for repo in repos:
+        # A bundle header line per ref (about 100 bytes), then the pack.
+        framed += _member_bytes(repo.size + 100 * len(repo.refs) + 20)
+        members += 1
+    framed += 2 * _member_bytes(512)  # images/oci-layout and images/index.json
+    # A manifest entry is about 160 bytes per member, 300 per image, 120 per ref.
+    manifest = 2048 + 160 * members + 300 * len(planned) + 120 * sum(len(r.refs) for r in repos)
+    prefix = prefix_upper_bound(manifest, RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES)
+    total_bytes = HEADER_SIZE + prefix + framed + 2 * BLOCK
+    volumes = math.ceil(total_bytes / split_size) if split_size else None
+    return Plan(tuple(planned), repos, carried, volumes, total_bytes)
 
 
 @dataclass(frozen=True)
