@@ -60,6 +60,9 @@ class ImageSpec:
     pinned: Digest | None = None
     # Carry the artifacts that refer to it (signatures, SBOMs).
     referrers: bool = False
+    # Set from a lock file: exactly these referrers (digest, tag kept or None),
+    # fetched by digest whatever the registry lists by then.
+    pinned_referrers: tuple[tuple[Digest, str | None], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -310,22 +310,16 @@ def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
             hint="the source changed since `airbundle plan`: review and plan again",
         )
     if item.referrers and isinstance(source, RegistryImageSource):
-        subjects = [image.root.digest, *(d for d in image.documents if d != image.root.digest)]
-        seen: set[Digest] = set()
-        for subject in subjects:
-            for desc, tag in source.referrers(subject):
-                if desc.digest in seen:
-                    continue
-                seen.add(desc.digest)
-                name = replace(ref, tag=tag, digest=None if tag else desc.digest)
-                image.referrers.append(
-                    collect_image(
-                        FixedRootSource(source, desc, f"{item.text} (referrer {desc.digest})"),
-                        name,
-                        None,
-                        limits=sources.limits,
-                    )
+        for desc, tag in _referrers(item, source, image):
+            name = replace(ref, tag=tag, digest=None if tag else desc.digest)
+            image.referrers.append(
+                collect_image(
+                    FixedRootSource(source, desc, f"{item.text} (referrer {desc.digest})"),
+                    name,
+                    None,
+                    limits=sources.limits,
                 )
+            )
     for carried in [image, *image.referrers]:
         for digest in [*carried.documents, *(b.digest for b in carried.blobs)]:
             if digest.algorithm != "sha256":
@@ -334,6 +328,32 @@ def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
                     "bundles carry sha256 blobs only"
                 )
     return image
+
+
+def _referrers(
+    item: ImageSpec, source: RegistryImageSource, image: CollectedImage
+) -> list[tuple[Descriptor, str | None]]:
+    """The artifacts to carry with `image`: those a lock file pins, fetched by
+    digest (a signature added since the plan was reviewed stays behind), or
+    else every one the registry lists for its root and child manifests."""
+    if item.pinned_referrers is not None:
+        pinned = []
+        for digest, tag in item.pinned_referrers:
+            desc = source.descriptor_of(digest)
+            if desc is None:
+                raise SourceError(
+                    f"{item.text}: the lock file pins referrer {digest}, which the registry "
+                    "no longer has",
+                    hint="the source changed since `airbundle plan`: review and plan again",
+                )
+            pinned.append((desc, tag))
+        return pinned
+    subjects = [image.root.digest, *(d for d in image.documents if d != image.root.digest)]
+    found: dict[Digest, tuple[Descriptor, str | None]] = {}
+    for subject in subjects:
+        for desc, tag in source.referrers(subject):
+            found.setdefault(desc.digest, (desc, tag))
+    return list(found.values())
 
 
 def plan_images(spec: BundleSpec, sources: Sources, *, workers: int = 8) -> list[CollectedImage]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from airbundle.format.digest import Digest
 from airbundle.format.inventory import Base
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.paths import check_object_id, check_ref_name
+from airbundle.format.reference import validate_tag
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
 from airbundle.format.tarstream import BLOCK, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -41,6 +42,9 @@ class PlannedImage:
     platforms: tuple[str, ...]
     size: int  # bytes this export would carry for it (blobs not in the base)
     total: int  # the image's full size
+    # With `referrers: true`: the artifacts found (digest, tag kept or None),
+    # pinned in the lock like the image; None when not asked for.
+    referrers: tuple[tuple[str, str | None], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,17 @@ class Plan:
         doc = {
             "apiVersion": "airbundle/v1",
             "kind": LOCK_KIND,
-            "images": [{"spec": i.text, "ref": i.ref, "digest": i.digest} for i in self.images],
+            "images": [_lock_image(i) for i in self.images],
             "repos": [{"name": r.name, "refs": dict(sorted(r.refs.items()))} for r in self.repos],
         }
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _lock_image(image: PlannedImage) -> dict[str, Any]:
+    doc: dict[str, Any] = {"spec": image.text, "ref": image.ref, "digest": image.digest}
+    if image.referrers is not None:
+        doc["referrers"] = [{"digest": d, "tag": t} for d, t in image.referrers]
+    return doc
 
 
 def _plan_repo(spec: RepoSpec, base: Base, cache_dir: Path | None, scratch: Path) -> PlannedRepo:
@@ -105,20 +116,21 @@ def make_plan(
     framed = 0  # the same members with their tar headers and padding
     members = 0
     for item, image in zip(spec.images, images, strict=True):
-        total = sum(b.size for b in image.blobs) + sum(len(d) for d in image.documents.values())
-        size = 0
-        for digest, data in image.documents.items():
-            if digest not in seen:
-                size += len(data)
-                framed += _member_bytes(len(data))
-                members += 1
-                seen.add(digest)
-        for blob in image.blobs:
-            if blob.digest not in base.blobs and blob.digest not in seen:
-                size += blob.size
-                framed += _member_bytes(blob.size)
-                members += 1
-                seen.add(blob.digest)
+        total = size = 0
+        for part in (image, *image.referrers):
+            total += sum(b.size for b in part.blobs) + sum(len(d) for d in part.documents.values())
+            for digest, data in part.documents.items():
+                if digest not in seen:
+                    size += len(data)
+                    framed += _member_bytes(len(data))
+                    members += 1
+                    seen.add(digest)
+            for blob in part.blobs:
+                if blob.digest not in base.blobs and blob.digest not in seen:
+                    size += blob.size
+                    framed += _member_bytes(blob.size)
+                    members += 1
+                    seen.add(blob.digest)
         carried += size
         planned.append(
             PlannedImage(
@@ -130,6 +142,9 @@ def make_plan(
                 image.platforms,
                 size,
                 total,
+                tuple((str(r.root.digest), r.ref.tag) for r in image.referrers)
+                if item.referrers
+                else None,
             )
         )
     with tempfile.TemporaryDirectory(prefix="airbundle-plan-") as scratch:
@@ -151,6 +166,8 @@ def make_plan(
 class Lock:
     images: dict[str, Digest]  # spec text -> digest
     repos: dict[str, dict[str, str]]
+    # spec text -> the referrers pinned for it (images with `referrers: true`)
+    referrers: dict[str, tuple[tuple[Digest, str | None], ...]] = field(default_factory=dict)
 
 
 def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
@@ -169,6 +186,13 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
         if doc["kind"] != LOCK_KIND:
             raise UsageError(f"{path} is not an airbundle lock file")
         images = {i["spec"]: Digest.parse(i["digest"]) for i in doc["images"]}
+        referrers = {
+            i["spec"]: tuple(
+                (Digest.parse(r["digest"]), _lock_tag(r["tag"])) for r in i["referrers"]
+            )
+            for i in doc["images"]
+            if "referrers" in i
+        }
         repos = {
             r["name"]: {
                 check_ref_name(k, error=UsageError): check_object_id(v, error=UsageError)
@@ -178,7 +202,15 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
         }
     except (KeyError, TypeError, FormatError) as exc:
         raise UsageError(f"lock file {path} is malformed: {exc}") from None
-    return Lock(images, repos)
+    return Lock(images, repos, referrers)
+
+
+def _lock_tag(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FormatError(f"referrer tag {value!r} is not a string")
+    return validate_tag(value)
 
 
 def apply_lock(spec: BundleSpec, lock: Lock) -> BundleSpec:
@@ -189,6 +221,12 @@ def apply_lock(spec: BundleSpec, lock: Lock) -> BundleSpec:
         digest = lock.images.get(item.text)
         if digest is None:
             raise UsageError(f"{item.text} is not in the lock file; run airbundle plan again")
+        if item.referrers:
+            if item.text not in lock.referrers:
+                raise UsageError(
+                    f"{item.text}: the lock file pins no referrers for it; run airbundle plan again"
+                )
+            item = replace(item, pinned_referrers=lock.referrers[item.text])
         if item.source.transport == "docker" and item.source.reference is not None:
             ref = item.source.reference
             pinned = SourceRef("docker", reference=ref.with_digest(digest))

@@ -96,6 +96,14 @@ class RegistryImageSource:
                 unique[desc.digest] = (desc, keep_tag)
         return list(unique.values())
 
+    def descriptor_of(self, digest: Digest) -> Descriptor | None:
+        """A manifest of this repository by digest (a referrer pinned in a lock),
+        or None if the registry no longer has it."""
+        fetched = self.client.find_manifest(self.ref.repository, str(digest))
+        if fetched is None:
+            return None
+        return Descriptor(fetched.media_type or OCI_MANIFEST, fetched.digest, len(fetched.data))
+
     def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
         if self.cache is not None:
             cached = self.cache.get(descriptor.digest, descriptor.size)
