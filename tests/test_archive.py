@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import subprocess
 import tarfile
 from pathlib import Path
@@ -850,3 +851,20 @@ def test_a_flipped_byte_in_a_raw_frame_names_the_member(tmp_path: Path, env: Wor
 
     with pytest.raises(MemberDigestError, match=layer[0].rsplit("/", 1)[1]):
         verify_bundle(path, env.policy(), at=NOW)
+
+
+@given(cuts=st.lists(st.integers(1, 3 * RAW_MEMBER_MIN), max_size=6))
+@settings(max_examples=15)
+def test_a_raw_member_gives_the_same_bytes_however_the_source_cuts_it(cuts: list[int]) -> None:
+    data = gzip_like(3 * RAW_MEMBER_MIN + 777)
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def written(chunks: list[bytes]) -> bytes:
+        out = io.BytesIO()
+        writer = BundleWriter(out, prefix_capacity=4096, mtime=EPOCH)
+        writer.add_stream("images/blobs/sha256/x", len(data), chunks)
+        writer.finish(b"{}", [])
+        return out.getvalue()
+
+    assert written(pieces) == written([data])

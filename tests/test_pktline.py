@@ -11,6 +11,8 @@ from conftest import require_tool
 from hypothesis import given
 from hypothesis import strategies as st
 
+from airbundle.adapters.git_push import check_report
+from airbundle.errors import TargetError
 from airbundle.format import pktline
 
 
@@ -109,3 +111,21 @@ def test_a_report_is_read_plain_and_through_side_band() -> None:
     assert pktline.parse_report(muxed, sideband=True) == want
     fatal = sideband(3, b"fatal: out of disk\n") + pktline.FLUSH
     assert pktline.parse_report(fatal, sideband=True).errors == ("fatal: out of disk",)
+
+
+def test_a_report_cut_before_its_flush_is_incomplete() -> None:
+    inner = pktline.encode(b"unpack ok\n")  # no ref lines, no flush: the server went away
+    assert not pktline.parse_report(sideband(1, inner), sideband=True).complete
+    assert not pktline.parse_report(inner, sideband=False).complete
+
+
+def test_a_push_counts_only_if_the_pack_and_every_ref_are_reported_ok() -> None:
+    ok = pktline.Report("ok", {"refs/heads/main": "ok"})
+    check_report(ok, ["refs/heads/main"], "push")
+    with pytest.raises(TargetError, match="refs/tags/v1: not reported"):
+        check_report(ok, ["refs/heads/main", "refs/tags/v1"], "push")
+    cut = pktline.Report("ok", {"refs/heads/main": "ok"}, complete=False)
+    with pytest.raises(TargetError, match="ended early"):
+        check_report(cut, ["refs/heads/main"], "push")
+    with pytest.raises(TargetError, match="refused the pack: index-pack failed"):
+        check_report(pktline.Report("index-pack failed", {}), ["refs/heads/main"], "push")

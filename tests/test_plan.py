@@ -13,7 +13,7 @@ import pytest
 from conftest import KeyPair
 from servers import Registry, push_oci_layout
 
-from airbundle.errors import SourceError
+from airbundle.errors import SourceError, UsageError
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
@@ -155,3 +155,29 @@ def test_plan_estimates_the_whole_bundle_git_history_included(
     assert plan.volumes == 3
     # The plan filled the export's git cache: the mirror is there for the export.
     assert list((tmp_path / "cache" / "git").glob("*-history.git"))
+
+
+@pytest.mark.parametrize(
+    ("referrers", "message"),
+    [
+        ([{"digest": "sha256:" + "a" * 64, "tag": "1.0"}], "is not sha256-HEX"),
+        (
+            [
+                {"digest": "sha256:" + "a" * 64, "tag": None},
+                {"digest": "sha256:" + "a" * 64, "tag": "sha256-" + "b" * 64},
+            ],
+            "listed twice",
+        ),
+        ([{"digest": "sha1:abc", "tag": None}], "malformed"),
+    ],
+    ids=["image-tag", "duplicate", "bad-digest"],
+)
+def test_an_edited_lock_cannot_retag_or_repeat_referrers(
+    referrers: list[dict[str, object]], message: str, tmp_path: Path
+) -> None:
+    lock = tmp_path / "spec.lock"
+    image = {"spec": "r/x:1", "ref": "r/x:1", "digest": "sha256:" + "c" * 64}
+    doc = {"kind": "BundleLock", "images": [{**image, "referrers": referrers}], "repos": []}
+    lock.write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=message):
+        read_lock(lock)

@@ -33,6 +33,9 @@ CHUNK = 1 << 20
 # The server indexes the whole pack before it answers.
 ANSWER_TIMEOUT = 3600.0
 CONNECT_TIMEOUT = 30.0
+# Ref advertisements and push reports are small; a server sending more is not
+# one we want to keep reading from.
+MAX_ANSWER = 64 << 20
 
 
 class Unsupported(Exception):  # noqa: N818 (a signal to fall back, not an error)
@@ -90,21 +93,33 @@ def push_pack(
         caps = ["report-status", "atomic", "side-band-64k", "quiet"]
         caps = [c for c in caps if c in adv.capabilities] + [AGENT]
         size = pack.stat().st_size - offset
-        report = session.push(pktline.commands(updates, caps), _read(pack, offset), size)
+        answer, sideband = session.push(pktline.commands(updates, caps), _read(pack, offset), size)
     finally:
         session.close()
-    _check(report, what)
+    try:
+        report = pktline.parse_report(answer, sideband=sideband)
+    except pktline.PktLineError as exc:
+        raise TargetError(f"{what}: the server's answer is not a push report: {exc}") from None
+    check_report(report, [name for _, _, name in updates], what)
 
 
-def _check(report: Report, what: str) -> None:
+def check_report(report: Report, names: Sequence[str], what: str) -> None:
+    """Success only if the server said so for the pack and for every ref."""
     if report.errors:
         raise TargetError(f"{what}: the server failed: {'; '.join(report.errors)}")
+    if not report.complete:
+        raise TargetError(f"{what}: the server's report ended early; check the refs there")
     if report.unpack != "ok":
         raise TargetError(f"{what}: the server refused the pack: {report.unpack or 'no answer'}")
-    failed = {name: why for name, why in report.refs.items() if why != "ok"}
+    failed = {name: report.refs.get(name, "not reported") for name in names}
+    failed = {name: why for name, why in failed.items() if why != "ok"}
     if failed:
         text = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
-        raise TargetError(f"{what}: the server did not update {text} (no ref was moved)")
+        raise TargetError(f"{what}: the server did not update {text}")
+
+
+def _uses_sideband(commands: bytes) -> bool:
+    return b"side-band-64k" in commands.split(b"\n", 1)[0]
 
 
 def _read(path: Path, offset: int) -> Iterator[bytes]:
@@ -118,7 +133,9 @@ class _Session:
     def advertisement(self) -> Advertisement:
         raise NotImplementedError
 
-    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> Report:
+    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> tuple[bytes, bool]:
+        """Send commands and pack; the server's answer, and whether it is
+        multiplexed (side-band-64k)."""
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -163,6 +180,8 @@ class _GitSession(_Session):
     def _until_flush(self) -> bytes:
         out = bytearray()
         while True:
+            if len(out) > MAX_ANSWER:
+                raise pktline.PktLineError(f"ref advertisement over {MAX_ANSWER} bytes")
             head = self._recv_exact(4)
             out += head
             size = pktline.length(head)
@@ -172,9 +191,8 @@ class _GitSession(_Session):
                 raise pktline.PktLineError(f"bad pkt-line length {head!r}")
             out += self._recv_exact(size - 4)
 
-    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> Report:
+    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> tuple[bytes, bool]:
         assert self.sock is not None
-        sideband = b"side-band-64k" in commands.split(b"\n", 1)[0]
         try:
             self.sock.sendall(commands)
             for chunk in pack:
@@ -183,9 +201,11 @@ class _GitSession(_Session):
             answer = bytearray()
             while part := self.sock.recv(1 << 16):
                 answer += part
+                if len(answer) > MAX_ANSWER:
+                    raise OSError(f"the answer is over {MAX_ANSWER} bytes")
         except OSError as exc:
             raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
-        return pktline.parse_report(bytes(answer), sideband=sideband)
+        return bytes(answer), _uses_sideband(commands)
 
     def finish(self) -> None:
         if self.sock is not None:
@@ -238,8 +258,7 @@ class _HttpSession(_Session):
         except pktline.PktLineError as exc:
             raise Unsupported(str(exc)) from None
 
-    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> Report:
-        sideband = b"side-band-64k" in commands.split(b"\n", 1)[0]
+    def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> tuple[bytes, bool]:
         headers = {
             **self.headers,
             "Content-Type": "application/x-git-receive-pack-request",
@@ -251,19 +270,31 @@ class _HttpSession(_Session):
             yield commands
             yield from pack
 
+        response: urllib3.BaseHTTPResponse | None = None
         try:
             response = self.pool.request(
-                "POST", f"{self.base}/git-receive-pack", body=body(), headers=headers
+                "POST",
+                f"{self.base}/git-receive-pack",
+                body=body(),
+                headers=headers,
+                preload_content=False,
             )
+            if response.status == 401:
+                # Refused before it was read: nothing changed. git push may have
+                # credentials (a helper) that we do not.
+                raise Unsupported("HTTP 401")
+            kind = response.headers.get("content-type", "")
+            if response.status != 200 or kind != "application/x-git-receive-pack-result":
+                raise TargetError(f"{self.shown}: push failed: HTTP {response.status} {kind}")
+            answer = response.read(MAX_ANSWER + 1)
+            if len(answer) > MAX_ANSWER:
+                raise TargetError(f"{self.shown}: the push answer is over {MAX_ANSWER} bytes")
         except (Urllib3Error, OSError) as exc:
             raise TargetError(f"{self.shown}: push failed: {exc}") from None
-        if response.status == 401:
-            # Refused before it was read: nothing changed. git push may have
-            # credentials (a helper) that we do not.
-            raise Unsupported("HTTP 401")
-        if response.status != 200:
-            raise TargetError(f"{self.shown}: push failed: HTTP {response.status}")
-        return pktline.parse_report(response.data, sideband=sideband)
+        finally:
+            if response is not None:
+                response.release_conn()
+        return answer, _uses_sideband(commands)
 
     def close(self) -> None:
         self.pool.clear()

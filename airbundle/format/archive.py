@@ -167,6 +167,9 @@ _COMPRESSED_MAGIC = (
 )
 
 
+_MAGIC_BYTES = max(len(m) for m in _COMPRESSED_MAGIC)
+
+
 def looks_compressed(head: bytes) -> bool:
     return head.startswith(_COMPRESSED_MAGIC)
 
@@ -175,7 +178,7 @@ def raw_frame_size(size: int) -> int:
     return 9 + 3 * max(1, -(-size // _RAW_BLOCK)) + size
 
 
-def raw_frame_into(buf: bytearray, data: bytes | memoryview) -> int:
+def raw_frame_into(buf: bytearray, data: bytes | bytearray | memoryview) -> int:
     """Write one zstd frame holding `data` (at most 4 GiB) in raw blocks, no
     checksum, at the start of `buf` (raw_frame_size bytes); its length.
 
@@ -244,6 +247,7 @@ class BundleWriter:
         self._closed = False
         self._hash_pool: ThreadPoolExecutor | None = None
         self._frame = bytearray(raw_frame_size(RAW_MEMBER_MIN))
+        self._raw_pending = bytearray()
 
     def _hasher(self) -> ThreadPoolExecutor:
         if self._hash_pool is None:
@@ -275,14 +279,11 @@ class BundleWriter:
         # GIL) while this one reads and writes; a few chunks ahead at most.
         hashing: deque[Future[None]] | None = deque() if size >= RAW_MEMBER_MIN else None
         count = 0
-        raw = False
+        # Undecided until the first bytes are in, however the source cuts them:
+        # the output must not depend on its chunk sizes.
+        raw: bool | None = None if size >= RAW_MEMBER_MIN else False
+        head = b""
         for chunk in chunks:
-            if count == 0 and size >= RAW_MEMBER_MIN and looks_compressed(chunk):
-                # End the compressed frame here (the header is in it); the
-                # member's bytes follow as raw frames, the padding after them
-                # starts the next compressed frame.
-                self._z.flush(zstandard.FLUSH_FRAME)
-                raw = True
             count += len(chunk)
             if count > size:
                 raise SourceError(f"{label}: source sent more than the declared {size} bytes")
@@ -292,14 +293,25 @@ class BundleWriter:
                 hashing.append(self._hasher().submit(h.update, chunk))
                 if len(hashing) > 4:
                     hashing.popleft().result()
+            if raw is None:
+                head += chunk
+                if len(head) < _MAGIC_BYTES and count < size:
+                    continue
+                raw = looks_compressed(head)
+                if raw:
+                    # End the compressed frame here (the header is in it); the
+                    # member's bytes follow as raw frames, the padding after
+                    # them starts the next compressed frame.
+                    self._z.flush(zstandard.FLUSH_FRAME)
+                chunk, head = head, b""
             if raw:
-                # Frames of at most 1 MiB: the reader's window limit is far.
-                view = memoryview(chunk)
-                for start in range(0, len(view), RAW_MEMBER_MIN):
-                    n = raw_frame_into(self._frame, view[start : start + RAW_MEMBER_MIN])
-                    self._out.write(memoryview(self._frame)[:n])
+                self._raw_write(chunk)
             else:
                 self._write(chunk)
+        if raw:
+            self._raw_flush()
+        elif head:
+            self._write(head)
         for pending in hashing or ():
             pending.result()
         if count != size:
@@ -309,6 +321,29 @@ class BundleWriter:
             raise SourceError(f"{label}: content has digest {digest}, expected {expected}")
         self._write(b"\0" * padding(size))
         return WrittenMember(path, size, digest)
+
+    def _raw_write(self, data: bytes) -> None:
+        """A raw member's bytes into frames of exactly RAW_MEMBER_MIN (the last
+        one shorter), cut at fixed offsets of the member, so the same member
+        gives the same frames from any source."""
+        view = memoryview(data)
+        while view:
+            if not self._raw_pending and len(view) >= RAW_MEMBER_MIN:
+                n = raw_frame_into(self._frame, view[:RAW_MEMBER_MIN])
+                self._out.write(memoryview(self._frame)[:n])
+                view = view[RAW_MEMBER_MIN:]
+                continue
+            room = RAW_MEMBER_MIN - len(self._raw_pending)
+            self._raw_pending += view[:room]
+            view = view[room:]
+            if len(self._raw_pending) == RAW_MEMBER_MIN:
+                self._raw_flush()
+
+    def _raw_flush(self) -> None:
+        if self._raw_pending:
+            n = raw_frame_into(self._frame, self._raw_pending)
+            self._out.write(memoryview(self._frame)[:n])
+            del self._raw_pending[:]
 
     def add_bytes(self, path: str, data: bytes) -> WrittenMember:
         return self.add_stream(path, len(data), [data])

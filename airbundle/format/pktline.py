@@ -102,16 +102,20 @@ class Report:
     unpack: str  # "ok", or git's reason the pack was refused
     refs: dict[str, str]  # ref -> "ok" or the reason it was not updated
     errors: tuple[str, ...] = ()  # side-band channel 3: the server gave up
+    complete: bool = True  # the report (and the side-band stream) ended with a flush
 
 
 def parse_report(data: bytes, *, sideband: bool) -> Report:
     """The server's answer: report-status lines, demultiplexed from
     side-band-64k (channel 1 data, 2 progress, 3 fatal error) if it was used."""
     errors: list[str] = []
+    complete = True
     if sideband:
         inner = bytearray()
+        complete = False
         for payload in decode(data):
             if payload is None:
+                complete = True
                 break
             if not payload:
                 continue
@@ -123,8 +127,10 @@ def parse_report(data: bytes, *, sideband: bool) -> Report:
         data = bytes(inner)
     unpack = ""
     refs: dict[str, str] = {}
+    flushed = False
     for payload in decode(data):
         if payload is None:
+            flushed = True
             break
         text = payload.decode("utf-8", "replace").rstrip("\n")
         if text.startswith("unpack "):
@@ -134,4 +140,4 @@ def parse_report(data: bytes, *, sideband: bool) -> Report:
         elif text.startswith("ng "):
             name, _, reason = text[3:].partition(" ")
             refs[name] = reason or "refused"
-    return Report(unpack, refs, tuple(errors))
+    return Report(unpack, refs, tuple(errors), complete and flushed)

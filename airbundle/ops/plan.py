@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,6 @@ from airbundle.format.digest import Digest
 from airbundle.format.inventory import Base
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.paths import check_object_id, check_ref_name
-from airbundle.format.reference import validate_tag
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
 from airbundle.format.tarstream import BLOCK, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -188,11 +188,18 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
         images = {i["spec"]: Digest.parse(i["digest"]) for i in doc["images"]}
         referrers = {
             i["spec"]: tuple(
-                (Digest.parse(r["digest"]), _lock_tag(r["tag"])) for r in i["referrers"]
+                # One entry per digest: an edited lock cannot carry one twice.
+                dict.fromkeys(
+                    (Digest.parse(r["digest"]), _lock_tag(r["tag"])) for r in i["referrers"]
+                )
             )
             for i in doc["images"]
             if "referrers" in i
         }
+        for pinned in referrers.values():
+            digests = [d for d, _ in pinned]
+            if len(set(digests)) != len(digests):
+                raise FormatError("a referrer is listed twice with different tags")
         repos = {
             r["name"]: {
                 check_ref_name(k, error=UsageError): check_object_id(v, error=UsageError)
@@ -205,12 +212,17 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
     return Lock(images, repos, referrers)
 
 
+# The tags referrers are found under: the OCI fallback tag and cosign's. A lock
+# naming any other (the image's own tag, say) was edited to move a tag.
+_REFERRER_TAG = re.compile(r"sha256-[0-9a-f]{64}(\.(sig|att|sbom))?")
+
+
 def _lock_tag(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise FormatError(f"referrer tag {value!r} is not a string")
-    return validate_tag(value)
+    if not isinstance(value, str) or not _REFERRER_TAG.fullmatch(value):
+        raise FormatError(f"referrer tag {value!r} is not sha256-HEX[.sig|.att|.sbom]")
+    return value
 
 
 def apply_lock(spec: BundleSpec, lock: Lock) -> BundleSpec:

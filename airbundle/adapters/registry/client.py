@@ -297,10 +297,12 @@ class RegistryClient:
         media_type = (response.headers.get("content-type") or "").split(";")[0].strip()
         return FetchedManifest(data, media_type, digest)
 
-    def find_manifest(self, repo: str, reference: str) -> FetchedManifest | None:
+    def find_manifest(
+        self, repo: str, reference: str, *, expect: Digest | None = None
+    ) -> FetchedManifest | None:
         """A manifest by tag or digest, or None if the registry has no such thing."""
         try:
-            return self.get_manifest(repo, reference)
+            return self.get_manifest(repo, reference, expect=expect)
         except AirbundleError as exc:
             if "HTTP 404" in exc.message or "MANIFEST_UNKNOWN" in exc.message.upper():
                 return None

@@ -99,7 +99,7 @@ class RegistryImageSource:
     def descriptor_of(self, digest: Digest) -> Descriptor | None:
         """A manifest of this repository by digest (a referrer pinned in a lock),
         or None if the registry no longer has it."""
-        fetched = self.client.find_manifest(self.ref.repository, str(digest))
+        fetched = self.client.find_manifest(self.ref.repository, str(digest), expect=digest)
         if fetched is None:
             return None
         return Descriptor(fetched.media_type or OCI_MANIFEST, fetched.digest, len(fetched.data))
