@@ -10,6 +10,8 @@ unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +222,43 @@ def test_a_fresh_fetch_goes_into_the_bundle_as_the_fetched_pack(
         1 for line in listing.splitlines() if len(line.split()) >= 5 and len(line.split()[0]) == 40
     )
     assert in_pack == int(count.strip())
+
+
+def git_spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `git` first on PATH that logs each command line, then runs the real git."""
+    real = shutil.which("git")
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    log = tmp_path / "git-commands.log"
+    (spy / "git").write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    (spy / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{spy}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_an_unchanged_cache_still_goes_into_the_bundle_as_its_pack(
+    git_daemon: GitDaemon,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # plan, then export (or two exports) with nothing new upstream: the second
+    # fetch brings nothing, the cache still holds one pack of exactly the refs.
+    home = tmp_path / "git-home"
+    url = seed(git_daemon, sample_tree, home)
+    cache = tmp_path / "cache"
+    export(tmp_path, signing_key, url, name="first", cache_dir=cache)
+    log = git_spy(tmp_path, monkeypatch)
+
+    second = export(tmp_path, signing_key, url, name="second", cache_dir=cache)
+
+    assert "fetch" in log.read_text() and "bundle create" not in log.read_text()
+
+    (pack,) = next((cache / "git").glob("*-gitops.git")).joinpath("objects", "pack").glob("*.pack")
+    member = unpack(second.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
+    assert member.read_bytes().partition(b"\n\n")[2] == pack.read_bytes()
+    assert bundle_heads(member, home) == ls_remote(url, home)
 
 
 def test_export_refuses_a_malformed_object_from_upstream(

@@ -137,11 +137,6 @@ def fetch_selected_refs(
     """
     if not repo.exists():
         run_git(["init", "--bare", "--quiet", str(repo)], error=SourceError, what=what)
-        # Mark the repository as holding nothing but this first fetch's pack
-        # (see pack_as_bundle); the next fetch into it removes the mark.
-        (repo / FRESH_MARK).touch()
-    else:
-        (repo / FRESH_MARK).unlink(missing_ok=True)
     run_git(
         [
             "-C",
@@ -182,21 +177,19 @@ def fetch_selected_refs(
     return refs, head
 
 
-FRESH_MARK = "airbundle-first-fetch"
-
-
 def pack_as_bundle(repo: Path, refs: Sequence[tuple[str, str]]) -> tuple[bytes, Path] | None:
     """A bundle of `refs` without `git bundle create`: its header, and the pack
-    to follow it, when the repository holds exactly one fetch of exactly these
-    refs (so the pack holds their whole history and nothing else). git
-    index-pack checked that pack when it arrived; a bundle's pack is the same
-    format. None when that cannot be known: make the bundle the usual way.
+    to follow it, when the repository holds exactly their history in one pack:
+    a first fetch, or a cache that fetched nothing new since, or one repacked
+    (refs equal to `refs`, and as many objects in the pack as the refs reach).
+    git index-pack checked that pack when it arrived, and a stored pack is
+    self-contained; a bundle's pack is the same format. None when that cannot
+    be shown: make the bundle the usual way.
     """
     objects = repo / "objects"
     packs = list((objects / "pack").glob("*.pack"))
     if (
-        not (repo / FRESH_MARK).exists()
-        or len(packs) != 1
+        len(packs) != 1
         or any(len(p.name) == 2 for p in objects.iterdir())  # loose objects
         or (objects / "info" / "alternates").exists()
         or os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES")
