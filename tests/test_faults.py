@@ -69,13 +69,14 @@ ACCEPT = ", ".join(
     ]
 )
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
-# The registry client's upload chunk: a blob larger than this goes up in PATCHes.
-CHUNK: int = inspect.signature(RegistryClient).parameters["chunk_bytes"].default
+# The registry client's upload buffer: a blob this large or larger goes up in a
+# streamed PATCH; twice this is held in memory for a resend.
+BUFFER: int = inspect.signature(RegistryClient).parameters["buffer_bytes"].default
 IO_CHUNK = DEFAULT_LIMITS.io_chunk_bytes  # the client reads blob downloads in these
-# One layer sent in a streamed PATCH (larger than CHUNK), and larger than the
-# bytes the client holds for a resend (2 * CHUNK).
+# One layer sent in a streamed PATCH (larger than BUFFER), and larger than the
+# bytes the client holds for a resend (2 * BUFFER).
 BIG = 20 << 20
-assert BIG > 2 * CHUNK
+assert BIG > 2 * BUFFER
 IMAGES = ("team/hello:1.0", "team/big:1.0")
 MIRRORED = {f"mirror/{r.split(':')[0]}": r.split(":")[1] for r in IMAGES}  # repo -> tag
 BLOB_GET = r"/v2/team/[a-z]+/blobs/sha256:"

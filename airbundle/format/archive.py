@@ -204,11 +204,6 @@ def raw_frame_into(buf: bytearray, data: bytes | bytearray | memoryview) -> int:
     return pos
 
 
-def raw_frame(data: bytes | memoryview) -> bytes:
-    buf = bytearray(raw_frame_size(len(data)))
-    return bytes(buf[: raw_frame_into(buf, data)])
-
-
 class BundleWriter:
     """Streams members into a new bundle; the prefix is filled in at the end.
 

@@ -74,7 +74,9 @@ class RegistryClient:
         credentials: Credentials | object | None = _UNSET,
         tokens: TokenCache | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        chunk_bytes: int = 8 << 20,
+        # Blobs below this go in one PUT; twice this of a streamed upload is
+        # held in memory for a resend.
+        buffer_bytes: int = 8 << 20,
     ) -> None:
         self.host = host
         self.transport = transport
@@ -82,7 +84,7 @@ class RegistryClient:
         self._credentials = credentials
         self._tokens = tokens or TokenCache()
         self._limits = limits
-        self._chunk = chunk_bytes
+        self._buffer = buffer_bytes
         self._basic = False
         self._base: str | None = None
 
@@ -470,7 +472,7 @@ class RegistryClient:
         chunk at all. The last bytes sent stay in memory for a resend.
         """
         what = f"upload {digest} to {self.host}/{repo}"
-        if size < self._chunk:
+        if size < self._buffer:
             data = b"".join(chunks)
             if len(data) != size:
                 raise self._error(f"{what}: got {len(data)} bytes, expected {size}")
@@ -480,7 +482,7 @@ class RegistryClient:
                     return
                 self.transport.sleep(self.transport.retry.backoff * (attempt + 1))
             raise self._error(f"{what}: registry kept failing")
-        location = self._stream(repo, ReplayWindow(chunks, size, 2 * self._chunk), what)
+        location = self._stream(repo, ReplayWindow(chunks, size, 2 * self._buffer), what)
         # No second hash here: the bytes come from a stream that raises before
         # its end if they do not match, and the registry checks the digest on
         # the final PUT before it stores anything.
