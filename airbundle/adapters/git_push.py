@@ -6,7 +6,7 @@ A full bundle's pack is already what receive-pack takes, so for git:// and
 smart HTTP(S) we speak the push protocol (v0, report-status, atomic) and let
 the server index it once. Anything we do not speak (ssh, a proxy, a dumb or
 authenticating-by-helper HTTP server, TLS we cannot verify) is reported as
-Unsupported before a byte of the pack is sent, and the caller uses git push.
+Unsupported while nothing has changed on the server, and the caller uses git push.
 """
 
 from __future__ import annotations
