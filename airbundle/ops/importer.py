@@ -349,7 +349,7 @@ def import_bundle(
             stream_members(reader, manifest, sinks, progress=progress)
             if sinks.resend:
                 assert target is not None
-                _resend(path, options, auth, target, sinks.resend, report)
+                _resend(path, options, auth, target, sinks.resend, report, progress)
             _publish(auth, sinks, target, gits, options, report)
             for store, state in zip(stores, states, strict=True):
                 _record(store, state, options, auth, report, now, "import")
@@ -374,6 +374,7 @@ def _resend(
     target: ImageTarget,
     resend: dict[str, list[str]],
     report: ImportReport,
+    progress: Progress | None,
 ) -> None:
     """Upload again, from a second read of the bundle, the blobs whose upload
     sessions were lost past what memory held (a registry or a proxy that drops a
@@ -393,7 +394,9 @@ def _resend(
                 target.write_blob(entry.digest, entry.size, chunks, repos)
                 report.blobs_written += 1
 
-        stream_members(reader, auth.manifest, sink)
+        # The same progress as the first read: it runs past 100 % rather than
+        # leave the operator looking at a finished bar while the media is read.
+        stream_members(reader, auth.manifest, sink, progress=progress)
 
 
 def base_hint(manifest: BundleManifest) -> str:
