@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -69,6 +70,26 @@ def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Generator[bytes, Non
             item = q.get_nowait()
             if isinstance(item, BaseException):
                 raise item
+
+
+def ahead(
+    func: Callable[[T], R], items: Iterable[T], *, window: int = 16, workers: int = 4
+) -> Generator[R, None, None]:
+    """`func` over `items` in a bounded pool, yielded in order, at most
+    `window` running or done ahead of the caller. A failure is raised when
+    its turn comes; when the caller stops early, what has not started is
+    cancelled and the rest is awaited."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="airbundle-ahead")
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def parallel(func: Callable[[T], R], items: Sequence[T], *, workers: int = 8) -> list[R]:

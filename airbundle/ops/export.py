@@ -27,6 +27,7 @@ from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
 from airbundle.adapters.images import FixedRootSource
 from airbundle.adapters.media import VolumeWriter
+from airbundle.adapters.pipeline import ahead
 from airbundle.adapters.registry.source import RegistryImageSource
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, SpecError, TargetError, UsageError
@@ -288,6 +289,18 @@ def _counting(chunks: Iterable[bytes], progress: Progress | None) -> Iterator[by
         yield chunk
 
 
+SMALL_BLOB_BYTES = 1 << 20
+
+
+def _small_blob(item: tuple[Digest, Descriptor, CollectedImage]) -> bytes | None:
+    """A small blob's bytes, read whole (the writer checks size and digest);
+    None for a large one."""
+    _digest, desc, img = item
+    if desc.size > SMALL_BLOB_BYTES:
+        return None
+    return b"".join(img.source.open_blob(desc))
+
+
 def _bundle_id(name: str, created: datetime, members: list[MemberEntry]) -> str:
     h = hashlib.sha256(f"{name}\n{created.isoformat()}\n".encode())
     for m in members:
@@ -506,26 +519,28 @@ def export_bundle(
                 written.append(
                     writer.add_stream(blob_member_path(digest), len(data), [data], expected=digest)
                 )
-            for digest, (desc, img) in blobs.items():
-                if digest in documents:
-                    continue
+            todo = [(d, desc, img) for d, (desc, img) in blobs.items() if d not in documents]
+            # Small blobs are fetched a few at a time ahead of the writer (round
+            # trips, not bytes, are their cost); large ones stream in their turn.
+            for (digest, desc, img), small in zip(todo, ahead(_small_blob, todo), strict=True):
+                content = [small] if small is not None else img.source.open_blob(desc)
                 written.append(
                     writer.add_stream(
                         blob_member_path(digest),
                         desc.size,
-                        _counting(img.source.open_blob(desc), progress),
+                        _counting(content, progress),
                         expected=digest,
                         what=f"{img.source_text}: blob {digest}",
                     )
                 )
             for repo in repos:
                 with repo.bundle.open("rb") as bfh:
-                    chunks = itertools.chain(
+                    pack = itertools.chain(
                         [repo.header] if repo.header else [],
                         iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b""),  # type: ignore[misc]
                     )
                     written.append(
-                        writer.add_stream(repo.entry.member, repo.size, _counting(chunks, progress))
+                        writer.add_stream(repo.entry.member, repo.size, _counting(pack, progress))
                     )
                 repo.bundle.unlink()
             final_members = [MemberEntry(w.path, w.size, w.sha256) for w in written]
