@@ -522,17 +522,18 @@ def export_bundle(
             todo = [(d, desc, img) for d, (desc, img) in blobs.items() if d not in documents]
             # Small blobs are fetched a few at a time ahead of the writer (round
             # trips, not bytes, are their cost); large ones stream in their turn.
-            for (digest, desc, img), small in zip(todo, ahead(_small_blob, todo), strict=True):
-                content = [small] if small is not None else img.source.open_blob(desc)
-                written.append(
-                    writer.add_stream(
-                        blob_member_path(digest),
-                        desc.size,
-                        _counting(content, progress),
-                        expected=digest,
-                        what=f"{img.source_text}: blob {digest}",
+            with contextlib.closing(ahead(_small_blob, todo)) as smalls:
+                for (digest, desc, img), small in zip(todo, smalls, strict=True):
+                    content = [small] if small is not None else img.source.open_blob(desc)
+                    written.append(
+                        writer.add_stream(
+                            blob_member_path(digest),
+                            desc.size,
+                            _counting(content, progress),
+                            expected=digest,
+                            what=f"{img.source_text}: blob {digest}",
+                        )
                     )
-                )
             for repo in repos:
                 with repo.bundle.open("rb") as bfh:
                     pack = itertools.chain(
