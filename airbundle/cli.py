@@ -118,6 +118,12 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[i
         yield bar.update
 
 
+def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
+    from airbundle.ops.export import default_cache_dir
+
+    return None if no_cache else (given or default_cache_dir())
+
+
 def _say(quiet: bool, text: str) -> None:
     if not quiet:
         typer.echo(text)
@@ -265,7 +271,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
-    from airbundle.ops.export import ExportOptions, default_cache_dir, export_bundle
+    from airbundle.ops.export import ExportOptions, export_bundle
     from airbundle.ops.plan import apply_lock, read_lock
 
     passphrase = keyops.read_passphrase(passphrase_file)
@@ -282,7 +288,7 @@ def export(
         sequence=sequence,
         expires_in=parse_duration(expires) if expires else None,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
-        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        cache_dir=_cache_dir(cache_dir, no_cache),
         check_images=check_images or strict,
         strict=strict,
         split_size=parse_size(split_size) if split_size else None,
@@ -619,7 +625,6 @@ def plan(
     and how big, and write a lock file that `export --lock` reproduces. Repos are
     fetched into the export's git cache, so their history can be measured and the
     export that follows fetches only what moved."""
-    from airbundle.ops.export import default_cache_dir
     from airbundle.ops.plan import make_plan
 
     loaded = load_spec(spec)
@@ -629,7 +634,7 @@ def plan(
         since=tuple(since),
         split_size=size,
         transport=_transport(ca_file, cert, cert_key, insecure_registry),
-        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        cache_dir=_cache_dir(cache_dir, no_cache),
     )
     lines = [
         f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
