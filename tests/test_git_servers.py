@@ -343,15 +343,11 @@ def test_reexport_with_a_cache_fetches_only_the_new_commit(
     sample_tree: Path,
     signing_key: KeyPair,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home = tmp_path / "git-home"
     url = seed(git_daemon, sample_tree, home)
-    # Keep every fetched pack as a pack (never explode into loose objects), so what
-    # each fetch transferred can be read back from the cache with git verify-pack.
-    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
-    monkeypatch.setenv("GIT_CONFIG_KEY_0", "transfer.unpackLimit")
-    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "1")
+    # Export keeps every fetch as a pack (fetch.unpackLimit=1), so what each fetch
+    # transferred can be read back from the cache with git verify-pack.
     cache = tmp_path / "cache"
     first = export(tmp_path, signing_key, url, name="first", cache_dir=cache)
     (mirror,) = (cache / "git").glob("*-gitops.git")

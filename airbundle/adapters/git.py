@@ -177,7 +177,9 @@ def fetch_selected_refs(
     return refs, head
 
 
-def pack_as_bundle(repo: Path, refs: Sequence[tuple[str, str]]) -> tuple[bytes, Path] | None:
+def pack_as_bundle(
+    repo: Path, refs: Sequence[tuple[str, str]], object_format: str
+) -> tuple[bytes, Path] | None:
     """A bundle of `refs` without `git bundle create`: its header, and the pack
     to follow it, when the repository holds exactly their history in one pack:
     a first fetch, or a cache that fetched nothing new since, or one repacked
@@ -195,7 +197,7 @@ def pack_as_bundle(repo: Path, refs: Sequence[tuple[str, str]]) -> tuple[bytes, 
         or os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES")
         or (repo / "shallow").exists()
         or sorted(list_refs(repo, error=SourceError, what=str(repo))) != sorted(refs)
-        or object_format(repo, error=SourceError, what=str(repo)) != "sha1"
+        or object_format != "sha1"
     ):
         return None
     # A server may send objects nobody asked for; git keeps them. Carry the

@@ -225,7 +225,7 @@ def _bundle_repo(
     # is the server's, and its delta choices vary from run to run.
     direct = None
     if not (reproducible or base_commits or spec.pinned is not None):
-        direct = git.pack_as_bundle(bare, refs)
+        direct = git.pack_as_bundle(bare, refs, fmt)
     header = b""
     if direct is not None:
         bundle = workdir / f"{spec.name}.pack"
