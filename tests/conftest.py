@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +24,34 @@ INSTALL_HINTS = {
     "unshare": "apt-get install util-linux",
     "ip": "apt-get install iproute2",
 }
+
+
+# Every test runs the airbundle of the checkout under test, through the Python
+# that runs pytest (this checkout's venv), never a stray install found on PATH.
+AIRBUNDLE = [sys.executable, "-m", "airbundle"]
+
+
+def _path_without_airbundle(path: str) -> str:
+    """PATH minus every folder holding an `airbundle` executable: a test that
+    runs the bare command fails here exactly as on a fresh machine."""
+    folders = path.split(os.pathsep)
+    keep = [d for d in folders if d and not os.access(os.path.join(d, "airbundle"), os.X_OK)]
+    return os.pathsep.join(keep)
+
+
+os.environ["PATH"] = _path_without_airbundle(os.environ.get("PATH", ""))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """No silent skips: a skipped test is reported as a failure with its reason
+    (a missing tool fails through require_tool with its install hint)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped tests are not allowed here: {reason}"
 
 
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
@@ -67,7 +98,6 @@ def require_tool(name: str) -> str:
 
 import shutil as _shutil  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -109,8 +139,6 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 
 
 # --- real servers on loopback (implementation: tests/servers.py) -----------
-
-from collections.abc import Iterator  # noqa: E402
 
 from servers import (  # noqa: E402
     TEST_CREDS,

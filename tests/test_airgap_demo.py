@@ -4,7 +4,6 @@ servers, import inside a network namespace with loopback only)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +14,16 @@ from conftest import REPO_ROOT, require_tool
 def test_airgap_demo_script_crosses_a_simulated_gap(tmp_path: Path) -> None:
     for tool in ("docker-registry", "skopeo", "git", "unshare", "ip"):
         require_tool(tool)
-    airbundle = shutil.which("airbundle") or str(Path(sys.executable).with_name("airbundle"))
+    # The console script of the environment running the tests (this checkout's
+    # venv), never whatever PATH finds.
+    airbundle = Path(sys.executable).with_name("airbundle")
+    assert airbundle.is_file(), f"{airbundle} missing: run scripts/install --test"
     proc = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "airgap-demo"), str(tmp_path / "work")],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "AIRBUNDLE": airbundle},
+        env={**os.environ, "AIRBUNDLE": str(airbundle)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "probe: no route out of the namespace" in proc.stdout

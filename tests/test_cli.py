@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from conftest import AIRBUNDLE, require_tool
 from helpers import GIT_MEMBER, World, content_start, flip, snapshot, temp_files, world
 
 from airbundle import __version__
@@ -425,3 +425,13 @@ def test_key_generate_force_overwrites(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_OK, proc.stderr
     assert key.read_bytes() != old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.pub"]
+
+
+def test_no_airbundle_on_the_test_path() -> None:
+    """Tests cannot lean on a stray install: conftest removes every PATH folder
+    holding an `airbundle`, so only the checkout's own (AIRBUNDLE) runs."""
+    import shutil
+
+    assert shutil.which("airbundle") is None
+    proc = subprocess.run([*AIRBUNDLE, "--version"], capture_output=True, text=True, check=True)
+    assert proc.stdout.startswith("airbundle ")

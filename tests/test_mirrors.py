@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, KeyPair, require_tool
+from conftest import AIRBUNDLE, REPO_ROOT, KeyPair, require_tool
 from jsonschema import Draft7Validator
 from servers import netns_run
 
 from airbundle.format.mirrorconfig import CarriedImage, containerd, entries, render_all
 from airbundle.format.reference import ImageReference
 
-CRD_DIR = REPO_ROOT.parent / "shared" / "data" / "openshift-crds"
+CRD_DIR = REPO_ROOT / "tests" / "data" / "openshift-crds"
 CRDS = {
     "ImageDigestMirrorSet": "0000_10_config-operator_01_imagedigestmirrorsets.crd.yaml",
     "ImageTagMirrorSet": "0000_10_config-operator_01_imagetagmirrorsets.crd.yaml",
@@ -94,8 +94,6 @@ def _validate(doc: dict[str, Any]) -> None:
 
 
 def test_openshift_resources_validate_against_the_crds() -> None:
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"the OpenShift CRDs are not beside the checkout ({CRD_DIR}); CI has them")
     files = render_all(entries(IMAGES), bundle="weekly", insecure=False)
     kinds = set()
     for name, text in files.items():
@@ -109,8 +107,6 @@ def test_openshift_resources_validate_against_the_crds() -> None:
 
 
 def test_the_crd_validation_would_catch_a_broken_resource() -> None:
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"the OpenShift CRDs are not beside the checkout ({CRD_DIR}); CI has them")
     doc = yaml.safe_load(
         render_all(entries(IMAGES), bundle="w", insecure=False)[
             "openshift/imagedigestmirrorset.yaml"
@@ -139,7 +135,7 @@ def test_skopeo_resolves_upstream_names_through_the_generated_registries_conf(
     bundle = tmp_path / "b.airbundle"
     subprocess.run(
         [
-            "airbundle",
+            *AIRBUNDLE,
             "export",
             str(spec),
             "-o",
@@ -218,7 +214,7 @@ def test_diff_names_updated_images_and_moved_refs(
     first = tmp_path / "a.airbundle"
     subprocess.run(
         [
-            "airbundle",
+            *AIRBUNDLE,
             "export",
             str(work / "spec.yaml"),
             "-o",
@@ -247,7 +243,7 @@ def test_diff_names_updated_images_and_moved_refs(
     second = tmp_path / "b.airbundle"
     subprocess.run(
         [
-            "airbundle",
+            *AIRBUNDLE,
             "export",
             str(spec),
             "-o",
@@ -260,13 +256,13 @@ def test_diff_names_updated_images_and_moved_refs(
         check=True,
     )
     out = subprocess.run(
-        ["airbundle", "diff", str(first), str(second)], capture_output=True, text=True, check=True
+        [*AIRBUNDLE, "diff", str(first), str(second)], capture_output=True, text=True, check=True
     ).stdout
     assert "~ image registry.example.com/team/hello:0.9" in out
     assert "~ ref gitops refs/heads/main" in out
     doc = json.loads(
         subprocess.run(
-            ["airbundle", "diff", str(first), str(second), "--json"],
+            [*AIRBUNDLE, "diff", str(first), str(second), "--json"],
             capture_output=True,
             text=True,
             check=True,

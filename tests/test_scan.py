@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import KeyPair
+from conftest import AIRBUNDLE, KeyPair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -160,7 +160,7 @@ def test_export_reports_missing_images_with_file_and_line(
     assert not any("team/hello" in m.ref or "team/app" in m.ref for m in scan.missing)
     # inspect shows it (from the signed manifest).
     out = subprocess.run(
-        ["airbundle", "inspect", str(tmp_path / "b.airbundle")],
+        [*AIRBUNDLE, "inspect", str(tmp_path / "b.airbundle")],
         capture_output=True,
         text=True,
         check=True,
@@ -193,7 +193,7 @@ def test_scan_cli_against_a_bundle_exits_1_when_images_are_missing(
     work = _gitops_with_missing_image(sample_tree, tmp_path)
     _export(work / "spec.yaml", tmp_path / "b.airbundle", signing_key)
     proc = subprocess.run(
-        ["airbundle", "scan", str(work / "gitops"), "--bundle", str(tmp_path / "b.airbundle")],
+        [*AIRBUNDLE, "scan", str(work / "gitops"), "--bundle", str(tmp_path / "b.airbundle")],
         capture_output=True,
         text=True,
     )

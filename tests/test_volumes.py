@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import KeyPair
+from conftest import AIRBUNDLE, KeyPair
 
 from airbundle.errors import ArchiveError, IntegrityError, TruncatedError, UsageError
 from airbundle.format.spec import load_spec
@@ -131,7 +131,7 @@ def test_each_volume_checks_on_its_own(volumes: Path, signing_key: KeyPair) -> N
     check = check_one_volume(path, policy(signing_key))
     assert (check.ok, check.problem) == (False, "its bytes do not match the signed index")
     proc = subprocess.run(
-        ["airbundle", "verify", str(path), "--trust", str(signing_key.public)],
+        [*AIRBUNDLE, "verify", str(path), "--trust", str(signing_key.public)],
         capture_output=True,
         text=True,
     )
