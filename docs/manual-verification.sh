@@ -4,7 +4,9 @@
 #
 #   docs/manual-verification.sh BUNDLE PUBKEY [DIR]
 #
-# BUNDLE  the .airbundle file
+# BUNDLE  the .airbundle file, or a volume set: its NAME.volumes index or the
+#         folder holding it (the index's signatures and every volume's sha256
+#         are checked first, then the volumes are read as one stream)
 # PUBKEY  the signer's OpenSSH public key file (ssh-ed25519 lines, as in KEY.pub)
 # DIR     where to unpack; must not exist yet. Without it a temporary folder
 #         is used and removed at the end.
@@ -18,7 +20,11 @@
 # manifest verifies (namespace "airbundle"), the archive's members are exactly
 # the manifest's, each has the listed sha256, each blob is named by its digest,
 # skopeo copies every image with its digest unchanged, and every git bundle
-# clones (with fsck) to exactly the refs the manifest lists.
+# clones (with fsck) to exactly the refs the manifest lists. An incremental
+# bundle (the manifest has a "base") leaves out blobs and commits the far side
+# already holds: its images and repos are not complete on their own, so steps
+# 5 and 6 list what it carries (git bundle list-heads) instead of copying and
+# cloning it.
 set -euo pipefail
 
 die() { echo "FAIL: $*" >&2; exit 1; }
@@ -27,8 +33,16 @@ say() { echo "== $*"; }
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then echo "usage: $0 BUNDLE PUBKEY [DIR]" >&2; exit 2; fi
 BUNDLE=$(realpath -- "$1")
 PUBKEY=$(realpath -- "$2")
-[ -f "$BUNDLE" ] || die "no bundle file $1"
+[ -e "$BUNDLE" ] || die "no bundle file or volume set $1"
 [ -f "$PUBKEY" ] || die "no public key file $2"
+INDEX=""
+if [ -d "$BUNDLE" ]; then
+  shopt -s nullglob; found=("$BUNDLE"/*.volumes); shopt -u nullglob
+  [ "${#found[@]}" = 1 ] || die "$1 is a folder but does not hold exactly one NAME.volumes index"
+  INDEX=${found[0]}
+elif [ "${BUNDLE%.volumes}" != "$BUNDLE" ]; then
+  INDEX=$BUNDLE
+fi
 
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 for tool in zstd tar ssh-keygen sha256sum sort uniq diff awk cut grep find; do need "$tool"; done
@@ -86,6 +100,13 @@ for i in json.load(open(sys.argv[1]))["images"]: print(i["digest"], i["ref"])' "
     jq -r '.images[] | "\(.digest) \(.ref)"' "$MANIFEST"
   fi
 }
+manifest_is_incremental() {
+  if [ "$JSON_TOOL" = python3 ]; then
+    python3 -c 'import json, sys; print("yes" if json.load(open(sys.argv[1])).get("base") else "no")' "$MANIFEST"
+  else
+    jq -r 'if .base then "yes" else "no" end' "$MANIFEST"
+  fi
+}
 manifest_repos() {  # "NAME HEAD-or-empty" per repo
   if [ "$JSON_TOOL" = python3 ]; then
     python3 -c 'import json, sys
@@ -105,10 +126,55 @@ for r in json.load(open(sys.argv[1]))["repos"]:
   fi
 }
 
+index_volumes() {   # "NAME SIZE COVEREDFROM HEX" per volume of the index
+  if [ "$JSON_TOOL" = python3 ]; then
+    python3 -c 'import json, sys
+for v in json.load(open(sys.argv[1]))["volumes"]:
+    print(v["name"], v["size"], v["coveredFrom"], v["digest"].split(":", 1)[1])' "$INDEX"
+  else
+    jq -r '.volumes[] | "\(.name) \(.size) \(.coveredFrom) \(.digest | ltrimstr("sha256:"))"' "$INDEX"
+  fi
+}
+trusted_signers() { awk '/^ssh-ed25519 / {print "airbundle", $1, $2}' "$PUBKEY"; }
+bundle_bytes() {    # the bundle as one byte stream: the file, or the volumes in order
+  if [ -z "$INDEX" ]; then cat -- "$BUNDLE"; else
+    while read -r vname _ _ _; do cat -- "$VOLDIR/$vname"; done < volumes.txt
+  fi
+}
+
+# --- 0. a volume set: its signed index, then every volume -----------------------
+if [ -n "$INDEX" ]; then
+  VOLDIR=$(dirname -- "$INDEX")
+  say "checking the volume index $INDEX"
+  [ -f "$INDEX.sig" ] || die "no $INDEX.sig beside the index"
+  trusted_signers > allowed_signers
+  [ -s allowed_signers ] || die "$PUBKEY holds no ssh-ed25519 key"
+  # NAME.volumes.sig holds one armored SSHSIG block per signer: check each alone.
+  awk '/-----BEGIN SSH SIGNATURE-----/ {n++} n {print > ("index-sig-" n ".sig")}' "$INDEX.sig"
+  good=0
+  for sig in index-sig-*.sig; do
+    [ -f "$sig" ] || continue
+    if ssh-keygen -Y verify -f allowed_signers -I airbundle -n airbundle -s "$sig" < "$INDEX" >/dev/null; then
+      good=$((good + 1))
+    fi
+  done
+  [ "$good" -ge 1 ] || die "no signature by $PUBKEY verifies over $INDEX"
+  index_volumes > volumes.txt
+  [ -s volumes.txt ] || die "the index lists no volumes"
+  while read -r vname vsize vfrom vhex; do
+    case "$vname" in */*|.*) die "the index names a volume outside its folder: $vname";; esac
+    [ -f "$VOLDIR/$vname" ] || die "volume $vname is missing"
+    [ "$(stat -c %s -- "$VOLDIR/$vname")" = "$vsize" ] || die "volume $vname does not have the indexed size $vsize"
+    got=$(tail -c +"$((vfrom + 1))" -- "$VOLDIR/$vname" | sha256sum | cut -c 1-64)
+    [ "$got" = "$vhex" ] || die "volume $vname is damaged: its sha256 differs from the signed index"
+  done < volumes.txt
+  echo "   $(wc -l < volumes.txt) volume(s) match the signed index"
+fi
+
 # --- 1. look before extracting ----------------------------------------------
 say "listing $BUNDLE"
-zstd -qdc -- "$BUNDLE" | tar -tvf - > listing.txt || die "the bundle does not decompress or is not a tar archive"
-zstd -qdc -- "$BUNDLE" | tar -tf - > names.txt || die "the bundle does not decompress or is not a tar archive"
+bundle_bytes | zstd -qdc | tar -tvf - > listing.txt || die "the bundle does not decompress or is not a tar archive"
+bundle_bytes | zstd -qdc | tar -tf - > names.txt || die "the bundle does not decompress or is not a tar archive"
 [ -s names.txt ] || die "the archive is empty"
 not_regular=$(grep -v '^-' listing.txt || true)
 [ -z "$not_regular" ] || die "members that are not regular files: $not_regular"
@@ -122,13 +188,13 @@ odd=$(grep -Ev "$NAME_RE" names.txt || true)
 # --- 2. extract --------------------------------------------------------------
 say "extracting into $WORK/unpacked"
 mkdir unpacked
-zstd -qdc -- "$BUNDLE" | tar -xf - -C unpacked
+bundle_bytes | zstd -qdc | tar -xf - -C unpacked
 odd=$(find unpacked ! -type f ! -type d)
 [ -z "$odd" ] || die "extraction produced something other than files and folders: $odd"
 
 # --- 3. signature over the manifest's exact bytes ------------------------------
 say "checking signatures against $PUBKEY"
-awk '/^ssh-ed25519 / {print "airbundle", $1, $2}' "$PUBKEY" > allowed_signers
+trusted_signers > allowed_signers
 [ -s allowed_signers ] || die "$PUBKEY holds no ssh-ed25519 key"
 good=0
 for sig in unpacked/airbundle/signatures/*.sig; do
@@ -158,9 +224,15 @@ if [ -n "$expires" ]; then
   if [[ "$now" > "$expires" ]]; then echo "WARNING: the manifest says the bundle expired at $expires"; fi
 fi
 
+INCREMENTAL=$(manifest_is_incremental)
+if [ "$INCREMENTAL" = yes ]; then
+  echo "   incremental bundle: its images and repos build on what the far side holds;"
+  echo "   listing what it carries instead of copying images and cloning repos"
+fi
+
 # --- 5. images with skopeo -----------------------------------------------------
 n=0
-while read -r digest ref; do
+while [ "$INCREMENTAL" = no ] && read -r digest ref; do
   [ -n "$ref" ] || continue
   need skopeo
   n=$((n + 1))
@@ -176,6 +248,14 @@ while read -r name head; do
   [ -n "$name" ] || continue
   need git
   say "repo $name"
+  if [ "$INCREMENTAL" = yes ]; then
+    # Without the base commits git cannot clone it; its header still lists the refs.
+    git bundle list-heads "unpacked/repos/$name.bundle" | grep -v ' HEAD$' | LC_ALL=C sort > "refs-$name.txt" \
+      || die "repo $name: git cannot read its bundle header"
+    manifest_refs "$name" | LC_ALL=C sort > "refs-$name.expected"
+    diff "refs-$name.expected" "refs-$name.txt" || die "repo $name: bundle refs differ from the manifest"
+    continue
+  fi
   git -c transfer.fsckObjects=true clone --quiet --mirror "unpacked/repos/$name.bundle" "repos/$name.git" \
     || die "repo $name: git cannot clone its bundle"
   git -C "repos/$name.git" for-each-ref --format='%(objectname) %(refname)' | LC_ALL=C sort > "refs-$name.txt"

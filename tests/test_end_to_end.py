@@ -399,6 +399,57 @@ def test_manual_verification_script_accepts_a_good_bundle_and_rejects_a_bad_one(
     assert failed.returncode != 0
 
 
+def _manual_check(target: Path, key: KeyPair, out: Path) -> subprocess.CompletedProcess[str]:
+    from conftest import REPO_ROOT
+
+    for tool in ("zstd", "ssh-keygen", "skopeo", "git"):
+        require_tool(tool)
+    script = REPO_ROOT / "docs" / "manual-verification.sh"
+    return subprocess.run(
+        ["bash", str(script), str(target), str(key.public), str(out)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_manual_verification_script_checks_a_volume_set_by_folder_and_by_index(
+    exported: ExportResult, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    from airbundle.ops.volumes import split_bundle
+
+    key = load_signing_key(signing_key.private, passphrase=None)
+    index = split_bundle(exported.path, 40_000, (key,), folder=tmp_path / "set")
+    volumes = sorted((tmp_path / "set").glob("*.0*"))
+    assert len(volumes) >= 2
+    for n, target in enumerate((tmp_path / "set", index)):
+        proc = _manual_check(target, signing_key, tmp_path / f"out{n}")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "volume(s) match the signed index" in proc.stdout
+    # A damaged later volume is named before anything is extracted.
+    data = bytearray(volumes[-1].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    volumes[-1].write_bytes(bytes(data))
+    bad = _manual_check(index, signing_key, tmp_path / "out-bad")
+    assert bad.returncode != 0
+    assert f"volume {volumes[-1].name} is damaged" in bad.stderr
+
+
+def test_manual_verification_script_checks_an_incremental_bundle(
+    exported: ExportResult, signing_key: KeyPair, sample_tree: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "w"
+    shutil.copytree(sample_tree, work, symlinks=True)
+    run("git", "-C", work / "gitops", "-c", "user.name=t", "-c", "user.email=t@e",
+        "commit", "-q", "--allow-empty", "-m", "one more")  # fmt: skip
+    week2 = export(work / "spec.yaml", tmp_path / "w2.airbundle", signing_key,
+                   since=(exported.path,))  # fmt: skip
+    assert week2.manifest.base is not None
+    assert week2.manifest.repos[0].prerequisites
+    proc = _manual_check(week2.path, signing_key, tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "incremental bundle" in proc.stdout
+
+
 def test_refs_outside_heads_and_tags_need_a_flag(
     sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
