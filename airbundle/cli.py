@@ -64,7 +64,7 @@ cache_app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 
-_state = {"verbose": False}
+_state = {"verbose": False, "quiet": False}
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -101,7 +101,7 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
 
 @contextmanager
 def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    if quiet or not sys.stderr.isatty():
+    if quiet or _state["quiet"] or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
@@ -125,7 +125,7 @@ def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
 
 
 def _say(quiet: bool, text: str) -> None:
-    if not quiet:
+    if not (quiet or _state["quiet"]):
         typer.echo(text)
 
 
@@ -138,7 +138,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show tracebacks on errors (before or after the command)."
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing but errors (any command).")
     ] = False,
     version: Annotated[
         bool,
@@ -148,6 +154,7 @@ def _main(
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
+    _state["quiet"] = quiet
 
 
 _VOLUME_FILE = re.compile(r".+\.\d{3}")
@@ -881,12 +888,25 @@ def key_generate(
     public = keyops.generate_key(
         path, passphrase=keyops.read_passphrase(passphrase_file), comment=comment, force=force
     )
-    typer.echo(f"wrote {path} and {path}.pub ({public.fingerprint})")
+    _say(False, f"wrote {path} and {path}.pub ({public.fingerprint})")
+
+
+_GLOBAL_FLAGS = frozenset({"-v", "--verbose"})
+
+
+def _hoist_global_flags(argv: list[str]) -> list[str]:
+    """`-v` may follow the command name (`airbundle import … -v`): move it in
+    front, where the top-level callback reads it. Tokens after `--` stay."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in _GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in _GLOBAL_FLAGS]
+    return flags + rest + argv[end:]
 
 
 def main(argv: list[str] | None = None) -> Any:
+    args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
-        return app(args=argv, prog_name="airbundle")
+        return app(args=args, prog_name="airbundle")
     except SystemExit as exc:
         # click reports usage errors with exit 2 already; keep its code.
         if exc.code not in (None, 0) and not isinstance(exc.code, int):

@@ -435,3 +435,26 @@ def test_no_airbundle_on_the_test_path() -> None:
     assert shutil.which("airbundle") is None
     proc = subprocess.run([*AIRBUNDLE, "--version"], capture_output=True, text=True, check=True)
     assert proc.stdout.startswith("airbundle ")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_shows_the_traceback_before_or_after_the_command(
+    where: str, tmp_path: Path
+) -> None:
+    args = ["verify", str(tmp_path / "none.airbundle"), "--trust", str(tmp_path / "none.pub")]
+    argv = ["-v", *args] if where == "before" else [*args, "-v"]
+    proc = subprocess.run([*AIRBUNDLE, *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "airbundle: error: cannot read trust file" in proc.stderr
+
+
+def test_quiet_before_the_command_silences_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*AIRBUNDLE, "-q", "key", "generate", str(tmp_path / "k")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("", "")
+    assert (tmp_path / "k.pub").is_file()
