@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -314,6 +315,37 @@ def test_platform_subset_records_the_source_index_digest(
     )
     platforms = [m["platform"]["architecture"] for m in json.loads(raw)["manifests"]]
     assert platforms == ["arm64"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "error"),
+    [
+        ("linux/amd64", None),
+        ("linux/arm64", "no manifest for platform linux/arm64 (the image is a single manifest "
+         "for linux/amd64)"),
+        ("linux/amd64, linux/arm64", "no manifest for platform linux/arm64"),
+    ],
+)  # fmt: skip
+def test_platforms_on_a_single_platform_image_must_match_its_config(
+    asked: str, error: str | None, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    from airbundle.errors import SourceError
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: one}\nimages:\n"
+        f"  - ref: oci:{sample_tree}/layouts/hello:0.9\n"
+        "    name: registry.example.com/team/hello:0.9\n"
+        f"    platforms: [{asked}]\n"
+    )
+    out = tmp_path / "one.airbundle"
+    if error is None:
+        (image,) = export(spec, out, signing_key).manifest.images
+        assert image.platforms == ()
+        return
+    with pytest.raises(SourceError, match=re.escape(error)):
+        export(spec, out, signing_key)
+    assert not out.exists()
 
 
 def test_second_signer_key_not_trusted_is_not_enough(

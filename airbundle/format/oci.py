@@ -118,6 +118,31 @@ class ParsedManifest:
         return self.media_type in INDEX_TYPES
 
 
+IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+
+
+def config_platform(
+    data: bytes, *, media_type: str, where: str, limits: Limits = DEFAULT_LIMITS
+) -> Platform | None:
+    """The platform an image config declares (`os`, `architecture`, `variant`),
+    or None for a config that is not an image's (an artifact's)."""
+    if media_type not in IMAGE_CONFIG_TYPES:
+        return None
+    doc = loads_strict(
+        data,
+        what=where,
+        max_bytes=limits.max_oci_manifest_bytes,
+        max_depth=limits.max_json_depth,
+        error=InvalidOCIError,
+    )
+    if not isinstance(doc, dict):
+        raise InvalidOCIError(f"{where}: image config is not a JSON object")
+    os_, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
+    if not (isinstance(os_, str) and os_ and isinstance(arch, str) and arch):
+        return None
+    return Platform(os_, arch, variant if isinstance(variant, str) and variant else None)
+
+
 def parse_manifest(
     data: bytes, *, declared_type: str | None, where: str, limits: Limits = DEFAULT_LIMITS
 ) -> ParsedManifest:

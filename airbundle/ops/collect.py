@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from airbundle.adapters.images import ImageSource
 from airbundle.errors import FormatError, SourceError
 from airbundle.format.digest import Digest
-from airbundle.format.oci import OCI_INDEX, Descriptor, Platform, index_bytes, parse_manifest
+from airbundle.format.oci import (
+    OCI_INDEX,
+    Descriptor,
+    Platform,
+    config_platform,
+    index_bytes,
+    parse_manifest,
+)
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -62,6 +69,8 @@ def collect_image(
                 if child.platform:
                     found.append(str(child.platform))
         else:
+            if platforms:
+                _check_single_platform(source, parsed.blobs[0], platforms, what, limits)
             _add_blobs(parsed.blobs, image)
         image.root = root
         # Root first, then children: an importer reading the stream discovers
@@ -71,6 +80,37 @@ def collect_image(
     except FormatError as exc:
         raise SourceError(f"{what}: {exc.message}") from None
     return image
+
+
+def _check_single_platform(
+    source: ImageSource,
+    config: Descriptor,
+    wanted: tuple[Platform, ...],
+    what: str,
+    limits: Limits,
+) -> None:
+    """`platforms:` on a single-platform image: it must ask for exactly the
+    platform the image's config declares, never be ignored in silence."""
+    if config.size > limits.max_oci_manifest_bytes:
+        raise SourceError(f"{what}: image config of {config.size} bytes is too large to read")
+    data = b"".join(source.open_blob(config))
+    if len(data) != config.size or Digest.sha256_of(data) != config.digest:
+        raise SourceError(f"{what}: image config does not match its digest {config.digest}")
+    where = f"{what} config"
+    have = config_platform(data, media_type=config.media_type, where=where, limits=limits)
+    if have is None:
+        raise SourceError(
+            f"{what}: platforms: {', '.join(map(str, wanted))} asked for, but the image is a "
+            "single manifest whose config declares no platform",
+            hint="remove `platforms:` from this image in the spec",
+        )
+    missing = [str(p) for p in wanted if not p.matches(have)]
+    if missing:
+        raise SourceError(
+            f"{what}: no manifest for platform {', '.join(missing)} (the image is a single "
+            f"manifest for {have})",
+            hint=f"remove `platforms:` or ask for {have}",
+        )
 
 
 def _select(
