@@ -458,3 +458,22 @@ def test_quiet_before_the_command_silences_it(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout, proc.stderr) == ("", "")
     assert (tmp_path / "k.pub").is_file()
+
+
+@pytest.mark.parametrize("ssh_keygen", [False, True])
+def test_a_private_key_given_to_trust_is_named_as_such(ssh_keygen: bool, tmp_path: Path) -> None:
+    key = tmp_path / "release"
+    if ssh_keygen:
+        require_tool("ssh-keygen")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    else:
+        subprocess.run([*AIRBUNDLE, "key", "generate", str(key)], check=True, capture_output=True)
+    proc = subprocess.run(
+        [*AIRBUNDLE, "verify", str(tmp_path / "b.airbundle"), "--trust", str(key)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert f"{key} is a private key, not a trust file" in proc.stderr
+    assert f"pass the public key ({key}.pub)" in proc.stderr
+    assert "OPENSSH" not in proc.stderr

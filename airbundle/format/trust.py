@@ -259,6 +259,9 @@ def _parse_line(line: str, where: str) -> TrustedKey:
     )
 
 
+_PRIVATE_KEY_MARK = re.compile(r"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", re.MULTILINE)
+
+
 def parse_trust_file(text: str, *, source: str) -> list[TrustedKey]:
     """Trusted keys from a ``.pub`` file or an OpenSSH ``allowed_signers`` file.
 
@@ -276,6 +279,13 @@ def parse_trust_file(text: str, *, source: str) -> list[TrustedKey]:
 
     Errors name ``source:line``.
     """
+    if _PRIVATE_KEY_MARK.search(text):
+        # The commonest mistake: `--trust keys/release` instead of its .pub.
+        raise KeyFileError(
+            f"{source} is a private key, not a trust file",
+            hint=f"pass the public key ({source}.pub) or an allowed_signers file; "
+            "keep the private key off this machine if it only verifies",
+        )
     keys: list[TrustedKey] = []
     for number, raw_line in enumerate(text.split("\n"), start=1):
         line = raw_line.removesuffix("\r").strip(_BLANK)
