@@ -286,9 +286,17 @@ def open_media(path: Path) -> Media:
         match = _VOLUME.fullmatch(path.name)
         if match and (path.parent / f"{match.group(1)}{INDEX_SUFFIX}").exists():
             index_path = path.parent / f"{match.group(1)}{INDEX_SUFFIX}"
+        elif not path.exists() and path.with_name(path.name + INDEX_SUFFIX).is_file():
+            # `verify NAME.airbundle` where the export wrote NAME.airbundle.001…
+            # and NAME.airbundle.volumes: the set is what the user means.
+            index_path = path.with_name(path.name + INDEX_SUFFIX)
     if index_path is None:
         if not path.exists():
-            raise UsageError(f"cannot open bundle {path}: No such file or directory")
+            raise UsageError(
+                f"cannot open bundle {path}: No such file or directory",
+                hint="pass the bundle file, a volume set's NAME.volumes index, any of its "
+                "volumes, or the folder holding them",
+            )
         return Media(str(path), single=path)
     try:
         data = index_path.read_bytes()
