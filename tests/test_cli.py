@@ -221,7 +221,9 @@ def test_missing_bundle_file_exits_2(env: World, tmp_path: Path) -> None:
     missing = tmp_path / "nope.airbundle"
     proc = cli("verify", missing, "--trust", env.pub_path)
     assert proc.returncode == EXIT_USAGE
-    assert error_line(proc) == f"cannot open bundle {missing}: No such file or directory\n"
+    first, hint = error_line(proc).split("\n", 1)
+    assert first == f"cannot open bundle {missing}: No such file or directory"
+    assert hint.startswith("  hint: pass the bundle file, a volume set's NAME.volumes index")
 
 
 def test_bad_duration_exits_2(env: World, tmp_path: Path) -> None:
