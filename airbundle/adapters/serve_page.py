@@ -38,7 +38,7 @@ def _images(images: list[dict[str, Any]]) -> list[str]:
     for image in images:
         rows.append(
             f"<tr><td><code>{_e(image['pull'])}</code></td><td>{_e(image['source'])}</td>"
-            f"<td><code>{_e(image['digest'])}</code></td>"
+            f"<td><code title=\"{_e(image['digest'])}\">{_e(image['digest'][:19])}</code></td>"
             f"<td>{_e(', '.join(image['platforms']) or '-')}</td>"
             f"<td>{_e(_size(image['size']))}</td></tr>"
         )
