@@ -121,7 +121,8 @@ class LayoutWriter:
         return self.manifest(doc)
 
     def tag(self, ref: str, doc: Doc) -> None:
-        self.target.tag("", ImageReference.parse(ref), doc.media_type, doc.data)
+        parsed = ImageReference.parse(ref)
+        self.target.tag(self.target.locate(parsed), parsed, doc.media_type, doc.data)
 
     def finish(self) -> None:
         with self.target.locked():
@@ -150,7 +151,9 @@ class Conformance:
     missing_subject: str
 
 
-def conformance_layout(root: Path, source_repo: str = "registry.example.com/conformance/test") -> Conformance:
+def conformance_layout(
+    root: Path, source_repo: str = "registry.example.com/conformance/test"
+) -> Conformance:
     w = LayoutWriter(root)
     layer_data = b"conformance layer " * 1000
     config_data = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
@@ -224,7 +227,16 @@ def conformance_layout(root: Path, source_repo: str = "registry.example.com/conf
     config = json.loads(image.data)["config"]
     layer = json.loads(image.data)["layers"][0]
     return Conformance(
-        "conformance/test", tags, config, layer, layer_data, image, referrers, by_type, orphan, missing
+        "conformance/test",
+        tags,
+        config,
+        layer,
+        layer_data,
+        image,
+        referrers,
+        by_type,
+        orphan,
+        missing,
     )
 
 

@@ -60,7 +60,9 @@ def test_any_path_is_a_route_or_an_api_error(path: str) -> None:
 def test_error_body_is_the_spec_json() -> None:
     doc = json.loads(dist.error_body(dist.BLOB_UNKNOWN, "x@sha256:1"))
     assert doc == {
-        "errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": "x@sha256:1"}]
+        "errors": [
+            {"code": "BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": "x@sha256:1"}
+        ]
     }
 
 
@@ -166,4 +168,7 @@ def test_referrer_descriptor_takes_artifact_type_then_config_type() -> None:
         "annotations": {"k": "v"},
     }
     implicit = {"config": {"mediaType": "c/d"}}
-    assert dist.referrer_descriptor(implicit, media_type="m", digest=d, size=3)["artifactType"] == "c/d"
+    assert (
+        dist.referrer_descriptor(implicit, media_type="m", digest=d, size=3)["artifactType"]
+        == "c/d"
+    )
