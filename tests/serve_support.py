@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AIRBUNDLE, require_tool
-from servers import Process, ServerError, _Server, clean_env, free_port, http_request
+from servers import Process, ServerError, _Server, clean_env, free_port, http_request, require_ip
 
 from airbundle.adapters.oci_layout import OciLayoutTarget
 from airbundle.format.digest import Digest
@@ -273,6 +273,8 @@ def podman(root: Path, *args: str, timeout: float = 180) -> subprocess.Completed
     """podman with its own storage (vfs) and run folders: nothing shared with the host."""
     binary = require_tool("podman")
     root.mkdir(parents=True, exist_ok=True)
+    # podman refuses a run root longer than 50 characters.
+    runroot = Path(tempfile.gettempdir()) / f"pm-{hashlib.sha256(bytes(root)).hexdigest()[:12]}"
     conf = root / "containers.conf"
     conf.write_text('[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\n')
     return subprocess.run(
@@ -281,7 +283,7 @@ def podman(root: Path, *args: str, timeout: float = 180) -> subprocess.Completed
             "--root",
             str(root / "storage"),
             "--runroot",
-            str(root / "run"),
+            str(runroot),
             "--storage-driver",
             "vfs",
             *args,
@@ -381,6 +383,34 @@ class PullThroughCache(_Server):
         return f"127.0.0.1:{self.port}"
 
 
+def netns_mount_run(argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """servers.netns_run plus a mount namespace of its own: containerd unpacks
+    layers through bind mounts, which root in a user namespace may make there."""
+    unshare = require_tool("unshare")
+    ip = require_ip()
+    script = f'{ip} link set lo up && exec "$@"'
+    return subprocess.run(
+        [
+            unshare,
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *argv,
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def skopeo_digest(ref: str, *args: str) -> str:
     """sha256 of the raw manifest skopeo gets for `ref`."""
     proc = subprocess.run(
@@ -404,6 +434,7 @@ __all__ = [
     "Serve",
     "chromium",
     "conformance_layout",
+    "netns_mount_run",
     "podman",
     "skopeo_digest",
 ]
