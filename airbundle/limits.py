@@ -38,6 +38,8 @@ class Limits:
     max_git_request_bytes: int = 64 << 20
     # serve: an htpasswd file is a handful of lines.
     max_htpasswd_bytes: int = 1 << 20
+    # serve: blob sends running at once (threads blocked on slow clients included).
+    max_send_threads: int = 64
     # serve: refs listed per repository on the page at /.
     max_page_refs: int = 200
 

@@ -14,8 +14,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import select
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,12 +98,50 @@ def _error_response(error: dist.ApiError, realm: str) -> web.Response:
 # --- blobs by sendfile ---------------------------------------------------------------
 
 
-class BlobResponse(web.StreamResponse):
-    """Bytes [start, end) of a blob: file spans by sendfile (zero-copy; aiohttp's
-    loop falls back to read/write under TLS), else the store's checked chunks."""
+# A client that takes no byte for this long is dropped (its thread is freed).
+STALL_SECONDS = 300.0
 
-    def __init__(self, blob: Blob, start: int, end: int, *, status: int, headers: dict[str, str]):
+
+def _sendfile(sock: int, fd: int, offset: int, count: int) -> int:
+    """sendfile(2) of `count` bytes of `fd` from `offset` to `sock` (duplicates
+    this closes), in a worker thread: the kernel
+    copies run on every core, not only the event loop's (8 clients pulling 4 GiB:
+    2.2-2.3 s against 2.8-3.8 s with asyncio's loop.sendfile on two cores)."""
+    sent = 0
+    try:
+        while sent < count:
+            try:
+                n = os.sendfile(sock, fd, offset + sent, count - sent)
+            except BlockingIOError:
+                _, writable, _ = select.select([], [sock], [], STALL_SECONDS)
+                if not writable:
+                    raise TimeoutError(f"client took nothing for {STALL_SECONDS:.0f} s") from None
+                continue
+            if n == 0:
+                break  # the file is shorter than it was: the caller cuts the connection
+            sent += n
+    finally:
+        os.close(sock)
+        os.close(fd)
+    return sent
+
+
+class BlobResponse(web.StreamResponse):
+    """Bytes [start, end) of a blob: file spans by sendfile (zero-copy, in worker
+    threads; through asyncio's copy under TLS), else the store's checked chunks."""
+
+    def __init__(
+        self,
+        blob: Blob,
+        start: int,
+        end: int,
+        *,
+        status: int,
+        headers: dict[str, str],
+        pool: ThreadPoolExecutor,
+    ):
         super().__init__(status=status, headers=headers)
+        self.pool = pool
         self.blob = blob
         self.start = start
         self.end = end
@@ -123,9 +164,29 @@ class BlobResponse(web.StreamResponse):
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
+        sock = transport.get_extra_info("socket")
+        plain = sock is not None and transport.get_extra_info("sslcontext") is None
+        if plain:
+            # The headers must be on the wire before sendfile(2) writes behind
+            # the transport's back; they are a few hundred bytes.
+            while transport.get_write_buffer_size():
+                await asyncio.sleep(0.001)
         for span in spans:
             with span.path.open("rb") as fh:
-                sent = await loop.sendfile(transport, fh, span.offset, span.length)
+                if plain:
+                    # Duplicates, closed by _sendfile in its thread even if this request
+                    # is cancelled: a number closed early could name another client's
+                    # connection or another file.
+                    sent = await loop.run_in_executor(
+                        self.pool,
+                        _sendfile,
+                        os.dup(sock.fileno()),
+                        os.dup(fh.fileno()),
+                        span.offset,
+                        span.length,
+                    )
+                else:  # TLS: asyncio copies through the SSL transport
+                    sent = await loop.sendfile(transport, fh, span.offset, span.length)
             if sent != span.length:
                 # Never end a response short with a clean close: cut the connection.
                 transport.abort()
@@ -157,6 +218,7 @@ class Server:
             else None
         )
         self._refreshing = asyncio.Lock()
+        self.pool = ThreadPoolExecutor(config.limits.max_send_threads, "serve-send")
         self._seen: object = ("never read",)
 
     def app(self) -> web.Application:
@@ -289,10 +351,10 @@ class Server:
                 exc.code, exc.detail, headers={"Content-Range": f"bytes */{blob.size}"}
             ) from None
         if wanted is None:
-            return BlobResponse(blob, 0, blob.size, status=200, headers=headers)
+            return BlobResponse(blob, 0, blob.size, status=200, headers=headers, pool=self.pool)
         start, end = wanted
         headers["Content-Range"] = dist.content_range(start, end, blob.size)
-        return BlobResponse(blob, start, end, status=206, headers=headers)
+        return BlobResponse(blob, start, end, status=206, headers=headers, pool=self.pool)
 
     async def _referrers(self, request: web.Request, route: dist.Route) -> web.StreamResponse:
         digest = route.digest
