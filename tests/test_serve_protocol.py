@@ -172,3 +172,34 @@ def test_referrer_descriptor_takes_artifact_type_then_config_type() -> None:
         dist.referrer_descriptor(implicit, media_type="m", digest=d, size=3)["artifactType"]
         == "c/d"
     )
+
+
+def test_the_page_escapes_carried_names() -> None:
+    from airbundle.adapters.serve_page import render_html
+
+    hostile = '<script>alert("x")</script>'
+    html = render_html(
+        {
+            "served": "oci:/srv",
+            "address": "127.0.0.1:5000",
+            "images": [
+                {
+                    "pull": f"h/{hostile}",
+                    "source": hostile,
+                    "digest": DIGEST,
+                    "platforms": [],
+                    "size": 1,
+                }
+            ],
+            "repos": [
+                {
+                    "url": "u",
+                    "refs": [{"ref": "refs/heads/x", "commit": "c" * 40, "subject": hostile}],
+                }
+            ],
+            "history": [{"bundle": hostile, "signers": [hostile]}],
+            "warnings": [hostile],
+        }
+    )
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
