@@ -27,6 +27,7 @@ INSTALL_HINTS = {
     "containerd": "apt-get install containerd",
     "ctr": "apt-get install containerd",
     "chromium": "apt-get install chromium",
+    "wrk": "apt-get install wrk",
 }
 
 
