@@ -895,7 +895,7 @@ def serve(
             "folder, then serve those (--registry oci:DIR --git DIR)"
         )
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
+        level=logging.WARNING if quiet or _state["quiet"] else logging.INFO,
         format="airbundle serve: %(message)s",
         stream=sys.stderr,
     )
@@ -908,7 +908,12 @@ def serve(
         htpasswd=htpasswd,
         keep_source_host=keep_source_host,
     )
-    run_serve(options, on_ready=lambda url: typer.echo(f"serving on {url}", err=True))
+
+    def ready(url: str) -> None:
+        if not (quiet or _state["quiet"]):
+            typer.echo(f"serving on {url}", err=True)
+
+    run_serve(options, on_ready=ready)
 
 
 @cache_app.command("prune")
