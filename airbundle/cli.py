@@ -852,6 +852,70 @@ def mirror_config(
         _say(quiet, f"wrote {path}")
 
 
+@app.command()
+@_errors_to_exit
+def serve(
+    registry: Annotated[
+        str | None, typer.Option(help="Serve the images import wrote here: oci:DIR.")
+    ] = None,
+    git_dir: Annotated[
+        Path | None, typer.Option("--git", help="Serve the bare repos import wrote here.")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Serve a bundle in place (not yet available).")
+    ] = None,
+    trust: Annotated[
+        list[Path], typer.Option(help="Trusted keys for --bundle (not yet available).")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    threshold: ThresholdOpt = 1,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:5000",
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate.")] = (
+        None
+    ),
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
+    htpasswd: Annotated[
+        Path | None,
+        typer.Option(help="Require Basic auth for registry and git (bcrypt lines, htpasswd -B)."),
+    ] = None,
+    keep_source_host: Annotated[
+        bool, typer.Option(help="Keep the source registry host as the first path component.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Serve what import wrote (an OCI layout, bare repos) read-only: the OCI registry
+    API (pull), git smart HTTP under /git/NAME.git, and a page at /."""
+    import logging
+
+    from airbundle.ops.serve import ServeOptions
+    from airbundle.ops.serve import serve as run_serve
+
+    if bundle is not None or trust or threshold != 1:
+        raise UsageError(
+            "serve --bundle is not available yet: import the bundle into oci:DIR and a git "
+            "folder, then serve those (--registry oci:DIR --git DIR)"
+        )
+    logging.basicConfig(
+        level=logging.WARNING if quiet or _state["quiet"] else logging.INFO,
+        format="airbundle serve: %(message)s",
+        stream=sys.stderr,
+    )
+    options = ServeOptions(
+        registry=registry,
+        git=git_dir,
+        listen=listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        htpasswd=htpasswd,
+        keep_source_host=keep_source_host,
+    )
+
+    def ready(url: str) -> None:
+        if not (quiet or _state["quiet"]):
+            typer.echo(f"serving on {url}", err=True)
+
+    run_serve(options, on_ready=ready)
+
+
 @cache_app.command("prune")
 @_errors_to_exit
 def cache_prune(

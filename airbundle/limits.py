@@ -29,6 +29,19 @@ class Limits:
     io_chunk_bytes: int = 1 << 20
     # zstd multi-threaded job size: memory per compression worker scales with it.
     zstd_job_bytes: int = 2 << 20
+    # serve: most entries one tags/list or _catalog page returns (a larger `n`
+    # gets this many and a Link to the next page).
+    max_page_entries: int = 1000
+    # serve: successful Basic logins remembered (bcrypt costs ~0.1 s per check).
+    max_auth_cache_entries: int = 1024
+    # serve: a git fetch's request body (wants and haves); far above any real one.
+    max_git_request_bytes: int = 64 << 20
+    # serve: an htpasswd file is a handful of lines.
+    max_htpasswd_bytes: int = 1 << 20
+    # serve: blob sends running at once (threads blocked on slow clients included).
+    max_send_threads: int = 64
+    # serve: refs listed per repository on the page at /.
+    max_page_refs: int = 200
 
 
 DEFAULT_LIMITS = Limits()

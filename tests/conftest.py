@@ -23,6 +23,11 @@ INSTALL_HINTS = {
     "htpasswd": "apt-get install apache2-utils",
     "unshare": "apt-get install util-linux",
     "ip": "apt-get install iproute2",
+    "podman": "apt-get install podman",
+    "containerd": "apt-get install containerd",
+    "ctr": "apt-get install containerd",
+    "chromium": "apt-get install chromium",
+    "wrk": "apt-get install wrk",
 }
 
 

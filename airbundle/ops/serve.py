@@ -1,0 +1,322 @@
+"""serve: the disconnected side's own registry and git server, read-only.
+
+Serves what `import` wrote (an OCI layout, a folder of bare repositories) over
+the OCI distribution API (pull side), git smart HTTP and a page at `/`. It
+keeps no state of its own: every answer comes from the folders, re-read when
+an import changes them, so several instances over the same folders answer the
+same and an import becomes visible without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airbundle.errors import TargetError, UsageError
+from airbundle.format.distribution import parse_htpasswd
+from airbundle.format.jsonutil import loads_strict
+from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.state import StateStore, default_state_dir
+
+if TYPE_CHECKING:  # aiohttp and the store load when serve runs
+    from airbundle.adapters.layout_store import LayoutStore
+
+log = logging.getLogger("airbundle.serve")
+DEFAULT_LISTEN = "127.0.0.1:5000"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    registry: str | None = None  # oci:DIR
+    git: Path | None = None
+    listen: str = DEFAULT_LISTEN
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    htpasswd: Path | None = None
+    keep_source_host: bool = False
+    limits: Limits = DEFAULT_LIMITS
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(text: str) -> Listen:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all interfaces)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT (e.g. {DEFAULT_LISTEN})")
+    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"  # noqa: S104 - asked for
+    return Listen(host, int(port))
+
+
+def layout_dir(options: ServeOptions) -> Path | None:
+    if options.registry is None:
+        return None
+    if not options.registry.startswith("oci:"):
+        raise UsageError(
+            f"--registry {options.registry!r}: serve reads what import wrote into an OCI "
+            "layout: --registry oci:DIR",
+            hint="a registry server already serves its own content; serve is for oci: targets",
+        )
+    return Path(options.registry[4:]).resolve()
+
+
+def check_options(options: ServeOptions) -> list[str]:
+    """Refuse what cannot work before binding a port; return warnings."""
+    warnings = []
+    layout = layout_dir(options)
+    if layout is None and options.git is None:
+        raise UsageError("nothing to serve: give --registry oci:DIR and/or --git DIR")
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if layout is not None:
+        if layout.exists() and not (layout / "oci-layout").is_file() and any(layout.iterdir()):
+            raise UsageError(f"{layout} is not an OCI image layout (no oci-layout file)")
+        if not layout.exists():
+            warnings.append(
+                f"{layout} does not exist yet: its images appear once an import writes it"
+            )
+    if options.git is not None and not options.git.is_dir():
+        warnings.append(
+            f"{options.git} does not exist yet: its repos appear once an import writes them"
+        )
+    listen = parse_listen(options.listen)
+    if not listen.loopback and options.tls_cert is None:
+        warnings.append(exposure_warning(listen))
+    return warnings
+
+
+def exposure_warning(listen: Listen) -> str:
+    where = f"{listen.host}:{listen.port}"
+    return (
+        f"listening on {where}, beyond loopback, without TLS: content and passwords travel "
+        "in clear, and every client must be told this registry speaks plain HTTP: "
+        f'podman/skopeo/CRI-O `[[registry]] location = "HOST:{listen.port}"` with '
+        '`insecure = true` in registries.conf, containerd a `[host."http://HOST:'
+        f'{listen.port}/v2"]` entry in certs.d/*/hosts.toml (`mirror-config --insecure` writes '
+        "both), Docker `insecure-registries` in daemon.json, git an http:// URL; serve with "
+        "--tls-cert/--tls-key to avoid this"
+    )
+
+
+def load_users(path: Path, limits: Limits) -> dict[str, bytes]:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limits.max_htpasswd_bytes + 1)
+    except OSError as exc:
+        raise UsageError(f"--htpasswd {path}: cannot read it: {exc.strerror}") from None
+    if len(data) > limits.max_htpasswd_bytes:
+        raise UsageError(f"--htpasswd {path}: larger than {limits.max_htpasswd_bytes} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--htpasswd {path}: not UTF-8 text") from None
+    return parse_htpasswd(text, where=str(path))
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--tls-cert {cert} / --tls-key {key}: cannot load them: {exc}") from None
+    return context
+
+
+def open_store(options: ServeOptions) -> LayoutStore:
+    from airbundle.adapters.layout_store import LayoutStore
+
+    return LayoutStore(
+        layout_dir(options),
+        options.git,
+        keep_source_host=options.keep_source_host,
+        limits=options.limits,
+    )
+
+
+# --- the page at / -----------------------------------------------------------------------
+
+
+def read_history(options: ServeOptions) -> tuple[list[dict[str, Any]], list[str]]:
+    """The import history kept by ops/state.py for the served folders (read only,
+    without its lock: the file is replaced atomically)."""
+    layout = layout_dir(options)
+    targets = []
+    if layout is not None:
+        targets.append(f"images=oci:{layout}")
+    if options.git is not None:
+        targets.append(f"git={options.git.resolve()}")
+    folders = [layout / ".airbundle"] if layout is not None else []
+    folders.append(default_state_dir())
+    history: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for target in targets:
+        for folder in folders:
+            path = StateStore(folder, target).path
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            try:
+                doc = loads_strict(
+                    data,
+                    what=str(path),
+                    max_bytes=options.limits.max_manifest_bytes,
+                    max_depth=options.limits.max_json_depth,
+                    error=TargetError,
+                )
+            except TargetError as exc:
+                warnings.append(f"import state {path}: {exc.message}")
+                continue
+            entries = doc.get("history") if isinstance(doc, dict) else None
+            if not isinstance(entries, list) or doc.get("target") != target:
+                warnings.append(f"import state {path} is not a state file for {target}")
+                continue
+            history += [{**e, "target": target} for e in entries if isinstance(e, dict)]
+            break
+    history.sort(key=lambda e: str(e.get("time", "")), reverse=True)
+    return history, warnings
+
+
+def page_data(
+    store: LayoutStore, options: ServeOptions, address: str, scheme: str
+) -> dict[str, Any]:
+    from airbundle.adapters.git_serve import summary
+
+    images = [
+        {
+            "repository": i.repository,
+            "tag": i.tag,
+            "pull": f"{address}/{i.repository}" + (f":{i.tag}" if i.tag else f"@{i.digest}"),
+            "source": i.source,
+            "digest": str(i.digest),
+            "mediaType": i.media_type,
+            "platforms": [str(p) for p in i.platforms],
+            "size": i.size,
+        }
+        for i in store.images()
+    ]
+    repos = []
+    for name in store.git_repos():
+        path = store.git_dir(name)
+        if path is None:
+            continue
+        s = summary(name, path, max_refs=options.limits.max_page_refs)
+        repos.append(
+            {
+                "name": name,
+                "url": f"{scheme}://{address}/git/{name}.git",
+                "head": s.head,
+                "refs": [
+                    {"ref": ref, "commit": commit, "subject": s.subjects.get(commit, "")}
+                    for ref, commit in s.refs
+                ],
+            }
+        )
+    history, warnings = read_history(options)
+    return {
+        "served": store.describe(),
+        "address": address,
+        "images": images,
+        "repos": repos,
+        "history": history,
+        "warnings": warnings,
+    }
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+def serve(
+    options: ServeOptions,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop` is set). `on_ready` gets the URL
+    once the port is bound (with the real port when 0 was asked for)."""
+    warnings = check_options(options)
+    for warning in warnings:
+        log.warning("%s", warning)
+    users = load_users(options.htpasswd, options.limits) if options.htpasswd else None
+    context = (
+        tls_context(options.tls_cert, options.tls_key)
+        if options.tls_cert is not None and options.tls_key is not None
+        else None
+    )
+    store = open_store(options)
+    for warning in store.refresh():
+        log.warning("%s", warning)
+    asyncio.run(_serve(options, store, users, context, on_ready, stop))
+
+
+async def _serve(
+    options: ServeOptions,
+    store: LayoutStore,
+    users: dict[str, bytes] | None,
+    context: ssl.SSLContext | None,
+    on_ready: Callable[[str], None] | None,
+    stop: asyncio.Event | None,
+) -> None:
+    from aiohttp import web
+
+    from airbundle.adapters.serve_http import AppConfig, Server
+
+    listen = parse_listen(options.listen)
+    scheme = "https" if context is not None else "http"
+    bound: dict[str, str] = {"address": options.listen}
+    config = AppConfig(
+        store=store,
+        page=lambda: page_data(store, options, bound["address"], scheme),
+        users=users,
+        limits=options.limits,
+    )
+    server = Server(config)
+    runner = web.AppRunner(
+        server.app(),
+        access_log=logging.getLogger("airbundle.serve.access"),
+        access_log_format='%a "%r" %s %b %Tfs',
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UsageError(
+                f"--listen {options.listen}: cannot listen there: {exc.strerror}"
+            ) from None
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        bound["address"] = f"{shown}:{port}"
+        done = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, done.set)
+        if on_ready is not None:
+            on_ready(f"{scheme}://{bound['address']}")
+        await done.wait()
+    finally:
+        await runner.cleanup()
