@@ -25,7 +25,6 @@ from airbundle import __version__
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import open_media
 from airbundle.errors import (
-    EXIT_INTEGRITY,
     EXIT_IO,
     EXIT_USAGE,
     AirbundleError,
@@ -37,7 +36,7 @@ from airbundle.format.spec import load_spec
 from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.sign import journal_hint, sign_bundle
+from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
@@ -77,9 +76,6 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except AirbundleError as exc:
-            bundle = kwargs.get("bundle")
-            if isinstance(bundle, Path) and exc.exit_code == EXIT_INTEGRITY:
-                exc.hint = journal_hint(bundle) or exc.hint
             if _state["verbose"]:
                 traceback.print_exc()
             typer.echo(f"airbundle: error: {exc.diagnostics()}", err=True)

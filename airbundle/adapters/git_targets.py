@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from airbundle.adapters import git, git_push
-from airbundle.errors import RefUpdateError, TargetError, UsageError
+from airbundle.errors import TargetError, UsageError
 from airbundle.format.paths import check_ref_name, check_repo_name
 
 Refs = Sequence[tuple[str, str]]
@@ -193,26 +193,9 @@ class RemoteTarget:
         specs = [
             f"{plus}{git.INCOMING}{check_ref_name(r, error=TargetError)[5:]}:{r}" for r, _ in refs
         ]
-        try:
-            git.run_git(
-                [
-                    "-C",
-                    str(self._work(name)),
-                    "push",
-                    "--atomic",
-                    "--porcelain",
-                    "--quiet",
-                    "--",
-                    self.url(name),
-                    *specs,
-                ],
-                error=TargetError,
-                what=f"repo {name!r}: push to {self.url(name)}",
-            )
-        except TargetError as exc:
-            if "non-fast-forward" in exc.message or "fetch first" in exc.message:
-                raise RefUpdateError(exc.message, hint="re-run with --force to move it") from None
-            raise
+        git.push_atomic(
+            self._work(name), self.url(name), specs, what=f"repo {name!r}: push to {self.url(name)}"
+        )
 
     def discard(self, name: str) -> None:
         pass

@@ -240,17 +240,9 @@ def _bundle_repo(
     else:
         bundle = workdir / f"{spec.name}.bundle"
         names = sorted(name for name, _ in refs)
-        try:
-            git.create_bundle(
-                bare, names, bundle, what=what, reproducible=reproducible, exclude=base_commits
-            )
-        except SourceError as exc:
-            if not base_commits or "empty bundle" not in exc.message:
-                raise
-            # Refs moved to commits the base already has: nothing new to pack,
-            # but git will not write an empty bundle; carry the refs with their
-            # history.
-            git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
+        git.create_bundle(
+            bare, names, bundle, what=what, reproducible=reproducible, exclude=base_commits
+        )
         heads = git.read_bundle_heads(bundle)
     entry = RepoEntry(
         name=spec.name,

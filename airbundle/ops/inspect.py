@@ -11,6 +11,7 @@ from airbundle.errors import UsageError
 from airbundle.format.archive import read_prefix_region
 from airbundle.format.manifest import BundleManifest, format_time
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.sign import journal_hint_on_failure
 from airbundle.ops.verify import SignatureReport, check_signatures
 
 
@@ -53,11 +54,11 @@ def inspect_bundle(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Inspection
         fh = media.first.open("rb")
     except OSError as exc:
         raise UsageError(f"cannot open bundle {media.first}: {exc.strerror}") from None
-    with fh:
+    with fh, journal_hint_on_failure(media.first):
         prefix = read_prefix_region(fh, source=media.description, limits=limits)
         size = media.index.total_length if media.index else fh.seek(0, 2)
+        manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
     reports = tuple(r for r, _ in check_signatures(prefix))
-    manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
     return Inspection(path, size, manifest, reports)
 
 

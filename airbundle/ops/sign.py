@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import Media, open_media
-from airbundle.errors import AirbundleError, SignatureError, UsageError
+from airbundle.errors import AirbundleError, IntegrityError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import (
     HEADER_SIZE,
@@ -73,6 +74,17 @@ def journal_hint(bundle: Path) -> str | None:
             "run `airbundle sign` again to repair the bundle"
         )
     return None
+
+
+@contextlib.contextmanager
+def journal_hint_on_failure(bundle: Path) -> Iterator[None]:
+    """An integrity error on a bundle beside which an interrupted `sign` left
+    its journal says so: `sign` repairs it."""
+    try:
+        yield
+    except IntegrityError as exc:
+        exc.hint = journal_hint(bundle) or exc.hint
+        raise
 
 
 def sign_bundle(

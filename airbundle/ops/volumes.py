@@ -18,6 +18,7 @@ from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, read_file_header
 from airbundle.format.trust import TrustPolicy
 from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX, VolumeIndex
+from airbundle.ops.sign import journal_hint_on_failure
 
 
 def write_index(folder: Path, index: VolumeIndex, keys: tuple[Ed25519PrivateKey, ...]) -> Path:
@@ -143,10 +144,12 @@ def opened_bundle(
     except OSError as exc:
         raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
     try:
-        yield media, fh
-    except IntegrityError as exc:
-        if media.index is not None:
-            raise name_corrupt_volumes(media, exc) from exc
-        raise
+        with journal_hint_on_failure(media.first):
+            try:
+                yield media, fh
+            except IntegrityError as exc:
+                if media.index is not None:
+                    raise name_corrupt_volumes(media, exc) from exc
+                raise
     finally:
         fh.close()

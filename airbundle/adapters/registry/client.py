@@ -13,20 +13,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from airbundle.adapters.registry.auth import (
-    AuthError,
     Credentials,
     TokenCache,
     lookup_credentials,
     parse_challenge,
 )
 from airbundle.adapters.registry.replay import ReplayWindow, SourceFailure
-from airbundle.adapters.registry.transport import (
-    Response,
-    Transport,
+from airbundle.adapters.registry.transport import Response, Transport, retry_after
+from airbundle.errors import (
+    AirbundleError,
+    AuthError,
+    ResponseTooLargeError,
     TransportError,
-    retry_after,
+    UploadLostError,
 )
-from airbundle.errors import AirbundleError, UploadLostError
 from airbundle.format.digest import Digest
 from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -51,17 +51,26 @@ class FetchedManifest:
     digest: Digest
 
 
-def _registry_errors(response: Response, body: bytes) -> str:
+@dataclass(frozen=True)
+class _Refusal:
+    """What a registry said when it refused: its error codes, and text for people."""
+
+    text: str
+    codes: tuple[str, ...] = ()
+
+
+def _registry_errors(response: Response, body: bytes) -> _Refusal:
     try:
         doc = json.loads(body)
         errors = doc.get("errors") or []
         parts = [f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors]
+        codes = tuple(str(e["code"]).upper() for e in errors if e.get("code"))
         if parts:
-            return "; ".join(parts)
-    except (ValueError, AttributeError):
+            return _Refusal("; ".join(parts), codes)
+    except (ValueError, AttributeError, TypeError):
         pass
     text = body.decode("utf-8", "replace").strip()
-    return text[:300] or f"HTTP {response.status}"
+    return _Refusal(text[:300] or f"HTTP {response.status}")
 
 
 class RegistryClient:
@@ -154,10 +163,13 @@ class RegistryClient:
         data = response.read_limited(1 << 20)
         if response.status != 200:
             who = f" with credentials from {creds.source}" if creds else " anonymously"
+            refusal = _registry_errors(response, data)
             raise self._error(
                 f"registry {self.host}: token server refused access to {scope}{who}: "
-                f"{_registry_errors(response, data)}",
+                f"{refusal.text}",
                 hint="check the credentials (docker login / podman login, or auth.json)",
+                status=response.status,
+                codes=refusal.codes,
             )
         try:
             doc = json.loads(data)
@@ -223,12 +235,14 @@ class RegistryClient:
             if once:
                 return response
         if response.status == 401:
-            body_text = _registry_errors(response, response.read_limited(1 << 16))
+            refusal = _registry_errors(response, response.read_limited(1 << 16))
             creds = self.credentials()
             who = f"credentials from {creds.source}" if creds else "no credentials"
             raise self._error(
-                f"{what}: registry {self.host} requires authentication ({who}): {body_text}",
+                f"{what}: registry {self.host} requires authentication ({who}): {refusal.text}",
                 hint="log in with `docker login` / `podman login`, or set REGISTRY_AUTH_FILE",
+                status=401,
+                codes=refusal.codes,
             )
         if response.status == 429 and not once:
             raise self._error(
@@ -236,12 +250,20 @@ class RegistryClient:
                 f"{self.transport.retry.attempts} attempts",
                 hint="wait and re-run (work done so far is kept), or authenticate to get a "
                 "higher limit",
+                status=429,
             )
         return response
 
     def fail(self, response: Response, what: str) -> AirbundleError:
+        """The error for an answer the caller did not expect, with its status and
+        the registry's error codes (for code to decide on) and reason (for people)."""
         data = response.read_limited(1 << 16) if response.status != 204 else b""
-        return self._error(f"{what}: HTTP {response.status}: {_registry_errors(response, data)}")
+        refusal = _registry_errors(response, data)
+        return self._error(
+            f"{what}: HTTP {response.status}: {refusal.text}",
+            status=response.status,
+            codes=refusal.codes,
+        )
 
     @staticmethod
     def scope(repo: str, actions: str = "pull") -> str:
@@ -278,14 +300,14 @@ class RegistryClient:
         )
         if response.status == 404:
             response.close()
-            raise self._error(f"{what}: manifest not found (HTTP 404)")
+            raise self._error(f"{what}: manifest not found (HTTP 404)", status=404)
         if response.status != 200:
             raise self.fail(response, what)
         try:
             data = response.read_limited(self._limits.max_oci_manifest_bytes)
+        except ResponseTooLargeError as exc:
+            raise self._error(f"{what}: {exc.message}") from exc
         except TransportError as exc:
-            if "larger than" in exc.message:
-                raise self._error(f"{what}: {exc.message}") from exc
             raise _BodyReadError(exc.message) from exc
         digest = Digest.sha256_of(data)
         if expect is not None and digest != expect:
@@ -306,7 +328,7 @@ class RegistryClient:
         try:
             return self.get_manifest(repo, reference, expect=expect)
         except AirbundleError as exc:
-            if "HTTP 404" in exc.message or "MANIFEST_UNKNOWN" in exc.message.upper():
+            if exc.status == 404 or "MANIFEST_UNKNOWN" in exc.codes:
                 return None
             raise
 
@@ -369,7 +391,7 @@ class RegistryClient:
         response.close()
         if response.status in (200, 404):
             return response.status == 200
-        raise self._error(f"{what}: HEAD blob: HTTP {response.status}")
+        raise self._error(f"{what}: HEAD blob: HTTP {response.status}", status=response.status)
 
     def blob_chunks(self, repo: str, digest: Digest, size: int) -> Iterator[bytes]:
         """The blob's bytes; an interrupted download resumes with a Range request."""
@@ -438,7 +460,7 @@ class RegistryClient:
                 )
                 cancel.close()
             return False
-        raise self._error(f"{what}: HTTP {response.status}")
+        raise self._error(f"{what}: HTTP {response.status}", status=response.status)
 
     def _absolute(self, location: str) -> str:
         return urllib.parse.urljoin(self.base + "/", location)

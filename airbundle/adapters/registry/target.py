@@ -13,6 +13,10 @@ from airbundle.errors import TargetError
 from airbundle.format.digest import Digest
 from airbundle.format.reference import ImageReference
 
+# How Harbor and Quay refuse a push into a project or organisation that does not
+# exist yet (distribution's error codes, or a plain 404).
+_NO_PROJECT_CODES = frozenset({"NAME_UNKNOWN", "DENIED", "NOT_FOUND"})
+
 
 @contextlib.contextmanager
 def _project_hint(repo: str) -> Iterator[None]:
@@ -21,8 +25,7 @@ def _project_hint(repo: str) -> Iterator[None]:
     try:
         yield
     except TargetError as exc:
-        text = exc.message.lower()
-        if any(s in text for s in ("name_unknown", "project", "denied", "not found")):
+        if exc.status == 404 or _NO_PROJECT_CODES.intersection(exc.codes):
             project = repo.split("/", 1)[0]
             exc.hint = (
                 f"the registry may need the project or organisation {project!r} to "

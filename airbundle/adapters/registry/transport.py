@@ -25,18 +25,26 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ProtocolError, SSLError
 
 from airbundle import __version__
-from airbundle.errors import AirbundleError
+from airbundle.errors import ResponseTooLargeError, TransportError
 from airbundle.format.reference import is_loopback_registry
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = f"airbundle/{__version__}"
 
-
-class TransportError(AirbundleError):
-    """A request could not be completed (connection, TLS, retries exhausted).
-
-    Adapters re-raise it as SourceError or TargetError depending on the side.
-    """
+# OpenSSL's reasons (ssl.SSLError.reason) for a handshake that met plain HTTP,
+# and for a server that wants a client certificate.
+_PLAIN_HTTP_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "PACKET_LENGTH_TOO_LONG",
+    }
+)
+_CLIENT_CERT_REASONS = frozenset(
+    {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE"}
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ class Response:
             raise TransportError(f"{self.url}: connection failed while reading: {exc}") from exc
         if len(data) > limit:
             self.raw.release_conn()
-            raise TransportError(f"{self.url}: response larger than {limit} bytes")
+            raise ResponseTooLargeError(f"{self.url}: response larger than {limit} bytes")
         return data
 
     def stream(self, chunk: int) -> Iterable[bytes]:
@@ -191,7 +199,7 @@ class Transport:
                 probe = self._send("GET", f"https://{host}/v2/", host, {}, None, stream=False)
                 probe.close()
             except TransportError as exc:
-                if not exc.__cause__ or not _plain_http_answered(exc.__cause__):
+                if _ssl_reason(exc) not in _PLAIN_HTTP_REASONS:
                     raise
                 scheme = "http"
         with self._lock:
@@ -222,8 +230,7 @@ class Transport:
                 retries=False,
             )
         except SSLError as exc:
-            text = str(exc).lower()
-            if "certificate required" in text or "alert handshake" in text:
+            if _ssl_reason(exc) in _CLIENT_CERT_REASONS:
                 hint = "the registry wants a client certificate: give --cert and --cert-key"
             else:
                 hint = (
@@ -300,16 +307,17 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _plain_http_answered(exc: BaseException) -> bool:
-    """True when a TLS handshake failed because the server speaks plain HTTP."""
-    text = str(exc).lower()
-    return any(
-        s in text
-        for s in (
-            "wrong version number",
-            "record layer failure",
-            "http request",
-            "unknown protocol",
-            "packet length too long",
-        )
-    )
+def _ssl_reason(exc: BaseException) -> str | None:
+    """OpenSSL's reason code of the TLS failure behind `exc`, if there is one."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current.reason
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
