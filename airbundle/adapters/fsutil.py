@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -71,3 +73,25 @@ def remove_stale_temps(folder: Path) -> None:
         if entry.name.startswith(TEMP_MARK) and entry.is_file():
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
+
+
+def remove_leftovers(out: Path) -> None:
+    """Temporary files and folders an earlier, killed run left for the same output."""
+    for stale in out.parent.glob(f"{TEMP_MARK}{out.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) while the block runs.
+
+    flock(2): released when the file is closed, also when the process dies, so
+    a killed run never leaves a stale lock behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield

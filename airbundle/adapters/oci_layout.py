@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from airbundle.adapters.fsutil import atomic_output, remove_stale_temps, write_atomic
+from airbundle.adapters.fsutil import atomic_output, file_lock, remove_stale_temps, write_atomic
 from airbundle.adapters.images import ResolvedImage
 from airbundle.errors import FormatError, MemberDigestError, SourceError, TargetError
 from airbundle.format.digest import Digest
@@ -140,16 +139,9 @@ class OciLayoutTarget:
             raise TargetError(f"{self.describe()}: cannot prepare the layout: {exc}") from None
         remove_stale_temps(self._blobs)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Serialise imports into the same layout (index.json is read-modify-write)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".airbundle.lock").open("a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return file_lock(self.root / ".airbundle.lock")
 
     def locate(self, ref: ImageReference) -> str:
         return str(ref)
