@@ -115,7 +115,7 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[i
 
 
 def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
-    from airbundle.ops.export import default_cache_dir
+    from airbundle.adapters.cache import default_cache_dir
 
     return None if no_cache else (given or default_cache_dir())
 
@@ -928,7 +928,7 @@ def cache_prune(
 ) -> None:
     """Remove cached registry blobs (git mirrors are kept: they make re-exports cheap)."""
     from airbundle.adapters.blobcache import BlobCache
-    from airbundle.ops.export import default_cache_dir
+    from airbundle.adapters.cache import default_cache_dir
 
     cache = BlobCache(cache_dir or default_cache_dir())
     seconds = parse_duration(older_than).total_seconds() if older_than else None

@@ -42,6 +42,11 @@ class Limits:
     max_send_threads: int = 64
     # serve: refs listed per repository on the page at /.
     max_page_refs: int = 200
+    # Room kept in a bundle's prefix for approval signatures added later by `sign`.
+    reserved_signatures: int = 16
+    reserved_signature_bytes: int = 1024
+    # Export reads blobs up to this size whole, a few ahead of the writer.
+    small_blob_bytes: int = 1 << 20
 
 
 DEFAULT_LIMITS = Limits()

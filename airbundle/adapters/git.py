@@ -183,9 +183,17 @@ def fetch_selected_refs(
     return refs, head
 
 
+@dataclass(frozen=True)
+class PackBundle:
+    """A git bundle made of a header and a pack file that follows it."""
+
+    header: bytes
+    pack: Path
+
+
 def pack_as_bundle(
     repo: Path, refs: Sequence[tuple[str, str]], object_format: str
-) -> tuple[bytes, Path] | None:
+) -> PackBundle | None:
     """A bundle of `refs` without `git bundle create`: its header, and the pack
     to follow it, when the repository holds exactly their history in one pack:
     a first fetch, or a cache that fetched nothing new since, or one repacked
@@ -216,7 +224,7 @@ def pack_as_bundle(
     if int(reachable.stdout.strip() or b"-1") != _pack_object_count(packs[0].with_suffix(".idx")):
         return None
     header = "# v2 git bundle\n" + "".join(f"{oid} {name}\n" for name, oid in refs) + "\n"
-    return header.encode(), packs[0]
+    return PackBundle(header.encode(), packs[0])
 
 
 def _pack_object_count(idx: Path) -> int:

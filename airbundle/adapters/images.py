@@ -42,6 +42,21 @@ class ImageSource(Protocol):
         ...
 
 
+class ReferringSource(ImageSource, Protocol):
+    """A source that also finds the artifacts referring to an image
+    (signatures, SBOMs, attestations): a registry."""
+
+    def referrers(self, subject: Digest) -> list[tuple[Descriptor, str | None]]:
+        """The artifacts that refer to `subject`: descriptor, and the tag it
+        was found under (to keep in the target) or None."""
+        ...
+
+    def descriptor_of(self, digest: Digest) -> Descriptor | None:
+        """A manifest by digest (a referrer pinned in a lock file), or None
+        if the source no longer has it."""
+        ...
+
+
 class ImageTarget(Protocol):
     """Where imported images land. Blobs first, then manifests, tags last.
 
