@@ -756,21 +756,16 @@ def scan(
 ) -> None:
     """List the image references in Kubernetes, kustomize, Helm values and Flux files,
     with file and line; with --bundle, only those the bundle lacks (exit 1 if any)."""
-    from airbundle.format.imagescan import Carried, missing
-    from airbundle.ops.scan import scan_folder
+    from airbundle.format.imagescan import missing
+    from airbundle.ops.scan import carried, scan_folder
 
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder")
     files, findings = scan_folder(path)
     shown = findings
     if bundle is not None:
-        info = inspect_bundle(bundle)
-        carried = Carried(
-            frozenset(str(i.ref) for i in info.manifest.images),
-            frozenset(str(m.digest) for m in info.manifest.members),
-            frozenset(i.ref.name for i in info.manifest.images),
-        )
-        shown = missing(findings, carried)
+        manifest = inspect_bundle(bundle).manifest
+        shown = missing(findings, carried(manifest.images, manifest.members))
     if json_output:
         typer.echo(
             json.dumps(
