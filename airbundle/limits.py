@@ -45,6 +45,10 @@ class Limits:
     # Room kept in a bundle's prefix for approval signatures added later by `sign`.
     reserved_signatures: int = 16
     reserved_signature_bytes: int = 1024
+    # A registry's repository or tag listing: names asked for per page, and
+    # the most bytes one page may take.
+    registry_page_entries: int = 1000
+    max_registry_listing_bytes: int = 64 << 20
     # Export reads blobs up to this size whole, a few ahead of the writer.
     small_blob_bytes: int = 1 << 20
 

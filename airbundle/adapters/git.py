@@ -448,7 +448,9 @@ def update_refs(
         run_git(["-C", str(repo), "symbolic-ref", "HEAD", head], error=TargetError, what=what)
 
 
-def push_atomic(repo: Path, url: str, specs: Sequence[str], *, what: str) -> None:
+def push_atomic(
+    repo: Path, url: str, specs: Sequence[str], *, what: str, env: dict[str, str] | None = None
+) -> None:
     """`git push --atomic` of `specs` from `repo` to `url`: all or nothing.
 
     RefUpdateError when git refused to move a ref (not a fast-forward, a tag
@@ -458,6 +460,7 @@ def push_atomic(repo: Path, url: str, specs: Sequence[str], *, what: str) -> Non
         ["-C", str(repo), "push", "--atomic", "--porcelain", "--quiet", "--", url, *specs],
         error=TargetError,
         what=what,
+        env=env,
         check=False,
     )
     if proc.returncode == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
-import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from airbundle import __version__
+from airbundle.adapters.registry.transport import TLSConfig
 from airbundle.errors import RefUpdateError, TargetError
 from airbundle.format import pktline
 from airbundle.format.pktline import ZERO_OID, Advertisement, Report
@@ -61,16 +61,20 @@ def push_pack(
     *,
     force: bool,
     what: str,
+    tls: TLSConfig | None = None,
 ) -> None:
     """Create or move `refs` (name, oid) on the server in one atomic push,
-    sending the bytes of `pack` from `offset` as the pack.
+    sending the bytes of `pack` from `offset` as the pack. HTTPS trusts and
+    presents what `tls` says (--ca-file, --cert), as the registry client does.
 
     Raises Unsupported (nothing changed on the server), RefUpdateError if a ref is
     somewhere the caller did not expect and `force` is off, TargetError if
     the server refuses.
     """
     scheme = urllib.parse.urlsplit(url).scheme
-    session: _Session = _GitSession(url) if scheme == "git" else _HttpSession(url)
+    session: _Session = (
+        _GitSession(url) if scheme == "git" else _HttpSession(url, tls or TLSConfig())
+    )
     try:
         adv = session.advertisement()
         updates = [
@@ -220,7 +224,7 @@ class _GitSession(_Session):
 class _HttpSession(_Session):
     """Smart HTTP: GET info/refs, then one POST with the commands and the pack."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: TLSConfig) -> None:
         parts = urllib.parse.urlsplit(url)
         self.headers = {"User-Agent": f"git/2 airbundle/{__version__}"}
         if parts.username is not None:
@@ -235,7 +239,7 @@ class _HttpSession(_Session):
         self.base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.shown = self.base
         self.pool = urllib3.PoolManager(
-            ssl_context=ssl.create_default_context(),
+            ssl_context=tls.ssl_context(),
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=ANSWER_TIMEOUT),
             retries=False,
         )

@@ -28,6 +28,7 @@ from airbundle.errors import (
     UploadLostError,
 )
 from airbundle.format.digest import Digest
+from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -381,6 +382,62 @@ class RegistryClient:
             raise self._error(f"{what}: registry stored digest {told}, we sent {expected}")
         return expected
 
+    # -- listings -----------------------------------------------------------------
+
+    def catalog(self) -> list[str]:
+        """Every repository the registry lists (GET /v2/_catalog, page by page)."""
+        return self._listing(
+            f"/v2/_catalog?n={self._limits.registry_page_entries}",
+            "repositories",
+            scope="registry:catalog:*",
+            what=f"list repositories of {self.host}",
+        )
+
+    def tags(self, repo: str) -> list[str]:
+        """The tags of `repo`; none where the registry lists none for it (the
+        repository went away meanwhile, or these credentials cannot read it)."""
+        return self._listing(
+            f"/v2/{repo}/tags/list",
+            "tags",
+            scope=self.scope(repo),
+            what=f"tags of {self.host}/{repo}",
+            missing_ok=True,
+        )
+
+    def _listing(
+        self, url: str, key: str, *, scope: str, what: str, missing_ok: bool = False
+    ) -> list[str]:
+        """The names under `key` in a paged listing, following `Link: <...>;
+        rel="next"` headers; an answer that is not such a list is an error."""
+        names: list[str] = []
+        next_url: str | None = url
+        limit = self._limits.max_registry_listing_bytes
+        while next_url:
+            response = self.request("GET", next_url, scope=scope, what=what)
+            if response.status != 200:
+                if missing_ok:
+                    response.close()
+                    return names
+                raise self.fail(response, what)
+            try:
+                data = response.read_limited(limit)
+            except TransportError as exc:
+                raise self._error(f"{what}: {exc.message}") from exc
+            doc = loads_strict(
+                data,
+                what=f"{what}: the registry's answer",
+                max_bytes=limit,
+                max_depth=self._limits.max_json_depth,
+                error=self._error,
+            )
+            # distribution answers {"tags": null} for a repository without tags.
+            page = (doc.get(key) or []) if isinstance(doc, dict) else None
+            if not isinstance(page, list) or not all(isinstance(n, str) for n in page):
+                raise self._error(f"{what}: the registry's answer holds no list of {key}")
+            names += page
+            next_url = _next_link(response.headers.get("link", ""))
+        return names
+
     # -- blobs --------------------------------------------------------------------
 
     def blob_exists(self, repo: str, digest: Digest) -> bool:
@@ -650,3 +707,12 @@ def _acknowledged(response: Response) -> int | None:
     if not end.isdigit():
         return None
     return 0 if value == "0-0" else int(end) + 1
+
+
+def _next_link(header: str) -> str | None:
+    """The target of a `Link: <URL>; rel="next"` header (the next page), if any."""
+    for link in header.split(","):
+        target, _, params = link.partition(";")
+        if 'rel="next"' in params.replace(" ", ""):
+            return target.strip().strip("<>") or None
+    return None

@@ -56,6 +56,21 @@ class TLSConfig:
     # --insecure-registry. Loopback registries are always allowed plain HTTP.
     insecure_hosts: frozenset[str] = frozenset()
 
+    def ssl_context(self, *, verify: bool = True) -> ssl.SSLContext:
+        """The system's CAs (or SSL_CERT_FILE) plus --ca-file, and the client
+        certificate if one was given (also for git's smart HTTP push)."""
+        ctx = ssl.create_default_context()
+        if self.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(self.ca_file))
+        if self.client_cert is not None:
+            ctx.load_cert_chain(
+                str(self.client_cert), str(self.client_key) if self.client_key else None
+            )
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -129,19 +144,6 @@ class Transport:
     _proxies: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _ssl_context(self, verify: bool) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
-        if self.tls.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(self.tls.ca_file))
-        if self.tls.client_cert is not None:
-            ctx.load_cert_chain(
-                str(self.tls.client_cert), str(self.tls.client_key) if self.tls.client_key else None
-            )
-        if not verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     def _proxy(self, scheme: str, host: str) -> str | None:
         """The proxy for a scheme and host, from the environment, decided once:
         reading os.environ on every request costs seconds over thousands."""
@@ -166,7 +168,7 @@ class Transport:
             pool = self._pools.get(key)
             if pool is None:
                 kwargs: dict[str, Any] = {
-                    "ssl_context": self._ssl_context(verify),
+                    "ssl_context": self.tls.ssl_context(verify=verify),
                     "num_pools": 16,
                     "maxsize": 16,
                     "retries": False,
