@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import Media, open_media
-from airbundle.errors import AirbundleError, IntegrityError, SignatureError, UsageError
+from airbundle.errors import AirbundleError, IntegrityError, SignatureError
 from airbundle.format import sshsig
 from airbundle.format.archive import (
     HEADER_SIZE,
@@ -25,9 +25,9 @@ from airbundle.format.archive import (
     read_prefix_region,
     rewrite_prefix,
 )
-from airbundle.format.manifest import BundleManifest
 from airbundle.format.volumes import SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.unverified import open_first_volume, read_manifest
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,12 @@ def sign_bundle(
 ) -> SignResult:
     # In a volume set the prefix lives in the first volume, outside the range
     # the volume index hashes: signing changes no other byte of the volumes.
-    media = open_media(path)
-    bundle = media.first
+    bundle = open_media(path).first
     recover_journal(bundle)
-    try:
-        fh = bundle.open("r+b")
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {bundle} for signing: {exc.strerror}") from None
+    media, fh = open_first_volume(path, mode="r+b", purpose=" for signing")
     with fh:
-        prefix = read_prefix_region(fh, source=str(bundle), limits=limits)
         # Refuse to approve something that is not a well-formed manifest.
-        manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
+        prefix, manifest = read_manifest(fh, source=str(bundle), limits=limits)
         signer = sshsig.public_key_of(key)
         existing = []
         for _name, armored in prefix.signatures:
