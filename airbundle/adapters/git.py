@@ -20,6 +20,7 @@ from pathlib import Path
 
 from airbundle.errors import AirbundleError, RefUpdateError, SourceError, TargetError
 from airbundle.format.paths import check_object_id, check_ref_name
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 _BASE_ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never hang on a password prompt at 2 a.m.
@@ -118,12 +119,15 @@ def parse_bundle_header(data: bytes, *, source: str) -> BundleHeads:
     return BundleHeads(object_format, tuple(refs), tuple(prereqs))
 
 
-def read_bundle_heads(path: Path) -> BundleHeads:
+def read_bundle_heads(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> BundleHeads:
     with path.open("rb") as fh:
-        head = fh.read(1 << 20)
+        head = fh.read(limits.max_git_bundle_header_bytes)
     end = head.find(b"\n\n")
     if end < 0:
-        raise SourceError(f"{path}: git bundle header is missing or longer than 1 MiB")
+        raise SourceError(
+            f"{path}: git bundle header is missing or longer than "
+            f"{limits.max_git_bundle_header_bytes} bytes"
+        )
     heads = parse_bundle_header(head[: end + 1], source=str(path))
     return dataclasses.replace(heads, pack_offset=end + 2)
 

@@ -19,6 +19,7 @@ from airbundle.adapters import git, git_push
 from airbundle.adapters.registry.transport import TLSConfig
 from airbundle.errors import TargetError, UsageError
 from airbundle.format.paths import check_ref_name, check_repo_name
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 Refs = Sequence[tuple[str, str]]
 
@@ -115,12 +116,18 @@ class RemoteTarget:
     transaction per repository."""
 
     def __init__(
-        self, template: str, *, scratch: Path | None = None, tls: TLSConfig | None = None
+        self,
+        template: str,
+        *,
+        scratch: Path | None = None,
+        tls: TLSConfig | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         if "{name}" not in template:
             raise UsageError(f"--git {template!r}: a URL template must contain {{name}}")
         self.template = template
         self.tls = tls
+        self.limits = limits
         self._env = _tls_env(tls)
         self._scratch_parent = scratch
         self._scratch: Path | None = None  # made when first needed
@@ -148,7 +155,7 @@ class RemoteTarget:
         return self._scratch / f"{name}.git"
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None:
-        heads = git.read_bundle_heads(bundle)
+        heads = git.read_bundle_heads(bundle, limits=self.limits)
         if (
             not heads.prerequisites
             and heads.object_format == "sha1"
@@ -226,7 +233,13 @@ class RemoteTarget:
             what = f"repo {name!r}: push to {self.describe(name)}"
             try:
                 git_push.push_pack(
-                    self.url(name), refs, *direct, force=force, what=what, tls=self.tls
+                    self.url(name),
+                    refs,
+                    *direct,
+                    force=force,
+                    what=what,
+                    tls=self.tls,
+                    limits=self.limits,
                 )
                 return
             except git_push.Unsupported:

@@ -36,11 +36,13 @@ def open_image_target(
     return RegistryImageTarget(client, location, mapping, limits=limits)
 
 
-def open_git_target(text: str, *, tls: TLSConfig | None = None) -> GitTarget:
+def open_git_target(
+    text: str, *, tls: TLSConfig | None = None, limits: Limits = DEFAULT_LIMITS
+) -> GitTarget:
     """--git DIR (bare repositories) or --git URL-TEMPLATE (with {name}); an
     HTTPS server is trusted with the same TLS options as the registry."""
     if "{name}" in text:
-        return RemoteTarget(text, tls=tls)
+        return RemoteTarget(text, tls=tls, limits=limits)
     if "://" in text:
         raise UsageError(
             f"--git {text!r}: a URL needs a {{name}} placeholder, e.g. git://host/{{name}}.git"

@@ -17,10 +17,10 @@ import yaml
 
 from airbundle.errors import FormatError
 from airbundle.format.reference import ImageReference
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 YAML_SUFFIXES = (".yaml", ".yml")
-MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -56,13 +56,14 @@ def _finding(path: str, node: yaml.Node, text: str, kind: str) -> Finding:
         return Finding(path, node.start_mark.line + 1, text, kind, None, exc.message)
 
 
-def _walk(node: yaml.Node, path: str, depth: int = 0) -> Iterator[Finding]:
-    """Every mapping in the document, asked of each convention in turn."""
-    if depth > 100:
+def _walk(node: yaml.Node, path: str, depth: int) -> Iterator[Finding]:
+    """Every mapping in the document (up to `depth` levels down), asked of each
+    convention in turn."""
+    if depth <= 0:
         return
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            yield from _walk(item, path, depth + 1)
+            yield from _walk(item, path, depth - 1)
         return
     if not isinstance(node, yaml.MappingNode):
         return
@@ -72,7 +73,7 @@ def _walk(node: yaml.Node, path: str, depth: int = 0) -> Iterator[Finding]:
     for name, child in fields.items():
         if name in CONTAINER_LISTS:
             continue
-        yield from _walk(child, path, depth + 1)
+        yield from _walk(child, path, depth - 1)
 
 
 Detector = Callable[[dict[str, yaml.Node], str], Iterator[Finding]]
@@ -163,7 +164,7 @@ def _kustomize(doc: yaml.MappingNode, path: str) -> Iterator[Finding]:
         yield _finding(path, item, text, "kustomize")
 
 
-def scan_text(text: str, path: str) -> list[Finding]:
+def scan_text(text: str, path: str, *, limits: Limits = DEFAULT_LIMITS) -> list[Finding]:
     """Findings in one YAML file (all documents); unparsable YAML gives none."""
     try:
         documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
@@ -178,7 +179,7 @@ def scan_text(text: str, path: str) -> list[Finding]:
             found.extend(_kustomize(doc, path))
             # A kustomization lists images to rewrite; its other fields hold none.
             continue
-        found.extend(_walk(doc, path))
+        found.extend(_walk(doc, path, limits.max_scan_depth + 1))
     return sorted(set(found))
 
 

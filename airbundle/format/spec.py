@@ -20,8 +20,6 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 
 DEFAULT_REFS = ("refs/heads/*", "refs/tags/*")
 Transport = Literal["oci", "docker-archive", "docker"]
-_MAX_NODES = 100_000
-_MAX_DEPTH = 64
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -111,22 +109,25 @@ class _Builder:
     (c) aliases cannot expand into a billion nodes.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, limits: Limits) -> None:
         self.source = source
+        self.max_nodes = limits.max_spec_nodes
+        self.max_depth = limits.max_spec_depth
         self.lines: dict[tuple[str | int, ...], int] = {}
         self.count = 0
         self._constructor = yaml.constructor.SafeConstructor()
 
     def build(self, node: yaml.Node, path: tuple[str | int, ...], depth: int = 0) -> Any:
         self.count += 1
-        if depth > _MAX_DEPTH:
+        if depth > self.max_depth:
             raise SpecError(
-                f"{self.source}:{node.start_mark.line + 1}: nested deeper than {_MAX_DEPTH} "
+                f"{self.source}:{node.start_mark.line + 1}: nested deeper than {self.max_depth} "
                 "levels (or an alias refers to itself)"
             )
-        if self.count > _MAX_NODES:
+        if self.count > self.max_nodes:
             raise SpecError(
-                f"{self.source}: the spec expands to more than {_MAX_NODES} values (an alias bomb?)"
+                f"{self.source}: the spec expands to more than {self.max_nodes} values "
+                "(an alias bomb?)"
             )
         line = node.start_mark.line + 1
         self.lines.setdefault(path, line)
@@ -195,7 +196,7 @@ def _compose(text: str, source: str, limits: Limits) -> tuple[_Builder, Any]:
         raise SpecError(f"{source}: nested too deeply to be a spec") from None
     if len(nodes) != 1 or nodes[0] is None:
         raise SpecError(f"{source}: expected exactly one YAML document")
-    builder = _Builder(source)
+    builder = _Builder(source, limits)
     return builder, builder.build(nodes[0], ())
 
 

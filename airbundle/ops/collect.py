@@ -22,8 +22,6 @@ from airbundle.format.spec import BundleSpec, ImageSpec
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.sources import Sources
 
-_MAX_INDEX_DEPTH = 4
-
 
 @dataclass
 class CollectedImage:
@@ -41,10 +39,11 @@ class CollectedImage:
     referrers: list[CollectedImage] = field(default_factory=list)
 
 
-def plan_images(spec: BundleSpec, sources: Sources, *, workers: int = 8) -> list[CollectedImage]:
+def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
     """Resolve every image and fetch its manifests; round trips overlap in a
     bounded pool (hundreds of small images are latency-bound, not byte-bound)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(spec.images)))) as pool:
+    workers = max(1, min(sources.limits.planning_workers, len(spec.images)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_plan_one, item, sources) for item in spec.images]
         images = [f.result() for f in futures]
     seen: dict[str, str] = {}
@@ -262,8 +261,10 @@ def _walk(
     *,
     depth: int,
 ) -> None:
-    if depth > _MAX_INDEX_DEPTH:
-        raise SourceError(f"{image.source_text}: indexes nested deeper than {_MAX_INDEX_DEPTH}")
+    if depth > limits.max_index_depth:
+        raise SourceError(
+            f"{image.source_text}: indexes nested deeper than {limits.max_index_depth}"
+        )
     data = source.read_manifest(desc)
     parsed = parse_manifest(
         data,

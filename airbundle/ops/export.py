@@ -203,8 +203,9 @@ def _prepare_repo(
         if not (reproducible or base_commits or spec.pinned is not None):
             member = _linked_pack(bare, refs, fmt, workdir / f"{spec.name}.pack", what)
         if member is None:
+            bundle = workdir / f"{spec.name}.bundle"
             member = _created_bundle(
-                bare, refs, workdir / f"{spec.name}.bundle", what, reproducible, base_commits
+                bare, refs, bundle, what, reproducible, base_commits, options.limits
             )
         entry = RepoEntry(
             name=spec.name,
@@ -217,7 +218,8 @@ def _prepare_repo(
         )
         scanned = (0, list[Finding]())
         if options.check_images:
-            scanned = scan_repo(spec.name, bare, [r.name for r in entry.refs])
+            refs_carried = [r.name for r in entry.refs]
+            scanned = scan_repo(spec.name, bare, refs_carried, limits=options.limits)
         return _PreparedRepo(spec, member, entry, scanned)
 
 
@@ -244,10 +246,11 @@ def _created_bundle(
     what: str,
     reproducible: bool,
     base_commits: list[str],
+    limits: Limits,
 ) -> _GitMember:
     names = sorted(name for name, _ in refs)
     git.create_bundle(bare, names, out, what=what, reproducible=reproducible, exclude=base_commits)
-    return _GitMember(b"", out, git.read_bundle_heads(out))
+    return _GitMember(b"", out, git.read_bundle_heads(out, limits=limits))
 
 
 def _pin_refs(
@@ -464,7 +467,10 @@ def _stream(
     # Small blobs are fetched a few at a time ahead of the writer (round trips,
     # not bytes, are their cost); large ones stream in their turn.
     small = functools.partial(_small_blob, limit=limits.small_blob_bytes)
-    with contextlib.closing(ahead(small, layout.blobs)) as smalls:
+    pool = ahead(
+        small, layout.blobs, window=limits.small_blob_window, workers=limits.small_blob_workers
+    )
+    with contextlib.closing(pool) as smalls:
         for (digest, desc, img), whole in zip(layout.blobs, smalls, strict=True):
             content = [whole] if whole is not None else img.source.open_blob(desc)
             written.append(

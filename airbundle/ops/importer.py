@@ -169,7 +169,9 @@ def _open_targets(manifest: BundleManifest, options: ImportOptions) -> _Targets:
             ),
             limits=options.limits,
         )
-    gits = open_git_target(options.git, tls=transport.tls) if options.git is not None else None
+    gits = None
+    if options.git is not None:
+        gits = open_git_target(options.git, tls=transport.tls, limits=options.limits)
     if options.emit_mirror_config is not None and (images is None or images.mirror_host() is None):
         raise UsageError("--emit-mirror-config needs a registry target (--registry HOST)")
     if manifest.images:
@@ -553,7 +555,7 @@ def _publish(
     if targets.gits is not None:
         _stage_repos(manifest, sinks.staged, targets.gits, force=options.force)
     if targets.images is not None:
-        _publish_images(manifest, sinks, targets.images, report)
+        _publish_images(manifest, sinks, targets.images, report, options.limits)
     if targets.gits is not None:
         _publish_repos(manifest, targets.gits, report, force=options.force)
     if options.emit_mirror_config is not None and targets.images is not None:
@@ -593,7 +595,11 @@ def _stage_repos(
 
 
 def _publish_images(
-    manifest: BundleManifest, sinks: _Sinks, target: ImageTarget, report: ImportReport
+    manifest: BundleManifest,
+    sinks: _Sinks,
+    target: ImageTarget,
+    report: ImportReport,
+    limits: Limits,
 ) -> None:
     docs = sinks.documents
     assert docs is not None
@@ -613,6 +619,7 @@ def _publish_images(
                 job[0], job[1], docs.media_type(job[1]), docs.data[job[1]]
             ),
             jobs,
+            workers=limits.import_workers,
         )
     # Tags last, once every manifest they name is in place.
     wheres = parallel(
@@ -620,6 +627,7 @@ def _publish_images(
             target.locate(image.ref), image.ref, image.media_type, docs.data[image.digest]
         ),
         list(manifest.images),
+        workers=limits.import_workers,
     )
     for image, where in zip(manifest.images, wheres, strict=True):
         report.images.append(

@@ -35,7 +35,7 @@ def take_inventory(
     repos: dict[str, dict[str, str]] = {}
     if git_target is not None:
         target.append(f"git={git.redact(git_target)}")
-        gits = open_git_target(git_target)
+        gits = open_git_target(git_target, limits=limits)
         try:
             repos = gits.list_refs(repo_names)
         finally:

@@ -177,7 +177,7 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
         data,
         what=f"lock file {path}",
         max_bytes=limits.max_spec_bytes,
-        max_depth=8,
+        max_depth=limits.max_flat_json_depth,
         error=UsageError,
     )
     try:

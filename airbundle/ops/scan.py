@@ -9,6 +9,7 @@ from pathlib import Path
 from airbundle.adapters.trees import folder_yaml, repo_yaml
 from airbundle.format.imagescan import Carried, Finding, missing, scan_text
 from airbundle.format.manifest import ImageEntry, MemberEntry, ScanIssue, ScanSummary
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
 def carried(images: Iterable[ImageEntry], members: Iterable[MemberEntry]) -> Carried:
@@ -26,21 +27,23 @@ def carried(images: Iterable[ImageEntry], members: Iterable[MemberEntry]) -> Car
     )
 
 
-def scan_folder(root: Path) -> tuple[int, list[Finding]]:
+def scan_folder(root: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, list[Finding]]:
     files = 0
     found: list[Finding] = []
-    for path, text in folder_yaml(root):
+    for path, text in folder_yaml(root, limits=limits):
         files += 1
-        found.extend(scan_text(text, path))
+        found.extend(scan_text(text, path, limits=limits))
     return files, found
 
 
-def scan_repo(name: str, repo: Path, refs: list[str]) -> tuple[int, list[Finding]]:
+def scan_repo(
+    name: str, repo: Path, refs: list[str], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[int, list[Finding]]:
     files = 0
     found: list[Finding] = []
-    for ref, path, text in repo_yaml(repo, refs, what=f"repo {name!r}"):
+    for ref, path, text in repo_yaml(repo, refs, what=f"repo {name!r}", limits=limits):
         files += 1
-        found.extend(scan_text(text, f"{name}:{ref}:{path}"))
+        found.extend(scan_text(text, f"{name}:{ref}:{path}", limits=limits))
     return files, found
 
 

@@ -20,9 +20,10 @@ from typing import Any
 from airbundle.adapters.fsutil import file_lock, write_atomic
 from airbundle.errors import TargetError
 from airbundle.format.freshness import Accepted
+from airbundle.limits import DEFAULT_LIMITS
 
 STATE_VERSION = 1
-MAX_HISTORY = 1000
+MAX_HISTORY = DEFAULT_LIMITS.max_state_history
 
 
 def default_state_dir() -> Path:

@@ -36,9 +36,7 @@ def read_unverified(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Unverifie
     return Unverified(media, prefix, manifest, size)
 
 
-def open_first_volume(
-    path: Path, *, mode: str = "rb", purpose: str = ""
-) -> tuple[Media, BinaryIO]:
+def open_first_volume(path: Path, *, mode: str = "rb", purpose: str = "") -> tuple[Media, BinaryIO]:
     """The bundle file, or a set's first volume (which holds the prefix), open."""
     media = open_media(path)
     try:

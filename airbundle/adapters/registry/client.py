@@ -86,7 +86,7 @@ class RegistryClient:
         limits: Limits = DEFAULT_LIMITS,
         # Blobs below this go in one PUT; twice this of a streamed upload is
         # held in memory for a resend.
-        buffer_bytes: int = 8 << 20,
+        buffer_bytes: int = DEFAULT_LIMITS.upload_buffer_bytes,
     ) -> None:
         self.host = host
         self.transport = transport
@@ -161,7 +161,7 @@ class RegistryClient:
             )
         except TransportError as exc:
             raise self._error(f"token server {realm}: {exc.message}", hint=exc.hint) from exc
-        data = response.read_limited(1 << 20)
+        data = response.read_limited(self._limits.max_token_answer_bytes)
         if response.status != 200:
             who = f" with credentials from {creds.source}" if creds else " anonymously"
             refusal = _registry_errors(response, data)
@@ -236,7 +236,8 @@ class RegistryClient:
             if once:
                 return response
         if response.status == 401:
-            refusal = _registry_errors(response, response.read_limited(1 << 16))
+            body = response.read_limited(self._limits.max_registry_error_bytes)
+            refusal = _registry_errors(response, body)
             creds = self.credentials()
             who = f"credentials from {creds.source}" if creds else "no credentials"
             raise self._error(
@@ -258,7 +259,8 @@ class RegistryClient:
     def fail(self, response: Response, what: str) -> AirbundleError:
         """The error for an answer the caller did not expect, with its status and
         the registry's error codes (for code to decide on) and reason (for people)."""
-        data = response.read_limited(1 << 16) if response.status != 204 else b""
+        limit = self._limits.max_registry_error_bytes
+        data = response.read_limited(limit) if response.status != 204 else b""
         refusal = _registry_errors(response, data)
         return self._error(
             f"{what}: HTTP {response.status}: {refusal.text}",

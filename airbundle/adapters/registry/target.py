@@ -41,10 +41,6 @@ def _project_hint(repo: str) -> Iterator[None]:
         raise
 
 
-ASYNC_UPLOADS = 4
-ASYNC_BLOB_BYTES = 1 << 20
-
-
 class RegistryImageTarget:
     """Blobs first (HEAD to skip, mount across repositories), manifests next, tags last."""
 
@@ -71,9 +67,9 @@ class RegistryImageTarget:
         # Small blobs are read whole (and so checked) from the stream, then
         # uploaded in the background while the stream moves on: hundreds of
         # small layers are round trips, not bytes. Bounded in count and size.
-        self._uploads = ThreadPoolExecutor(max_workers=ASYNC_UPLOADS)
+        self._uploads = ThreadPoolExecutor(max_workers=limits.async_uploads)
         self._pending: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(ASYNC_UPLOADS * 2)
+        self._slots = threading.BoundedSemaphore(limits.async_uploads * 2)
 
     def describe(self) -> str:
         return f"registry {self.client.host}"
@@ -154,7 +150,11 @@ class RegistryImageTarget:
         """Ask about every (blob, repository) pair at once, in parallel: a bundle
         of hundreds of small images should not wait on one HEAD at a time."""
         pairs = [(d, r) for d, repos in needed.items() for r in repos]
-        found = parallel(lambda pair: self.client.blob_exists(pair[1], pair[0]), pairs, workers=8)
+        found = parallel(
+            lambda pair: self.client.blob_exists(pair[1], pair[0]),
+            pairs,
+            workers=self.limits.import_workers,
+        )
         with self._lock:
             for (digest, repo), present in zip(pairs, found, strict=True):
                 self._checked[(digest, repo)] = present
@@ -203,14 +203,14 @@ class RegistryImageTarget:
     def write_blob(
         self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
     ) -> None:
-        if size <= ASYNC_BLOB_BYTES:
+        if size <= self.limits.async_upload_bytes:
             data = b"".join(chunks)  # raises here if the bytes do not match
             self._slots.acquire()
             self._pending.append(
                 self._uploads.submit(self._upload, digest, size, [data], repos, True)
             )
             return
-        ahead = prefetch(chunks)
+        ahead = prefetch(chunks, depth=self.limits.prefetch_chunks)
         try:
             self._upload(digest, size, ahead, repos, False)
         finally:
