@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect as pyinspect
 import json
 import os
 import re
@@ -25,7 +26,6 @@ from airbundle import __version__
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import open_media
 from airbundle.errors import (
-    EXIT_INTEGRITY,
     EXIT_IO,
     EXIT_USAGE,
     AirbundleError,
@@ -37,11 +37,13 @@ from airbundle.format.spec import load_spec
 from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.sign import journal_hint, sign_bundle
+from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from airbundle.adapters.registry.transport import Transport
 
 # Commands import what they need when they run: the registry client (urllib3,
@@ -77,9 +79,6 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except AirbundleError as exc:
-            bundle = kwargs.get("bundle")
-            if isinstance(bundle, Path) and exc.exit_code == EXIT_INTEGRITY:
-                exc.hint = journal_hint(bundle) or exc.hint
             if _state["verbose"]:
                 traceback.print_exc()
             typer.echo(f"airbundle: error: {exc.diagnostics()}", err=True)
@@ -119,7 +118,7 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[i
 
 
 def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
-    from airbundle.ops.export import default_cache_dir
+    from airbundle.adapters.cache import default_cache_dir
 
     return None if no_cache else (given or default_cache_dir())
 
@@ -195,17 +194,33 @@ PassOpt = Annotated[
 ]
 
 
-def _transport(
-    ca_file: Path | None, cert: Path | None, cert_key: Path | None, insecure: list[str]
-) -> Transport:
-    from airbundle.adapters.registry.transport import TLSConfig, Transport
+def _signing_keys(paths: list[Path], passphrase_file: Path | None) -> tuple[Ed25519PrivateKey, ...]:
+    """Every --key, decrypted with --passphrase-file or $AIRBUNDLE_PASSPHRASE."""
+    passphrase = keyops.read_passphrase(passphrase_file)
+    return tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in paths)
 
-    ca = ca_file
-    if ca is None and os.environ.get("SSL_CERT_FILE"):
-        ca = Path(os.environ["SSL_CERT_FILE"])
-    if cert_key is not None and cert is None:
-        raise UsageError("--cert-key needs --cert")
-    return Transport(TLSConfig(ca, cert, cert_key, frozenset(insecure)))
+
+@dataclasses.dataclass(frozen=True)
+class RegistryOptions:
+    """--ca-file, --cert, --cert-key and --insecure-registry, as one value."""
+
+    ca_file: Path | None = None
+    cert: Path | None = None
+    cert_key: Path | None = None
+    insecure: tuple[str, ...] = ()
+
+    def transport(self) -> Transport:
+        from airbundle.adapters.registry.transport import TLSConfig, Transport
+
+        ca = self.ca_file
+        if ca is None and os.environ.get("SSL_CERT_FILE"):
+            ca = Path(os.environ["SSL_CERT_FILE"])
+        if self.cert_key is not None and self.cert is None:
+            raise UsageError("--cert-key needs --cert")
+        return Transport(TLSConfig(ca, self.cert, self.cert_key, frozenset(self.insecure)))
+
+
+NO_REGISTRY_OPTIONS = RegistryOptions()
 
 
 CaOpt = Annotated[
@@ -229,9 +244,49 @@ CacheDirOpt = Annotated[
 ]
 NoCacheOpt = Annotated[bool, typer.Option(help="Fetch repos into scratch space.")]
 
+# The options a RegistryOptions parameter stands for, in the order --help shows them.
+_REGISTRY_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
+    ("ca_file", CaOpt, None),
+    ("cert", CertOpt, None),
+    ("cert_key", CertKeyOpt, None),
+    ("insecure_registry", InsecureOpt, []),
+)
+
+
+def _registry_options(func: Callable[..., R]) -> Callable[..., R]:
+    """Declare the registry/TLS options once: the command's `tls` parameter
+    (a RegistryOptions) becomes --ca-file, --cert, --cert-key and
+    --insecure-registry on the command line, in its place."""
+    signature = pyinspect.signature(func, eval_str=True)
+    parameters: list[pyinspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        if parameter.name != "tls":
+            parameters.append(parameter)
+            continue
+        parameters += [
+            pyinspect.Parameter(
+                name, pyinspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind
+            )
+            for name, kind, default in _REGISTRY_PARAMETERS
+        ]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        tls = RegistryOptions(
+            kwargs.pop("ca_file", None),
+            kwargs.pop("cert", None),
+            kwargs.pop("cert_key", None),
+            tuple(kwargs.pop("insecure_registry", None) or ()),
+        )
+        return func(*args, tls=tls, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return wrapper
+
 
 @app.command()
 @_errors_to_exit
+@_registry_options
 def export(
     spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
@@ -248,10 +303,7 @@ def export(
         int | None, typer.Option(help="Sequence number (default: creation time).")
     ] = None,
     expires: Annotated[str | None, typer.Option(help="Expiry after creation, e.g. 30d.")] = None,
-    ca_file: CaOpt = None,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     check_images: Annotated[
@@ -281,8 +333,7 @@ def export(
     from airbundle.ops.export import ExportOptions, export_bundle
     from airbundle.ops.plan import apply_lock, read_lock
 
-    passphrase = keyops.read_passphrase(passphrase_file)
-    signing = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
+    signing = _signing_keys(key, passphrase_file)
     loaded = load_spec(spec)
     if lock is not None:
         loaded = apply_lock(loaded, read_lock(lock))
@@ -294,7 +345,7 @@ def export(
         channel=channel,
         sequence=sequence,
         expires_in=parse_duration(expires) if expires else None,
-        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+        transport=tls.transport(),
         cache_dir=_cache_dir(cache_dir, no_cache),
         check_images=check_images or strict,
         strict=strict,
@@ -425,6 +476,7 @@ def inspect(
 
 @app.command("import")
 @_errors_to_exit
+@_registry_options
 def import_(
     bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
     trust: TrustOpt,
@@ -491,10 +543,7 @@ def import_(
             "~/.local/state/airbundle)."
         ),
     ] = None,
-    ca_file: CaOpt = None,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     quiet: QuietOpt = False,
 ) -> None:
     """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run."""
@@ -516,7 +565,7 @@ def import_(
         allow_other_refs=allow_other_refs,
         emit_mirror_config=emit_mirror_config,
         mirror_scope=mirror_scope,
-        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+        transport=tls.transport(),
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
@@ -546,6 +595,7 @@ def import_(
 
 @app.command()
 @_errors_to_exit
+@_registry_options
 def inventory(
     output: Annotated[Path, typer.Option("--output", "-o", help="Inventory file to write.")],
     registry: Annotated[
@@ -560,10 +610,7 @@ def inventory(
     repo: Annotated[
         list[str], typer.Option(help="Repo names to list (needed with a URL template).")
     ] = [],  # noqa: B006
-    ca_file: CaOpt = None,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     quiet: QuietOpt = False,
 ) -> None:
     """List the blobs and ref tips the targets already hold (no content), for
@@ -574,7 +621,7 @@ def inventory(
         registry=registry,
         git_target=git_target,
         repo_names=list(repo),
-        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+        transport=tls.transport(),
     )
     write_atomic(output, inv.to_bytes())
     _say(quiet, f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s)")
@@ -607,6 +654,7 @@ def diff_command(
 
 @app.command()
 @_errors_to_exit
+@_registry_options
 def plan(
     spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
     output: Annotated[
@@ -620,10 +668,7 @@ def plan(
         typer.Option(help="Plan an incremental export on top of this bundle or inventory."),
     ] = [],  # noqa: B006
     split_size: Annotated[str | None, typer.Option(help="Estimate volumes of this size.")] = None,
-    ca_file: CaOpt = None,
-    cert: CertOpt = None,
-    cert_key: CertKeyOpt = None,
-    insecure_registry: InsecureOpt = [],  # noqa: B006 - typer needs a literal default
+    tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
@@ -640,7 +685,7 @@ def plan(
         loaded,
         since=tuple(since),
         split_size=size,
-        transport=_transport(ca_file, cert, cert_key, insecure_registry),
+        transport=tls.transport(),
         cache_dir=_cache_dir(cache_dir, no_cache),
     )
     lines = [
@@ -685,8 +730,7 @@ def kit(
     signed SHA256SUMS, INSTALL.txt) to carry along with the bundles."""
     from airbundle.ops.kit import build_kit, check_python_version
 
-    passphrase = keyops.read_passphrase(passphrase_file)
-    keys = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
+    keys = _signing_keys(key, passphrase_file)
     result = build_kit(
         output,
         keys,
@@ -713,8 +757,7 @@ def split(
     quiet: QuietOpt = False,
 ) -> None:
     """Cut an existing bundle into media-sized volumes plus a signed index (no re-export)."""
-    passphrase = keyops.read_passphrase(passphrase_file)
-    keys = tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in key)
+    keys = _signing_keys(key, passphrase_file)
     index = split_bundle(bundle, parse_size(size), keys, folder=output)
     _say(quiet, f"wrote {index} and its volumes")
 
@@ -739,7 +782,7 @@ def sign(
     quiet: QuietOpt = False,
 ) -> None:
     """Add an approval signature (co-sign) without rewriting the bundle's content."""
-    private = keyops.load_signing_key(key, passphrase=keyops.read_passphrase(passphrase_file))
+    (private,) = _signing_keys([key], passphrase_file)
     result = sign_bundle(bundle, private)
     if result.added:
         _say(
@@ -760,21 +803,16 @@ def scan(
 ) -> None:
     """List the image references in Kubernetes, kustomize, Helm values and Flux files,
     with file and line; with --bundle, only those the bundle lacks (exit 1 if any)."""
-    from airbundle.format.imagescan import Carried, missing
-    from airbundle.ops.scan import scan_folder
+    from airbundle.format.imagescan import missing
+    from airbundle.ops.scan import carried, scan_folder
 
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder")
     files, findings = scan_folder(path)
     shown = findings
     if bundle is not None:
-        info = inspect_bundle(bundle)
-        carried = Carried(
-            frozenset(str(i.ref) for i in info.manifest.images),
-            frozenset(str(m.digest) for m in info.manifest.members),
-            frozenset(i.ref.name for i in info.manifest.images),
-        )
-        shown = missing(findings, carried)
+        manifest = inspect_bundle(bundle).manifest
+        shown = missing(findings, carried(manifest.images, manifest.members))
     if json_output:
         typer.echo(
             json.dumps(
@@ -932,7 +970,7 @@ def cache_prune(
 ) -> None:
     """Remove cached registry blobs (git mirrors are kept: they make re-exports cheap)."""
     from airbundle.adapters.blobcache import BlobCache
-    from airbundle.ops.export import default_cache_dir
+    from airbundle.adapters.cache import default_cache_dir
 
     cache = BlobCache(cache_dir or default_cache_dir())
     seconds = parse_duration(older_than).total_seconds() if older_than else None

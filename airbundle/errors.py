@@ -5,9 +5,13 @@ message that names the file, member, field or image at fault, and says what to
 do about it in :meth:`AirbundleError.diagnostics`. The CLI catches the base
 class in one place and exits with :attr:`AirbundleError.exit_code`.
 
+Code that decides on an error looks at its class, or at the facts it carries
+(:attr:`AirbundleError.status`, :attr:`AirbundleError.codes`), never at its
+message text: messages are for people and may change.
+
 ::
 
-    AirbundleError
+    AirbundleError                (exit 3 unless overridden)
     ├── UsageError            (exit 2) bad command-line input
     │   └── SpecError         (exit 2) the spec file is invalid
     ├── IntegrityError        (exit 1) the bundle is not what it claims
@@ -15,15 +19,23 @@ class in one place and exits with :attr:`AirbundleError.exit_code`.
     │   ├── ManifestError         the signed manifest is malformed
     │   ├── ArchiveError          unsafe, unlisted, duplicate or missing member
     │   ├── MemberDigestError     a member's bytes do not match the manifest
-    │   └── TruncatedError        the bundle ends early
+    │   ├── TruncatedError        the bundle ends early
+    │   └── FreshnessError        authentic, but not now: wrong channel, expired,
+    │                             rollback, reused sequence
     ├── FormatError           (exit 2) a reference, digest or name is malformed
     │   ├── InvalidReferenceError
-    │   └── InvalidDigestError
+    │   ├── InvalidDigestError
+    │   └── InvalidOCIError       an OCI descriptor, manifest or index
     ├── KeyFileError          (exit 2) a key or trust file cannot be read
     ├── SourceError           (exit 3) an image or repo source failed
-    └── TargetError           (exit 3) a registry or git target failed
-        ├── RefUpdateError        a ref would move non-fast-forward
-        └── UploadLostError       a blob upload must start again from the bundle
+    ├── TargetError           (exit 3) a registry or git target failed
+    │   ├── RefUpdateError        a ref would move non-fast-forward
+    │   └── UploadLostError       a blob upload must start again from the bundle
+    ├── TransportError        (exit 3) an HTTP request could not be completed
+    │   │                         (connection, TLS, retries exhausted); the registry
+    │   │                         client re-raises it as SourceError or TargetError
+    │   └── ResponseTooLargeError an answer longer than the caller allows
+    └── AuthError             (exit 3) registry credentials cannot be read
 """
 
 from __future__ import annotations
@@ -40,11 +52,22 @@ class AirbundleError(Exception):
     exit_code = EXIT_IO
     hint: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        codes: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         if hint is not None:
             self.hint = hint
+        # The HTTP status of the answer that caused the error, if one did.
+        self.status = status
+        # The registry's error codes from that answer (MANIFEST_UNKNOWN, DENIED...).
+        self.codes = codes
 
     def diagnostics(self) -> str:
         """The message, followed by advice a user can act on, if any."""
@@ -80,6 +103,10 @@ class InvalidDigestError(FormatError):
     pass
 
 
+class InvalidOCIError(FormatError):
+    pass
+
+
 class KeyFileError(AirbundleError):
     exit_code = EXIT_USAGE
 
@@ -108,6 +135,11 @@ class TruncatedError(IntegrityError):
     pass
 
 
+class FreshnessError(IntegrityError):
+    """The bundle is authentic but must not be imported now (rollback, replay,
+    expiry, wrong channel)."""
+
+
 class SourceError(AirbundleError):
     exit_code = EXIT_IO
 
@@ -123,3 +155,19 @@ class RefUpdateError(TargetError):
 class UploadLostError(TargetError):
     """A blob upload failed past the bytes still held in memory: resending it
     needs its bytes again from the bundle (the importer re-reads them once)."""
+
+
+class TransportError(AirbundleError):
+    """A request could not be completed (connection, TLS, retries exhausted).
+
+    The registry client re-raises it as SourceError or TargetError, depending
+    on the side, keeping it as the cause.
+    """
+
+
+class ResponseTooLargeError(TransportError):
+    """An answer was longer than the caller allows: not worth asking again."""
+
+
+class AuthError(AirbundleError):
+    """Registry credentials cannot be read (an auth file, a credential helper)."""

@@ -1,4 +1,8 @@
-"""Safety limits in one place, so that no size or count is a literal in code."""
+"""Safety limits and sizes in one place, so that no size or count is a literal in code.
+
+One frozen `Limits` is passed down from the ops functions; `DEFAULT_LIMITS` is
+what the CLI uses (no command-line option changes them).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
+    # -- documents read from media, state or the network ------------------------
     # The signed manifest is read into memory before it is parsed; a hostile
     # bundle must not make us read a gigabyte first.
     max_manifest_bytes: int = 64 * 1024 * 1024
@@ -14,21 +19,73 @@ class Limits:
     max_signatures: int = 64
     # OCI manifests and indexes are JSON documents held in memory.
     max_oci_manifest_bytes: int = 4 * 1024 * 1024
+    # Indexes nested in indexes, below an image's root.
+    max_index_depth: int = 4
     # zstd: refuse frames that ask for a window larger than this before any
     # allocation happens (zstd's own default cap is 128 MiB).
     max_zstd_window_bytes: int = 1 << 27
-    # Depth of nesting accepted in any JSON document we parse.
+    # Depth of nesting accepted in any JSON document we parse...
     max_json_depth: int = 64
+    # ...and in the flat ones: volume index, inventory, lock file.
+    max_flat_json_depth: int = 8
     # Maximum accepted length of a tar member path.
     max_path_length: int = 1024
-    # Spec files are small documents written by hand.
+    # Spec files are small documents written by hand (also lock files); YAML
+    # aliases must not expand them beyond this many values or levels.
     max_spec_bytes: int = 4 * 1024 * 1024
+    max_spec_nodes: int = 100_000
+    max_spec_depth: int = 64
     # Git refs in one repository entry.
     max_refs_per_repo: int = 100_000
+    # A git bundle's header (refs and prerequisites) before its pack.
+    max_git_bundle_header_bytes: int = 1 << 20
+    # Volume sets: the index, its volumes and its signatures.
+    max_volume_index_bytes: int = 4 * 1024 * 1024
+    max_volumes: int = 9999
+    max_volume_index_signatures: int = 64
+    # An inventory lists every blob of a target.
+    max_inventory_bytes: int = 256 * 1024 * 1024
+    # The import state keeps this many history entries.
+    max_state_history: int = 1000
+    # The image scan: YAML files read (larger ones are skipped), nesting walked.
+    max_scanned_file_bytes: int = 4 * 1024 * 1024
+    max_scan_depth: int = 100
+    # -- answers from servers -----------------------------------------------------
+    # A registry's repository or tag listing: names asked for per page, and
+    # the most bytes one page may take.
+    registry_page_entries: int = 1000
+    max_registry_listing_bytes: int = 64 << 20
+    # A token server's answer; the reason in a registry's refusal.
+    max_token_answer_bytes: int = 1 << 20
+    max_registry_error_bytes: int = 1 << 16
+    # A git server's ref advertisement or push report.
+    max_git_answer_bytes: int = 64 << 20
+    # -- streaming and concurrency ------------------------------------------------
     # Read/write buffer for streaming blobs.
     io_chunk_bytes: int = 1 << 20
     # zstd multi-threaded job size: memory per compression worker scales with it.
     zstd_job_bytes: int = 2 << 20
+    # Room kept in a bundle's prefix for approval signatures added later by `sign`.
+    reserved_signatures: int = 16
+    reserved_signature_bytes: int = 1024
+    # Export reads blobs up to this size whole, this many at once, at most
+    # `small_blob_window` ahead of the writer.
+    small_blob_bytes: int = 1 << 20
+    small_blob_workers: int = 4
+    small_blob_window: int = 16
+    # Export resolves this many images at once (round trips overlap).
+    planning_workers: int = 8
+    # Import: manifests, tags and existence checks in parallel; blobs up to
+    # `async_upload_bytes` uploaded in the background by `async_uploads`
+    # workers (twice as many queued); chunks read ahead of a large upload.
+    import_workers: int = 8
+    async_upload_bytes: int = 1 << 20
+    async_uploads: int = 4
+    prefetch_chunks: int = 4
+    # A blob below this goes up in one PUT; twice this of a streamed upload is
+    # held in memory for a resend.
+    upload_buffer_bytes: int = 8 << 20
+    # -- serve ----------------------------------------------------------------------
     # serve: most entries one tags/list or _catalog page returns (a larger `n`
     # gets this many and a Link to the next page).
     max_page_entries: int = 1000

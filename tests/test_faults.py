@@ -620,7 +620,7 @@ def test_cli_reports_a_persistent_fault_as_one_line(
     layers = layout_layers(hello_layout, "1.0")
     layer = max(layers, key=lambda d: layers[d])
     source_proxy.add("GET", f"/blobs/{layer}$", Respond(503), times=None)
-    monkeypatch.setattr(cli, "_transport", lambda *args, **kwargs: fast())
+    monkeypatch.setattr(cli.RegistryOptions, "transport", lambda _self: fast())
     out = tmp_path / "out" / "b.airbundle"
     spec = spec_for(tmp_path, source_proxy.host, "team/hello:1.0")
 

@@ -11,17 +11,30 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import KeyPair, hermetic
-from servers import TEST_CREDS, GitDaemon, GitHttpServer, GitSshServer, git_env
+from servers import (
+    TEST_CREDS,
+    CertAuthority,
+    CertPair,
+    GitDaemon,
+    GitHttpServer,
+    GitSshServer,
+    git_env,
+)
 
 from airbundle.adapters.git_targets import RemoteTarget
+from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
@@ -606,3 +619,105 @@ def test_refs_starting_with_a_dash_or_holding_dot_dot_are_spec_errors(
     assert repr(ref) in message, message
     assert str(spec) in message and "refs[1]" in message
     assert not (tmp_path / "PWNED").exists()
+
+
+# --- error kinds and TLS on the direct push ---------------------------------
+
+
+def test_a_ref_moved_under_the_push_is_a_ref_update_error(
+    git_http: GitHttpServer,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """git push's porcelain status, not its message text, tells a refused ref move."""
+    home = tmp_path / "git-home"
+    work = work_clone(str(sample_tree / "gitops"), tmp_path / "work", home)
+    template = target_template(git_http)
+    import_(export(tmp_path, signing_key, str(work), name="first", sequence=1).path,
+            signing_key, template)  # fmt: skip
+    git("-C", work, "reset", "--quiet", "--hard", "HEAD~1", home=home)
+    commit_file(work, "README", "rewritten\n", "rewritten", home)
+    second = export(tmp_path, signing_key, str(work), name="second", sequence=2)
+    # As if the server's ref moved between the fast-forward check and the push.
+    monkeypatch.setattr(RemoteTarget, "refused", lambda *_args: [])
+
+    with pytest.raises(RefUpdateError) as caught:
+        import_(second.path, signing_key, template)
+
+    assert "refs/heads/main" in caught.value.message
+    assert "--force" in caught.value.diagnostics()
+
+
+class TlsFront:
+    """TLS in front of a plain HTTP server, as a reverse proxy would terminate it;
+    a client must present a certificate from `ca_file`."""
+
+    def __init__(self, backend: str, cert: CertPair, ca_file: Path) -> None:
+        self.backend = backend
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert.cert, cert.key)
+        self.context.load_verify_locations(ca_file)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()
+            return
+        host, port = self.backend.rsplit(":", 1)
+        with tls, socket.create_connection((host, int(port))) as plain:
+            # One thread per connection: an SSL socket must not be read and
+            # written from two threads at once.
+            while True:
+                ready = [tls] if tls.pending() else select.select([tls, plain], [], [], 60)[0]
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        return
+                    (plain if sock is tls else tls).sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_the_direct_https_push_uses_the_ca_file_and_client_certificate(
+    git_http: GitHttpServer,
+    gitops_bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca = CertAuthority(tmp_path / "ca")
+    client = ca.issue("importer", server=False, client=True)
+    front = TlsFront(git_http.host, ca.issue("git-server"), ca.cert_file)
+    git_http.init_bare("gitops")
+    template = f"https://127.0.0.1:{front.port}/{{name}}"
+
+    def staged_here(*_args: object) -> None:
+        raise AssertionError("the direct push was not used: the bundle was staged here")
+
+    monkeypatch.setattr(RemoteTarget, "_stage_here", staged_here)
+    try:
+        tls = TLSConfig(ca.cert_file, client.cert, client.key)
+        import_(gitops_bundle.path, signing_key, template, transport=Transport(tls))
+    finally:
+        front.close()
+
+    home = tmp_path / "git-home"
+    assert ls_remote(f"http://{git_http.host}/gitops", home) == manifest_refs(gitops_bundle)

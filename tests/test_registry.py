@@ -40,8 +40,10 @@ from servers import (
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import SourceError, TargetError, UsageError
 from airbundle.format.spec import load_spec
+from airbundle.limits import Limits
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
+from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
 
@@ -264,6 +266,31 @@ def test_reimport_is_a_noop(
     again = access_log(target_registry)[before:]
     assert not [line for line in again if "/blobs/uploads/" in line[1]], again
     assert len([line for line in again if line[0] == "HEAD" and "/blobs/" in line[1]]) >= 9
+
+
+def test_inventory_of_a_registry_lists_every_digest_imported_page_by_page(
+    source: Registry,
+    target_registry: Registry,
+    hello_layout: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    result = export(tmp_path, signing_key, *refs(source, *IMAGES))
+    import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    # Outside the prefix: listed by the catalog, left out of the inventory.
+    push_oci_layout(target_registry, hello_layout, "0.9", "elsewhere/hello:0.9")
+
+    inventory = take_inventory(
+        registry=f"{target_registry.host}/mirror",
+        git_target=None,
+        repo_names=[],
+        limits=Limits(registry_page_entries=1),
+    )
+
+    carried = {m.digest for m in result.manifest.members if m.path.startswith("images/blobs/")}
+    assert set(inventory.blobs) == carried
+    pages = [uri for method, uri, _ in access_log(target_registry) if "/v2/_catalog" in uri]
+    assert len(pages) >= 3 and any("last=" in uri for uri in pages), pages
 
 
 def test_import_skips_blobs_the_target_already_has(

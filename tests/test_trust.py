@@ -27,12 +27,12 @@ from airbundle.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ArchiveError,
+    FreshnessError,
     IntegrityError,
     SignatureError,
     TargetError,
 )
 from airbundle.format import archive, sshsig
-from airbundle.format.freshness import FreshnessError
 from airbundle.format.spec import load_spec
 from airbundle.format.trust import TrustPolicy
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from airbundle.adapters.fsutil import TEMP_MARK
 from airbundle.format.digest import Digest
+from airbundle.limits import DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class PruneResult:
 
 
 class BlobCache:
-    def __init__(self, root: Path, *, chunk: int = 1 << 20) -> None:
+    def __init__(self, root: Path, *, chunk: int = DEFAULT_LIMITS.io_chunk_bytes) -> None:
         self.root = root
         self.folder = root / "blobs" / "sha256"
         self.chunk = chunk

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from airbundle.errors import AirbundleError, SourceError, TargetError
+from airbundle.errors import AirbundleError, RefUpdateError, SourceError, TargetError
 from airbundle.format.paths import check_object_id, check_ref_name
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 _BASE_ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never hang on a password prompt at 2 a.m.
@@ -71,7 +72,10 @@ def run_git(
     cwd: Path | None = None,
     stdin: bytes | None = None,
     env: dict[str, str] | None = None,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
+    """git with these arguments; a failure raises `error` naming `what` (with
+    `check` off, the caller reads the exit status itself)."""
     full_env = {**os.environ, **_BASE_ENV, **(env or {})}
     proc = subprocess.run(
         [git_binary(), *args],
@@ -81,10 +85,13 @@ def run_git(
         env=full_env,
         check=False,
     )
-    if proc.returncode != 0:
-        message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
-        raise error(redact(f"{what}: git {_subcommand(args)} failed: {message}"))
+    if check and proc.returncode != 0:
+        raise error(redact(f"{what}: git {_subcommand(args)} failed: {_stderr(proc)}"))
     return proc
+
+
+def _stderr(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
 
 
 def parse_bundle_header(data: bytes, *, source: str) -> BundleHeads:
@@ -112,12 +119,15 @@ def parse_bundle_header(data: bytes, *, source: str) -> BundleHeads:
     return BundleHeads(object_format, tuple(refs), tuple(prereqs))
 
 
-def read_bundle_heads(path: Path) -> BundleHeads:
+def read_bundle_heads(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> BundleHeads:
     with path.open("rb") as fh:
-        head = fh.read(1 << 20)
+        head = fh.read(limits.max_git_bundle_header_bytes)
     end = head.find(b"\n\n")
     if end < 0:
-        raise SourceError(f"{path}: git bundle header is missing or longer than 1 MiB")
+        raise SourceError(
+            f"{path}: git bundle header is missing or longer than "
+            f"{limits.max_git_bundle_header_bytes} bytes"
+        )
     heads = parse_bundle_header(head[: end + 1], source=str(path))
     return dataclasses.replace(heads, pack_offset=end + 2)
 
@@ -177,9 +187,17 @@ def fetch_selected_refs(
     return refs, head
 
 
+@dataclass(frozen=True)
+class PackBundle:
+    """A git bundle made of a header and a pack file that follows it."""
+
+    header: bytes
+    pack: Path
+
+
 def pack_as_bundle(
     repo: Path, refs: Sequence[tuple[str, str]], object_format: str
-) -> tuple[bytes, Path] | None:
+) -> PackBundle | None:
     """A bundle of `refs` without `git bundle create`: its header, and the pack
     to follow it, when the repository holds exactly their history in one pack:
     a first fetch, or a cache that fetched nothing new since, or one repacked
@@ -210,7 +228,7 @@ def pack_as_bundle(
     if int(reachable.stdout.strip() or b"-1") != _pack_object_count(packs[0].with_suffix(".idx")):
         return None
     header = "# v2 git bundle\n" + "".join(f"{oid} {name}\n" for name, oid in refs) + "\n"
-    return header.encode(), packs[0]
+    return PackBundle(header.encode(), packs[0])
 
 
 def _pack_object_count(idx: Path) -> int:
@@ -250,18 +268,50 @@ def create_bundle(
     exclude: Sequence[str] = (),
 ) -> None:
     """A bundle of `refs`; commits in `exclude` (and their history) are left
-    out, so the bundle names them as prerequisites (an incremental bundle)."""
+    out, so the bundle names them as prerequisites (an incremental bundle).
+
+    If the refs hold nothing beyond `exclude` (they moved to commits the base
+    already has), git refuses to write an empty bundle: the refs then travel
+    with their history."""
+    known = known_objects(repo, exclude)
+    try:
+        _bundle_create(repo, refs, known, out, what=what, reproducible=reproducible)
+    except SourceError:
+        if not known or _has_new_objects(repo, refs, known, what=what):
+            raise
+        _bundle_create(repo, refs, [], out, what=what, reproducible=reproducible)
+
+
+def _bundle_create(
+    repo: Path,
+    refs: Sequence[str],
+    exclude: Sequence[str],
+    out: Path,
+    *,
+    what: str,
+    reproducible: bool,
+) -> None:
     config = ["-c", "pack.threads=1"] if reproducible else []
     lines = [f"{check_ref_name(r, error=SourceError)}\n" for r in refs]
-    lines += [
-        f"^{check_object_id(oid, error=SourceError)}\n" for oid in known_objects(repo, exclude)
-    ]
+    lines += [f"^{check_object_id(oid, error=SourceError)}\n" for oid in exclude]
     run_git(
         [*config, "-C", str(repo), "bundle", "create", "--quiet", str(out), "--stdin"],
         error=SourceError,
         what=what,
         stdin="".join(lines).encode(),
     )
+
+
+def _has_new_objects(repo: Path, refs: Sequence[str], exclude: Sequence[str], *, what: str) -> bool:
+    """Whether the refs reach any object the `exclude` commits do not (an
+    annotated tag's own object counts: git always writes such a ref)."""
+    proc = run_git(
+        ["-C", str(repo), "rev-list", "--objects", "--count", "--stdin"],
+        error=SourceError,
+        what=what,
+        stdin="".join([*(f"{r}\n" for r in refs), *(f"^{oid}\n" for oid in exclude)]).encode(),
+    )
+    return int(proc.stdout.strip() or b"0") > 0
 
 
 def history_size(repo: Path, tips: Sequence[str], exclude: Sequence[str], *, what: str) -> int:
@@ -400,6 +450,48 @@ def update_refs(
     )
     if head and any(name == head for name, _ in refs):
         run_git(["-C", str(repo), "symbolic-ref", "HEAD", head], error=TargetError, what=what)
+
+
+def push_atomic(
+    repo: Path, url: str, specs: Sequence[str], *, what: str, env: dict[str, str] | None = None
+) -> None:
+    """`git push --atomic` of `specs` from `repo` to `url`: all or nothing.
+
+    RefUpdateError when git refused to move a ref (not a fast-forward, a tag
+    that exists: `!` and `[rejected]` in its porcelain status), TargetError for
+    any other failure."""
+    proc = run_git(
+        ["-C", str(repo), "push", "--atomic", "--porcelain", "--quiet", "--", url, *specs],
+        error=TargetError,
+        what=what,
+        env=env,
+        check=False,
+    )
+    if proc.returncode == 0:
+        return
+    message = redact(f"{what}: git push failed: {_stderr(proc)}")
+    rejected = [
+        f"{ref} {summary}"
+        for flag, _, ref, summary in _porcelain(proc.stdout)
+        if flag == "!" and summary.startswith("[rejected]")
+    ]
+    if rejected:
+        raise RefUpdateError(
+            f"{message} ({'; '.join(rejected)})", hint="re-run with --force to move it"
+        )
+    raise TargetError(message)
+
+
+def _porcelain(stdout: bytes) -> list[tuple[str, str, str, str]]:
+    """`git push --porcelain` status lines: flag, source, destination ref, summary."""
+    out = []
+    for line in stdout.decode("utf-8", "replace").splitlines():
+        flag, tab, rest = line.partition("\t")
+        refs, _, summary = rest.partition("\t")
+        if tab and len(flag) == 1:
+            source, _, destination = refs.partition(":")
+            out.append((flag, source, destination, summary))
+    return out
 
 
 def discard_staged(repo: Path, *, what: str) -> None:

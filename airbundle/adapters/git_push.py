@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
-import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -24,18 +23,16 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from airbundle import __version__
+from airbundle.adapters.registry.transport import TLSConfig
 from airbundle.errors import RefUpdateError, TargetError
 from airbundle.format import pktline
 from airbundle.format.pktline import ZERO_OID, Advertisement, Report
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 AGENT = f"agent=airbundle/{__version__}"
-CHUNK = 1 << 20
 # The server indexes the whole pack before it answers.
 ANSWER_TIMEOUT = 3600.0
 CONNECT_TIMEOUT = 30.0
-# Ref advertisements and push reports are small; a server sending more is not
-# one we want to keep reading from.
-MAX_ANSWER = 64 << 20
 
 
 class Unsupported(Exception):  # noqa: N818 (a signal to fall back, not an error)
@@ -61,16 +58,26 @@ def push_pack(
     *,
     force: bool,
     what: str,
+    tls: TLSConfig | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Create or move `refs` (name, oid) on the server in one atomic push,
-    sending the bytes of `pack` from `offset` as the pack.
+    sending the bytes of `pack` from `offset` as the pack. HTTPS trusts and
+    presents what `tls` says (--ca-file, --cert), as the registry client does.
 
     Raises Unsupported (nothing changed on the server), RefUpdateError if a ref is
     somewhere the caller did not expect and `force` is off, TargetError if
     the server refuses.
     """
     scheme = urllib.parse.urlsplit(url).scheme
-    session: _Session = _GitSession(url) if scheme == "git" else _HttpSession(url)
+    # Ref advertisements and push reports are small; a server sending more is
+    # not one we want to keep reading from.
+    max_answer = limits.max_git_answer_bytes
+    session: _Session = (
+        _GitSession(url, max_answer)
+        if scheme == "git"
+        else _HttpSession(url, tls or TLSConfig(), max_answer)
+    )
     try:
         adv = session.advertisement()
         updates = [
@@ -93,7 +100,8 @@ def push_pack(
         caps = ["report-status", "atomic", "side-band-64k", "quiet"]
         caps = [c for c in caps if c in adv.capabilities] + [AGENT]
         size = pack.stat().st_size - offset
-        answer, sideband = session.push(pktline.commands(updates, caps), _read(pack, offset), size)
+        chunks = _read(pack, offset, limits.io_chunk_bytes)
+        answer, sideband = session.push(pktline.commands(updates, caps), chunks, size)
     finally:
         session.close()
     try:
@@ -122,10 +130,10 @@ def _uses_sideband(commands: bytes) -> bool:
     return b"side-band-64k" in commands.split(b"\n", 1)[0]
 
 
-def _read(path: Path, offset: int) -> Iterator[bytes]:
+def _read(path: Path, offset: int, chunk_bytes: int) -> Iterator[bytes]:
     with path.open("rb") as fh:
         fh.seek(offset)
-        while chunk := fh.read(CHUNK):
+        while chunk := fh.read(chunk_bytes):
             yield chunk
 
 
@@ -148,8 +156,9 @@ class _Session:
 class _GitSession(_Session):
     """git:// (git daemon): one TCP connection for the whole exchange."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_answer: int) -> None:
         parts = urllib.parse.urlsplit(url)
+        self.max_answer = max_answer
         self.host = parts.hostname or ""
         self.port = parts.port or 9418
         self.path = urllib.parse.unquote(parts.path)
@@ -180,8 +189,8 @@ class _GitSession(_Session):
     def _until_flush(self) -> bytes:
         out = bytearray()
         while True:
-            if len(out) > MAX_ANSWER:
-                raise pktline.PktLineError(f"ref advertisement over {MAX_ANSWER} bytes")
+            if len(out) > self.max_answer:
+                raise pktline.PktLineError(f"ref advertisement over {self.max_answer} bytes")
             head = self._recv_exact(4)
             out += head
             size = pktline.length(head)
@@ -201,8 +210,8 @@ class _GitSession(_Session):
             answer = bytearray()
             while part := self.sock.recv(1 << 16):
                 answer += part
-                if len(answer) > MAX_ANSWER:
-                    raise OSError(f"the answer is over {MAX_ANSWER} bytes")
+                if len(answer) > self.max_answer:
+                    raise OSError(f"the answer is over {self.max_answer} bytes")
         except OSError as exc:
             raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
         return bytes(answer), _uses_sideband(commands)
@@ -220,8 +229,9 @@ class _GitSession(_Session):
 class _HttpSession(_Session):
     """Smart HTTP: GET info/refs, then one POST with the commands and the pack."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: TLSConfig, max_answer: int) -> None:
         parts = urllib.parse.urlsplit(url)
+        self.max_answer = max_answer
         self.headers = {"User-Agent": f"git/2 airbundle/{__version__}"}
         if parts.username is not None:
             creds = f"{urllib.parse.unquote(parts.username)}:"
@@ -235,7 +245,7 @@ class _HttpSession(_Session):
         self.base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.shown = self.base
         self.pool = urllib3.PoolManager(
-            ssl_context=ssl.create_default_context(),
+            ssl_context=tls.ssl_context(),
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=ANSWER_TIMEOUT),
             retries=False,
         )
@@ -286,9 +296,9 @@ class _HttpSession(_Session):
             kind = response.headers.get("content-type", "")
             if response.status != 200 or kind != "application/x-git-receive-pack-result":
                 raise TargetError(f"{self.shown}: push failed: HTTP {response.status} {kind}")
-            answer = response.read(MAX_ANSWER + 1)
-            if len(answer) > MAX_ANSWER:
-                raise TargetError(f"{self.shown}: the push answer is over {MAX_ANSWER} bytes")
+            answer = response.read(self.max_answer + 1)
+            if len(answer) > self.max_answer:
+                raise TargetError(f"{self.shown}: the push answer is over {self.max_answer} bytes")
         except (Urllib3Error, OSError) as exc:
             raise TargetError(f"{self.shown}: push failed: {exc}") from None
         finally:

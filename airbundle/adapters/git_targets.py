@@ -16,14 +16,25 @@ from pathlib import Path
 from typing import Protocol
 
 from airbundle.adapters import git, git_push
-from airbundle.errors import RefUpdateError, TargetError, UsageError
+from airbundle.adapters.registry.transport import TLSConfig
+from airbundle.errors import TargetError, UsageError
 from airbundle.format.paths import check_ref_name, check_repo_name
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 Refs = Sequence[tuple[str, str]]
 
 
 class GitTarget(Protocol):
     def describe(self, name: str) -> str: ...
+
+    def state_key(self) -> str:
+        """The name the import state is kept under (`git=...`)."""
+        ...
+
+    def list_refs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Each repository's refs (name -> oid) for an inventory; with no
+        names, every repository the target can list."""
+        ...
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None: ...
 
@@ -53,6 +64,17 @@ class BareRepoTarget:
 
     def describe(self, name: str) -> str:
         return str(self.path(name))
+
+    def state_key(self) -> str:
+        return f"git={self.root}"
+
+    def list_refs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        found = names or sorted(p.name[:-4] for p in self.root.glob("*.git"))
+        return {
+            name: dict(git.list_refs(self.path(name), error=TargetError, what=f"repo {name!r}"))
+            for name in found
+            if self.path(name).exists()
+        }
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None:
         if not self.path(name).exists():
@@ -93,11 +115,22 @@ class RemoteTarget:
     against the history), then sent with `git push --atomic`. Either way one
     transaction per repository."""
 
-    def __init__(self, template: str, *, scratch: Path | None = None) -> None:
+    def __init__(
+        self,
+        template: str,
+        *,
+        scratch: Path | None = None,
+        tls: TLSConfig | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         if "{name}" not in template:
             raise UsageError(f"--git {template!r}: a URL template must contain {{name}}")
         self.template = template
-        self._scratch = Path(tempfile.mkdtemp(prefix="airbundle-git-", dir=scratch))
+        self.tls = tls
+        self.limits = limits
+        self._env = _tls_env(tls)
+        self._scratch_parent = scratch
+        self._scratch: Path | None = None  # made when first needed
         self._direct: dict[str, tuple[Path, int]] = {}  # name -> (bundle, pack offset)
 
     def url(self, name: str) -> str:
@@ -106,11 +139,23 @@ class RemoteTarget:
     def describe(self, name: str) -> str:
         return git.redact(self.url(name))
 
+    def state_key(self) -> str:
+        return f"git={git.redact(self.template)}"
+
+    def list_refs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not names:
+            raise UsageError("a git URL template needs the repo names: --repo NAME")
+        return {name: self._remote_refs(name) for name in names}
+
     def _work(self, name: str) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(
+                tempfile.mkdtemp(prefix="airbundle-git-", dir=self._scratch_parent)
+            )
         return self._scratch / f"{name}.git"
 
     def stage(self, name: str, bundle: Path, refs: Refs) -> None:
-        heads = git.read_bundle_heads(bundle)
+        heads = git.read_bundle_heads(bundle, limits=self.limits)
         if (
             not heads.prerequisites
             and heads.object_format == "sha1"
@@ -145,6 +190,7 @@ class RemoteTarget:
             ],
             error=TargetError,
             what=f"repo {name!r}: fetch from {self.describe(name)}",
+            env=self._env,
         )
         known = set(git.known_objects(work, commits))
         return [c for c in commits if c not in known]
@@ -154,11 +200,12 @@ class RemoteTarget:
             ["ls-remote", "--", self.url(name)],
             error=TargetError,
             what=f"repo {name!r} ({self.url(name)})",
+            env=self._env,
         )
         out = {}
         for line in proc.stdout.decode().splitlines():
             oid, _, ref = line.partition("\t")
-            if ref.startswith("refs/"):
+            if ref.startswith("refs/") and not ref.endswith("^{}"):  # not a peeled tag
                 out[ref] = oid
         return out
 
@@ -185,7 +232,15 @@ class RemoteTarget:
         if direct is not None:
             what = f"repo {name!r}: push to {self.describe(name)}"
             try:
-                git_push.push_pack(self.url(name), refs, *direct, force=force, what=what)
+                git_push.push_pack(
+                    self.url(name),
+                    refs,
+                    *direct,
+                    force=force,
+                    what=what,
+                    tls=self.tls,
+                    limits=self.limits,
+                )
                 return
             except git_push.Unsupported:
                 self._stage_here(name, direct[0], refs)
@@ -193,41 +248,32 @@ class RemoteTarget:
         specs = [
             f"{plus}{git.INCOMING}{check_ref_name(r, error=TargetError)[5:]}:{r}" for r, _ in refs
         ]
-        try:
-            git.run_git(
-                [
-                    "-C",
-                    str(self._work(name)),
-                    "push",
-                    "--atomic",
-                    "--porcelain",
-                    "--quiet",
-                    "--",
-                    self.url(name),
-                    *specs,
-                ],
-                error=TargetError,
-                what=f"repo {name!r}: push to {self.url(name)}",
-            )
-        except TargetError as exc:
-            if "non-fast-forward" in exc.message or "fetch first" in exc.message:
-                raise RefUpdateError(exc.message, hint="re-run with --force to move it") from None
-            raise
+        git.push_atomic(
+            self._work(name),
+            self.url(name),
+            specs,
+            what=f"repo {name!r}: push to {self.url(name)}",
+            env=self._env,
+        )
 
     def discard(self, name: str) -> None:
         pass
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(self._scratch)
+        if self._scratch is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self._scratch)
 
 
-def open_git_target(value: str) -> GitTarget:
-    """--git DIR or --git URL-TEMPLATE (with {name})."""
-    if "{name}" in value:
-        return RemoteTarget(value)
-    if "://" in value:
-        raise UsageError(
-            f"--git {value!r}: a URL needs a {{name}} placeholder, e.g. git://host/{{name}}.git"
-        )
-    return BareRepoTarget(Path(value))
+def _tls_env(tls: TLSConfig | None) -> dict[str, str]:
+    """git's own HTTPS settings for the TLS options given (--ca-file, --cert,
+    --cert-key), so that git and the direct push trust the same server."""
+    if tls is None:
+        return {}
+    env = {}
+    if tls.ca_file is not None:
+        env["GIT_SSL_CAINFO"] = str(tls.ca_file)
+    if tls.client_cert is not None:
+        env["GIT_SSL_CERT"] = str(tls.client_cert)
+        env["GIT_SSL_KEY"] = str(tls.client_key or tls.client_cert)
+    return env

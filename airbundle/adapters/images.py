@@ -7,11 +7,14 @@ only to these protocols, so adding a transport touches no pipeline code.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from airbundle.format.digest import Digest
+from airbundle.format.mirrorconfig import CarriedImage
 from airbundle.format.oci import Descriptor
 from airbundle.format.reference import ImageReference
 
@@ -42,6 +45,29 @@ class ImageSource(Protocol):
         ...
 
 
+class ReferringSource(ImageSource, Protocol):
+    """A source that also finds the artifacts referring to an image
+    (signatures, SBOMs, attestations): a registry."""
+
+    def referrers(self, subject: Digest) -> list[tuple[Descriptor, str | None]]:
+        """The artifacts that refer to `subject`: descriptor, and the tag it
+        was found under (to keep in the target) or None."""
+        ...
+
+    def descriptor_of(self, digest: Digest) -> Descriptor | None:
+        """A manifest by digest (a referrer pinned in a lock file), or None
+        if the source no longer has it."""
+        ...
+
+
+@dataclass(frozen=True)
+class MirrorEntries:
+    """What mirror configuration lists for the images a target received."""
+
+    images: list[CarriedImage]
+    insecure: bool  # the mirror speaks plain HTTP
+
+
 class ImageTarget(Protocol):
     """Where imported images land. Blobs first, then manifests, tags last.
 
@@ -50,6 +76,42 @@ class ImageTarget(Protocol):
     """
 
     def describe(self) -> str: ...
+
+    def state_key(self) -> str:
+        """The name the import state is kept under (`images=...`)."""
+        ...
+
+    def state_dir(self) -> Path | None:
+        """Where the import state lives by default (inside a layout), or None
+        for the user's state folder."""
+        ...
+
+    def report_folder(self) -> Path | None:
+        """Where the import report goes by default (inside a layout), or None
+        for none unless asked for."""
+        ...
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Held for the whole import: another import into the same target waits."""
+        ...
+
+    def assign(self, refs: Sequence[ImageReference]) -> None:
+        """Decide where each image goes, before anything is written (a registry
+        maps references to repositories; two onto one is a UsageError)."""
+        ...
+
+    def mirror_host(self) -> str | None:
+        """The host clusters pull the imported images from, for mirror
+        configuration; None where nothing pulls by host name (a layout)."""
+        ...
+
+    def mirror_entries(self) -> MirrorEntries:
+        """Mirror configuration for the images assigned."""
+        ...
+
+    def list_blobs(self) -> set[Digest]:
+        """Every blob and manifest digest the target holds (for an inventory)."""
+        ...
 
     def prepare(self) -> None:
         """Create what must exist before anything is written."""

@@ -28,9 +28,10 @@ from airbundle.format.volumes import (
     VolumeIndex,
     volume_name,
 )
+from airbundle.limits import DEFAULT_LIMITS
 
 _ARMOR_START = b"-----BEGIN SSH SIGNATURE-----"
-MAX_INDEX_SIGNATURES = 64
+MAX_INDEX_SIGNATURES = DEFAULT_LIMITS.max_volume_index_signatures
 
 
 class VolumeWriter:
@@ -211,7 +212,7 @@ def volume_digest(path: Path, covered_from: int) -> Digest:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         fh.seek(covered_from)
-        while chunk := fh.read(1 << 20):
+        while chunk := fh.read(DEFAULT_LIMITS.io_chunk_bytes):
             h.update(chunk)
     return Digest("sha256", h.hexdigest())
 
@@ -249,7 +250,7 @@ class ConcatReader:
 
     def read(self, n: int = -1) -> bytes:
         while self._fh is not None:
-            chunk = self._fh.read(n if n > 0 else 1 << 20)
+            chunk = self._fh.read(n if n > 0 else DEFAULT_LIMITS.io_chunk_bytes)
             if chunk:
                 entry = self._index.volumes[self._number]
                 start = self._pos_in_volume

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from airbundle.adapters.fsutil import atomic_output, remove_stale_temps, write_atomic
-from airbundle.adapters.images import ResolvedImage
-from airbundle.errors import FormatError, MemberDigestError, SourceError, TargetError
+from airbundle.adapters.fsutil import atomic_output, file_lock, remove_stale_temps, write_atomic
+from airbundle.adapters.images import MirrorEntries, ResolvedImage
+from airbundle.errors import FormatError, MemberDigestError, SourceError, TargetError, UsageError
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
@@ -128,6 +127,37 @@ class OciLayoutTarget:
     def describe(self) -> str:
         return f"oci:{self.root}"
 
+    def state_key(self) -> str:
+        return f"images=oci:{self.root}"
+
+    def state_dir(self) -> Path | None:
+        # The state travels with the layout it describes.
+        return self.root / ".airbundle"
+
+    def report_folder(self) -> Path | None:
+        return self.root
+
+    def assign(self, refs: Sequence[ImageReference]) -> None:
+        pass  # every image is kept under its full reference
+
+    def mirror_host(self) -> str | None:
+        return None  # nothing pulls from a layout by host name
+
+    def mirror_entries(self) -> MirrorEntries:
+        return MirrorEntries([], insecure=False)
+
+    def list_blobs(self) -> set[Digest]:
+        folder = self._blobs
+        if not folder.is_dir():
+            raise UsageError(f"{self.root} is not an OCI layout (no blobs/sha256)")
+        out = set()
+        for path in folder.iterdir():
+            try:
+                out.add(Digest("sha256", path.name))
+            except FormatError:
+                continue  # temporary files of an interrupted import
+        return out
+
     def prepare(self) -> None:
         try:
             self._blobs.mkdir(parents=True, exist_ok=True)
@@ -140,16 +170,9 @@ class OciLayoutTarget:
             raise TargetError(f"{self.describe()}: cannot prepare the layout: {exc}") from None
         remove_stale_temps(self._blobs)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Serialise imports into the same layout (index.json is read-modify-write)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".airbundle.lock").open("a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return file_lock(self.root / ".airbundle.lock")
 
     def locate(self, ref: ImageReference) -> str:
         return str(ref)

@@ -15,13 +15,17 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from airbundle.limits import DEFAULT_LIMITS
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 _DONE = object()
 
 
-def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Generator[bytes, None, None]:
+def prefetch(
+    chunks: Iterable[bytes], *, depth: int = DEFAULT_LIMITS.prefetch_chunks
+) -> Generator[bytes, None, None]:
     """Iterate `chunks` in a background thread, `depth` chunks ahead.
 
     Exceptions raised by `chunks` (a digest mismatch at its end, for one)
@@ -73,7 +77,11 @@ def prefetch(chunks: Iterable[bytes], *, depth: int = 4) -> Generator[bytes, Non
 
 
 def ahead(
-    func: Callable[[T], R], items: Iterable[T], *, window: int = 16, workers: int = 4
+    func: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    window: int = DEFAULT_LIMITS.small_blob_window,
+    workers: int = DEFAULT_LIMITS.small_blob_workers,
 ) -> Generator[R, None, None]:
     """`func` over `items` in a bounded pool, yielded in order, at most
     `window` running or done ahead of the caller. A failure is raised when
@@ -92,7 +100,9 @@ def ahead(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def parallel(func: Callable[[T], R], items: Sequence[T], *, workers: int = 8) -> list[R]:
+def parallel(
+    func: Callable[[T], R], items: Sequence[T], *, workers: int = DEFAULT_LIMITS.import_workers
+) -> list[R]:
     """`func` over `items` in a bounded pool, results in order, first error raised."""
     if len(items) <= 1:
         return [func(item) for item in items]

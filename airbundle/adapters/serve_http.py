@@ -91,7 +91,7 @@ def _error_response(error: dist.ApiError, realm: str) -> web.Response:
     if error.code is dist.UNSUPPORTED:
         headers["Allow"] = "GET, HEAD"
     return web.Response(
-        status=error.status, body=dist.error_body(error.code, error.detail), headers=headers
+        status=error.code.status, body=dist.error_body(error.code, error.detail), headers=headers
     )
 
 
@@ -247,7 +247,7 @@ class Server:
             headers = {}
             if exc.code is dist.UNAUTHORIZED:
                 headers["WWW-Authenticate"] = f'Basic realm="{self.config.realm}"'
-            return web.Response(status=exc.status, text=exc.message + "\n", headers=headers)
+            return web.Response(status=exc.code.status, text=exc.message + "\n", headers=headers)
         except web.HTTPException as exc:
             if registry and exc.status == 404:
                 return _error_response(dist.ApiError(dist.NOT_FOUND, request.path[:200]), "")

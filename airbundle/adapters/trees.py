@@ -9,11 +9,13 @@ from pathlib import Path
 
 from airbundle.adapters.git import git_binary, run_git
 from airbundle.errors import SourceError
-from airbundle.format.imagescan import MAX_FILE_BYTES, YAML_SUFFIXES
+from airbundle.format.imagescan import YAML_SUFFIXES
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
-def folder_yaml(root: Path) -> Iterator[tuple[str, str]]:
-    """(path relative to root, text) of every YAML file below root, .git excluded."""
+def folder_yaml(root: Path, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, str]]:
+    """(path relative to root, text) of every YAML file below root, .git excluded
+    (and files too large to be written by hand)."""
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d != ".git")
         for name in sorted(files):
@@ -21,7 +23,7 @@ def folder_yaml(root: Path) -> Iterator[tuple[str, str]]:
                 continue
             path = Path(folder) / name
             try:
-                if path.stat().st_size > MAX_FILE_BYTES:
+                if path.stat().st_size > limits.max_scanned_file_bytes:
                     continue
                 text = path.read_text("utf-8")
             except (OSError, UnicodeDecodeError):
@@ -29,7 +31,9 @@ def folder_yaml(root: Path) -> Iterator[tuple[str, str]]:
             yield str(path.relative_to(root)), text
 
 
-def repo_yaml(repo: Path, refs: Sequence[str], *, what: str) -> Iterator[tuple[str, str, str]]:
+def repo_yaml(
+    repo: Path, refs: Sequence[str], *, what: str, limits: Limits = DEFAULT_LIMITS
+) -> Iterator[tuple[str, str, str]]:
     """(ref, path, text) of YAML files at each ref's tip; each blob is read once."""
     seen: set[str] = set()
     wanted: list[tuple[str, str, str]] = []  # (oid, ref, path)
@@ -70,7 +74,7 @@ def repo_yaml(repo: Path, refs: Sequence[str], *, what: str) -> Iterator[tuple[s
         size = int(header[2]) if len(header) == 3 else 0
         body = data[header_end + 1 : header_end + 1 + size]
         pos = header_end + 1 + size + 1
-        if size <= MAX_FILE_BYTES:
+        if size <= limits.max_scanned_file_bytes:
             try:
                 yield ref, path, body.decode("utf-8")
             except UnicodeDecodeError:

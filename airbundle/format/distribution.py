@@ -66,14 +66,13 @@ class ApiError(FormatError):
     def __init__(
         self, code: ErrorCode, detail: str = "", *, headers: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(f"{code.code}: {detail or code.message}")
+        # status and codes: the facts every AirbundleError carries (errors.py).
+        super().__init__(
+            f"{code.code}: {detail or code.message}", status=code.status, codes=(code.code,)
+        )
         self.code = code
         self.detail = detail
         self.headers = dict(headers or {})
-
-    @property
-    def status(self) -> int:
-        return self.code.status
 
 
 def error_body(code: ErrorCode, detail: str = "") -> bytes:

@@ -14,13 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from airbundle.errors import IntegrityError
+from airbundle.errors import FreshnessError
 from airbundle.format.manifest import BundleManifest, format_time
-
-
-class FreshnessError(IntegrityError):
-    """The bundle is authentic but must not be imported now (rollback, replay,
-    expiry, wrong channel)."""
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,17 @@ ImageRepository objects, and Argo CD Applications' kustomize image overrides.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import yaml
 
 from airbundle.errors import FormatError
 from airbundle.format.reference import ImageReference
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 YAML_SUFFIXES = (".yaml", ".yml")
-MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -56,50 +56,79 @@ def _finding(path: str, node: yaml.Node, text: str, kind: str) -> Finding:
         return Finding(path, node.start_mark.line + 1, text, kind, None, exc.message)
 
 
-def _walk(node: yaml.Node, path: str, depth: int = 0) -> Iterator[Finding]:
-    if depth > 100:
+def _walk(node: yaml.Node, path: str, depth: int) -> Iterator[Finding]:
+    """Every mapping in the document (up to `depth` levels down), asked of each
+    convention in turn."""
+    if depth <= 0:
         return
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            yield from _walk(item, path, depth + 1)
+            yield from _walk(item, path, depth - 1)
         return
     if not isinstance(node, yaml.MappingNode):
         return
     fields = _items(node)
+    for detect in _DETECTORS:
+        yield from detect(fields, path)
+    for name, child in fields.items():
+        if name in CONTAINER_LISTS:
+            continue
+        yield from _walk(child, path, depth - 1)
+
+
+Detector = Callable[[dict[str, yaml.Node], str], Iterator[Finding]]
+
+
+def _workload(fields: dict[str, yaml.Node], path: str) -> Iterator[Finding]:
+    """Kubernetes workloads and templates: `image` of any container list."""
     for name in CONTAINER_LISTS:
         containers = fields.get(name)
-        if isinstance(containers, yaml.SequenceNode):
-            for container in containers.value:
-                if isinstance(container, yaml.MappingNode):
-                    image = _items(container).get("image")
-                    text = _scalar(image)
-                    if image is not None and text:
-                        yield _finding(path, image, text, "workload")
-    if _scalar(fields.get("kind")) == "ImageRepository" and isinstance(
-        fields.get("spec"), yaml.MappingNode
-    ):
-        spec = _items(fields["spec"])  # type: ignore[arg-type]
-        text = _scalar(spec.get("image"))
-        if text:
-            yield _finding(path, spec["image"], text, "flux")
+        if not isinstance(containers, yaml.SequenceNode):
+            continue
+        for container in containers.value:
+            if isinstance(container, yaml.MappingNode):
+                image = _items(container).get("image")
+                text = _scalar(image)
+                if image is not None and text:
+                    yield _finding(path, image, text, "workload")
+
+
+def _flux(fields: dict[str, yaml.Node], path: str) -> Iterator[Finding]:
+    """Flux ImageRepository: spec.image."""
+    spec = fields.get("spec")
+    if _scalar(fields.get("kind")) != "ImageRepository" or not isinstance(spec, yaml.MappingNode):
+        return
+    image = _items(spec).get("image")
+    text = _scalar(image)
+    if image is not None and text:
+        yield _finding(path, image, text, "flux")
+
+
+def _argocd(fields: dict[str, yaml.Node], path: str) -> Iterator[Finding]:
+    """Argo CD Application: spec.source(s).kustomize.images: ["[old=]new:tag", ...]."""
     kustomize = fields.get("kustomize")
-    if isinstance(kustomize, yaml.MappingNode):
-        # Argo CD Application: spec.source(s).kustomize.images: ["[old=]new:tag", ...]
-        overrides = _items(kustomize).get("images")
-        if isinstance(overrides, yaml.SequenceNode):
-            for item in overrides.value:
-                text = _scalar(item)
-                if text:
-                    yield _finding(path, item, text.rsplit("=", 1)[-1], "argocd")
+    if not isinstance(kustomize, yaml.MappingNode):
+        return
+    overrides = _items(kustomize).get("images")
+    if not isinstance(overrides, yaml.SequenceNode):
+        return
+    for item in overrides.value:
+        text = _scalar(item)
+        if text:
+            yield _finding(path, item, text.rsplit("=", 1)[-1], "argocd")
+
+
+def _helm_values(fields: dict[str, yaml.Node], path: str) -> Iterator[Finding]:
+    """Helm values: image: {registry, repository, tag, digest}."""
     image = fields.get("image")
     if isinstance(image, yaml.MappingNode):
         helm = _helm_image(_items(image))
         if helm:
             yield _finding(path, image, helm, "helm-values")
-    for name, child in fields.items():
-        if name in CONTAINER_LISTS:
-            continue
-        yield from _walk(child, path, depth + 1)
+
+
+# One function per convention: a new one is a new detector in this list.
+_DETECTORS: tuple[Detector, ...] = (_workload, _flux, _argocd, _helm_values)
 
 
 def _helm_image(parts: dict[str, yaml.Node]) -> str | None:
@@ -135,7 +164,7 @@ def _kustomize(doc: yaml.MappingNode, path: str) -> Iterator[Finding]:
         yield _finding(path, item, text, "kustomize")
 
 
-def scan_text(text: str, path: str) -> list[Finding]:
+def scan_text(text: str, path: str, *, limits: Limits = DEFAULT_LIMITS) -> list[Finding]:
     """Findings in one YAML file (all documents); unparsable YAML gives none."""
     try:
         documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
@@ -150,7 +179,7 @@ def scan_text(text: str, path: str) -> list[Finding]:
             found.extend(_kustomize(doc, path))
             # A kustomization lists images to rewrite; its other fields hold none.
             continue
-        found.extend(_walk(doc, path))
+        found.extend(_walk(doc, path, limits.max_scan_depth + 1))
     return sorted(set(found))
 
 

@@ -17,10 +17,11 @@ from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.manifest import BLOB_PREFIX, BundleManifest
 from airbundle.format.paths import check_object_id, check_ref_name, check_repo_name
+from airbundle.limits import DEFAULT_LIMITS
 
 KIND = "Inventory"
 API_VERSION = "airbundle/v1"
-MAX_INVENTORY_BYTES = 256 * 1024 * 1024
+MAX_INVENTORY_BYTES = DEFAULT_LIMITS.max_inventory_bytes
 
 
 @dataclass
@@ -91,7 +92,7 @@ def parse_inventory(data: bytes, *, source: str) -> Inventory:
         data,
         what=f"inventory {source}",
         max_bytes=MAX_INVENTORY_BYTES,
-        max_depth=8,
+        max_depth=DEFAULT_LIMITS.max_flat_json_depth,
         error=ManifestError,
     )
     try:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from airbundle.errors import FormatError
+from airbundle.errors import InvalidOCIError
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -28,10 +28,6 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
-
-
-class InvalidOCIError(FormatError):
-    pass
 
 
 @dataclass(frozen=True)

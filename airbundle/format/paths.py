@@ -58,6 +58,14 @@ def check_repo_name(name: str, *, error: type[AirbundleError] = AirbundleError) 
 
 def check_ref_name(ref: str, *, error: type[AirbundleError] = AirbundleError) -> str:
     """A full ref name such as refs/heads/main, safe to pass to git as an argument."""
+    problem = _ref_problem(ref)
+    if problem:
+        raise error(f"invalid git ref {ref!r}: it {problem}")
+    return ref
+
+
+def _ref_problem(ref: str) -> str | None:
+    """What is wrong with `ref` as a full ref name, or None."""
     parts = ref.split("/")
     problem = None
     if not ref.startswith("refs/") or len(parts) < 3:
@@ -74,9 +82,7 @@ def check_ref_name(ref: str, *, error: type[AirbundleError] = AirbundleError) ->
         problem = "contains characters git does not allow"
     elif len(ref) > 1024:
         problem = "is longer than 1024 characters"
-    if problem:
-        raise error(f"invalid git ref {ref!r}: it {problem}")
-    return ref
+    return problem
 
 
 def check_ref_pattern(pattern: str, *, error: type[AirbundleError] = AirbundleError) -> str:
@@ -84,12 +90,10 @@ def check_ref_pattern(pattern: str, *, error: type[AirbundleError] = AirbundleEr
     if "*" in pattern:
         if pattern.count("*") != 1 or "*" in pattern.rsplit("/", 1)[0]:
             raise error(f"invalid ref pattern {pattern!r}: one '*', in the last component only")
-        try:
-            check_ref_name(pattern.replace("*", "x"), error=error)
-        except AirbundleError as exc:
-            # Report the pattern the user wrote, not our stand-in for '*'.
-            problem = exc.message.split(": it ", 1)[-1]
-            raise error(f"invalid git ref pattern {pattern!r}: it {problem}") from None
+        # Checked with a stand-in for '*'; reported for the pattern the user wrote.
+        problem = _ref_problem(pattern.replace("*", "x"))
+        if problem:
+            raise error(f"invalid git ref pattern {pattern!r}: it {problem}")
         return pattern
     return check_ref_name(pattern, error=error)
 

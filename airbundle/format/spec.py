@@ -20,8 +20,6 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 
 DEFAULT_REFS = ("refs/heads/*", "refs/tags/*")
 Transport = Literal["oci", "docker-archive", "docker"]
-_MAX_NODES = 100_000
-_MAX_DEPTH = 64
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -111,22 +109,25 @@ class _Builder:
     (c) aliases cannot expand into a billion nodes.
     """
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, limits: Limits) -> None:
         self.source = source
+        self.max_nodes = limits.max_spec_nodes
+        self.max_depth = limits.max_spec_depth
         self.lines: dict[tuple[str | int, ...], int] = {}
         self.count = 0
         self._constructor = yaml.constructor.SafeConstructor()
 
     def build(self, node: yaml.Node, path: tuple[str | int, ...], depth: int = 0) -> Any:
         self.count += 1
-        if depth > _MAX_DEPTH:
+        if depth > self.max_depth:
             raise SpecError(
-                f"{self.source}:{node.start_mark.line + 1}: nested deeper than {_MAX_DEPTH} "
+                f"{self.source}:{node.start_mark.line + 1}: nested deeper than {self.max_depth} "
                 "levels (or an alias refers to itself)"
             )
-        if self.count > _MAX_NODES:
+        if self.count > self.max_nodes:
             raise SpecError(
-                f"{self.source}: the spec expands to more than {_MAX_NODES} values (an alias bomb?)"
+                f"{self.source}: the spec expands to more than {self.max_nodes} values "
+                "(an alias bomb?)"
             )
         line = node.start_mark.line + 1
         self.lines.setdefault(path, line)
@@ -173,6 +174,18 @@ def _field(path: tuple[str | int, ...]) -> str:
 def parse_spec(
     text: str, *, source: str, base_dir: Path, limits: Limits = DEFAULT_LIMITS
 ) -> BundleSpec:
+    builder, doc = _compose(text, source, limits)
+    _check_schema(doc, builder, source)
+    where = _Where(source, builder)
+    images = tuple(
+        _image(item, ("images", i), where, base_dir) for i, item in enumerate(doc.get("images", []))
+    )
+    repos = _repos(doc.get("repos", []), where, base_dir)
+    return BundleSpec(doc["metadata"]["name"], images, repos)
+
+
+def _compose(text: str, source: str, limits: Limits) -> tuple[_Builder, Any]:
+    """The one YAML document of the spec as plain data, and where each value was."""
     if len(text.encode("utf-8", "surrogatepass")) > limits.max_spec_bytes:
         raise SpecError(f"{source}: larger than {limits.max_spec_bytes} bytes")
     try:
@@ -183,8 +196,12 @@ def parse_spec(
         raise SpecError(f"{source}: nested too deeply to be a spec") from None
     if len(nodes) != 1 or nodes[0] is None:
         raise SpecError(f"{source}: expected exactly one YAML document")
-    builder = _Builder(source)
-    doc = builder.build(nodes[0], ())
+    builder = _Builder(source, limits)
+    return builder, builder.build(nodes[0], ())
+
+
+def _check_schema(doc: Any, builder: _Builder, source: str) -> None:
+    """The first schema error, at its file:line and field."""
     for error in schemas.errors(schemas.BUNDLE_SPEC, doc):
         path = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -201,68 +218,84 @@ def parse_spec(
         where = _field(path) or "(top level)"
         raise SpecError(f"{source}:{builder.line_of(path)}: field {where}: {error.message}")
 
-    def fail(path: tuple[str | int, ...], message: str) -> SpecError:
-        return SpecError(f"{source}:{builder.line_of(path)}: field {_field(path)}: {message}")
 
-    images = []
-    for i, item in enumerate(doc.get("images", [])):
-        try:
-            src = parse_source(item["ref"], base_dir=base_dir)
-        except FormatError as exc:
-            raise fail(("images", i, "ref"), exc.message) from None
-        name = None
-        if "name" in item:
-            if src.transport == "docker":
-                raise fail(
-                    ("images", i, "name"),
-                    "only local sources (oci:, docker-archive:) "
-                    "take a name; a registry image keeps its own",
-                )
-            try:
-                name = ImageReference.parse(item["name"])
-            except FormatError as exc:
-                raise fail(("images", i, "name"), exc.message) from None
-        platforms = None
-        if "platforms" in item:
-            platforms = tuple(Platform.parse(p) for p in item["platforms"])
-        if item.get("referrers") and src.transport != "docker":
-            raise fail(("images", i, "referrers"), "referrers are found in registries only")
-        images.append(
-            ImageSpec(
-                src,
-                item["ref"],
-                name,
-                platforms,
-                builder.line_of(("images", i)),
-                referrers=bool(item.get("referrers", False)),
-            )
+class _Where:
+    """Errors about a field of the spec, at its file and line."""
+
+    def __init__(self, source: str, builder: _Builder) -> None:
+        self.source = source
+        self.builder = builder
+
+    def error(self, path: tuple[str | int, ...], message: str) -> SpecError:
+        return SpecError(
+            f"{self.source}:{self.builder.line_of(path)}: field {_field(path)}: {message}"
         )
+
+    def line(self, path: tuple[str | int, ...]) -> int:
+        return self.builder.line_of(path)
+
+
+def _image(
+    item: dict[str, Any], path: tuple[str | int, ...], where: _Where, base_dir: Path
+) -> ImageSpec:
+    try:
+        src = parse_source(item["ref"], base_dir=base_dir)
+    except FormatError as exc:
+        raise where.error((*path, "ref"), exc.message) from None
+    name = None
+    if "name" in item:
+        if src.transport == "docker":
+            raise where.error(
+                (*path, "name"),
+                "only local sources (oci:, docker-archive:) "
+                "take a name; a registry image keeps its own",
+            )
+        try:
+            name = ImageReference.parse(item["name"])
+        except FormatError as exc:
+            raise where.error((*path, "name"), exc.message) from None
+    platforms = None
+    if "platforms" in item:
+        platforms = tuple(Platform.parse(p) for p in item["platforms"])
+    if item.get("referrers") and src.transport != "docker":
+        raise where.error((*path, "referrers"), "referrers are found in registries only")
+    return ImageSpec(
+        src,
+        item["ref"],
+        name,
+        platforms,
+        where.line(path),
+        referrers=bool(item.get("referrers", False)),
+    )
+
+
+def _repos(items: list[dict[str, Any]], where: _Where, base_dir: Path) -> tuple[RepoSpec, ...]:
     repos = []
     seen: set[str] = set()
-    for i, item in enumerate(doc.get("repos", [])):
+    for i, item in enumerate(items):
         try:
             repo_name = check_repo_name(item["name"], error=SpecError)
         except SpecError as exc:
-            raise fail(("repos", i, "name"), exc.message) from None
+            raise where.error(("repos", i, "name"), exc.message) from None
         if repo_name in seen:
-            raise fail(("repos", i, "name"), f"repo name {repo_name!r} is used twice")
+            raise where.error(("repos", i, "name"), f"repo name {repo_name!r} is used twice")
         seen.add(repo_name)
         refs = tuple(item.get("refs", DEFAULT_REFS))
         for j, ref in enumerate(refs):
             try:
                 check_ref_pattern(ref, error=SpecError)
             except SpecError as exc:
-                raise fail(("repos", i, "refs", j), exc.message) from None
+                raise where.error(("repos", i, "refs", j), exc.message) from None
         repos.append(
             RepoSpec(
                 repo_name,
                 _resolve_url(item["url"], base_dir),
                 refs,
-                builder.line_of(("repos", i)),
+                where.line(("repos", i)),
                 written_url=item["url"],
             )
         )
-    return BundleSpec(doc["metadata"]["name"], tuple(images), tuple(repos))
+    return tuple(repos)
 
 
 def _resolve_url(url: str, base_dir: Path) -> str:

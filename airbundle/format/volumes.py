@@ -17,13 +17,14 @@ from typing import Any
 from airbundle.errors import FormatError, ManifestError, UsageError
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
+from airbundle.limits import DEFAULT_LIMITS
 
 KIND = "VolumeIndex"
 API_VERSION = "airbundle/v1"
 INDEX_SUFFIX = ".volumes"
 SIGNATURE_SUFFIX = ".volumes.sig"
-MAX_VOLUMES = 9999
-MAX_INDEX_BYTES = 4 * 1024 * 1024
+MAX_VOLUMES = DEFAULT_LIMITS.max_volumes
+MAX_INDEX_BYTES = DEFAULT_LIMITS.max_volume_index_bytes
 
 GiB = 1 << 30
 PRESETS = {
@@ -108,7 +109,7 @@ class VolumeIndex:
             data,
             what=f"volume index {source}",
             max_bytes=MAX_INDEX_BYTES,
-            max_depth=8,
+            max_depth=DEFAULT_LIMITS.max_flat_json_depth,
             error=ManifestError,
         )
         try:

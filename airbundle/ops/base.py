@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from airbundle.adapters.media import open_media
 from airbundle.errors import UsageError
-from airbundle.format.archive import read_prefix_region
 from airbundle.format.digest import Digest
 from airbundle.format.inventory import Base, base_from_manifest, parse_inventory
 from airbundle.format.manifest import BundleManifest
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.unverified import read_unverified
 
 
 def load_base(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Base:
@@ -26,11 +25,8 @@ def load_base(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Base:
             return base_from_manifest(manifest, Digest.sha256_of(data))
         inventory = parse_inventory(data, source=str(path))
         return inventory.as_base(Digest.sha256_of(data))
-    media = open_media(path)
-    with media.first.open("rb") as fh:
-        prefix = read_prefix_region(fh, source=media.description, limits=limits)
-    manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
-    return base_from_manifest(manifest, Digest.sha256_of(prefix.manifest))
+    bundle = read_unverified(path, limits=limits)
+    return base_from_manifest(bundle.manifest, Digest.sha256_of(bundle.prefix.manifest))
 
 
 def load_bases(paths: Iterable[Path], *, limits: Limits = DEFAULT_LIMITS) -> Base:

@@ -1,11 +1,13 @@
-"""Walk an image's manifests at its source and list what a bundle must carry."""
+"""Resolve the spec's images at their sources, walk their manifests, and list
+what a bundle must carry (export and plan)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
-from airbundle.adapters.images import ImageSource
-from airbundle.errors import FormatError, SourceError
+from airbundle.adapters.images import FixedRootSource, ImageSource, ReferringSource
+from airbundle.errors import FormatError, SourceError, UsageError
 from airbundle.format.digest import Digest
 from airbundle.format.oci import (
     OCI_INDEX,
@@ -16,9 +18,9 @@ from airbundle.format.oci import (
     parse_manifest,
 )
 from airbundle.format.reference import ImageReference
+from airbundle.format.spec import BundleSpec, ImageSpec
 from airbundle.limits import DEFAULT_LIMITS, Limits
-
-_MAX_INDEX_DEPTH = 4
+from airbundle.ops.sources import Sources
 
 
 @dataclass
@@ -35,6 +37,129 @@ class CollectedImage:
     blobs: list[Descriptor] = field(default_factory=list)
     # Artifacts that refer to this image (signatures, SBOMs), when asked for.
     referrers: list[CollectedImage] = field(default_factory=list)
+
+
+def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
+    """Resolve every image and fetch its manifests; round trips overlap in a
+    bounded pool (hundreds of small images are latency-bound, not byte-bound)."""
+    workers = max(1, min(sources.limits.planning_workers, len(spec.images)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_plan_one, item, sources) for item in spec.images]
+        images = [f.result() for f in futures]
+    seen: dict[str, str] = {}
+    for item, image in zip(spec.images, images, strict=True):
+        key = str(image.ref)
+        if key in seen:
+            raise UsageError(
+                f"image {key} is listed twice in the spec ({seen[key]} and {item.text})"
+            )
+        seen[key] = item.text
+    return images
+
+
+def subset_warnings(images: list[CollectedImage]) -> list[str]:
+    return [
+        f"{img.source_text}: carrying {', '.join(img.platforms)} only changes the index digest "
+        f"from {img.source_digest} to {img.root.digest}; references pinned to "
+        f"{img.source_digest} will not resolve in the target (tags and the platform manifest "
+        "digests will)"
+        for img in images
+        if img.source_digest is not None
+    ]
+
+
+def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
+    """One spec entry: its image, and with `referrers: true` the artifacts
+    that refer to it, each checked against the lock file if there is one."""
+    if item.referrers:
+        # The spec allows referrers for registry images only.
+        referring = sources.open_referring(item.source, text=item.text)
+        image = _resolve(item, referring, sources.limits)
+        image.referrers += _collect_referrers(item, referring, image, sources.limits)
+    else:
+        image = _resolve(item, sources.open(item.source, text=item.text), sources.limits)
+    for carried in [image, *image.referrers]:
+        for digest in [*carried.documents, *(b.digest for b in carried.blobs)]:
+            if digest.algorithm != "sha256":
+                raise SourceError(
+                    f"{item.text}: blob {digest} uses {digest.algorithm}; "
+                    "bundles carry sha256 blobs only"
+                )
+    return image
+
+
+def _resolve(item: ImageSpec, source: ImageSource, limits: Limits) -> CollectedImage:
+    resolved_name = None
+    # Resolve once for the recorded name; collect_image resolves again
+    # (cheap for local sources, one request for a registry).
+    if item.name is None and item.source.transport != "docker":
+        resolved_name = source.resolve().recorded_name
+    image = collect_image(source, _image_name(item, resolved_name), item.platforms, limits=limits)
+    if item.pinned is not None and item.pinned not in (image.root.digest, image.source_digest):
+        raise SourceError(
+            f"{item.text}: resolves to {image.root.digest}, the lock file pins {item.pinned}",
+            hint="the source changed since `airbundle plan`: review and plan again",
+        )
+    return image
+
+
+def _collect_referrers(
+    item: ImageSpec, source: ReferringSource, image: CollectedImage, limits: Limits
+) -> list[CollectedImage]:
+    return [
+        collect_image(
+            FixedRootSource(source, desc, f"{item.text} (referrer {desc.digest})"),
+            replace(image.ref, tag=tag, digest=None if tag else desc.digest),
+            None,
+            limits=limits,
+        )
+        for desc, tag in _referrers(item, source, image)
+    ]
+
+
+def _referrers(
+    item: ImageSpec, source: ReferringSource, image: CollectedImage
+) -> list[tuple[Descriptor, str | None]]:
+    """The artifacts to carry with `image`: those a lock file pins, fetched by
+    digest (a signature added since the plan was reviewed stays behind), or
+    else every one the registry lists for its root and child manifests."""
+    if item.pinned_referrers is not None:
+        pinned = []
+        for digest, tag in item.pinned_referrers:
+            desc = source.descriptor_of(digest)
+            if desc is None:
+                raise SourceError(
+                    f"{item.text}: the lock file pins referrer {digest}, which the registry "
+                    "no longer has",
+                    hint="the source changed since `airbundle plan`: review and plan again",
+                )
+            pinned.append((desc, tag))
+        return pinned
+    subjects = [image.root.digest, *(d for d in image.documents if d != image.root.digest)]
+    found: dict[Digest, tuple[Descriptor, str | None]] = {}
+    for subject in subjects:
+        for desc, tag in source.referrers(subject):
+            found.setdefault(desc.digest, (desc, tag))
+    return list(found.values())
+
+
+def _image_name(spec: ImageSpec, recorded: str | None) -> ImageReference:
+    if spec.name is not None:
+        return spec.name
+    if spec.source.transport == "docker":
+        assert spec.source.reference is not None
+        return spec.source.reference
+    if not recorded or ("/" not in recorded and ":" not in recorded):
+        raise SourceError(
+            f"{spec.text}: the source names the image only {recorded!r}, not a full reference",
+            hint="add `name: REGISTRY/REPOSITORY:TAG` to this image in the spec",
+        )
+    try:
+        return ImageReference.parse(recorded)
+    except Exception as exc:
+        raise SourceError(
+            f"{spec.text}: recorded name {recorded!r} is not a reference: {exc}"
+        ) from None
 
 
 def collect_image(
@@ -136,8 +261,10 @@ def _walk(
     *,
     depth: int,
 ) -> None:
-    if depth > _MAX_INDEX_DEPTH:
-        raise SourceError(f"{image.source_text}: indexes nested deeper than {_MAX_INDEX_DEPTH}")
+    if depth > limits.max_index_depth:
+        raise SourceError(
+            f"{image.source_text}: indexes nested deeper than {limits.max_index_depth}"
+        )
     data = source.read_manifest(desc)
     parsed = parse_manifest(
         data,

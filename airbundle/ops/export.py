@@ -1,9 +1,15 @@
-"""Export: spec -> one signed, compressed bundle, streaming each byte once."""
+"""Export: spec -> one signed, compressed bundle, streaming each byte once.
+
+The steps, in `export_bundle`'s order: plan (resolve images, fetch repos),
+lay out (which members, in which order, and the manifest they make), stream
+(every member through the archive writer once), sign (manifest, signatures and
+header written into the reserved prefix last).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import functools
 import hashlib
 import itertools
 import os
@@ -12,8 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -24,17 +29,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from airbundle import __version__
 from airbundle.adapters import git
 from airbundle.adapters.blobcache import BlobCache
-from airbundle.adapters.fsutil import TEMP_MARK, atomic_output
-from airbundle.adapters.images import FixedRootSource
+from airbundle.adapters.cache import git_mirror
+from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, remove_leftovers
 from airbundle.adapters.media import VolumeWriter
 from airbundle.adapters.pipeline import ahead
-from airbundle.adapters.registry.source import RegistryImageSource
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, SpecError, TargetError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
-from airbundle.format.imagescan import Finding
+from airbundle.format.imagescan import Carried, Finding
 from airbundle.format.inventory import Base
 from airbundle.format.manifest import (
     OCI_LAYOUT_DIR,
@@ -44,22 +48,18 @@ from airbundle.format.manifest import (
     MemberEntry,
     RefEntry,
     RepoEntry,
+    ScanSummary,
     blob_member_path,
     repo_member_path,
 )
 from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
-from airbundle.format.reference import ImageReference
-from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec
+from airbundle.format.spec import BundleSpec, RepoSpec
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
-from airbundle.ops.collect import CollectedImage, collect_image
-from airbundle.ops.scan import carried_images, scan_repo, summarize
+from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
+from airbundle.ops.scan import carried, scan_repo, summarize
 from airbundle.ops.sources import Sources
 from airbundle.ops.volumes import write_index
-
-# Room kept in the prefix for approval signatures added later by `sign`.
-RESERVED_SIGNATURES = 16
-RESERVED_SIGNATURE_BYTES = 1024
 
 Progress = Callable[[int], None]
 
@@ -98,14 +98,47 @@ class ExportResult:
     warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _PreparedRepo:
-    spec: RepoSpec
-    bundle: Path  # the git bundle; or, after `header`, the pack that completes it
-    size: int
-    entry: RepoEntry
-    header: bytes = b""
-    scanned: tuple[int, list[Finding]] = (0, [])
+def export_bundle(
+    spec: BundleSpec, options: ExportOptions, *, progress: Progress | None = None
+) -> ExportResult:
+    if not options.keys:
+        raise UsageError("export needs a signing key (--key)")
+    # Plan: every image resolved and its manifests read, the base known.
+    created = _created(options)
+    reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
+    base = load_bases(options.since, limits=options.limits)
+    cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
+    sources = Sources(options.transport or Transport(), options.limits, cache)
+    images = [carried for img in plan_images(spec, sources) for carried in (img, *img.referrers)]
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(options.output)
+    with _workdir(options.output) as workdir:
+        repos = [
+            _prepare_repo(r, workdir, options, reproducible=reproducible, base=base)
+            for r in spec.repos
+        ]
+        # Lay out: the members in their order, and what the manifest will say.
+        layout = _lay_out(images, repos, base)
+        entries = _image_entries(images)
+        contents = _Contents(
+            _bundle_info(spec, options, created, reproducible),
+            entries,
+            tuple(r.entry for r in repos),
+            _check_images(options, repos, carried(entries, layout.draft_members())),
+            tuple(base.sources),
+        )
+        # Stream and sign.
+        written = _write(layout, contents, options, created, progress)
+    return ExportResult(
+        written.path,
+        written.manifest,
+        Digest.sha256_of(written.manifest_bytes),
+        written.size,
+        tuple(subset_warnings(images)),
+    )
+
+
+# -- plan ------------------------------------------------------------------------
 
 
 def _created(options: ExportOptions) -> datetime:
@@ -118,150 +151,106 @@ def _created(options: ExportOptions) -> datetime:
     return datetime.fromtimestamp(epoch if epoch is not None else int(time.time()), UTC)
 
 
-def _default_sequence(reproducible: bool, created: datetime) -> int:
-    """Milliseconds since 1970: monotonic enough for one exporter, and two
-    exports in the same second still differ (unless made reproducible)."""
-    if reproducible:
-        return int(created.timestamp()) * 1000
-    return time.time_ns() // 1_000_000
-
-
-def _image_name(spec: ImageSpec, recorded: str | None) -> ImageReference:
-    if spec.name is not None:
-        return spec.name
-    if spec.source.transport == "docker":
-        assert spec.source.reference is not None
-        return spec.source.reference
-    if not recorded or ("/" not in recorded and ":" not in recorded):
-        raise SourceError(
-            f"{spec.text}: the source names the image only {recorded!r}, not a full reference",
-            hint="add `name: REGISTRY/REPOSITORY:TAG` to this image in the spec",
-        )
-    try:
-        return ImageReference.parse(recorded)
-    except Exception as exc:
-        raise SourceError(
-            f"{spec.text}: recorded name {recorded!r} is not a reference: {exc}"
-        ) from None
-
-
-def _redact_url(url: str) -> str:
-    """Credentials in a clone URL must never travel in a manifest."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=host))
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "airbundle"
-
-
 @contextlib.contextmanager
-def git_mirror(spec: RepoSpec, cache_dir: Path | None, workdir: Path) -> Iterator[Path]:
-    """A bare repository that persists between exports, so a re-export fetches
-    only what changed; locked while in use. Without a cache: a scratch repo."""
-    if cache_dir is None:
-        yield workdir / f"{spec.name}.git"
-        return
-    key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
-    folder = cache_dir / "git"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"{key}.lock").open("a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        yield folder / f"{key}-{spec.name}.git"
+def _workdir(out: Path) -> Iterator[Path]:
+    """A scratch folder beside the output (git bundles are written there first)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}{out.name}.work-", dir=out.parent))
+    try:
+        yield workdir.resolve()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _GitMember:
+    """A repository's git bundle: `header` (empty, or the bundle's header when
+    `path` holds only the pack that completes it) followed by `path`."""
+
+    header: bytes
+    path: Path
+    heads: git.BundleHeads
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + self.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class _PreparedRepo:
+    spec: RepoSpec
+    member: _GitMember
+    entry: RepoEntry
+    scanned: tuple[int, list[Finding]] = (0, [])
 
 
 def _prepare_repo(
-    spec: RepoSpec,
-    workdir: Path,
-    *,
-    reproducible: bool,
-    cache_dir: Path | None,
-    scan: bool,
-    base: Base,
+    spec: RepoSpec, workdir: Path, options: ExportOptions, *, reproducible: bool, base: Base
 ) -> _PreparedRepo:
     what = f"repo {spec.name!r} ({_redact_url(spec.url)})"
-    with git_mirror(spec, cache_dir, workdir) as bare:
-        prepared = _bundle_repo(
-            spec,
-            bare,
-            workdir,
-            what,
-            reproducible=reproducible,
-            base_commits=base.commits(spec.name),
+    with git_mirror(spec.url, spec.name, options.cache_dir, workdir) as bare:
+        refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
+        if spec.pinned is not None:
+            refs = _pin_refs(bare, refs, spec.pinned, what)
+        if not refs:
+            raise SourceError(
+                f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository"
+            )
+        fmt = git.object_format(bare, error=SourceError, what=what)
+        base_commits = base.commits(spec.name)
+        member = None
+        # Not for reproducible exports: the pack is the server's, and its delta
+        # choices vary from run to run (docs/decisions/0005-git-pack-shortcut.md).
+        if not (reproducible or base_commits or spec.pinned is not None):
+            member = _linked_pack(bare, refs, fmt, workdir / f"{spec.name}.pack", what)
+        if member is None:
+            bundle = workdir / f"{spec.name}.bundle"
+            member = _created_bundle(
+                bare, refs, bundle, what, reproducible, base_commits, options.limits
+            )
+        entry = RepoEntry(
+            name=spec.name,
+            url=_redact_url(spec.written_url or spec.url),
+            member=repo_member_path(spec.name),
+            object_format=fmt,
+            refs=tuple(RefEntry(n, oid) for n, oid in sorted(member.heads.refs)),
+            head=head,
+            prerequisites=member.heads.prerequisites,
         )
-        if scan:
-            refs = [r.name for r in prepared.entry.refs]
-            prepared = replace(prepared, scanned=scan_repo(spec.name, bare, refs))
-        return prepared
+        scanned = (0, list[Finding]())
+        if options.check_images:
+            refs_carried = [r.name for r in entry.refs]
+            scanned = scan_repo(spec.name, bare, refs_carried, limits=options.limits)
+        return _PreparedRepo(spec, member, entry, scanned)
 
 
-def _bundle_repo(
-    spec: RepoSpec,
+def _linked_pack(
+    bare: Path, refs: list[tuple[str, str]], fmt: str, link: Path, what: str
+) -> _GitMember | None:
+    """A full bundle of a fresh fetch: the fetched pack behind a header (no
+    second pack-objects run, no copy), if the mirror allows it."""
+    packed = git.pack_as_bundle(bare, refs, fmt)
+    if packed is None:
+        return None
+    try:
+        # A link stays readable whatever git does to the cache later.
+        os.link(packed.pack, link)
+    except OSError:  # the cache is on another file system
+        return None
+    return _GitMember(packed.header, link, git.parse_bundle_header(packed.header, source=what))
+
+
+def _created_bundle(
     bare: Path,
-    workdir: Path,
+    refs: list[tuple[str, str]],
+    out: Path,
     what: str,
-    *,
     reproducible: bool,
     base_commits: list[str],
-) -> _PreparedRepo:
-    refs, head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
-    if spec.pinned is not None:
-        refs = _pin_refs(bare, refs, spec.pinned, what)
-    if not refs:
-        raise SourceError(
-            f"{what}: none of the refs {', '.join(spec.refs)} exist in the repository"
-        )
-    fmt = git.object_format(bare, error=SourceError, what=what)
-    # A full bundle of a fresh fetch is the fetched pack behind a header: no
-    # second pack-objects run, no copy. Not for reproducible exports: the pack
-    # is the server's, and its delta choices vary from run to run.
-    direct = None
-    if not (reproducible or base_commits or spec.pinned is not None):
-        direct = git.pack_as_bundle(bare, refs, fmt)
-    header = b""
-    if direct is not None:
-        bundle = workdir / f"{spec.name}.pack"
-        try:
-            # A link stays readable whatever git does to the cache later.
-            os.link(direct[1], bundle)
-        except OSError:  # the cache is on another file system
-            direct = None
-    if direct is not None:
-        header = direct[0]
-        heads = git.parse_bundle_header(header, source=what)
-    else:
-        bundle = workdir / f"{spec.name}.bundle"
-        names = sorted(name for name, _ in refs)
-        try:
-            git.create_bundle(
-                bare, names, bundle, what=what, reproducible=reproducible, exclude=base_commits
-            )
-        except SourceError as exc:
-            if not base_commits or "empty bundle" not in exc.message:
-                raise
-            # Refs moved to commits the base already has: nothing new to pack,
-            # but git will not write an empty bundle; carry the refs with their
-            # history.
-            git.create_bundle(bare, names, bundle, what=what, reproducible=reproducible)
-        heads = git.read_bundle_heads(bundle)
-    entry = RepoEntry(
-        name=spec.name,
-        url=_redact_url(spec.written_url or spec.url),
-        member=repo_member_path(spec.name),
-        object_format=fmt,
-        refs=tuple(RefEntry(n, oid) for n, oid in sorted(heads.refs)),
-        head=head,
-        prerequisites=heads.prerequisites,
-    )
-    return _PreparedRepo(spec, bundle, len(header) + bundle.stat().st_size, entry, header)
+    limits: Limits,
+) -> _GitMember:
+    names = sorted(name for name, _ in refs)
+    git.create_bundle(bare, names, out, what=what, reproducible=reproducible, exclude=base_commits)
+    return _GitMember(b"", out, git.read_bundle_heads(out, limits=limits))
 
 
 def _pin_refs(
@@ -282,6 +271,239 @@ def _pin_refs(
     return list(pinned)
 
 
+def _redact_url(url: str) -> str:
+    """Credentials in a clone URL must never travel in a manifest."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=host))
+
+
+# -- lay out ---------------------------------------------------------------------
+
+_PLACEHOLDER = Digest("sha256", "0" * 64)
+
+
+@dataclass
+class _Layout:
+    """The members of the bundle in the order they are written: the layout's
+    two files, every manifest and index (always, even when incremental), the
+    config and layer blobs the base lacks, the git bundles."""
+
+    index: bytes  # images/index.json
+    documents: dict[Digest, bytes] = field(default_factory=dict)
+    blobs: list[tuple[Digest, Descriptor, CollectedImage]] = field(default_factory=list)
+    repos: list[_PreparedRepo] = field(default_factory=list)
+
+    def draft_members(self) -> list[MemberEntry]:
+        """The members as the manifest will list them; the digests not known
+        before streaming are placeholders of the same length."""
+        return [
+            MemberEntry(f"{OCI_LAYOUT_DIR}/oci-layout", len(LAYOUT_FILE), _PLACEHOLDER),
+            MemberEntry(f"{OCI_LAYOUT_DIR}/index.json", len(self.index), _PLACEHOLDER),
+            *(MemberEntry(blob_member_path(d), len(data), d) for d, data in self.documents.items()),
+            *(MemberEntry(blob_member_path(d), desc.size, d) for d, desc, _ in self.blobs),
+            *(MemberEntry(r.entry.member, r.member.size, _PLACEHOLDER) for r in self.repos),
+        ]
+
+
+def _lay_out(images: list[CollectedImage], repos: list[_PreparedRepo], base: Base) -> _Layout:
+    index = layout_index(
+        [replace(img.root, annotations={REF_NAME: str(img.ref)}, raw={}) for img in images]
+    )
+    layout = _Layout(index, repos=repos)
+    blobs: dict[Digest, tuple[Descriptor, CollectedImage]] = {}
+    for img in images:
+        layout.documents.update(img.documents)
+        for blob in img.blobs:
+            # Manifests always travel (small, needed to tag); layers and
+            # configs the other side has stay home.
+            if blob.digest not in base.blobs:
+                blobs.setdefault(blob.digest, (blob, img))
+    layout.blobs = [(d, desc, img) for d, (desc, img) in blobs.items() if d not in layout.documents]
+    return layout
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """Everything the manifest says except its members and the bundle id,
+    which are known only once the members have been written."""
+
+    info: BundleInfo
+    images: tuple[ImageEntry, ...]
+    repos: tuple[RepoEntry, ...]
+    scan: ScanSummary | None
+    base: tuple[dict[str, str], ...]
+
+    def manifest(self, members: list[MemberEntry], bundle_id: str | None = None) -> BundleManifest:
+        info = self.info if bundle_id is None else replace(self.info, id=bundle_id)
+        return BundleManifest(info, tuple(members), self.images, self.repos, self.scan, self.base)
+
+
+def _bundle_info(
+    spec: BundleSpec, options: ExportOptions, created: datetime, reproducible: bool
+) -> BundleInfo:
+    sequence = options.sequence
+    if sequence is None:
+        sequence = _default_sequence(reproducible, created)
+    return BundleInfo(
+        name=spec.name,
+        id=str(uuid.UUID(int=0)),  # set from the members once written
+        created=created,
+        tool=f"airbundle {__version__}",
+        channel=options.channel,
+        sequence=sequence,
+        expires=created + options.expires_in if options.expires_in else None,
+    )
+
+
+def _default_sequence(reproducible: bool, created: datetime) -> int:
+    """Milliseconds since 1970: monotonic enough for one exporter, and two
+    exports in the same second still differ (unless made reproducible)."""
+    if reproducible:
+        return int(created.timestamp()) * 1000
+    return time.time_ns() // 1_000_000
+
+
+def _image_entries(images: list[CollectedImage]) -> tuple[ImageEntry, ...]:
+    return tuple(
+        ImageEntry(
+            img.ref,
+            img.source_text,
+            img.root.digest,
+            img.root.media_type,
+            img.root.size,
+            img.platforms,
+            img.source_digest,
+        )
+        for img in images
+    )
+
+
+def _check_images(
+    options: ExportOptions, repos: list[_PreparedRepo], bundle: Carried
+) -> ScanSummary | None:
+    """With --check-images: the image references in the carried repositories
+    that the bundle lacks (with --strict, any is an error)."""
+    if not options.check_images:
+        return None
+    files = sum(r.scanned[0] for r in repos)
+    findings = [f for r in repos for f in r.scanned[1]]
+    scan = summarize(files, findings, bundle)
+    if options.strict and scan.missing:
+        shown = "; ".join(f"{m.ref} ({m.file}:{m.line})" for m in scan.missing[:20])
+        more = f" and {len(scan.missing) - 20} more" if len(scan.missing) > 20 else ""
+        raise SpecError(
+            f"{len(scan.missing)} image reference(s) in the carried repositories are "
+            f"not in the bundle: {shown}{more}",
+            hint="add them to the spec's images, or export without --strict",
+        )
+    return scan
+
+
+# -- stream and sign -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Written:
+    path: Path  # the bundle, or a volume set's index
+    manifest: BundleManifest
+    manifest_bytes: bytes
+    size: int
+
+
+def _write(
+    layout: _Layout,
+    contents: _Contents,
+    options: ExportOptions,
+    created: datetime,
+    progress: Progress | None,
+) -> _Written:
+    limits = options.limits
+    # Every field of the manifest has its final length now (the digests and
+    # the id have fixed lengths): this sizes the reserved prefix exactly.
+    draft = contents.manifest(layout.draft_members())
+    capacity = prefix_upper_bound(
+        len(draft.to_bytes()), limits.reserved_signatures, limits.reserved_signature_bytes
+    )
+    out = options.output
+    with _output(out, options.split_size, HEADER_SIZE + capacity) as fh:
+        writer = BundleWriter(
+            fh,
+            prefix_capacity=capacity,
+            level=options.level,
+            threads=options.threads,
+            mtime=int(created.timestamp()),
+            limits=limits,
+        )
+        members = _stream(writer, layout, limits, progress)
+        manifest = contents.manifest(members, _bundle_id(contents.info.name, created, members))
+        manifest_bytes = manifest.to_bytes()
+        writer.finish(manifest_bytes, [sshsig.sign(manifest_bytes, key) for key in options.keys])
+        size = fh.tell()
+        path = out
+        if isinstance(fh, VolumeWriter):
+            path = write_index(out.parent, fh.commit(), options.keys)
+    return _Written(path, manifest, manifest_bytes, size)
+
+
+def _stream(
+    writer: BundleWriter, layout: _Layout, limits: Limits, progress: Progress | None
+) -> list[MemberEntry]:
+    """Every member through the writer, in the layout's order; what was written."""
+    written = [
+        writer.add_bytes(f"{OCI_LAYOUT_DIR}/oci-layout", LAYOUT_FILE),
+        writer.add_bytes(f"{OCI_LAYOUT_DIR}/index.json", layout.index),
+    ]
+    for digest, data in layout.documents.items():
+        written.append(
+            writer.add_stream(blob_member_path(digest), len(data), [data], expected=digest)
+        )
+    # Small blobs are fetched a few at a time ahead of the writer (round trips,
+    # not bytes, are their cost); large ones stream in their turn.
+    small = functools.partial(_small_blob, limit=limits.small_blob_bytes)
+    pool = ahead(
+        small, layout.blobs, window=limits.small_blob_window, workers=limits.small_blob_workers
+    )
+    with contextlib.closing(pool) as smalls:
+        for (digest, desc, img), whole in zip(layout.blobs, smalls, strict=True):
+            content = [whole] if whole is not None else img.source.open_blob(desc)
+            written.append(
+                writer.add_stream(
+                    blob_member_path(digest),
+                    desc.size,
+                    _counting(content, progress),
+                    expected=digest,
+                    what=f"{img.source_text}: blob {digest}",
+                )
+            )
+    for repo in layout.repos:
+        with repo.member.path.open("rb") as bfh:
+            pack = itertools.chain(
+                [repo.member.header] if repo.member.header else [],
+                iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b""),  # type: ignore[misc]
+            )
+            written.append(
+                writer.add_stream(repo.entry.member, repo.member.size, _counting(pack, progress))
+            )
+        repo.member.path.unlink()
+    return [MemberEntry(w.path, w.size, w.sha256) for w in written]
+
+
+def _small_blob(item: tuple[Digest, Descriptor, CollectedImage], *, limit: int) -> bytes | None:
+    """A small blob's bytes, read whole (the writer checks size and digest);
+    None for a large one."""
+    _digest, desc, img = item
+    if desc.size > limit:
+        return None
+    return b"".join(img.source.open_blob(desc))
+
+
 def _counting(chunks: Iterable[bytes], progress: Progress | None) -> Iterator[bytes]:
     for chunk in chunks:
         if progress:
@@ -289,296 +511,11 @@ def _counting(chunks: Iterable[bytes], progress: Progress | None) -> Iterator[by
         yield chunk
 
 
-SMALL_BLOB_BYTES = 1 << 20
-
-
-def _small_blob(item: tuple[Digest, Descriptor, CollectedImage]) -> bytes | None:
-    """A small blob's bytes, read whole (the writer checks size and digest);
-    None for a large one."""
-    _digest, desc, img = item
-    if desc.size > SMALL_BLOB_BYTES:
-        return None
-    return b"".join(img.source.open_blob(desc))
-
-
 def _bundle_id(name: str, created: datetime, members: list[MemberEntry]) -> str:
     h = hashlib.sha256(f"{name}\n{created.isoformat()}\n".encode())
     for m in members:
         h.update(f"{m.path} {m.size} {m.digest}\n".encode())
     return str(uuid.UUID(bytes=h.digest()[:16], version=4))
-
-
-def _plan_one(item: ImageSpec, sources: Sources) -> CollectedImage:
-    source = sources.open(item.source, text=item.text)
-    resolved_name = None
-    # Resolve once for the recorded name; collect_image resolves again
-    # (cheap for local sources, one request for a registry).
-    if item.name is None and item.source.transport != "docker":
-        resolved_name = source.resolve().recorded_name
-    ref = _image_name(item, resolved_name)
-    image = collect_image(source, ref, item.platforms, limits=sources.limits)
-    if item.pinned is not None and item.pinned not in (image.root.digest, image.source_digest):
-        raise SourceError(
-            f"{item.text}: resolves to {image.root.digest}, the lock file pins {item.pinned}",
-            hint="the source changed since `airbundle plan`: review and plan again",
-        )
-    if item.referrers and isinstance(source, RegistryImageSource):
-        for desc, tag in _referrers(item, source, image):
-            name = replace(ref, tag=tag, digest=None if tag else desc.digest)
-            image.referrers.append(
-                collect_image(
-                    FixedRootSource(source, desc, f"{item.text} (referrer {desc.digest})"),
-                    name,
-                    None,
-                    limits=sources.limits,
-                )
-            )
-    for carried in [image, *image.referrers]:
-        for digest in [*carried.documents, *(b.digest for b in carried.blobs)]:
-            if digest.algorithm != "sha256":
-                raise SourceError(
-                    f"{item.text}: blob {digest} uses {digest.algorithm}; "
-                    "bundles carry sha256 blobs only"
-                )
-    return image
-
-
-def _referrers(
-    item: ImageSpec, source: RegistryImageSource, image: CollectedImage
-) -> list[tuple[Descriptor, str | None]]:
-    """The artifacts to carry with `image`: those a lock file pins, fetched by
-    digest (a signature added since the plan was reviewed stays behind), or
-    else every one the registry lists for its root and child manifests."""
-    if item.pinned_referrers is not None:
-        pinned = []
-        for digest, tag in item.pinned_referrers:
-            desc = source.descriptor_of(digest)
-            if desc is None:
-                raise SourceError(
-                    f"{item.text}: the lock file pins referrer {digest}, which the registry "
-                    "no longer has",
-                    hint="the source changed since `airbundle plan`: review and plan again",
-                )
-            pinned.append((desc, tag))
-        return pinned
-    subjects = [image.root.digest, *(d for d in image.documents if d != image.root.digest)]
-    found: dict[Digest, tuple[Descriptor, str | None]] = {}
-    for subject in subjects:
-        for desc, tag in source.referrers(subject):
-            found.setdefault(desc.digest, (desc, tag))
-    return list(found.values())
-
-
-def plan_images(spec: BundleSpec, sources: Sources, *, workers: int = 8) -> list[CollectedImage]:
-    """Resolve every image and fetch its manifests; round trips overlap in a
-    bounded pool (hundreds of small images are latency-bound, not byte-bound)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(spec.images)))) as pool:
-        futures = [pool.submit(_plan_one, item, sources) for item in spec.images]
-        images = [f.result() for f in futures]
-    seen: dict[str, str] = {}
-    for item, image in zip(spec.images, images, strict=True):
-        key = str(image.ref)
-        if key in seen:
-            raise UsageError(
-                f"image {key} is listed twice in the spec ({seen[key]} and {item.text})"
-            )
-        seen[key] = item.text
-    return images
-
-
-def subset_warnings(images: list[CollectedImage]) -> list[str]:
-    return [
-        f"{img.source_text}: carrying {', '.join(img.platforms)} only changes the index digest "
-        f"from {img.source_digest} to {img.root.digest}; references pinned to "
-        f"{img.source_digest} will not resolve in the target (tags and the platform manifest "
-        "digests will)"
-        for img in images
-        if img.source_digest is not None
-    ]
-
-
-def export_bundle(
-    spec: BundleSpec, options: ExportOptions, *, progress: Progress | None = None
-) -> ExportResult:
-    if not options.keys:
-        raise UsageError("export needs a signing key (--key)")
-    limits = options.limits
-    created = _created(options)
-    reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
-    base = load_bases(options.since, limits=limits)
-    cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
-    planned = plan_images(spec, Sources(options.transport or Transport(), limits, cache))
-    images = [carried for img in planned for carried in (img, *img.referrers)]
-    out = options.output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    index_path: Path | None = None
-    _remove_leftovers(out)
-    workdir = Path(
-        tempfile.mkdtemp(prefix=f"{TEMP_MARK}{out.name}.work-", dir=out.parent)
-    ).resolve()
-    try:
-        repos = [
-            _prepare_repo(
-                r,
-                workdir,
-                reproducible=reproducible,
-                cache_dir=options.cache_dir,
-                scan=options.check_images,
-                base=base,
-            )
-            for r in spec.repos
-        ]
-        # Everything the manifest will say is known now except the git bundles'
-        # digests; digests have a fixed length, so this sizes the prefix exactly.
-        index = layout_index(
-            [replace(img.root, annotations={REF_NAME: str(img.ref)}, raw={}) for img in images]
-        )
-        documents: dict[Digest, bytes] = {}
-        blobs: dict[Digest, tuple[Descriptor, CollectedImage]] = {}
-        for img in images:
-            documents.update(img.documents)
-            for blob in img.blobs:
-                # Manifests always travel (small, needed to tag); layers and
-                # configs the other side has stay home.
-                if blob.digest not in base.blobs:
-                    blobs.setdefault(blob.digest, (blob, img))
-        placeholder = Digest("sha256", "0" * 64)
-        members = [
-            MemberEntry(f"{OCI_LAYOUT_DIR}/oci-layout", len(LAYOUT_FILE), placeholder),
-            MemberEntry(f"{OCI_LAYOUT_DIR}/index.json", len(index), placeholder),
-            *(MemberEntry(blob_member_path(d), len(data), d) for d, data in documents.items()),
-            *(
-                MemberEntry(blob_member_path(d), desc.size, d)
-                for d, (desc, _) in blobs.items()
-                if d not in documents
-            ),
-            *(MemberEntry(r.entry.member, r.size, placeholder) for r in repos),
-        ]
-        info = BundleInfo(
-            name=spec.name,
-            id=str(uuid.UUID(int=0)),
-            created=created,
-            tool=f"airbundle {__version__}",
-            channel=options.channel,
-            sequence=options.sequence
-            if options.sequence is not None
-            else _default_sequence(reproducible, created),
-            expires=created + options.expires_in if options.expires_in else None,
-        )
-        image_entries = tuple(
-            ImageEntry(
-                img.ref,
-                img.source_text,
-                img.root.digest,
-                img.root.media_type,
-                img.root.size,
-                img.platforms,
-                img.source_digest,
-            )
-            for img in images
-        )
-        scan = None
-        if options.check_images:
-            files = sum(r.scanned[0] for r in repos)
-            findings = [f for r in repos for f in r.scanned[1]]
-            scan = summarize(files, findings, carried_images(images))
-            if options.strict and scan.missing:
-                shown = "; ".join(f"{m.ref} ({m.file}:{m.line})" for m in scan.missing[:20])
-                more = f" and {len(scan.missing) - 20} more" if len(scan.missing) > 20 else ""
-                raise SpecError(
-                    f"{len(scan.missing)} image reference(s) in the carried repositories are "
-                    f"not in the bundle: {shown}{more}",
-                    hint="add them to the spec's images, or export without --strict",
-                )
-        draft = BundleManifest(
-            info,
-            tuple(members),
-            image_entries,
-            tuple(r.entry for r in repos),
-            scan,
-            tuple(base.sources),
-        )
-        capacity = prefix_upper_bound(
-            len(draft.to_bytes()), RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES
-        )
-        mtime = int(created.timestamp())
-        with _output(out, options.split_size, HEADER_SIZE + capacity) as fh:
-            writer = BundleWriter(
-                fh,
-                prefix_capacity=capacity,
-                level=options.level,
-                threads=options.threads,
-                mtime=mtime,
-                limits=limits,
-            )
-            written = [
-                writer.add_bytes(f"{OCI_LAYOUT_DIR}/oci-layout", LAYOUT_FILE),
-                writer.add_bytes(f"{OCI_LAYOUT_DIR}/index.json", index),
-            ]
-            for digest, data in documents.items():
-                written.append(
-                    writer.add_stream(blob_member_path(digest), len(data), [data], expected=digest)
-                )
-            todo = [(d, desc, img) for d, (desc, img) in blobs.items() if d not in documents]
-            # Small blobs are fetched a few at a time ahead of the writer (round
-            # trips, not bytes, are their cost); large ones stream in their turn.
-            with contextlib.closing(ahead(_small_blob, todo)) as smalls:
-                for (digest, desc, img), small in zip(todo, smalls, strict=True):
-                    content = [small] if small is not None else img.source.open_blob(desc)
-                    written.append(
-                        writer.add_stream(
-                            blob_member_path(digest),
-                            desc.size,
-                            _counting(content, progress),
-                            expected=digest,
-                            what=f"{img.source_text}: blob {digest}",
-                        )
-                    )
-            for repo in repos:
-                with repo.bundle.open("rb") as bfh:
-                    pack = itertools.chain(
-                        [repo.header] if repo.header else [],
-                        iter(lambda bfh=bfh: bfh.read(limits.io_chunk_bytes), b""),  # type: ignore[misc]
-                    )
-                    written.append(
-                        writer.add_stream(repo.entry.member, repo.size, _counting(pack, progress))
-                    )
-                repo.bundle.unlink()
-            final_members = [MemberEntry(w.path, w.size, w.sha256) for w in written]
-            info = replace(info, id=_bundle_id(spec.name, created, final_members))
-            manifest = BundleManifest(
-                info,
-                tuple(final_members),
-                image_entries,
-                tuple(r.entry for r in repos),
-                scan,
-                tuple(base.sources),
-            )
-            manifest_bytes = manifest.to_bytes()
-            signatures = [sshsig.sign(manifest_bytes, key) for key in options.keys]
-            writer.finish(manifest_bytes, signatures)
-            size = fh.tell()
-            if isinstance(fh, VolumeWriter):
-                index_path = write_index(out.parent, fh.commit(), options.keys)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return ExportResult(
-        index_path or out,
-        manifest,
-        Digest.sha256_of(manifest_bytes),
-        size,
-        tuple(subset_warnings(images)),
-    )
-
-
-def _remove_leftovers(out: Path) -> None:
-    """Temporary files of an earlier export of the same output that was killed."""
-    for stale in out.parent.glob(f"{TEMP_MARK}{out.name}.*"):
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
 
 
 @contextlib.contextmanager

@@ -21,14 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, write_atomic
-from airbundle.adapters.git import redact
-from airbundle.adapters.git_targets import GitTarget, open_git_target
+from airbundle.adapters.git_targets import GitTarget
 from airbundle.adapters.images import ImageTarget
-from airbundle.adapters.oci_layout import OciLayoutTarget
 from airbundle.adapters.pipeline import parallel
-from airbundle.adapters.registry.client import RegistryClient
-from airbundle.adapters.registry.target import RegistryImageTarget
 from airbundle.adapters.registry.transport import Transport
+from airbundle.adapters.targets import open_git_target, open_image_target
 from airbundle.errors import (
     ArchiveError,
     FormatError,
@@ -39,7 +36,7 @@ from airbundle.errors import (
 )
 from airbundle.format.archive import BundleReader
 from airbundle.format.digest import Digest
-from airbundle.format.freshness import Accepted, decide, trust_set_id
+from airbundle.format.freshness import Accepted, Decision, decide, trust_set_id
 from airbundle.format.manifest import (
     BLOB_PREFIX,
     DEFAULT_CHANNEL,
@@ -48,9 +45,8 @@ from airbundle.format.manifest import (
     MemberEntry,
     format_time,
 )
-from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
-from airbundle.format.mirrorconfig import CarriedImage
-from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST, parse_manifest
+from airbundle.format.mapping import MappingOptions
+from airbundle.format.oci import OCI_MANIFEST, parse_manifest
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -113,40 +109,84 @@ class ImportReport:
         doc = {k: v for k, v in self.__dict__.items() if k != "report_path"}
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
+    def describe(self, auth: Authenticated) -> None:
+        manifest = auth.manifest
+        self.bundle_id = manifest.bundle.id
+        self.bundle_name = manifest.bundle.name
+        self.manifest_digest = str(auth.manifest_digest)
+        self.sequence = manifest.bundle.sequence
+        self.channel = manifest.bundle.channel
 
-def _image_target(manifest: BundleManifest, options: ImportOptions) -> ImageTarget | None:
-    if not manifest.images:
-        return None
-    if options.registry is None:
-        raise UsageError(
-            f"the bundle carries {len(manifest.images)} image(s): say where they go with "
-            "--registry HOST[:PORT][/PREFIX] or --registry oci:DIR"
+
+@dataclass(frozen=True)
+class _Targets:
+    """What --registry and --git named, parsed once, and whether this bundle
+    writes to each (it may carry only images, or only repos)."""
+
+    named_images: ImageTarget | None
+    named_gits: GitTarget | None
+    carries_images: bool
+    carries_repos: bool
+
+    @property
+    def images(self) -> ImageTarget | None:
+        """The target this bundle's images go to; None if it carries none."""
+        return self.named_images if self.carries_images else None
+
+    @property
+    def gits(self) -> GitTarget | None:
+        """The target this bundle's repos go to; None if it carries none."""
+        return self.named_gits if self.carries_repos else None
+
+    def state_stores(self, state_dir: Path | None) -> list[StateStore]:
+        """One state per target the operator named (not per what this bundle
+        carries: an images-only bundle must not slip past a newer full one)."""
+        stores = []
+        if self.named_images is not None:
+            folder = state_dir or self.named_images.state_dir() or default_state_dir()
+            stores.append(StateStore(folder, self.named_images.state_key()))
+        if self.named_gits is not None:
+            stores.append(StateStore(state_dir or default_state_dir(), self.named_gits.state_key()))
+        return sorted(stores, key=lambda store: str(store.path))
+
+    def close(self) -> None:
+        if self.named_gits is not None:
+            self.named_gits.close()
+
+
+def _open_targets(manifest: BundleManifest, options: ImportOptions) -> _Targets:
+    """Parse --registry and --git, and check they can take what the bundle
+    carries, before a byte is written to either."""
+    transport = options.transport or Transport()
+    images = None
+    if options.registry is not None:
+        images = open_image_target(
+            options.registry,
+            transport=transport,
+            mapping=MappingOptions(
+                keep_source_host=options.keep_source_host,
+                max_nested_paths=options.max_nested_paths,
+            ),
+            limits=options.limits,
         )
-    if options.registry.startswith("oci:"):
-        return OciLayoutTarget(Path(options.registry[4:]).resolve(), limits=options.limits)
-    location = RegistryLocation.parse(options.registry)
-    mapping = map_images(
-        [i.ref for i in manifest.images],
-        location,
-        MappingOptions(
-            keep_source_host=options.keep_source_host, max_nested_paths=options.max_nested_paths
-        ),
-    )
-    client = RegistryClient(
-        location.host, options.transport or Transport(), error=TargetError, limits=options.limits
-    )
-    return RegistryImageTarget(client, mapping)
-
-
-def _git_target(manifest: BundleManifest, options: ImportOptions) -> GitTarget | None:
-    if not manifest.repos:
-        return None
-    if options.git is None:
+    gits = None
+    if options.git is not None:
+        gits = open_git_target(options.git, tls=transport.tls, limits=options.limits)
+    if options.emit_mirror_config is not None and (images is None or images.mirror_host() is None):
+        raise UsageError("--emit-mirror-config needs a registry target (--registry HOST)")
+    if manifest.images:
+        if images is None:
+            raise UsageError(
+                f"the bundle carries {len(manifest.images)} image(s): say where they go with "
+                "--registry HOST[:PORT][/PREFIX] or --registry oci:DIR"
+            )
+        images.assign([i.ref for i in manifest.images])
+    if manifest.repos and gits is None:
         raise UsageError(
             f"the bundle carries {len(manifest.repos)} repo(s): say where they go with "
             "--git DIR or --git 'URL/{name}.git'"
         )
-    return open_git_target(options.git)
+    return _Targets(images, gits, bool(manifest.images), bool(manifest.repos))
 
 
 class _Documents:
@@ -287,84 +327,88 @@ def import_bundle(
     report = ImportReport(bundle=str(path))
     with contextlib.ExitStack() as stack:
         media, fh = stack.enter_context(opened_bundle(path, options.policy, at=options.at))
-        source = media.description
-        reader = BundleReader(fh, source=source, limits=options.limits)
+        reader = BundleReader(fh, source=media.description, limits=options.limits)
         auth = authenticate(
             reader.read_prefix(),
             options.policy,
-            source=source,
+            source=media.description,
             at=options.at,
             limits=options.limits,
         )
+        report.describe(auth)
         manifest = auth.manifest
-        report.bundle_id = manifest.bundle.id
-        report.bundle_name = manifest.bundle.name
-        report.manifest_digest = str(auth.manifest_digest)
-        report.sequence = manifest.bundle.sequence
-        report.channel = manifest.bundle.channel
         if not options.allow_other_refs:
             _check_ref_namespaces(manifest)
-        if options.emit_mirror_config is not None and (
-            options.registry is None or options.registry.startswith("oci:")
-        ):
-            raise UsageError("--emit-mirror-config needs a registry target (--registry HOST)")
-        # Both targets are checked before a byte is written to either.
-        target = _image_target(manifest, options)
-        gits = _git_target(manifest, options)
-        # One state per target the operator named (not per what this bundle
-        # carries: an images-only bundle must not slip past a newer full one).
-        stores = sorted(_state_stores(options), key=lambda s: str(s.path))
+        # Preflight: targets named and able to take what the bundle carries.
+        targets = _open_targets(manifest, options)
+        stack.callback(targets.close)
+        # Freshness, under the targets' state locks (held to the end).
+        stores = targets.state_stores(options.state_dir)
         states = [stack.enter_context(store.locked()) for store in stores]
         now = options.at or datetime.now(UTC)
-        decisions = [
-            decide(
-                manifest,
-                str(auth.manifest_digest),
-                state.accepted.get(options.channel),
-                channel=options.channel,
-                now=now,
-                allow_expired=options.allow_expired,
-                allow_rollback=options.allow_rollback,
-            )
-            for state in states
-        ]
+        decisions = [_decide(auth, state, options, now) for state in states]
         report.notes = list(dict.fromkeys(n for d in decisions for n in d.notes))
         if decisions and all(d.action == "noop" for d in decisions):
             report.noop = True
-            for store, state in zip(stores, states, strict=True):
-                _record(store, state, options, auth, report, now, "noop")
+            _record_all(stores, states, options, auth, report, now, "noop")
             return report
-        if gits is not None:
-            stack.callback(gits.close)
-            _check_prerequisites(manifest, gits)
-        if isinstance(target, OciLayoutTarget):
-            stack.enter_context(target.locked())
-        if target is not None:
-            target.prepare()
-        scratch = None
-        if manifest.repos:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airbundle-")))
-        sinks = _Sinks(target, scratch, manifest, report, options.limits)
-        try:
+        scratch = _prepare(stack, manifest, targets)
+        # Stream phase, then publish phase; nothing visible moves before the last.
+        sinks = _Sinks(targets.images, scratch, manifest, report, options.limits)
+        with _cleanup_on_failure(manifest, targets):
             stream_members(reader, manifest, sinks, progress=progress)
             if sinks.resend:
-                assert target is not None
-                _resend(path, options, auth, target, sinks.resend, report, progress)
-            _publish(auth, sinks, target, gits, options, report)
-            for store, state in zip(stores, states, strict=True):
-                _record(store, state, options, auth, report, now, "import")
-        except BaseException:
-            if target is not None:
-                # Let background uploads settle before reporting the failure.
-                with contextlib.suppress(Exception):
-                    target.drain()
-            # Staged objects may stay (unreferenced); staging refs may not.
-            if gits is not None:
-                for repo in manifest.repos:
-                    with contextlib.suppress(Exception):
-                        gits.discard(repo.name)
-            raise
+                assert targets.images is not None
+                _resend(path, options, auth, targets.images, sinks.resend, report, progress)
+            _publish(auth, sinks, targets, options, report)
+            _record_all(stores, states, options, auth, report, now, "import")
     return report
+
+
+def _decide(
+    auth: Authenticated, state: TargetState, options: ImportOptions, now: datetime
+) -> Decision:
+    return decide(
+        auth.manifest,
+        str(auth.manifest_digest),
+        state.accepted.get(options.channel),
+        channel=options.channel,
+        now=now,
+        allow_expired=options.allow_expired,
+        allow_rollback=options.allow_rollback,
+    )
+
+
+def _prepare(
+    stack: contextlib.ExitStack, manifest: BundleManifest, targets: _Targets
+) -> Path | None:
+    """Check the git prerequisites, lock and prepare the image target; the
+    scratch folder git bundles are spooled to (None if the bundle has none)."""
+    if targets.gits is not None:
+        _check_prerequisites(manifest, targets.gits)
+    if targets.images is not None:
+        stack.enter_context(targets.images.locked())
+        targets.images.prepare()
+    if not manifest.repos:
+        return None
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airbundle-")))
+
+
+@contextlib.contextmanager
+def _cleanup_on_failure(manifest: BundleManifest, targets: _Targets) -> Iterator[None]:
+    """On any failure: staged objects may stay (unreferenced); staging refs may not."""
+    try:
+        yield
+    except BaseException:
+        if targets.images is not None:
+            # Let background uploads settle before reporting the failure.
+            with contextlib.suppress(Exception):
+                targets.images.drain()
+        if targets.gits is not None:
+            for repo in manifest.repos:
+                with contextlib.suppress(Exception):
+                    targets.gits.discard(repo.name)
+        raise
 
 
 def _resend(
@@ -438,21 +482,17 @@ def _check_ref_namespaces(manifest: BundleManifest) -> None:
                 )
 
 
-def _state_stores(options: ImportOptions) -> list[StateStore]:
-    stores = []
-    if options.registry is not None:
-        if options.registry.startswith("oci:"):
-            root = Path(options.registry[4:]).resolve()
-            folder = options.state_dir or root / ".airbundle"
-            stores.append(StateStore(folder, f"images=oci:{root}"))
-        else:
-            location = RegistryLocation.parse(options.registry)
-            where = f"{location.host}/{location.prefix}".rstrip("/")
-            stores.append(StateStore(options.state_dir or default_state_dir(), f"images={where}"))
-    if options.git is not None:
-        where = redact(options.git) if "{name}" in options.git else str(Path(options.git).resolve())
-        stores.append(StateStore(options.state_dir or default_state_dir(), f"git={where}"))
-    return stores
+def _record_all(
+    stores: list[StateStore],
+    states: list[TargetState],
+    options: ImportOptions,
+    auth: Authenticated,
+    report: ImportReport,
+    now: datetime,
+    action: str,
+) -> None:
+    for store, state in zip(stores, states, strict=True):
+        _record(store, state, options, auth, report, now, action)
 
 
 def _record(
@@ -505,80 +545,106 @@ def _record(
 def _publish(
     auth: Authenticated,
     sinks: _Sinks,
-    target: ImageTarget | None,
-    gits: GitTarget | None,
+    targets: _Targets,
     options: ImportOptions,
     report: ImportReport,
 ) -> None:
+    """Make the import visible, once every member verified: git objects
+    staged and ref moves checked first, then manifests, tags, and refs."""
     manifest = auth.manifest
-    refused: list[str] = []
-    if gits is not None:
-        for repo in manifest.repos:
-            refs = [(r.name, r.target) for r in repo.refs]
-            gits.stage(repo.name, sinks.staged[repo.name], refs)
-            if not options.force:
-                refused += gits.refused(repo.name, refs)
-    if refused:
-        raise RefUpdateError(
-            "refusing to move refs: " + "; ".join(refused),
-            hint="nothing was changed; re-run with --force to move them anyway",
-        )
-    if target is not None:
-        docs = sinks.documents
-        assert docs is not None
-        sinks.check_base()
-        target.drain()  # every blob stored before the first manifest goes up
-        # Children before the indexes that reference them: deepest level first,
-        # each level's manifests in parallel (round trips, not bytes, dominate).
-        for level in sorted({docs.depth.get(d, 0) for d in docs.order}, reverse=True):
-            jobs = [
-                (location, digest)
-                for digest in docs.order
-                if docs.depth.get(digest, 0) == level
-                for location in docs.repos(digest)
-            ]
-            parallel(
-                lambda job: target.put_manifest(
-                    job[0], job[1], docs.media_type(job[1]), docs.data[job[1]]
-                ),
-                jobs,
-            )
-        # Tags last, once every manifest they name is in place.
-        wheres = parallel(
-            lambda image: target.tag(
-                target.locate(image.ref), image.ref, image.media_type, docs.data[image.digest]
-            ),
-            list(manifest.images),
-        )
-        for image, where in zip(manifest.images, wheres, strict=True):
-            report.images.append(
-                {"source": str(image.ref), "target": where, "digest": str(image.digest)}
-            )
-        target.finish()
-    if gits is not None:
-        for repo in manifest.repos:
-            refs = [(r.name, r.target) for r in repo.refs]
-            gits.publish(repo.name, refs, head=repo.head, force=options.force)
-            report.repos.append(
-                {"name": repo.name, "target": gits.describe(repo.name), "refs": dict(refs)}
-            )
-    if options.emit_mirror_config is not None and isinstance(target, RegistryImageTarget):
-        mirrored = [
-            CarriedImage(ref, target.client.host, repo) for ref, repo in target.mapping.items()
-        ]
+    if targets.gits is not None:
+        _stage_repos(manifest, sinks.staged, targets.gits, force=options.force)
+    if targets.images is not None:
+        _publish_images(manifest, sinks, targets.images, report, options.limits)
+    if targets.gits is not None:
+        _publish_repos(manifest, targets.gits, report, force=options.force)
+    if options.emit_mirror_config is not None and targets.images is not None:
+        entries = targets.images.mirror_entries()
         write_mirror_config(
             options.emit_mirror_config,
             manifest.bundle.name,
-            mirrored,
-            insecure=target.client.base.startswith("http://"),
+            entries.images,
+            insecure=entries.insecure,
             scope=options.mirror_scope,
         )
     report_path = options.report
-    if report_path is None and isinstance(target, OciLayoutTarget):
-        report_path = target.root / REPORT_NAME
+    folder = targets.images.report_folder() if targets.images is not None else None
+    if report_path is None and folder is not None:
+        report_path = folder / REPORT_NAME
     if report_path is not None:
         write_atomic(report_path, report.to_json())
         report.report_path = str(report_path)
 
 
-__all__ = ["OCI_INDEX", "ImportOptions", "ImportReport", "import_bundle"]
+def _stage_repos(
+    manifest: BundleManifest, staged: dict[str, Path], gits: GitTarget, *, force: bool
+) -> None:
+    """Every repo's objects into the target, no ref moved; refuse before any
+    moves if one would move non-fast-forward (unless forced)."""
+    refused: list[str] = []
+    for repo in manifest.repos:
+        refs = [(r.name, r.target) for r in repo.refs]
+        gits.stage(repo.name, staged[repo.name], refs)
+        if not force:
+            refused += gits.refused(repo.name, refs)
+    if refused:
+        raise RefUpdateError(
+            "refusing to move refs: " + "; ".join(refused),
+            hint="nothing was changed; re-run with --force to move them anyway",
+        )
+
+
+def _publish_images(
+    manifest: BundleManifest,
+    sinks: _Sinks,
+    target: ImageTarget,
+    report: ImportReport,
+    limits: Limits,
+) -> None:
+    docs = sinks.documents
+    assert docs is not None
+    sinks.check_base()
+    target.drain()  # every blob stored before the first manifest goes up
+    # Children before the indexes that reference them: deepest level first,
+    # each level's manifests in parallel (round trips, not bytes, dominate).
+    for level in sorted({docs.depth.get(d, 0) for d in docs.order}, reverse=True):
+        jobs = [
+            (location, digest)
+            for digest in docs.order
+            if docs.depth.get(digest, 0) == level
+            for location in docs.repos(digest)
+        ]
+        parallel(
+            lambda job: target.put_manifest(
+                job[0], job[1], docs.media_type(job[1]), docs.data[job[1]]
+            ),
+            jobs,
+            workers=limits.import_workers,
+        )
+    # Tags last, once every manifest they name is in place.
+    wheres = parallel(
+        lambda image: target.tag(
+            target.locate(image.ref), image.ref, image.media_type, docs.data[image.digest]
+        ),
+        list(manifest.images),
+        workers=limits.import_workers,
+    )
+    for image, where in zip(manifest.images, wheres, strict=True):
+        report.images.append(
+            {"source": str(image.ref), "target": where, "digest": str(image.digest)}
+        )
+    target.finish()
+
+
+def _publish_repos(
+    manifest: BundleManifest, gits: GitTarget, report: ImportReport, *, force: bool
+) -> None:
+    for repo in manifest.repos:
+        refs = [(r.name, r.target) for r in repo.refs]
+        gits.publish(repo.name, refs, head=repo.head, force=force)
+        report.repos.append(
+            {"name": repo.name, "target": gits.describe(repo.name), "refs": dict(refs)}
+        )
+
+
+__all__ = ["ImportOptions", "ImportReport", "import_bundle"]

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from airbundle.adapters.media import open_media
-from airbundle.errors import UsageError
-from airbundle.format.archive import read_prefix_region
-from airbundle.format.manifest import BundleManifest, format_time
+from airbundle.format.manifest import BundleManifest
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.sign import journal_hint_on_failure
+from airbundle.ops.unverified import read_unverified
 from airbundle.ops.verify import SignatureReport, check_signatures
 
 
@@ -48,17 +48,7 @@ class Inspection:
 
 def inspect_bundle(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Inspection:
     """Reads the manifest without a trust decision: for display, never for import."""
-    media = open_media(path)
-    try:
-        fh = media.first.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {media.first}: {exc.strerror}") from None
-    with fh:
-        prefix = read_prefix_region(fh, source=media.description, limits=limits)
-        size = media.index.total_length if media.index else fh.seek(0, 2)
-    reports = tuple(r for r, _ in check_signatures(prefix))
-    manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
-    return Inspection(path, size, manifest, reports)
-
-
-__all__ = ["Inspection", "format_time", "inspect_bundle"]
+    with journal_hint_on_failure(open_media(path).first):
+        bundle = read_unverified(path, limits=limits)
+    reports = tuple(r for r, _ in check_signatures(bundle.prefix))
+    return Inspection(path, bundle.size, bundle.manifest, reports)

@@ -39,8 +39,8 @@ def generate_key(
     data = sshsig.serialize_private_key(key, passphrase=passphrase)
     public = sshsig.public_key_of(key, comment)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
-    path.chmod(0o600)
+    write_atomic(path, data, mode=0o600)
+    path.chmod(0o600)  # whatever an existing file had (--force)
     write_atomic(pub_path, (public.openssh_line() + "\n").encode())
     pub_path.chmod(0o644)
     return public

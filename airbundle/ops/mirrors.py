@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 
 from airbundle.adapters.fsutil import write_atomic
-from airbundle.adapters.media import open_media
 from airbundle.errors import FormatError, UsageError
 from airbundle.format import mirrorconfig
-from airbundle.format.archive import read_prefix_region
-from airbundle.format.manifest import BundleManifest
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
 from airbundle.format.mirrorconfig import CarriedImage
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.unverified import read_unverified
 
 
 def carried_from_bundle(
@@ -25,14 +23,7 @@ def carried_from_bundle(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[str, list[CarriedImage]]:
     """Where `import --registry LOCATION` puts (or put) each image of a bundle."""
-    first = open_media(bundle).first
-    try:
-        fh = first.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {first}: {exc.strerror}") from None
-    with fh:
-        prefix = read_prefix_region(fh, source=str(bundle), limits=limits)
-    manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
+    manifest = read_unverified(bundle, limits=limits).manifest
     mapping = map_images([i.ref for i in manifest.images], location, options)
     images = [CarriedImage(ref, location.host, repo) for ref, repo in mapping.items()]
     return manifest.bundle.name, images

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airbundle.adapters import git
+from airbundle.adapters.cache import git_mirror
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import FormatError, SourceError, UsageError
 from airbundle.format.archive import HEADER_SIZE, prefix_upper_bound
@@ -23,12 +24,7 @@ from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
 from airbundle.format.tarstream import BLOCK, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
-from airbundle.ops.export import (
-    RESERVED_SIGNATURE_BYTES,
-    RESERVED_SIGNATURES,
-    git_mirror,
-    plan_images,
-)
+from airbundle.ops.collect import plan_images
 from airbundle.ops.sources import Sources
 
 LOCK_KIND = "BundleLock"
@@ -87,7 +83,7 @@ def _plan_repo(spec: RepoSpec, base: Base, cache_dir: Path | None, scratch: Path
     """Fetch the selected refs into the export's git mirror (the export that
     follows then fetches only what moved) and measure the history to carry."""
     what = f"repo {spec.name!r}"
-    with git_mirror(spec, cache_dir, scratch) as bare:
+    with git_mirror(spec.url, spec.name, cache_dir, scratch) as bare:
         refs, _head = git.fetch_selected_refs(spec.url, spec.refs, bare, what=what)
         if not refs:
             raise SourceError(f"{what}: none of {', '.join(spec.refs)} exist")
@@ -156,7 +152,9 @@ def make_plan(
     framed += 2 * _member_bytes(512)  # images/oci-layout and images/index.json
     # A manifest entry is about 160 bytes per member, 300 per image, 120 per ref.
     manifest = 2048 + 160 * members + 300 * len(planned) + 120 * sum(len(r.refs) for r in repos)
-    prefix = prefix_upper_bound(manifest, RESERVED_SIGNATURES, RESERVED_SIGNATURE_BYTES)
+    prefix = prefix_upper_bound(
+        manifest, limits.reserved_signatures, limits.reserved_signature_bytes
+    )
     total_bytes = HEADER_SIZE + prefix + framed + 2 * BLOCK
     volumes = math.ceil(total_bytes / split_size) if split_size else None
     return Plan(tuple(planned), repos, carried, volumes, total_bytes)
@@ -179,7 +177,7 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
         data,
         what=f"lock file {path}",
         max_bytes=limits.max_spec_bytes,
-        max_depth=8,
+        max_depth=limits.max_flat_json_depth,
         error=UsageError,
     )
     try:

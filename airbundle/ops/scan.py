@@ -8,38 +8,42 @@ from pathlib import Path
 
 from airbundle.adapters.trees import folder_yaml, repo_yaml
 from airbundle.format.imagescan import Carried, Finding, missing, scan_text
-from airbundle.format.manifest import ScanIssue, ScanSummary
-from airbundle.ops.collect import CollectedImage
+from airbundle.format.manifest import ImageEntry, MemberEntry, ScanIssue, ScanSummary
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 
-def carried_images(images: Iterable[CollectedImage]) -> Carried:
-    refs: set[str] = set()
-    digests: set[str] = set()
-    names: set[str] = set()
-    for image in images:
-        refs.add(str(image.ref))
-        names.add(image.ref.name)
-        digests.update(str(d) for d in image.documents)
-        if image.source_digest is not None:
-            digests.add(str(image.source_digest))
-    return Carried(frozenset(refs), frozenset(digests), frozenset(names))
+def carried(images: Iterable[ImageEntry], members: Iterable[MemberEntry]) -> Carried:
+    """What a bundle carries, for `scan --bundle` and `export --check-images`
+    alike: its images' references and names, every member's digest, and the
+    source digest of an index cut down to some platforms (a reference pinned
+    to it is served by the subset)."""
+    images = list(images)
+    digests = {str(m.digest) for m in members}
+    digests |= {str(i.source_digest) for i in images if i.source_digest is not None}
+    return Carried(
+        frozenset(str(i.ref) for i in images),
+        frozenset(digests),
+        frozenset(i.ref.name for i in images),
+    )
 
 
-def scan_folder(root: Path) -> tuple[int, list[Finding]]:
+def scan_folder(root: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, list[Finding]]:
     files = 0
     found: list[Finding] = []
-    for path, text in folder_yaml(root):
+    for path, text in folder_yaml(root, limits=limits):
         files += 1
-        found.extend(scan_text(text, path))
+        found.extend(scan_text(text, path, limits=limits))
     return files, found
 
 
-def scan_repo(name: str, repo: Path, refs: list[str]) -> tuple[int, list[Finding]]:
+def scan_repo(
+    name: str, repo: Path, refs: list[str], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[int, list[Finding]]:
     files = 0
     found: list[Finding] = []
-    for ref, path, text in repo_yaml(repo, refs, what=f"repo {name!r}"):
+    for ref, path, text in repo_yaml(repo, refs, what=f"repo {name!r}", limits=limits):
         files += 1
-        found.extend(scan_text(text, f"{name}:{ref}:{path}"))
+        found.extend(scan_text(text, f"{name}:{ref}:{path}", limits=limits))
     return files, found
 
 

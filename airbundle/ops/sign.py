@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.media import Media, open_media
-from airbundle.errors import AirbundleError, SignatureError, UsageError
+from airbundle.errors import AirbundleError, IntegrityError, SignatureError
 from airbundle.format import sshsig
 from airbundle.format.archive import (
     HEADER_SIZE,
@@ -24,9 +25,9 @@ from airbundle.format.archive import (
     read_prefix_region,
     rewrite_prefix,
 )
-from airbundle.format.manifest import BundleManifest
 from airbundle.format.volumes import SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
+from airbundle.ops.unverified import open_first_volume, read_manifest
 
 
 @dataclass(frozen=True)
@@ -75,22 +76,28 @@ def journal_hint(bundle: Path) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def journal_hint_on_failure(bundle: Path) -> Iterator[None]:
+    """An integrity error on a bundle beside which an interrupted `sign` left
+    its journal says so: `sign` repairs it."""
+    try:
+        yield
+    except IntegrityError as exc:
+        exc.hint = journal_hint(bundle) or exc.hint
+        raise
+
+
 def sign_bundle(
     path: Path, key: Ed25519PrivateKey, *, limits: Limits = DEFAULT_LIMITS
 ) -> SignResult:
     # In a volume set the prefix lives in the first volume, outside the range
     # the volume index hashes: signing changes no other byte of the volumes.
-    media = open_media(path)
-    bundle = media.first
+    bundle = open_media(path).first
     recover_journal(bundle)
-    try:
-        fh = bundle.open("r+b")
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {bundle} for signing: {exc.strerror}") from None
+    media, fh = open_first_volume(path, mode="r+b", purpose=" for signing")
     with fh:
-        prefix = read_prefix_region(fh, source=str(bundle), limits=limits)
         # Refuse to approve something that is not a well-formed manifest.
-        manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
+        prefix, manifest = read_manifest(fh, source=str(bundle), limits=limits)
         signer = sshsig.public_key_of(key)
         existing = []
         for _name, armored in prefix.signatures:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.docker_archive import DockerArchiveSource
-from airbundle.adapters.images import ImageSource
+from airbundle.adapters.images import ImageSource, ReferringSource
 from airbundle.adapters.oci_layout import OciLayoutSource
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.source import RegistryImageSource
@@ -41,7 +41,12 @@ class Sources:
         if source.transport == "docker-archive":
             assert source.path is not None
             return DockerArchiveSource(source.path, source.ref, text=text, limits=self.limits)
-        assert source.reference is not None
+        return self.open_referring(source, text=text)
+
+    def open_referring(self, source: SourceRef, *, text: str) -> ReferringSource:
+        """A registry image, which can also list what refers to it."""
+        if source.reference is None:
+            raise SourceError(f"{text}: referrers are found in registries only")
         return RegistryImageSource(
             source.reference,
             self.client(source.reference.registry),

@@ -9,7 +9,6 @@ succeeded.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -18,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.fsutil import file_lock, write_atomic
 from airbundle.errors import TargetError
 from airbundle.format.freshness import Accepted
+from airbundle.limits import DEFAULT_LIMITS
 
 STATE_VERSION = 1
-MAX_HISTORY = 1000
+MAX_HISTORY = DEFAULT_LIMITS.max_state_history
 
 
 def default_state_dir() -> Path:
@@ -58,13 +58,11 @@ class StateStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[TargetState]:
         """Hold the target's lock; yield its current state (read under the lock)."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            lock = self._lock_path.open("a+b")
-        except OSError as exc:
-            raise TargetError(f"cannot use state folder {self.folder}: {exc}") from None
-        with lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(file_lock(self._lock_path))
+            except OSError as exc:
+                raise TargetError(f"cannot use state folder {self.folder}: {exc}") from None
             yield self._read()
 
     def _read(self) -> TargetState:

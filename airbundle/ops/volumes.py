@@ -18,6 +18,8 @@ from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, read_file_header
 from airbundle.format.trust import TrustPolicy
 from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX, VolumeIndex
+from airbundle.limits import DEFAULT_LIMITS
+from airbundle.ops.sign import journal_hint_on_failure
 
 
 def write_index(folder: Path, index: VolumeIndex, keys: tuple[Ed25519PrivateKey, ...]) -> Path:
@@ -103,7 +105,7 @@ def split_bundle(
             target, bundle.name, volume_size, unhashed=HEADER_SIZE + header.prefix_length
         )
         try:
-            while chunk := fh.read(1 << 20):
+            while chunk := fh.read(DEFAULT_LIMITS.io_chunk_bytes):
                 writer.write(chunk)
             index = writer.commit()
         except BaseException:
@@ -119,7 +121,7 @@ def join_volumes(index_path: Path, output: Path) -> Path:
         raise UsageError(f"{index_path} is not a volume index")
     media.check_present()
     with atomic_output(output) as out, contextlib.closing(media.open()) as src:
-        while chunk := src.read(1 << 20):
+        while chunk := src.read(DEFAULT_LIMITS.io_chunk_bytes):
             out.write(chunk)
     return output
 
@@ -143,10 +145,12 @@ def opened_bundle(
     except OSError as exc:
         raise UsageError(f"cannot open bundle {path}: {exc.strerror}") from None
     try:
-        yield media, fh
-    except IntegrityError as exc:
-        if media.index is not None:
-            raise name_corrupt_volumes(media, exc) from exc
-        raise
+        with journal_hint_on_failure(media.first):
+            try:
+                yield media, fh
+            except IntegrityError as exc:
+                if media.index is not None:
+                    raise name_corrupt_volumes(media, exc) from exc
+                raise
     finally:
         fh.close()

@@ -21,7 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airbundle.errors import AirbundleError
+from airbundle.errors import AuthError
+
+# The credential-helper protocol's one answer that is not an error: docker's
+# client compares the helper's output with exactly this text
+# (docker-credential-helpers, credentials.ErrCredentialsNotFound).
+_HELPER_NOT_FOUND = "credentials not found in native keychain"
 
 DOCKER_HUB_KEYS = (
     "https://index.docker.io/v1/",
@@ -29,10 +34,6 @@ DOCKER_HUB_KEYS = (
     "docker.io",
     "registry-1.docker.io",
 )
-
-
-class AuthError(AirbundleError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _credential_helper(helper: str, host: str, source: str) -> Credentials | Non
     )
     if proc.returncode != 0:
         message = (proc.stdout or proc.stderr).decode("utf-8", "replace").strip()
-        if "credentials not found" in message.lower():
+        if message == _HELPER_NOT_FOUND:
             return None
         raise AuthError(f"docker-credential-{helper} failed for {host}: {message}")
     try:

@@ -13,21 +13,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from airbundle.adapters.registry.auth import (
-    AuthError,
     Credentials,
     TokenCache,
     lookup_credentials,
     parse_challenge,
 )
 from airbundle.adapters.registry.replay import ReplayWindow, SourceFailure
-from airbundle.adapters.registry.transport import (
-    Response,
-    Transport,
+from airbundle.adapters.registry.transport import Response, Transport, retry_after
+from airbundle.errors import (
+    AirbundleError,
+    AuthError,
+    ResponseTooLargeError,
     TransportError,
-    retry_after,
+    UploadLostError,
 )
-from airbundle.errors import AirbundleError, UploadLostError
 from airbundle.format.digest import Digest
+from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -51,17 +52,26 @@ class FetchedManifest:
     digest: Digest
 
 
-def _registry_errors(response: Response, body: bytes) -> str:
+@dataclass(frozen=True)
+class _Refusal:
+    """What a registry said when it refused: its error codes, and text for people."""
+
+    text: str
+    codes: tuple[str, ...] = ()
+
+
+def _registry_errors(response: Response, body: bytes) -> _Refusal:
     try:
         doc = json.loads(body)
         errors = doc.get("errors") or []
         parts = [f"{e.get('code', '?')}: {e.get('message', '')}".strip() for e in errors]
+        codes = tuple(str(e["code"]).upper() for e in errors if e.get("code"))
         if parts:
-            return "; ".join(parts)
-    except (ValueError, AttributeError):
+            return _Refusal("; ".join(parts), codes)
+    except (ValueError, AttributeError, TypeError):
         pass
     text = body.decode("utf-8", "replace").strip()
-    return text[:300] or f"HTTP {response.status}"
+    return _Refusal(text[:300] or f"HTTP {response.status}")
 
 
 class RegistryClient:
@@ -76,7 +86,7 @@ class RegistryClient:
         limits: Limits = DEFAULT_LIMITS,
         # Blobs below this go in one PUT; twice this of a streamed upload is
         # held in memory for a resend.
-        buffer_bytes: int = 8 << 20,
+        buffer_bytes: int = DEFAULT_LIMITS.upload_buffer_bytes,
     ) -> None:
         self.host = host
         self.transport = transport
@@ -151,13 +161,16 @@ class RegistryClient:
             )
         except TransportError as exc:
             raise self._error(f"token server {realm}: {exc.message}", hint=exc.hint) from exc
-        data = response.read_limited(1 << 20)
+        data = response.read_limited(self._limits.max_token_answer_bytes)
         if response.status != 200:
             who = f" with credentials from {creds.source}" if creds else " anonymously"
+            refusal = _registry_errors(response, data)
             raise self._error(
                 f"registry {self.host}: token server refused access to {scope}{who}: "
-                f"{_registry_errors(response, data)}",
+                f"{refusal.text}",
                 hint="check the credentials (docker login / podman login, or auth.json)",
+                status=response.status,
+                codes=refusal.codes,
             )
         try:
             doc = json.loads(data)
@@ -223,12 +236,15 @@ class RegistryClient:
             if once:
                 return response
         if response.status == 401:
-            body_text = _registry_errors(response, response.read_limited(1 << 16))
+            body = response.read_limited(self._limits.max_registry_error_bytes)
+            refusal = _registry_errors(response, body)
             creds = self.credentials()
             who = f"credentials from {creds.source}" if creds else "no credentials"
             raise self._error(
-                f"{what}: registry {self.host} requires authentication ({who}): {body_text}",
+                f"{what}: registry {self.host} requires authentication ({who}): {refusal.text}",
                 hint="log in with `docker login` / `podman login`, or set REGISTRY_AUTH_FILE",
+                status=401,
+                codes=refusal.codes,
             )
         if response.status == 429 and not once:
             raise self._error(
@@ -236,12 +252,21 @@ class RegistryClient:
                 f"{self.transport.retry.attempts} attempts",
                 hint="wait and re-run (work done so far is kept), or authenticate to get a "
                 "higher limit",
+                status=429,
             )
         return response
 
     def fail(self, response: Response, what: str) -> AirbundleError:
-        data = response.read_limited(1 << 16) if response.status != 204 else b""
-        return self._error(f"{what}: HTTP {response.status}: {_registry_errors(response, data)}")
+        """The error for an answer the caller did not expect, with its status and
+        the registry's error codes (for code to decide on) and reason (for people)."""
+        limit = self._limits.max_registry_error_bytes
+        data = response.read_limited(limit) if response.status != 204 else b""
+        refusal = _registry_errors(response, data)
+        return self._error(
+            f"{what}: HTTP {response.status}: {refusal.text}",
+            status=response.status,
+            codes=refusal.codes,
+        )
 
     @staticmethod
     def scope(repo: str, actions: str = "pull") -> str:
@@ -278,14 +303,14 @@ class RegistryClient:
         )
         if response.status == 404:
             response.close()
-            raise self._error(f"{what}: manifest not found (HTTP 404)")
+            raise self._error(f"{what}: manifest not found (HTTP 404)", status=404)
         if response.status != 200:
             raise self.fail(response, what)
         try:
             data = response.read_limited(self._limits.max_oci_manifest_bytes)
+        except ResponseTooLargeError as exc:
+            raise self._error(f"{what}: {exc.message}") from exc
         except TransportError as exc:
-            if "larger than" in exc.message:
-                raise self._error(f"{what}: {exc.message}") from exc
             raise _BodyReadError(exc.message) from exc
         digest = Digest.sha256_of(data)
         if expect is not None and digest != expect:
@@ -306,7 +331,7 @@ class RegistryClient:
         try:
             return self.get_manifest(repo, reference, expect=expect)
         except AirbundleError as exc:
-            if "HTTP 404" in exc.message or "MANIFEST_UNKNOWN" in exc.message.upper():
+            if exc.status == 404 or "MANIFEST_UNKNOWN" in exc.codes:
                 return None
             raise
 
@@ -359,6 +384,62 @@ class RegistryClient:
             raise self._error(f"{what}: registry stored digest {told}, we sent {expected}")
         return expected
 
+    # -- listings -----------------------------------------------------------------
+
+    def catalog(self) -> list[str]:
+        """Every repository the registry lists (GET /v2/_catalog, page by page)."""
+        return self._listing(
+            f"/v2/_catalog?n={self._limits.registry_page_entries}",
+            "repositories",
+            scope="registry:catalog:*",
+            what=f"list repositories of {self.host}",
+        )
+
+    def tags(self, repo: str) -> list[str]:
+        """The tags of `repo`; none where the registry lists none for it (the
+        repository went away meanwhile, or these credentials cannot read it)."""
+        return self._listing(
+            f"/v2/{repo}/tags/list",
+            "tags",
+            scope=self.scope(repo),
+            what=f"tags of {self.host}/{repo}",
+            missing_ok=True,
+        )
+
+    def _listing(
+        self, url: str, key: str, *, scope: str, what: str, missing_ok: bool = False
+    ) -> list[str]:
+        """The names under `key` in a paged listing, following `Link: <...>;
+        rel="next"` headers; an answer that is not such a list is an error."""
+        names: list[str] = []
+        next_url: str | None = url
+        limit = self._limits.max_registry_listing_bytes
+        while next_url:
+            response = self.request("GET", next_url, scope=scope, what=what)
+            if response.status != 200:
+                if missing_ok:
+                    response.close()
+                    return names
+                raise self.fail(response, what)
+            try:
+                data = response.read_limited(limit)
+            except TransportError as exc:
+                raise self._error(f"{what}: {exc.message}") from exc
+            doc = loads_strict(
+                data,
+                what=f"{what}: the registry's answer",
+                max_bytes=limit,
+                max_depth=self._limits.max_json_depth,
+                error=self._error,
+            )
+            # distribution answers {"tags": null} for a repository without tags.
+            page = (doc.get(key) or []) if isinstance(doc, dict) else None
+            if not isinstance(page, list) or not all(isinstance(n, str) for n in page):
+                raise self._error(f"{what}: the registry's answer holds no list of {key}")
+            names += page
+            next_url = _next_link(response.headers.get("link", ""))
+        return names
+
     # -- blobs --------------------------------------------------------------------
 
     def blob_exists(self, repo: str, digest: Digest) -> bool:
@@ -369,7 +450,7 @@ class RegistryClient:
         response.close()
         if response.status in (200, 404):
             return response.status == 200
-        raise self._error(f"{what}: HEAD blob: HTTP {response.status}")
+        raise self._error(f"{what}: HEAD blob: HTTP {response.status}", status=response.status)
 
     def blob_chunks(self, repo: str, digest: Digest, size: int) -> Iterator[bytes]:
         """The blob's bytes; an interrupted download resumes with a Range request."""
@@ -438,7 +519,7 @@ class RegistryClient:
                 )
                 cancel.close()
             return False
-        raise self._error(f"{what}: HTTP {response.status}")
+        raise self._error(f"{what}: HTTP {response.status}", status=response.status)
 
     def _absolute(self, location: str) -> str:
         return urllib.parse.urljoin(self.base + "/", location)
@@ -628,3 +709,12 @@ def _acknowledged(response: Response) -> int | None:
     if not end.isdigit():
         return None
     return 0 if value == "0-0" else int(end) + 1
+
+
+def _next_link(header: str) -> str | None:
+    """The target of a `Link: <URL>; rel="next"` header (the next page), if any."""
+    for link in header.split(","):
+        target, _, params = link.partition(";")
+        if 'rel="next"' in params.replace(" ", ""):
+            return target.strip().strip("<>") or None
+    return None

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
+from airbundle.adapters.images import MirrorEntries
 from airbundle.adapters.pipeline import parallel, prefetch
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.errors import TargetError
 from airbundle.format.digest import Digest
+from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
+from airbundle.format.mirrorconfig import CarriedImage
+from airbundle.format.oci import parse_manifest
 from airbundle.format.reference import ImageReference
+from airbundle.limits import DEFAULT_LIMITS, Limits
+
+# How Harbor and Quay refuse a push into a project or organisation that does not
+# exist yet (distribution's error codes, or a plain 404).
+_NO_PROJECT_CODES = frozenset({"NAME_UNKNOWN", "DENIED", "NOT_FOUND"})
 
 
 @contextlib.contextmanager
@@ -21,8 +32,7 @@ def _project_hint(repo: str) -> Iterator[None]:
     try:
         yield
     except TargetError as exc:
-        text = exc.message.lower()
-        if any(s in text for s in ("name_unknown", "project", "denied", "not found")):
+        if exc.status == 404 or _NO_PROJECT_CODES.intersection(exc.codes):
             project = repo.split("/", 1)[0]
             exc.hint = (
                 f"the registry may need the project or organisation {project!r} to "
@@ -31,16 +41,23 @@ def _project_hint(repo: str) -> Iterator[None]:
         raise
 
 
-ASYNC_UPLOADS = 4
-ASYNC_BLOB_BYTES = 1 << 20
-
-
 class RegistryImageTarget:
     """Blobs first (HEAD to skip, mount across repositories), manifests next, tags last."""
 
-    def __init__(self, client: RegistryClient, mapping: dict[ImageReference, str]) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        location: RegistryLocation,
+        options: MappingOptions | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.client = client
-        self.mapping = mapping
+        self.location = location
+        self.options = options or MappingOptions()
+        self.limits = limits
+        # Target repository of each image, set by assign().
+        self.mapping: dict[ImageReference, str] = {}
         # Which repositories are known to hold a blob (filled as we go), so that
         # the next repository can mount instead of upload.
         self._holders: dict[Digest, set[str]] = {}
@@ -50,12 +67,66 @@ class RegistryImageTarget:
         # Small blobs are read whole (and so checked) from the stream, then
         # uploaded in the background while the stream moves on: hundreds of
         # small layers are round trips, not bytes. Bounded in count and size.
-        self._uploads = ThreadPoolExecutor(max_workers=ASYNC_UPLOADS)
+        self._uploads = ThreadPoolExecutor(max_workers=limits.async_uploads)
         self._pending: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(ASYNC_UPLOADS * 2)
+        self._slots = threading.BoundedSemaphore(limits.async_uploads * 2)
 
     def describe(self) -> str:
         return f"registry {self.client.host}"
+
+    def state_key(self) -> str:
+        return f"images={self.location.host}/{self.location.prefix}".rstrip("/")
+
+    def state_dir(self) -> Path | None:
+        return None
+
+    def report_folder(self) -> Path | None:
+        return None
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        # A registry takes concurrent pushes; the import state is locked anyway.
+        return contextlib.nullcontext()
+
+    def assign(self, refs: Sequence[ImageReference]) -> None:
+        self.mapping = map_images(list(refs), self.location, self.options)
+
+    def mirror_host(self) -> str | None:
+        return self.client.host
+
+    def mirror_entries(self) -> MirrorEntries:
+        images = [CarriedImage(ref, self.client.host, repo) for ref, repo in self.mapping.items()]
+        return MirrorEntries(images, insecure=self.client.base.startswith("http://"))
+
+    def list_blobs(self) -> set[Digest]:
+        """Every digest the repositories under the prefix hold: the catalog,
+        each repository's tags, each tag's manifests walked down to the blobs."""
+        prefix = self.location.prefix + "/" if self.location.prefix else ""
+        found: set[Digest] = set()
+        for repo in self.client.catalog():
+            if repo.startswith(prefix):
+                found |= self._repository_digests(repo)
+        return found
+
+    def _repository_digests(self, repo: str) -> set[Digest]:
+        found: set[Digest] = set()
+        pending = [urllib.parse.quote(t, safe="") for t in self.client.tags(repo)]
+        seen: set[str] = set()
+        while pending:
+            ref = pending.pop()
+            if ref in seen:
+                continue
+            seen.add(ref)
+            fetched = self.client.get_manifest(repo, ref)
+            found.add(fetched.digest)
+            parsed = parse_manifest(
+                fetched.data,
+                declared_type=fetched.media_type or None,
+                where=f"{repo}:{ref}",
+                limits=self.limits,
+            )
+            pending += [str(c.digest) for c in parsed.children]
+            found |= {b.digest for b in parsed.blobs}
+        return found
 
     def prepare(self) -> None:
         pass
@@ -79,7 +150,11 @@ class RegistryImageTarget:
         """Ask about every (blob, repository) pair at once, in parallel: a bundle
         of hundreds of small images should not wait on one HEAD at a time."""
         pairs = [(d, r) for d, repos in needed.items() for r in repos]
-        found = parallel(lambda pair: self.client.blob_exists(pair[1], pair[0]), pairs, workers=8)
+        found = parallel(
+            lambda pair: self.client.blob_exists(pair[1], pair[0]),
+            pairs,
+            workers=self.limits.import_workers,
+        )
         with self._lock:
             for (digest, repo), present in zip(pairs, found, strict=True):
                 self._checked[(digest, repo)] = present
@@ -128,14 +203,14 @@ class RegistryImageTarget:
     def write_blob(
         self, digest: Digest, size: int, chunks: Iterable[bytes], repos: Sequence[str]
     ) -> None:
-        if size <= ASYNC_BLOB_BYTES:
+        if size <= self.limits.async_upload_bytes:
             data = b"".join(chunks)  # raises here if the bytes do not match
             self._slots.acquire()
             self._pending.append(
                 self._uploads.submit(self._upload, digest, size, [data], repos, True)
             )
             return
-        ahead = prefetch(chunks)
+        ahead = prefetch(chunks, depth=self.limits.prefetch_chunks)
         try:
             self._upload(digest, size, ahead, repos, False)
         finally:

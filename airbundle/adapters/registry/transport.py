@@ -25,18 +25,26 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ProtocolError, SSLError
 
 from airbundle import __version__
-from airbundle.errors import AirbundleError
+from airbundle.errors import ResponseTooLargeError, TransportError
 from airbundle.format.reference import is_loopback_registry
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = f"airbundle/{__version__}"
 
-
-class TransportError(AirbundleError):
-    """A request could not be completed (connection, TLS, retries exhausted).
-
-    Adapters re-raise it as SourceError or TargetError depending on the side.
-    """
+# OpenSSL's reasons (ssl.SSLError.reason) for a handshake that met plain HTTP,
+# and for a server that wants a client certificate.
+_PLAIN_HTTP_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "PACKET_LENGTH_TOO_LONG",
+    }
+)
+_CLIENT_CERT_REASONS = frozenset(
+    {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE"}
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,21 @@ class TLSConfig:
     # Hosts where plain HTTP (and unverified TLS) is allowed, as Docker's
     # --insecure-registry. Loopback registries are always allowed plain HTTP.
     insecure_hosts: frozenset[str] = frozenset()
+
+    def ssl_context(self, *, verify: bool = True) -> ssl.SSLContext:
+        """The system's CAs (or SSL_CERT_FILE) plus --ca-file, and the client
+        certificate if one was given (also for git's smart HTTP push)."""
+        ctx = ssl.create_default_context()
+        if self.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(self.ca_file))
+        if self.client_cert is not None:
+            ctx.load_cert_chain(
+                str(self.client_cert), str(self.client_key) if self.client_key else None
+            )
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
 
 @dataclass(frozen=True)
@@ -80,7 +103,7 @@ class Response:
             raise TransportError(f"{self.url}: connection failed while reading: {exc}") from exc
         if len(data) > limit:
             self.raw.release_conn()
-            raise TransportError(f"{self.url}: response larger than {limit} bytes")
+            raise ResponseTooLargeError(f"{self.url}: response larger than {limit} bytes")
         return data
 
     def stream(self, chunk: int) -> Iterable[bytes]:
@@ -121,19 +144,6 @@ class Transport:
     _proxies: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _ssl_context(self, verify: bool) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
-        if self.tls.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(self.tls.ca_file))
-        if self.tls.client_cert is not None:
-            ctx.load_cert_chain(
-                str(self.tls.client_cert), str(self.tls.client_key) if self.tls.client_key else None
-            )
-        if not verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     def _proxy(self, scheme: str, host: str) -> str | None:
         """The proxy for a scheme and host, from the environment, decided once:
         reading os.environ on every request costs seconds over thousands."""
@@ -158,7 +168,7 @@ class Transport:
             pool = self._pools.get(key)
             if pool is None:
                 kwargs: dict[str, Any] = {
-                    "ssl_context": self._ssl_context(verify),
+                    "ssl_context": self.tls.ssl_context(verify=verify),
                     "num_pools": 16,
                     "maxsize": 16,
                     "retries": False,
@@ -191,7 +201,7 @@ class Transport:
                 probe = self._send("GET", f"https://{host}/v2/", host, {}, None, stream=False)
                 probe.close()
             except TransportError as exc:
-                if not exc.__cause__ or not _plain_http_answered(exc.__cause__):
+                if _ssl_reason(exc) not in _PLAIN_HTTP_REASONS:
                     raise
                 scheme = "http"
         with self._lock:
@@ -222,8 +232,7 @@ class Transport:
                 retries=False,
             )
         except SSLError as exc:
-            text = str(exc).lower()
-            if "certificate required" in text or "alert handshake" in text:
+            if _ssl_reason(exc) in _CLIENT_CERT_REASONS:
                 hint = "the registry wants a client certificate: give --cert and --cert-key"
             else:
                 hint = (
@@ -300,16 +309,17 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _plain_http_answered(exc: BaseException) -> bool:
-    """True when a TLS handshake failed because the server speaks plain HTTP."""
-    text = str(exc).lower()
-    return any(
-        s in text
-        for s in (
-            "wrong version number",
-            "record layer failure",
-            "http request",
-            "unknown protocol",
-            "packet length too long",
-        )
-    )
+def _ssl_reason(exc: BaseException) -> str | None:
+    """OpenSSL's reason code of the TLS failure behind `exc`, if there is one."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current.reason
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
