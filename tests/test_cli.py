@@ -479,3 +479,37 @@ def test_a_private_key_given_to_trust_is_named_as_such(ssh_keygen: bool, tmp_pat
     assert f"{key} is a private key, not a trust file" in proc.stderr
     assert f"pass the public key ({key}.pub)" in proc.stderr
     assert "OPENSSH" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("https://127.0.0.1:5001/dock", "without a scheme, as HOST[:PORT][/PREFIX]"),
+        ("http://registry.internal/mirror", "give the registry without a scheme"),
+        ("myregistry/mirror", "would be read as a Docker Hub namespace"),
+    ],
+)  # fmt: skip
+def test_registry_target_errors_quote_only_what_was_typed(
+    target: str, message: str, env: World, tmp_path: Path
+) -> None:
+    proc = cli("import", env.bundle, "--trust", env.pub_path, "--registry", target,
+               "--state-dir", tmp_path / "state")  # fmt: skip
+    assert proc.returncode == EXIT_USAGE
+    error = error_line(proc)
+    assert f"--registry {target!r}: " in error and message in error
+    assert "/x'" not in error  # nothing the user did not type (it once said 'https:/x')
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("command", ["import", "serve"])
+def test_a_layout_folder_other_tools_cannot_name_is_refused(
+    command: str, env: World, tmp_path: Path
+) -> None:
+    target = f"oci:{tmp_path / 'images'}:foo"
+    if command == "import":
+        proc = cli("import", env.bundle, "--trust", env.pub_path, "--registry", target)
+    else:
+        proc = cli("serve", "--registry", target, "--listen", "127.0.0.1:0")
+    assert proc.returncode == EXIT_USAGE
+    assert "contains ':', which other tools cannot address" in error_line(proc)
+    assert list(tmp_path.iterdir()) == []

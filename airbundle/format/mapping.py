@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airbundle.errors import FormatError, UsageError
-from airbundle.format.reference import ImageReference, validate_repository
+from airbundle.format.reference import ImageReference, check_registry_host, validate_repository
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,20 @@ class RegistryLocation:
     @classmethod
     def parse(cls, text: str) -> RegistryLocation:
         """`HOST[:PORT][/PREFIX]`, as given to --registry."""
+        scheme, sep, _ = text.partition("://")
+        if sep and scheme in ("http", "https"):
+            raise UsageError(
+                f"--registry {text!r}: give the registry without a scheme, "
+                "as HOST[:PORT][/PREFIX]",
+                hint="airbundle speaks TLS to a registry; plain HTTP only to loopback or "
+                "to a host named with --insecure-registry HOST[:PORT]",
+            )
         body = text.removeprefix("docker://").rstrip("/")
         host, _, prefix = body.partition("/")
         if not host or "@" in body or " " in body:
             raise UsageError(f"--registry {text!r}: expected HOST[:PORT][/PREFIX]")
         try:
-            ImageReference.parse(f"{host}/x")
+            check_registry_host(host)
             if prefix:
                 validate_repository(prefix)
         except FormatError as exc:

@@ -131,6 +131,20 @@ def _looks_like_registry(component: str) -> bool:
     )
 
 
+def check_registry_host(host: str) -> str:
+    """Return ``host`` if it names a registry as HOST[:PORT] that a reference
+    would read back as a host (a '.', a ':port' or 'localhost')."""
+    problem = _registry_problem(host)
+    if problem is None and not _looks_like_registry(host):
+        problem = (
+            f"registry {_quote(host)} would be read as a Docker Hub namespace; "
+            "a registry needs a '.', a ':port' or to be 'localhost'"
+        )
+    if problem:
+        raise InvalidReferenceError(problem)
+    return host
+
+
 def validate_tag(tag: str) -> str:
     """Return ``tag`` if it is a valid tag, else raise InvalidReferenceError."""
     problem = _tag_problem(tag)

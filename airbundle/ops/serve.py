@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airbundle.adapters.targets import layout_path
 from airbundle.errors import TargetError, UsageError
 from airbundle.format.distribution import parse_htpasswd
 from airbundle.format.jsonutil import loads_strict
@@ -72,13 +73,14 @@ def parse_listen(text: str) -> Listen:
 def layout_dir(options: ServeOptions) -> Path | None:
     if options.registry is None:
         return None
-    if not options.registry.startswith("oci:"):
+    layout = layout_path(options.registry)
+    if layout is None:
         raise UsageError(
             f"--registry {options.registry!r}: serve reads what import wrote into an OCI "
             "layout: --registry oci:DIR",
             hint="a registry server already serves its own content; serve is for oci: targets",
         )
-    return Path(options.registry[4:]).resolve()
+    return layout
 
 
 def check_options(options: ServeOptions) -> list[str]:
