@@ -327,6 +327,9 @@ def export(
             "inventory from the other side) shows is already there. Repeatable."
         ),
     ] = [],  # noqa: B006
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing bundle or volume set of that name.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
@@ -351,6 +354,7 @@ def export(
         strict=strict,
         split_size=parse_size(split_size) if split_size else None,
         since=tuple(since),
+        force=force,
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)

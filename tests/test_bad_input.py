@@ -434,7 +434,7 @@ def test_source_blob_that_lies_leaves_no_output(env: World, tmp_path: Path) -> N
     out.parent.mkdir()
     out.write_bytes(b"an older bundle")
     with pytest.raises(SourceError) as info:
-        export_bundle(load_spec(spec), export_options(out, env.key))
+        export_bundle(load_spec(spec), replace(export_options(out, env.key), force=True))
     assert info.value.message.startswith(f"oci:{layout}:0.9: blob {layer}: content has digest ")
     assert info.value.message.endswith(f", expected {layer}")
     assert sorted(p.name for p in out.parent.iterdir()) == ["b.airbundle"]

@@ -513,3 +513,46 @@ def test_a_layout_folder_other_tools_cannot_name_is_refused(
     assert proc.returncode == EXIT_USAGE
     assert "contains ':', which other tools cannot address" in error_line(proc)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_an_existing_bundle_unless_forced(env: World, tmp_path: Path) -> None:
+    out = tmp_path / "b.airbundle"
+    out.write_bytes(b"the bundle imported last week")
+    proc = cli("export", env.spec, "-o", out, "--key", env.key_path, "--no-cache")
+    assert proc.returncode == EXIT_USAGE
+    assert error_line(proc).startswith(f"{out} exists already\n  hint: choose another name")
+    assert out.read_bytes() == b"the bundle imported last week"
+    forced = cli("export", env.spec, "-o", out, "--key", env.key_path, "--no-cache", "--force")
+    assert forced.returncode == EXIT_OK, forced.stderr
+    assert out.read_bytes().startswith(b"\x5a\x2a\x4d\x18")  # a bundle's header now
+
+
+def test_export_force_replaces_a_volume_set_with_a_single_file(
+    env: World, tmp_path: Path
+) -> None:
+    out = tmp_path / "b.airbundle"
+    split = cli("export", env.spec, "-o", out, "--key", env.key_path, "--no-cache",
+                "--split-size", "40k")  # fmt: skip
+    assert split.returncode == EXIT_OK, split.stderr
+    assert (tmp_path / "b.airbundle.volumes").is_file()
+    again = cli("export", env.spec, "-o", out, "--key", env.key_path, "--no-cache")
+    assert again.returncode == EXIT_USAGE
+    assert "b.airbundle.volumes exists already" in error_line(again)
+    forced = cli("export", env.spec, "-o", out, "--key", env.key_path, "--no-cache", "--force")
+    assert forced.returncode == EXIT_OK, forced.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.airbundle"]
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_a_channel_the_manifest_cannot_hold_is_refused_up_front(
+    command: str, env: World, tmp_path: Path
+) -> None:
+    if command == "export":
+        proc = cli("export", env.spec, "-o", tmp_path / "b.airbundle", "--key", env.key_path,
+                   "--channel", "bad channel")  # fmt: skip
+    else:
+        proc = cli("import", env.bundle, "--trust", env.pub_path, "--channel", "bad channel",
+                   "--registry", f"oci:{tmp_path / 'images'}")  # fmt: skip
+    assert proc.returncode == EXIT_USAGE
+    assert error_line(proc).startswith("invalid channel 'bad channel': use letters, digits")
+    assert list(tmp_path.iterdir()) == []

@@ -1158,7 +1158,7 @@ def disk_full_export(
 
     def exporting(dest: Path) -> list[str]:
         return airbundle_argv("export", big, "-o", dest, "--key", signing_key.private,
-                              "--no-cache", "-q")  # fmt: skip
+                              "--no-cache", "--force", "-q")  # fmt: skip
 
     steps = [
         {"argv": exporting(disk / "a" / "out.airbundle")},

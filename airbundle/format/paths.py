@@ -13,6 +13,8 @@ from airbundle.errors import AirbundleError
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # 80 characters keep repos/<name>.bundle inside a plain ustar name field.
 _REPO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+# Channel names (and bundle names): the manifest schema's `name`.
+_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Git refs we carry: refs/heads/* and refs/tags/* by default; the component
 # rules follow git-check-ref-format(1), stricter where it is cheap to be.
 _REF_COMPONENT = re.compile(
@@ -43,6 +45,16 @@ def check_member_path(
     if problem:
         raise error(f"unsafe member path {path!r}: it {problem}")
     return path
+
+
+def check_channel(name: str, *, error: type[AirbundleError] = AirbundleError) -> str:
+    """A release channel, as `export --channel` records it and `import --channel` names it."""
+    if not _CHANNEL.fullmatch(name):
+        raise error(
+            f"invalid channel {name!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 100, starting with a letter or digit)"
+        )
+    return name
 
 
 def check_repo_name(name: str, *, error: type[AirbundleError] = AirbundleError) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import hashlib
 import itertools
 import os
@@ -53,7 +54,9 @@ from airbundle.format.manifest import (
     repo_member_path,
 )
 from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
+from airbundle.format.paths import check_channel
 from airbundle.format.spec import BundleSpec, RepoSpec
+from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
 from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
@@ -86,6 +89,8 @@ class ExportOptions:
     # Incremental: leave out what these earlier bundles / inventories show the
     # disconnected side already has.
     since: tuple[Path, ...] = ()
+    # Replace an existing bundle (or volume set) of the same name.
+    force: bool = False
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -96,6 +101,7 @@ class ExportResult:
     manifest_digest: Digest
     size: int
     warnings: tuple[str, ...] = ()
+    volumes: tuple[Path, ...] = ()  # with split_size: the volumes, in order
 
 
 def export_bundle(
@@ -103,6 +109,8 @@ def export_bundle(
 ) -> ExportResult:
     if not options.keys:
         raise UsageError("export needs a signing key (--key)")
+    check_channel(options.channel, error=UsageError)
+    replaced = _check_output(options.output, force=options.force)
     # Plan: every image resolved and its manifests read, the base known.
     created = _created(options)
     reproducible = options.source_date_epoch is not None or "SOURCE_DATE_EPOCH" in os.environ
@@ -129,16 +137,51 @@ def export_bundle(
         )
         # Stream and sign.
         written = _write(layout, contents, options, created, progress)
+    _drop_replaced(replaced, keep=written.path, volumes=written.volumes)
     return ExportResult(
         written.path,
         written.manifest,
         Digest.sha256_of(written.manifest_bytes),
         written.size,
         tuple(subset_warnings(images)),
+        written.volumes,
     )
 
 
 # -- plan ------------------------------------------------------------------------
+
+
+def _existing_outputs(out: Path) -> list[Path]:
+    """What a bundle named `out` is on disk: the file, or a volume set's index,
+    signatures and volumes."""
+    found = [p for p in (out, out.with_name(out.name + INDEX_SUFFIX)) if p.exists()]
+    found += [out.with_name(out.name + SIGNATURE_SUFFIX)] if found else []
+    found += sorted(out.parent.glob(glob.escape(out.name) + ".[0-9][0-9][0-9]*"))
+    return [p for p in dict.fromkeys(found) if p.exists()]
+
+
+def _check_output(out: Path, *, force: bool) -> list[Path]:
+    """Refuse to write over an existing bundle without --force (it may be the
+    one already imported); return what --force will replace once the new
+    bundle is complete."""
+    existing = _existing_outputs(out)
+    if existing and not force:
+        raise UsageError(
+            f"{existing[0]} exists already",
+            hint="choose another name, or pass --force to replace that bundle",
+        )
+    return existing
+
+
+def _drop_replaced(replaced: list[Path], *, keep: Path, volumes: tuple[Path, ...]) -> None:
+    """After --force: the old bundle's files the new one did not overwrite (a
+    volume set replaced by a single file, volumes past the new set's last)."""
+    written = {keep, *volumes}
+    if volumes:  # keep is the set's index; its signatures sit beside it
+        written.add(keep.with_name(keep.name.removesuffix(INDEX_SUFFIX) + SIGNATURE_SUFFIX))
+    for path in replaced:
+        if path not in written:
+            path.unlink(missing_ok=True)
 
 
 def _created(options: ExportOptions) -> datetime:
@@ -415,6 +458,7 @@ class _Written:
     manifest: BundleManifest
     manifest_bytes: bytes
     size: int
+    volumes: tuple[Path, ...] = ()  # a volume set's volumes, in order
 
 
 def _write(
@@ -444,12 +488,18 @@ def _write(
         members = _stream(writer, layout, limits, progress)
         manifest = contents.manifest(members, _bundle_id(contents.info.name, created, members))
         manifest_bytes = manifest.to_bytes()
+        # Read back as an importer will, before anything is signed: a bundle
+        # whose manifest its own readers refuse must never be written.
+        BundleManifest.from_bytes(manifest_bytes, limits=limits)
         writer.finish(manifest_bytes, [sshsig.sign(manifest_bytes, key) for key in options.keys])
         size = fh.tell()
-        path = out
+        path: Path = out
+        volumes: tuple[Path, ...] = ()
         if isinstance(fh, VolumeWriter):
-            path = write_index(out.parent, fh.commit(), options.keys)
-    return _Written(path, manifest, manifest_bytes, size)
+            index = fh.commit()
+            path = write_index(out.parent, index, options.keys)
+            volumes = tuple(out.parent / v.name for v in index.volumes)
+    return _Written(path, manifest, manifest_bytes, size, volumes)
 
 
 def _stream(

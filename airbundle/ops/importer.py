@@ -47,6 +47,7 @@ from airbundle.format.manifest import (
 )
 from airbundle.format.mapping import MappingOptions
 from airbundle.format.oci import OCI_MANIFEST, parse_manifest
+from airbundle.format.paths import check_channel
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -324,6 +325,7 @@ class _Sinks:
 def import_bundle(
     path: Path, options: ImportOptions, *, progress: Progress | None = None
 ) -> ImportReport:
+    check_channel(options.channel, error=UsageError)
     report = ImportReport(bundle=str(path))
     with contextlib.ExitStack() as stack:
         media, fh = stack.enter_context(opened_bundle(path, options.policy, at=options.at))
