@@ -121,6 +121,27 @@ def test_good_spec_parses(tmp_path: Path) -> None:
     assert [r.name for r in spec.repos] == ["gitops"]
 
 
+@pytest.mark.parametrize("body", ["", "images: []\n", "images: []\nrepos: []\n"])
+def test_a_spec_that_carries_nothing_is_an_error(tmp_path: Path, body: str) -> None:
+    error = spec_error(
+        tmp_path, "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: e}\n" + body
+    )
+    assert error.message.endswith("the spec carries nothing: add entries under images: or repos:")
+
+
+def test_a_repo_url_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: h}\n"
+            "repos:\n  - name: gitops\n    url: ~/src/gitops\n",
+        )
+    )
+    assert spec.repos[0].url == str(tmp_path / "home" / "src" / "gitops")
+    assert spec.repos[0].written_url == "~/src/gitops"
+
+
 SPEC_CASES = [
     ("apiVersion: airbundle/v1\n", "", None, "(top level)", "'apiVersion' is a required"),
     ("kind: BundleSpec", "kind: Bundle", "kind:", "kind", "'BundleSpec' was expected"),

@@ -521,3 +521,21 @@ def test_shipped_schemas_are_valid_json_schema_2020_12(name: str) -> None:
     schema = json.loads((REPO_ROOT / "schemas" / name).read_text())
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_a_failed_fetch_leaves_no_empty_mirror_in_the_cache(
+    signing_key: KeyPair, tmp_path: Path
+) -> None:
+    from airbundle.errors import SourceError
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: gone}\nrepos:\n"
+        f"  - name: gitops\n    url: {tmp_path / 'no-such-repo'}\n"
+    )
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second attempt meets no leftover either
+        with pytest.raises(SourceError, match="fetching"):
+            export(spec, tmp_path / "b.airbundle", signing_key, cache_dir=cache)
+        assert list((cache / "git").glob("*.git")) == []
+    assert not (tmp_path / "b.airbundle").exists()

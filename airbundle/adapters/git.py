@@ -145,8 +145,35 @@ def fetch_selected_refs(
     Returns the fetched refs (name, oid) and the remote's HEAD symref if it
     points to a fetched branch.
     """
-    if not repo.exists():
+    created = not repo.exists()
+    if created:
         run_git(["init", "--bare", "--quiet", str(repo)], error=SourceError, what=what)
+    try:
+        _fetch(url, patterns, repo, what=what)
+    except SourceError:
+        # A mirror that never received anything would look like a cache entry
+        # (and make the next plan measure an empty history): leave none behind.
+        if created:
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
+    # The repository may be a cache shared with earlier exports whose specs
+    # selected other refs: keep only what this spec asks for.
+    refs = [
+        (n, oid)
+        for n, oid in list_refs(repo, error=SourceError, what=what)
+        if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+    ]
+    head = None
+    proc = run_git(["ls-remote", "--symref", "--", url, "HEAD"], error=SourceError, what=what)
+    match = re.match(rb"ref: (refs/heads/\S+)\tHEAD", proc.stdout)
+    if match:
+        candidate = match.group(1).decode()
+        if any(name == candidate for name, _ in refs):
+            head = candidate
+    return refs, head
+
+
+def _fetch(url: str, patterns: Sequence[str], repo: Path, *, what: str) -> None:
     run_git(
         [
             "-C",
@@ -170,21 +197,6 @@ def fetch_selected_refs(
         error=SourceError,
         what=f"{what} (fetching {redact(url)})",
     )
-    # The repository may be a cache shared with earlier exports whose specs
-    # selected other refs: keep only what this spec asks for.
-    refs = [
-        (n, oid)
-        for n, oid in list_refs(repo, error=SourceError, what=what)
-        if any(fnmatch.fnmatchcase(n, p) for p in patterns)
-    ]
-    head = None
-    proc = run_git(["ls-remote", "--symref", "--", url, "HEAD"], error=SourceError, what=what)
-    match = re.match(rb"ref: (refs/heads/\S+)\tHEAD", proc.stdout)
-    if match:
-        candidate = match.group(1).decode()
-        if any(name == candidate for name, _ in refs):
-            head = candidate
-    return refs, head
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,10 @@ def _field(path: tuple[str | int, ...]) -> str:
     return out
 
 
+# The spec's sections that carry content; a spec must fill at least one.
+CONTENT_SECTIONS = ("images", "repos")
+
+
 def parse_spec(
     text: str, *, source: str, base_dir: Path, limits: Limits = DEFAULT_LIMITS
 ) -> BundleSpec:
@@ -181,6 +185,13 @@ def parse_spec(
         _image(item, ("images", i), where, base_dir) for i, item in enumerate(doc.get("images", []))
     )
     repos = _repos(doc.get("repos", []), where, base_dir)
+    if not any(doc.get(section) for section in CONTENT_SECTIONS):
+        # An empty bundle would export, sign and import "successfully" and
+        # carry nothing: almost always a spec that lost its content.
+        raise SpecError(
+            f"{source}: the spec carries nothing: add entries under "
+            + " or ".join(f"{s}:" for s in CONTENT_SECTIONS)
+        )
     return BundleSpec(doc["metadata"]["name"], images, repos)
 
 
@@ -299,7 +310,10 @@ def _repos(items: list[dict[str, Any]], where: _Where, base_dir: Path) -> tuple[
 
 
 def _resolve_url(url: str, base_dir: Path) -> str:
-    """Relative local paths resolve against the spec's folder; URLs stay as they are."""
+    """Relative local paths resolve against the spec's folder, `~/x` against the
+    user's home as a shell would; URLs stay as they are."""
+    if url.startswith("~"):
+        return str(Path(url).expanduser().resolve())
     if "://" in url or url.startswith("/"):
         return url
     # scp-like ssh syntax host:path (git treats a colon before any slash so)
