@@ -539,3 +539,30 @@ def test_a_failed_fetch_leaves_no_empty_mirror_in_the_cache(
             export(spec, tmp_path / "b.airbundle", signing_key, cache_dir=cache)
         assert list((cache / "git").glob("*.git")) == []
     assert not (tmp_path / "b.airbundle").exists()
+
+
+def test_an_unchanged_repo_costs_next_to_nothing_in_an_incremental_bundle(
+    exported: ExportResult, signing_key: KeyPair, sample_tree: Path, tmp_path: Path
+) -> None:
+    from airbundle.errors import TargetError
+    from airbundle.ops.plan import make_plan
+
+    again = export(sample_tree / "spec.yaml", tmp_path / "w2.airbundle", signing_key,
+                   since=(exported.path,))  # fmt: skip
+    (repo,) = again.manifest.repos
+    full = {r.name: r.target for r in exported.manifest.repos[0].refs}
+    assert {r.name: r.target for r in repo.refs} == full  # every ref re-applied
+    member = next(m for m in again.manifest.members if m.path == repo.member)
+    assert member.size < 512  # refs and prerequisites, an empty pack
+    planned = make_plan(load_spec(sample_tree / "spec.yaml"), since=(exported.path,))
+    assert planned.repos[0].size == 0  # plan says nothing to carry, and export agrees
+    # Into the target that holds the base: a no-op for git, refs where they were.
+    importing(exported.path, signing_key, tmp_path / "t")
+    importing(again.path, signing_key, tmp_path / "t")
+    refs = run("git", "-C", tmp_path / "t" / "git" / "gitops.git", "for-each-ref",
+               "--format=%(refname) %(objectname)")  # fmt: skip
+    assert dict(line.split() for line in refs.splitlines()) == full
+    # Into a target that lacks the base: refused before anything is written.
+    with pytest.raises(TargetError, match=r"lacks 2 commit\(s\) this bundle builds on"):
+        importing(again.path, signing_key, tmp_path / "empty")
+    assert not (tmp_path / "empty" / "git" / "gitops.git").exists()

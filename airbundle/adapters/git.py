@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -272,7 +274,7 @@ def object_format(repo: Path, *, error: type[AirbundleError], what: str) -> str:
 
 def create_bundle(
     repo: Path,
-    refs: Sequence[str],
+    refs: Sequence[tuple[str, str]],
     out: Path,
     *,
     what: str,
@@ -282,16 +284,35 @@ def create_bundle(
     """A bundle of `refs`; commits in `exclude` (and their history) are left
     out, so the bundle names them as prerequisites (an incremental bundle).
 
-    If the refs hold nothing beyond `exclude` (they moved to commits the base
-    already has), git refuses to write an empty bundle: the refs then travel
-    with their history."""
+    If the refs hold nothing beyond `exclude` (the repository did not change
+    since the base), git refuses to write an empty bundle: the bundle is then
+    written here, the refs and, as prerequisites, the commits they point at,
+    with an empty pack: about a hundred bytes, that git fetches into a
+    repository holding those commits and refuses elsewhere."""
+    names = [name for name, _ in refs]
     known = known_objects(repo, exclude)
-    try:
-        _bundle_create(repo, refs, known, out, what=what, reproducible=reproducible)
-    except SourceError:
-        if not known or _has_new_objects(repo, refs, known, what=what):
-            raise
-        _bundle_create(repo, refs, [], out, what=what, reproducible=reproducible)
+    if known and not _has_new_objects(repo, names, known, what=what):
+        write_refs_only_bundle(repo, refs, out, what=what)
+        return
+    _bundle_create(repo, names, known, out, what=what, reproducible=reproducible)
+
+
+def write_refs_only_bundle(
+    repo: Path, refs: Sequence[tuple[str, str]], out: Path, *, what: str
+) -> None:
+    """A git bundle that moves `refs` to objects the receiver already holds:
+    v2 header, each ref's commit as a prerequisite, an empty pack (what git
+    push sends for a ref moved to an existing commit)."""
+    peeled = run_git(
+        ["-C", str(repo), "rev-parse", *(f"{oid}^{{commit}}" for _, oid in refs)],
+        error=SourceError,
+        what=what,
+    ).stdout.decode().split()
+    header = "# v2 git bundle\n"
+    header += "".join(f"-{oid}\n" for oid in sorted(set(peeled)))
+    header += "".join(f"{oid} {check_ref_name(name, error=SourceError)}\n" for name, oid in refs)
+    pack = b"PACK" + struct.pack(">II", 2, 0)
+    out.write_bytes(header.encode() + b"\n" + pack + hashlib.sha1(pack).digest())  # noqa: S324
 
 
 def _bundle_create(

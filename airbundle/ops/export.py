@@ -291,8 +291,9 @@ def _created_bundle(
     base_commits: list[str],
     limits: Limits,
 ) -> _GitMember:
-    names = sorted(name for name, _ in refs)
-    git.create_bundle(bare, names, out, what=what, reproducible=reproducible, exclude=base_commits)
+    git.create_bundle(
+        bare, sorted(refs), out, what=what, reproducible=reproducible, exclude=base_commits
+    )
     return _GitMember(b"", out, git.read_bundle_heads(out, limits=limits))
 
 
