@@ -255,12 +255,9 @@ def _image(
         raise where.error((*path, "ref"), exc.message) from None
     name = None
     if "name" in item:
-        if src.transport == "docker":
-            raise where.error(
-                (*path, "name"),
-                "only local sources (oci:, docker-archive:) "
-                "take a name; a registry image keeps its own",
-            )
+        # Local sources need one when they record no full name; a registry
+        # source takes one too, so an image pulled through a private mirror
+        # is carried (and mirror-configured) under its upstream name.
         try:
             name = ImageReference.parse(item["name"])
         except FormatError as exc:
