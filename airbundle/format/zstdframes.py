@@ -136,9 +136,7 @@ def parse_frame_header(
         window = (1 << log) + ((1 << log) >> 3) * (wd & 7)
         pos = 6
     if did_size and int.from_bytes(data[pos : pos + did_size], "little"):
-        raise ArchiveError(
-            f"the zstd frame at byte {where} needs a dictionary; bundles use none"
-        )
+        raise ArchiveError(f"the zstd frame at byte {where} needs a dictionary; bundles use none")
     pos += did_size
     fcs_size = _FCS_SIZES[fcs_flag] or (1 if single else 0)
     content: int | None = None
@@ -266,11 +264,7 @@ def walk_frame(
         if pos > len(view):
             raise ArchiveError(f"the zstd frame at byte {offset} is cut short")
     frame = WalkedFrame(offset, pos - offset, header, tuple(blocks))
-    if (
-        frame.raw_only
-        and header.content_size is not None
-        and produced != header.content_size
-    ):
+    if frame.raw_only and header.content_size is not None and produced != header.content_size:
         raise ArchiveError(
             f"the zstd frame at byte {offset} holds {produced} bytes, "
             f"its header says {header.content_size}"
@@ -278,9 +272,7 @@ def walk_frame(
     return frame
 
 
-def walk_frames(
-    data: bytes | bytearray | memoryview, *, max_window: int
-) -> list[WalkedFrame]:
+def walk_frames(data: bytes | bytearray | memoryview, *, max_window: int) -> list[WalkedFrame]:
     """Every frame of a buffer that holds whole frames, in order."""
     frames = []
     pos = 0
