@@ -624,13 +624,23 @@ class BundleReader:
             self._length_error(self._frames.position)
         return member
 
+    @property
+    def content_frames(self) -> list[tuple[int, int]]:
+        """(compressed, decompressed) size of each content frame read so far."""
+        frames = self._frames.frames
+        return [(frames[k], frames[k + 1]) for k in range(0, len(frames), 2)]
+
+    @property
+    def content_start(self) -> int:
+        """Offset of the content's tar stream in the whole one (after the prefix members)."""
+        assert self._frames.prefix_output is not None, "read_prefix() first"
+        return self._frames.prefix_output
+
     def check_layout(self) -> None:
         """After the last member: with a seek table, the frames must hold exactly
         the listed members, each starting a frame (see expect_content)."""
         if self._members is not None:
-            frames = self._frames.frames
-            entries = [(frames[k], frames[k + 1]) for k in range(0, len(frames), 2)]
-            check_layout(entries, self._members, source=self.source)
+            check_layout(self.content_frames, self._members, source=self.source)
 
     def _length_error(self, actual: int) -> None:
         if actual < self.total_length:
