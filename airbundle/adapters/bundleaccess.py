@@ -402,10 +402,17 @@ class MemberReader:
         return target
 
     def read(self, n: int = -1) -> bytes:
+        """Exactly min(n, bytes left) bytes (all that is left for n < 0)."""
         left = self.size - self._pos
         n = left if n < 0 else min(n, left)
-        if n <= 0:
-            return b""
+        parts = []
+        while n > 0:
+            part = self._read_some(n)
+            parts.append(part)
+            n -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_some(self, n: int) -> bytes:
         if self._chunks is None or self._chunks_at != self._pos:
             place = self.info.place
             self._chunks = self._bundle._decode(place.data + self._pos, place.end, place)
