@@ -75,6 +75,7 @@ from airbundle.format.tarstream import (
     padding,
 )
 from airbundle.format.trust import TrustPolicy, parse_trust_file
+from airbundle.format.zstdframes import walk_frames
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.verify import authenticate, stream_members, verify_bundle
 
@@ -507,6 +508,48 @@ def test_bundle_writer_output_is_deterministic() -> None:
     again, _ = write_in_memory(members, b"m", [b"s"], threads=1)
     threaded, _ = write_in_memory(members, b"m", [b"s"], threads=4)
     assert first == again == threaded
+
+
+@pytest.mark.parametrize("frame_bytes", [4096, 65536, 1 << 20])
+def test_multi_frame_members_give_the_same_bytes_with_any_thread_count(frame_bytes: int) -> None:
+    text = b"".join(b"line %d of a compressible member\n" % i for i in range(60_000))
+    members = [*small_members(), blob(text), blob(gzip_like(RAW_MEMBER_MIN + 3)), blob(text[:999])]
+    limits = Limits(seek_frame_bytes=frame_bytes)
+    outputs = {
+        threads: write_in_memory(members, b"m", [b"s"], threads=threads, limits=limits)[0]
+        for threads in (1, 2, 4)
+    }
+    assert outputs[1] == outputs[2] == outputs[4]
+    # The member was cut into frames of frame_bytes of tar stream, each on its own.
+    raw = outputs[1]
+    table, _ = TABLES[raw]
+    start = content_start(raw)
+    frames = walk_frames(raw[start : start + table.offset], max_window=1 << 27)
+    assert len(frames) >= len(text) // frame_bytes
+    reader = reader_for(raw)
+    reader.read_prefix()
+    got = []
+    while (member := reader.next_member()) is not None:
+        got.append((member.path, b"".join(reader.iter_data())))
+    reader.check_layout()
+    assert got == members
+
+
+def test_a_member_cut_differently_by_its_source_gives_the_same_frames() -> None:
+    text = b"".join(b"row %d\n" % i for i in range(100_000))
+    path = blob(text)[0]
+
+    def written(chunks: list[bytes]) -> bytes:
+        out = io.BytesIO()
+        writer = BundleWriter(
+            out, prefix_capacity=4096, mtime=EPOCH, limits=Limits(seek_frame_bytes=10_000)
+        )
+        writer.add_stream(path, len(text), chunks)
+        writer.end_content()
+        writer.finish(b"{}", [])
+        return out.getvalue()
+
+    assert written([text]) == written([text[i : i + 777] for i in range(0, len(text), 777)])
 
 
 def test_read_members_before_prefix_is_a_programming_error() -> None:

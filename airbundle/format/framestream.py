@@ -216,7 +216,7 @@ class FrameStream:
                 f"(byte {self._pos} of {self._prefix_end})"
             )
         if self._table is not None and not self._table_seen:
-            if self._pos < self._table.offset:
+            if self._pos <= self._table.offset:
                 raise TruncatedError(
                     f"{self._source}: the bundle ends early at byte {self._pos}: its seek "
                     f"table at byte {self._table.offset} is missing"
