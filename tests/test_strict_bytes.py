@@ -34,7 +34,7 @@ from airbundle.errors import ArchiveError, TruncatedError
 from airbundle.format import archive
 from airbundle.format.archive import HEADER_SIZE, BundleReader, read_prefix_region
 from airbundle.format.digest import Digest
-from airbundle.format.manifest import BundleManifest, SeekTableRef
+from airbundle.format.manifest import SEEK_TABLE_DRAFT, BundleManifest, SeekTableRef
 from airbundle.format.seektable import encode_seek_table
 from airbundle.format.tarstream import BLOCK, DIRECTORY, encode_header
 from airbundle.format.zstdframes import walk_frames
@@ -437,3 +437,29 @@ def test_manifest_without_table_still_parses(env: World) -> None:
     doc = env.export.manifest.to_json()
     del doc["seekTable"]
     assert BundleManifest.from_bytes(json.dumps(doc).encode()).seek_table is None
+
+
+def test_a_bundle_without_members_and_its_seek_table(tmp_path: Path) -> None:
+    """Its reader reaches the table while it reads the prefix, before the manifest
+    says what may follow the archive: the stream waits there until told."""
+    manifest = make_manifest([])
+    draft = dataclasses.replace(manifest, seek_table=SEEK_TABLE_DRAFT).to_bytes()
+    out = io.BytesIO()
+    writer = archive.BundleWriter(out, prefix_capacity=archive.prefix_upper_bound(len(draft), 1, 0))
+    data = dataclasses.replace(manifest, seek_table=writer.end_content()).to_bytes()
+    writer.finish(data, [b"not checked here"])
+    raw = out.getvalue()
+
+    reader = BundleReader(io.BytesIO(raw), source="empty")
+    prefix = reader.read_prefix()
+    stream_members(reader, BundleManifest.from_bytes(prefix.manifest))
+
+    reader = BundleReader(io.BytesIO(raw), source="empty")
+    reader.read_prefix()
+    with pytest.raises(ArchiveError, match=r"\(none in this bundle\)"):
+        stream_members(reader, manifest)  # a manifest that declares no table
+
+    reader = BundleReader(io.BytesIO(raw), source="empty")
+    reader.read_prefix()
+    with pytest.raises(ArchiveError, match=r"no manifest was given to say what it is"):
+        reader.next_member()

@@ -6,13 +6,19 @@ Byte layout of a bundle file (see docs/bundle-format.md)::
     [header]   zstd skippable frame: b"AIRBUNDLE\\0", format version, prefix length
     [prefix]   a region of exactly `prefix length` bytes holding
                  one zstd frame: tar members airbundle/manifest.json, airbundle/signatures/*
-                 one zstd skippable frame of padding (room for more signatures)
-    [content]  zstd frame(s): tar members images/..., repos/..., end-of-archive
+                 one zstd skippable frame of zero padding (room for more signatures)
+    [content]  zstd frames: each member's header starts one (compressible members
+               are cut every Limits.seek_frame_bytes, already-compressed ones go
+               into raw frames), the end-of-archive marker is the last
+    [table]    zstd skippable frame: the seek table (zstd seekable format) listing
+               every content frame; its place, size and sha256 are in the manifest
 
 Every reader of zstd skips skippable frames, so `zstd -d` and `tar --zstd -x`
 see one plain tar stream whose first member is the manifest. The prefix is
 reserved before the content is streamed and filled in afterwards, so export
 passes over the content once; co-signing rewrites only the prefix region.
+Reading walks the frames itself (format/framestream.py) so that every byte is
+accounted for.
 """
 
 from __future__ import annotations
@@ -559,7 +565,7 @@ class BundleReader:
         manifest = self._read_member_bytes(first, self._limits.max_manifest_bytes, "manifest")
         signatures: list[tuple[str, bytes]] = []
         while True:
-            member = self._tar.next()
+            member = self._next_header()
             if member is None or not member.path.startswith(SIGNATURE_DIR):
                 self._pending = member
                 break
@@ -584,17 +590,30 @@ class BundleReader:
         self._prefix_read = True
         return Prefix(manifest, tuple(signatures), self.prefix_length)
 
+    def _next_header(self) -> TarMember | None:
+        try:
+            return self._tar.next()
+        except TruncatedError:
+            if self._frames.held:
+                raise ArchiveError(
+                    f"{self.source}: skippable frame at byte {self._frames.position} in the "
+                    "content region, before the end of the archive: nothing but zstd frames "
+                    "may sit there"
+                ) from None
+            raise
+
     def expect_content(self, members: Sequence[MemberEntry], table: SeekTableRef | None) -> None:
         """What the authenticated manifest says the content is: with a seek
         table, the frames must be exactly those it lists, the members exactly
         these in this order (checked at the end), and nothing may follow it."""
-        if table is None:
-            return
-        # Where it is, is checked when the stream gets there: a member whose
-        # bytes were changed is named by its digest first.
-        at = HEADER_SIZE + self.prefix_length + table.offset
-        self._members = tuple(members)
-        self._frames.expect_seek_table(ExpectedTable(at, table.size, table.digest))
+        expected = None
+        if table is not None:
+            # Where it is, is checked when the stream gets there: a member
+            # whose bytes were changed is named by its digest first.
+            at = HEADER_SIZE + self.prefix_length + table.offset
+            self._members = tuple(members)
+            expected = ExpectedTable(at, table.size, table.digest)
+        self._frames.expect_seek_table(expected)
 
     def next_member(self) -> TarMember | None:
         """The next content member, or None at the verified end of the archive."""
@@ -605,7 +624,7 @@ class BundleReader:
             member, self._pending = self._pending, None
         else:
             try:
-                member = self._tar.next()
+                member = self._next_header()
             except ArchiveError as exc:
                 # Each member's header starts its frame: name the member the
                 # signed list puts there.
@@ -619,6 +638,11 @@ class BundleReader:
             raise ArchiveError(
                 f"{self.source}: member {member.path!r} is out of place: "
                 "manifest and signatures must come first"
+            )
+        if member is None and self._frames.held:
+            raise ArchiveError(
+                f"{self.source}: a skippable frame follows the archive at byte "
+                f"{self._frames.position} and no manifest was given to say what it is"
             )
         if member is None and self._frames.position != self.total_length:
             self._length_error(self._frames.position)

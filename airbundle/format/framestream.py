@@ -102,6 +102,12 @@ class FrameStream:
         self._eof = False
         self._table: ExpectedTable | None = None
         self._table_seen = False
+        # Until the manifest is authenticated nobody knows whether a skippable
+        # frame after the content is the seek table: the stream stops there
+        # (a bundle without members reaches it while its prefix is read) and
+        # goes on once told.
+        self._told = prefix_end is None
+        self._held = False
         # (compressed, decompressed) per content frame, flat: 2 entries each.
         self.frames: array[int] = array("Q")
         self.prefix_output: int | None = None  # bytes the prefix frame decodes to
@@ -119,10 +125,20 @@ class FrameStream:
         """Set once the manifest is authenticated: where the one skippable frame
         the content region may hold is, or None for a bundle without one."""
         self._table = table
+        self._told = True
+        if self._held:
+            # The stream stopped at a skippable frame: the seek table, or refused.
+            self._held = False
+            self._advance()
 
     @property
     def table_seen(self) -> bool:
         return self._table_seen
+
+    @property
+    def held(self) -> bool:
+        """Stopped at a skippable frame after the content, not yet told what may be there."""
+        return self._held
 
     def read(self, n: int = -1) -> bytes:
         while not self._out:
@@ -264,6 +280,9 @@ class FrameStream:
         if self._prefix_end is not None and self._pos < self._prefix_end:
             self._padding(header)
             return True
+        if not self._told:
+            self._held = True
+            return False
         if self._table is not None and self._pos == self._table.offset:
             self._seek_table(header)
             return False
