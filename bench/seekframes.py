@@ -167,7 +167,8 @@ def sweep(args: argparse.Namespace) -> None:
     corpus = Path(args.corpus) if args.corpus else default_corpus(work)
     key = Ed25519PrivateKey.generate()
     policy = policy_for(key)
-    source = file_source(corpus, "images/blobs/sha256/x")
+    source = file_source(corpus, "")
+    source = dataclasses.replace(source, path=f"images/blobs/sha256/{source.digest.hex}")
     print(f"member: {corpus} ({source.size / MiB:.1f} MiB), level {args.level}, {args.reps} reps")
     base = {}
     for threads in args.threads:

@@ -17,6 +17,7 @@ Opening with trust (signatures, the table's digest, the indexing pass) is
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import os
 import stat
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.errors import ArchiveError, MemberDigestError, TruncatedError
+from airbundle.format.archive import RAW_MEMBER_MIN
 from airbundle.format.digest import Digest
 from airbundle.format.frameindex import FrameIndex
 from airbundle.format.framestream import FrameStream
@@ -200,6 +202,15 @@ class BundleAccess:
         # (the indexing pass of a bundle without a seek table reads them all).
         self.verified = verified
         self._limits = limits
+        # A reader of members decodes compressed frames one block at a time
+        # (no frame held whole: memory per reader stays near 2 MiB however many
+        # read at once); only raw frames, up to 1 MiB, are gathered, to pass
+        # their payload on without a decoder. The member's sha256, not the
+        # frame checksum, is what its bytes are trusted on.
+        self._cursor_limits = dataclasses.replace(
+            limits,
+            max_frame_buffer_bytes=min(limits.max_frame_buffer_bytes, RAW_MEMBER_MIN + BLOCK),
+        )
         self._entries = [(f.size, f.length) for f in frames.frames]
         self._content_end = frames.compressed_end
         self.members: dict[str, MemberInfo] = {}
@@ -236,7 +247,7 @@ class BundleAccess:
         stream = FrameStream(
             self.volumes.stream(frame.offset, self._content_end),  # type: ignore[arg-type]
             start=frame.offset,
-            limits=self._limits,
+            limits=self._cursor_limits,
             source=self.source,
             end=self._content_end,
             expected=_Tail(self._entries, k),
