@@ -274,6 +274,7 @@ def latency(args: argparse.Namespace) -> None:
         bundle = open_bundle_access(out, policy)
         opened = time.perf_counter() - t
         picks = [rng.choice(sources) for _ in range(args.samples)]
+        large = [s for s in sources if s.size > MiB]
         member_lat, range_lat = [], []
         with bundle:
             for src in picks:
@@ -283,14 +284,16 @@ def latency(args: argparse.Namespace) -> None:
                 reader = bundle.open_member(src.path)
                 reader.read(65536)
                 member_lat.append(time.perf_counter() - t)
-                if src.size > MiB:
-                    at = rng.randrange(src.size - 65536)
-                    if state == "cold":
-                        drop_cache(out)
-                    t = time.perf_counter()
-                    reader.seek(at)
-                    reader.read(65536)
-                    range_lat.append(time.perf_counter() - t)
+            for _ in range(args.samples):
+                src = rng.choice(large)
+                at = rng.randrange(src.size - 65536)
+                if state == "cold":
+                    drop_cache(out)
+                t = time.perf_counter()
+                reader = bundle.open_member(src.path)
+                reader.seek(at)
+                reader.read(65536)
+                range_lat.append(time.perf_counter() - t)
 
         def q(values: list[float], p: float) -> float:
             values = sorted(values)
