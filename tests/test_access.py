@@ -203,12 +203,21 @@ def test_raw_members_give_payload_spans_that_hold_exactly_their_bytes(
             assert spans is not None
             got = b""
             for span in spans:
-                files.add(span.file)
-                fd = bundle.volumes.fileno(span.file)
+                files.add(span.path)
+                fd = bundle.volumes.fileno(span.path)
                 got += os.pread(fd, span.length, span.offset)
             assert got == members[name]
         if which == "volumes":
             assert len(files) > 1  # the spans crossed volumes
+        # A range (an HTTP Range request) gets exactly its bytes.
+        name = raw[0]
+        for start, end in [(0, 1), (131_000, 131_200), (1000, len(members[name])), (5, 5)]:
+            ranged = bundle.payload_spans(name, start, end)
+            assert ranged is not None
+            got = b"".join(
+                os.pread(bundle.volumes.fileno(s.path), s.length, s.offset) for s in ranged
+            )
+            assert got == members[name][start:end]
         for name, content in members.items():
             if name not in raw and content:
                 assert bundle.payload_spans(name) is None  # compressed: read it instead
@@ -337,7 +346,7 @@ def test_an_old_bundle_with_raw_members_gives_spans_and_shared_flags(
         assert not info.shared  # its bytes start a raw frame
         spans = bundle.payload_spans(layer[0])
         assert spans is not None
-        got = b"".join(os.pread(bundle.volumes.fileno(s.file), s.length, s.offset) for s in spans)
+        got = b"".join(os.pread(bundle.volumes.fileno(s.path), s.length, s.offset) for s in spans)
         assert got == layer[1]
         assert bundle.member(members[-1][0]).shared  # after the layer, in the shared frame
         for member_path, data in members:

@@ -463,3 +463,15 @@ def test_a_bundle_without_members_and_its_seek_table(tmp_path: Path) -> None:
     reader.read_prefix()
     with pytest.raises(ArchiveError, match=r"no manifest was given to say what it is"):
         reader.next_member()
+
+
+@pytest.mark.parametrize("delta", [-100, -8, -1, 1, 8, 100])
+def test_a_changed_prefix_length_in_the_header_is_refused(
+    env: World, layout: Layout, tmp_path: Path, delta: int
+) -> None:
+    """The header is not signed, but its prefix length must match the region exactly."""
+    data = bytearray(layout.join())
+    length = int.from_bytes(data[24:32], "little")
+    data[24:32] = (length + delta).to_bytes(8, "little")
+    with pytest.raises(ArchiveError, match=r"padding frame at byte \d+ does not fill the prefix"):
+        verify_bytes(env, tmp_path / "p.airbundle", bytes(data))

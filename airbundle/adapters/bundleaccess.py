@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import itertools
 import os
 import stat
 import threading
@@ -26,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from airbundle.adapters.content import FileSpan
 from airbundle.adapters.fsutil import write_atomic
 from airbundle.errors import ArchiveError, MemberDigestError, TruncatedError
 from airbundle.format.archive import RAW_MEMBER_MIN
@@ -45,15 +47,6 @@ from airbundle.format.zstdframes import (
     parse_frame_header,
 )
 from airbundle.limits import DEFAULT_LIMITS, Limits
-
-
-@dataclass(frozen=True)
-class Span:
-    """`length` bytes at `offset` of one file: what a server can sendfile()."""
-
-    file: Path
-    offset: int
-    length: int
 
 
 class VolumeReader:
@@ -87,7 +80,7 @@ class VolumeReader:
         """The open descriptor of one part (for os.sendfile)."""
         return self._fd(self._paths.index(path))
 
-    def spans(self, offset: int, length: int) -> list[Span]:
+    def spans(self, offset: int, length: int) -> list[FileSpan]:
         """Where the bundle's bytes [offset, offset + length) lie on the media."""
         if offset < 0 or offset + length > self.size:
             raise TruncatedError(
@@ -99,7 +92,7 @@ class VolumeReader:
             inside = offset - self._starts[k]
             n = min(length, self._sizes[k] - inside)
             if n > 0:
-                out.append(Span(self._paths[k], inside, n))
+                out.append(FileSpan(self._paths[k], inside, n))
             offset += n
             length -= n
             k += 1
@@ -109,13 +102,13 @@ class VolumeReader:
         """Exactly `length` bytes from `offset`, across volume boundaries."""
         parts = []
         for span in self.spans(offset, length):
-            fd = self._fd(self._paths.index(span.file))
+            fd = self._fd(self._paths.index(span.path))
             got = 0
             while got < span.length:
                 chunk = os.pread(fd, span.length - got, span.offset + got)
                 if not chunk:
                     raise TruncatedError(
-                        f"{self.source}: {span.file.name} ends at byte {span.offset + got}, "
+                        f"{self.source}: {span.path.name} ends at byte {span.offset + got}, "
                         f"before the {span.offset + span.length} its index declares"
                     )
                 parts.append(chunk)
@@ -220,7 +213,8 @@ class BundleAccess:
             self.members[place.entry.path] = MemberInfo(
                 place, k, frames.frames[k].start < place.header
             )
-        self._spans: dict[str, tuple[Span, ...] | None] = {}
+        # Per raw member: its spans and where each starts in the member.
+        self._spans: dict[str, tuple[tuple[FileSpan, ...], list[int]] | None] = {}
 
     def member(self, path: str) -> MemberInfo:
         try:
@@ -278,18 +272,41 @@ class BundleAccess:
                 "bytes) as the signed manifest lists it"
             )
 
-    def payload_spans(self, path: str) -> tuple[Span, ...] | None:
-        """The member's bytes as they lie on the media, when all of them are raw
-        blocks (already-compressed members of 1 MiB or more): a server can
-        sendfile() these spans, in order. None when any of its bytes are
-        compressed (then read them through open_member)."""
+    def payload_spans(
+        self, path: str, start: int = 0, end: int | None = None
+    ) -> tuple[FileSpan, ...] | None:
+        """Bytes [start, end) of the member as they lie on the media, when all of
+        its bytes are raw blocks (already-compressed members of 1 MiB or more):
+        a server can sendfile() these spans, in order. None when any of its
+        bytes are compressed (then read them through open_member)."""
+        info = self.member(path)
+        end = info.size if end is None else end
+        if not 0 <= start <= end <= info.size:
+            raise ValueError(f"range {start}-{end} outside member of {info.size} bytes")
         if path not in self._spans:
-            self._spans[path] = self._find_spans(self.member(path))
-        return self._spans[path]
+            spans = self._find_spans(info)
+            self._spans[path] = (
+                None
+                if spans is None
+                else (spans, list(itertools.accumulate((s.length for s in spans), initial=0)))
+            )
+        found = self._spans[path]
+        if found is None:
+            return None
+        spans, starts = found
+        out = []
+        k = max(0, bisect.bisect_right(starts, start) - 1)
+        while k < len(spans) and starts[k] < end:
+            lo, hi = max(start, starts[k]), min(end, starts[k] + spans[k].length)
+            if lo < hi:
+                span = spans[k]
+                out.append(FileSpan(span.path, span.offset + lo - starts[k], hi - lo))
+            k += 1
+        return tuple(out)
 
-    def _find_spans(self, info: MemberInfo) -> tuple[Span, ...] | None:
+    def _find_spans(self, info: MemberInfo) -> tuple[FileSpan, ...] | None:
         start, end = info.place.data, info.place.end
-        out: list[Span] = []
+        out: list[FileSpan] = []
         k = info.first_frame
         while start < end:
             frame = self.frames.frames[k]
