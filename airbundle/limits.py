@@ -63,8 +63,6 @@ class Limits:
     # -- streaming and concurrency ------------------------------------------------
     # Read/write buffer for streaming blobs.
     io_chunk_bytes: int = 1 << 20
-    # zstd multi-threaded job size: memory per compression worker scales with it.
-    zstd_job_bytes: int = 2 << 20
     # Room kept in a bundle's prefix for approval signatures added later by `sign`.
     reserved_signatures: int = 16
     reserved_signature_bytes: int = 1024
@@ -85,6 +83,20 @@ class Limits:
     # A blob below this goes up in one PUT; twice this of a streamed upload is
     # held in memory for a resend.
     upload_buffer_bytes: int = 8 << 20
+    # Compressible members are cut into independent zstd frames of this much
+    # tar stream each (random access decodes at most one such frame to reach
+    # any byte); memory per compression worker scales with it. Measured in
+    # docs/performance.md: ratio and speed against 1, 2, 4 and 8 MiB.
+    seek_frame_bytes: int = 4 << 20
+    # A frame whose header declares at most this much content is gathered and
+    # decoded in one call (raw frames pass without a decoder); larger ones, or
+    # frames of unknown size (bundles from before the seek table), are decoded
+    # one 128 KiB block at a time.
+    max_frame_buffer_bytes: int = 9 << 20
+    # The seek table of a bundle's content region (8 bytes per frame).
+    max_seek_table_bytes: int = 64 << 20
+    # The frame index a bundle without a seek table gets in the cache folder.
+    max_frame_index_bytes: int = 256 << 20
     # -- serve ----------------------------------------------------------------------
     # serve: most entries one tags/list or _catalog page returns (a larger `n`
     # gets this many and a Link to the next page).

@@ -39,6 +39,7 @@ from airbundle.format.archive import (
 from airbundle.format.digest import Digest
 from airbundle.format.manifest import (
     BLOB_PREFIX,
+    SEEK_TABLE_DRAFT,
     BundleInfo,
     BundleManifest,
     ImageEntry,
@@ -171,6 +172,8 @@ def read_parts(path: Path) -> Parts:
     with path.open("rb") as fh:
         reader = BundleReader(fh, source=str(path))
         prefix = reader.read_prefix()
+        manifest = BundleManifest.from_bytes(prefix.manifest)
+        reader.expect_content(manifest.members, manifest.seek_table)
         members = []
         while (member := reader.next_member()) is not None:
             members.append((member.path, b"".join(reader.iter_data())))
@@ -230,19 +233,39 @@ def make_manifest(
 
 def write_bundle(
     path: Path,
-    manifest: bytes,
+    manifest: bytes | BundleManifest,
     signatures: Sequence[bytes],
     members: Iterable[tuple[str, bytes]],
+    *,
+    keys: Sequence[Ed25519PrivateKey] = (),
+    threads: int = -1,
 ) -> Path:
-    """A bundle written by the real BundleWriter, with exactly these parts."""
+    """A bundle written by the real BundleWriter, with exactly these parts.
+
+    A BundleManifest gets the seek table the writer made and is signed by
+    `keys` (before `signatures`); manifest bytes are written as given.
+    """
+    draft = (
+        replace(manifest, seek_table=SEEK_TABLE_DRAFT).to_bytes()
+        if isinstance(manifest, BundleManifest)
+        else manifest
+    )
     capacity = prefix_upper_bound(
-        len(manifest), max(len(signatures), 1), max((len(s) for s in signatures), default=0)
+        len(draft),
+        max(len(signatures) + len(keys), 1),
+        max((len(s) for s in signatures), default=0) + 1024,
     )
     with path.open("wb") as fh:
-        writer = BundleWriter(fh, prefix_capacity=capacity, mtime=EPOCH)
+        writer = BundleWriter(fh, prefix_capacity=capacity, mtime=EPOCH, threads=threads)
         for member_path, data in members:
             writer.add_bytes(member_path, data)
-        writer.finish(manifest, list(signatures))
+        table = writer.end_content()
+        if isinstance(manifest, BundleManifest):
+            data = replace(manifest, seek_table=table).to_bytes()
+            signatures = [*(sign(data, key) for key in keys), *signatures]
+        else:
+            data = manifest
+        writer.finish(data, list(signatures))
     return path
 
 
@@ -259,8 +282,8 @@ def signed_bundle(
 ) -> Path:
     """A bundle whose signed manifest lists `listed` (default: `members`) and
     whose archive holds `members`: make them differ to lie about the content."""
-    manifest = make_manifest(members if listed is None else listed).to_bytes()
-    return write_bundle(path, manifest, [sign(manifest, key)], members)
+    manifest = make_manifest(members if listed is None else listed)
+    return write_bundle(path, manifest, [], members, keys=[key])
 
 
 def tar_bytes(members: Iterable[tuple[str, bytes]], *, end: bool = True) -> bytes:

@@ -600,7 +600,7 @@ def test_interrupted_sign_is_undone_by_the_next_sign(env: Env, tmp_path: Path) -
 
     # Same key: the journal is put back, the signature is already there.
     crash_mid_write()
-    with pytest.raises(ArchiveError, match="compressed data is corrupt"):
+    with pytest.raises(ArchiveError, match="no zstd frame at byte 40"):
         verify_bundle(bundle, policy(env.a.public))
     result = sign_bundle(bundle, env.key_a)
     assert not result.added and result.signatures == 1

@@ -6,13 +6,19 @@ Byte layout of a bundle file (see docs/bundle-format.md)::
     [header]   zstd skippable frame: b"AIRBUNDLE\\0", format version, prefix length
     [prefix]   a region of exactly `prefix length` bytes holding
                  one zstd frame: tar members airbundle/manifest.json, airbundle/signatures/*
-                 one zstd skippable frame of padding (room for more signatures)
-    [content]  zstd frame(s): tar members images/..., repos/..., end-of-archive
+                 one zstd skippable frame of zero padding (room for more signatures)
+    [content]  zstd frames: each member's header starts one (compressible members
+               are cut every Limits.seek_frame_bytes, already-compressed ones go
+               into raw frames), the end-of-archive marker is the last
+    [table]    zstd skippable frame: the seek table (zstd seekable format) listing
+               every content frame; its place, size and sha256 are in the manifest
 
 Every reader of zstd skips skippable frames, so `zstd -d` and `tar --zstd -x`
 see one plain tar stream whose first member is the manifest. The prefix is
 reserved before the content is streamed and filled in afterwards, so export
 passes over the content once; co-signing rewrites only the prefix region.
+Reading walks the frames itself (format/framestream.py) so that every byte is
+accounted for.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import hashlib
 import io
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +39,9 @@ import zstandard
 
 from airbundle.errors import ArchiveError, SignatureError, SourceError, TruncatedError
 from airbundle.format.digest import Digest
+from airbundle.format.framestream import PADDING_MAGIC, ExpectedTable, FrameStream
+from airbundle.format.manifest import MemberEntry, SeekTableRef
+from airbundle.format.seektable import MAX_ENTRY_VALUE, check_layout, encode_seek_table
 from airbundle.format.tarstream import BLOCK, REGULAR, TarMember, TarReader, encode_header, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -40,7 +50,7 @@ MANIFEST_PATH = "airbundle/manifest.json"
 SIGNATURE_DIR = "airbundle/signatures/"
 
 _HEADER_MAGIC = 0x184D2A5A
-_PADDING_MAGIC = 0x184D2A50
+_PADDING_MAGIC = PADDING_MAGIC
 _HEADER_ID = b"AIRBUNDLE\0"
 _HEADER_STRUCT = struct.Struct("<II10sHIQQ")
 HEADER_SIZE = _HEADER_STRUCT.size  # 40
@@ -204,11 +214,103 @@ def raw_frame_into(buf: bytearray, data: bytes | bytearray | memoryview) -> int:
     return pos
 
 
+class _Pending:
+    """Tar bytes of the frame being assembled, kept as the chunks that came in."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def add(self, data: bytes | memoryview) -> None:
+        if data:
+            self._parts.append(data)
+            self.size += len(data)
+
+    def take(self, n: int) -> bytes:
+        """The first n bytes (all if n is larger), removed."""
+        out: list[bytes | memoryview] = []
+        got = 0
+        while self._parts and got < n:
+            part = self._parts[0]
+            if got + len(part) <= n:
+                out.append(self._parts.pop(0))
+                got += len(part)
+            else:
+                cut = n - got
+                out.append(memoryview(part)[:cut])
+                self._parts[0] = memoryview(part)[cut:]
+                got = n
+        self.size -= got
+        return b"".join(out)
+
+
+class _FrameWriter:
+    """Writes the content region's frames in order and remembers their sizes
+    for the seek table. Compressed frames are independent of each other, so
+    a pool compresses several at once; each is compressed whole, by one
+    thread, so the bytes do not depend on the number of workers."""
+
+    def __init__(self, out: BinaryIO, *, level: int, workers: int) -> None:
+        self._out = out
+        self._level = level
+        self._local = threading.local()
+        self._pool = None
+        if workers > 1:
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="airbundle-zstd")
+        # Frames handed to the pool and not yet written, oldest first.
+        self._queue: deque[tuple[Future[bytes], int]] = deque()
+        self._window = 2 * workers
+        self.entries: list[tuple[int, int]] = []
+
+    def _compress(self, data: bytes) -> bytes:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(
+                level=self._level, write_checksum=True, write_content_size=True
+            )
+            self._local.compressor = compressor
+        return cast(bytes, compressor.compress(data))
+
+    def compressed(self, data: bytes) -> None:
+        if self._pool is None:
+            self._write(self._compress(data), len(data))
+            return
+        self._queue.append((self._pool.submit(self._compress, data), len(data)))
+        while len(self._queue) > self._window:
+            self._write_oldest()
+
+    def raw(self, frame: memoryview, length: int) -> None:
+        """A frame built by the caller (raw blocks), written at once."""
+        self.drain()
+        self._write(frame, length)
+
+    def _write_oldest(self) -> None:
+        future, length = self._queue.popleft()
+        self._write(future.result(), length)
+
+    def _write(self, frame: bytes | memoryview, length: int) -> None:
+        self._out.write(frame)
+        self.entries.append((len(frame), length))
+
+    def drain(self) -> None:
+        while self._queue:
+            self._write_oldest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for future, _ in self._queue:
+                future.cancel()
+            self._pool.shutdown()
+            self._pool = None
+
+
 class BundleWriter:
     """Streams members into a new bundle; the prefix is filled in at the end.
 
     `out` must be seekable (a regular file): the prefix region is reserved at
     the start and written by :meth:`finish` once the manifest is known.
+    Call :meth:`end_content` after the last member: it writes the end of the
+    archive and the seek table, whose place and digest go into the manifest.
     """
 
     def __init__(
@@ -221,6 +323,8 @@ class BundleWriter:
         mtime: int = 0,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        if not 0 < limits.seek_frame_bytes <= MAX_ENTRY_VALUE - 2 * BLOCK:
+            raise ValueError(f"seek_frame_bytes {limits.seek_frame_bytes} out of range")
         self._out = out
         self._start = out.tell()
         self._capacity = prefix_capacity
@@ -228,17 +332,9 @@ class BundleWriter:
         self._limits = limits
         out.write(_encode_file_header(prefix_capacity, 0))
         out.write(b"\0" * prefix_capacity)
-        # zstd's multi-threaded output is the same for any worker count >= 1,
-        # so reproducibility does not depend on the machine's core count.
-        # A fixed, small job size keeps memory flat (the default at level 3
-        # holds ~40 MiB per worker) and the bytes independent of the level's
-        # defaults; measured in docs/performance.md.
         workers = threads if threads > 0 else (os.cpu_count() or 1)
-        params = zstandard.ZstdCompressionParameters.from_level(
-            level, threads=workers, job_size=limits.zstd_job_bytes, write_checksum=True
-        )
-        compressor = zstandard.ZstdCompressor(compression_params=params)
-        self._z = compressor.stream_writer(out, closefd=False)
+        self._frames = _FrameWriter(out, level=level, workers=workers)
+        self._table: SeekTableRef | None = None
         self._closed = False
         self._hash_pool: ThreadPoolExecutor | None = None
         self._frame = bytearray(raw_frame_size(RAW_MEMBER_MIN))
@@ -248,9 +344,6 @@ class BundleWriter:
         if self._hash_pool is None:
             self._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="airbundle-hash")
         return self._hash_pool
-
-    def _write(self, data: bytes) -> None:
-        self._z.write(data)
 
     def add_stream(
         self,
@@ -266,9 +359,19 @@ class BundleWriter:
         If the source yields a different number of bytes, or bytes that do
         not match `expected`, the bundle being written is unusable and a
         SourceError says which source lied.
+
+        The member's header starts a new frame. A compressible member's tar
+        bytes (header, data, padding) are cut into frames of
+        `Limits.seek_frame_bytes`; an already-compressed one of 1 MiB or more
+        gets a frame for its header, then raw frames of its bytes (the
+        padding at the end of the last).
         """
+        if self._table is not None:
+            raise RuntimeError("the content is already ended")
         label = what or path
-        self._write(encode_header(path, size, mtime=self._mtime))
+        pending = _Pending()
+        pending.add(encode_header(path, size, mtime=self._mtime))
+        cut = self._limits.seek_frame_bytes
         h = hashlib.sha256()
         # A large member is hashed in a second thread (hashlib lets go of the
         # GIL) while this one reads and writes; a few chunks ahead at most.
@@ -294,27 +397,31 @@ class BundleWriter:
                     continue
                 raw = looks_compressed(head)
                 if raw:
-                    # End the compressed frame here (the header is in it); the
-                    # member's bytes follow as raw frames, the padding after
-                    # them starts the next compressed frame.
-                    self._z.flush(zstandard.FLUSH_FRAME)
+                    # The header alone in a compressed frame; the member's
+                    # bytes follow as raw frames.
+                    self._frames.compressed(pending.take(pending.size))
                 chunk, head = head, b""
             if raw:
                 self._raw_write(chunk)
-            else:
-                self._write(chunk)
+                continue
+            pending.add(chunk)
+            while pending.size >= cut:
+                self._frames.compressed(pending.take(cut))
         if raw:
+            self._raw_write(b"\0" * padding(size))
             self._raw_flush()
-        elif head:
-            self._write(head)
-        for pending in hashing or ():
-            pending.result()
+        else:
+            pending.add(head)
+            pending.add(b"\0" * padding(size))
+            if pending.size:
+                self._frames.compressed(pending.take(pending.size))
+        for pending_hash in hashing or ():
+            pending_hash.result()
         if count != size:
             raise SourceError(f"{label}: source sent {count} bytes, expected {size}")
         digest = Digest("sha256", h.hexdigest())
         if expected is not None and digest != expected:
             raise SourceError(f"{label}: content has digest {digest}, expected {expected}")
-        self._write(b"\0" * padding(size))
         return WrittenMember(path, size, digest)
 
     def _raw_write(self, data: bytes) -> None:
@@ -325,7 +432,7 @@ class BundleWriter:
         while view:
             if not self._raw_pending and len(view) >= RAW_MEMBER_MIN:
                 n = raw_frame_into(self._frame, view[:RAW_MEMBER_MIN])
-                self._out.write(memoryview(self._frame)[:n])
+                self._frames.raw(memoryview(self._frame)[:n], RAW_MEMBER_MIN)
                 view = view[RAW_MEMBER_MIN:]
                 continue
             room = RAW_MEMBER_MIN - len(self._raw_pending)
@@ -337,22 +444,39 @@ class BundleWriter:
     def _raw_flush(self) -> None:
         if self._raw_pending:
             n = raw_frame_into(self._frame, self._raw_pending)
-            self._out.write(memoryview(self._frame)[:n])
+            self._frames.raw(memoryview(self._frame)[:n], len(self._raw_pending))
             del self._raw_pending[:]
 
     def add_bytes(self, path: str, data: bytes) -> WrittenMember:
         return self.add_stream(path, len(data), [data])
 
-    def finish(self, manifest: bytes, signatures: Sequence[bytes]) -> None:
-        """End the content stream, then write the signed prefix into its place."""
-        if self._closed:
-            raise RuntimeError("bundle already finished")
-        self._write(b"\0" * (2 * BLOCK))
-        self._z.flush(zstandard.FLUSH_FRAME)
-        self._z.close()  # type: ignore[no-untyped-call]
-        self._closed = True
+    def end_content(self) -> SeekTableRef:
+        """Write the end-of-archive marker (its own frame) and the seek table
+        listing every frame of the content region; return where the table is,
+        for the manifest."""
+        if self._table is not None:
+            raise RuntimeError("the content is already ended")
+        self._frames.compressed(b"\0" * (2 * BLOCK))
+        self._frames.drain()
+        self._frames.close()
         if self._hash_pool is not None:
             self._hash_pool.shutdown()
+            self._hash_pool = None
+        table = encode_seek_table(self._frames.entries)
+        # From the start of the content region: the prefix region before it
+        # is the header's business (and could be re-encoded at another size).
+        offset = self._out.tell() - self._start - HEADER_SIZE - self._capacity
+        self._table = SeekTableRef(offset, len(table), Digest.sha256_of(table))
+        self._out.write(table)
+        return self._table
+
+    def finish(self, manifest: bytes, signatures: Sequence[bytes]) -> None:
+        """Write the signed prefix into its place (after :meth:`end_content`)."""
+        if self._closed:
+            raise RuntimeError("bundle already finished")
+        if self._table is None:
+            raise RuntimeError("end_content() first")
+        self._closed = True
         end = self._out.tell()
         prefix = encode_prefix(manifest, signatures, capacity=self._capacity, mtime=self._mtime)
         self._out.seek(self._start)
@@ -368,43 +492,6 @@ class Prefix:
     manifest: bytes
     signatures: tuple[tuple[str, bytes], ...]
     prefix_length: int
-
-
-class _CountingReader:
-    """Counts raw (compressed) bytes handed to the decompressor."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.count += len(data)
-        return data
-
-
-class _Decompressed:
-    """A read-only stream over the zstd frames that maps zstd errors to ours."""
-
-    def __init__(self, raw: _CountingReader, limits: Limits, source: str) -> None:
-        self._raw = raw
-        self._source = source
-        decompressor = zstandard.ZstdDecompressor(max_window_size=limits.max_zstd_window_bytes)
-        self._reader = decompressor.stream_reader(
-            cast(BinaryIO, raw), read_size=limits.io_chunk_bytes, read_across_frames=True
-        )
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return bytes(self._reader.read(n))
-        except zstandard.ZstdError as exc:
-            text = str(exc)
-            if "memory" in text or "window" in text.lower():
-                text += " (a frame asks for a decompression window larger than allowed)"
-            raise ArchiveError(
-                f"{self._source}: compressed data is corrupt near byte "
-                f"{HEADER_SIZE + self._raw.count}: {text}"
-            ) from exc
 
 
 class BundleReader:
@@ -435,19 +522,28 @@ class BundleReader:
                 actual = os.fstat(raw.fileno()).st_size
         if actual is not None and actual != header.total_length:
             self._length_error(actual)
-        if prefix_only:
-            # Decompress the prefix region alone: its frame ends where the
-            # signatures end, and nothing past it (another volume) is needed.
-            raw = io.BytesIO(raw.read(header.prefix_length))
-        self._counter = _CountingReader(raw)
+        prefix_end = HEADER_SIZE + header.prefix_length
+        # For the prefix alone, decompress the prefix region and stop: its
+        # frame ends where the signatures end, and nothing past it (another
+        # volume) is needed.
+        self._frames = FrameStream(
+            raw,
+            start=HEADER_SIZE,
+            limits=limits,
+            source=source,
+            prefix_end=prefix_end,
+            end=prefix_end if prefix_only else None,
+        )
         self._tar = TarReader(
-            _Decompressed(self._counter, limits, source),  # type: ignore[arg-type]
+            self._frames,  # type: ignore[arg-type]
             max_path_length=limits.max_path_length,
             source=source,
             stop_at_eof=prefix_only,
         )
         self._pending: TarMember | None = None
         self._prefix_read = False
+        self._members: tuple[MemberEntry, ...] | None = None
+        self._returned = 0  # content members handed out
 
     def _read_member_bytes(self, member: TarMember, limit: int, what: str) -> bytes:
         if member.size > limit:
@@ -469,7 +565,7 @@ class BundleReader:
         manifest = self._read_member_bytes(first, self._limits.max_manifest_bytes, "manifest")
         signatures: list[tuple[str, bytes]] = []
         while True:
-            member = self._tar.next()
+            member = self._next_header()
             if member is None or not member.path.startswith(SIGNATURE_DIR):
                 self._pending = member
                 break
@@ -483,8 +579,41 @@ class BundleReader:
                 raise ArchiveError(f"{self.source}: duplicate member {member.path!r}")
             sig = self._read_member_bytes(member, self._limits.max_signature_bytes, "signature")
             signatures.append((member.path, sig))
+        # The prefix frame holds the manifest and signatures and nothing else:
+        # the content's tar stream starts with the first content frame.
+        content_start = self._pending.offset if self._pending is not None else self._tar.end_offset
+        if content_start != self._frames.prefix_output:
+            raise ArchiveError(
+                f"{self.source}: the prefix frame holds {self._frames.prefix_output} bytes of "
+                f"tar stream, but the manifest and signatures end at {content_start}"
+            )
         self._prefix_read = True
         return Prefix(manifest, tuple(signatures), self.prefix_length)
+
+    def _next_header(self) -> TarMember | None:
+        try:
+            return self._tar.next()
+        except TruncatedError:
+            if self._frames.held:
+                raise ArchiveError(
+                    f"{self.source}: skippable frame at byte {self._frames.position} in the "
+                    "content region, before the end of the archive: nothing but zstd frames "
+                    "may sit there"
+                ) from None
+            raise
+
+    def expect_content(self, members: Sequence[MemberEntry], table: SeekTableRef | None) -> None:
+        """What the authenticated manifest says the content is: with a seek
+        table, the frames must be exactly those it lists, the members exactly
+        these in this order (checked at the end), and nothing may follow it."""
+        expected = None
+        if table is not None:
+            # Where it is, is checked when the stream gets there: a member
+            # whose bytes were changed is named by its digest first.
+            at = HEADER_SIZE + self.prefix_length + table.offset
+            self._members = tuple(members)
+            expected = ExpectedTable(at, table.size, table.digest)
+        self._frames.expect_seek_table(expected)
 
     def next_member(self) -> TarMember | None:
         """The next content member, or None at the verified end of the archive."""
@@ -494,15 +623,48 @@ class BundleReader:
         if self._pending is not None:
             member, self._pending = self._pending, None
         else:
-            member = self._tar.next()
+            try:
+                member = self._next_header()
+            except ArchiveError as exc:
+                # Each member's header starts its frame: name the member the
+                # signed list puts there.
+                members = self._members or ()
+                if self._returned >= len(members):
+                    raise
+                where = members[self._returned].path
+                raise ArchiveError(f"{exc.message} (in the frames of member {where!r})") from exc
+        self._returned += member is not None
         if member is not None and member.path.startswith("airbundle/"):
             raise ArchiveError(
                 f"{self.source}: member {member.path!r} is out of place: "
                 "manifest and signatures must come first"
             )
-        if member is None and HEADER_SIZE + self._counter.count != self.total_length:
-            self._length_error(HEADER_SIZE + self._counter.count)
+        if member is None and self._frames.held:
+            raise ArchiveError(
+                f"{self.source}: a skippable frame follows the archive at byte "
+                f"{self._frames.position} and no manifest was given to say what it is"
+            )
+        if member is None and self._frames.position != self.total_length:
+            self._length_error(self._frames.position)
         return member
+
+    @property
+    def content_frames(self) -> list[tuple[int, int]]:
+        """(compressed, decompressed) size of each content frame read so far."""
+        frames = self._frames.frames
+        return [(frames[k], frames[k + 1]) for k in range(0, len(frames), 2)]
+
+    @property
+    def content_start(self) -> int:
+        """Offset of the content's tar stream in the whole one (after the prefix members)."""
+        assert self._frames.prefix_output is not None, "read_prefix() first"
+        return self._frames.prefix_output
+
+    def check_layout(self) -> None:
+        """After the last member: with a seek table, the frames must hold exactly
+        the listed members, each starting a frame (see expect_content)."""
+        if self._members is not None:
+            check_layout(self.content_frames, self._members, source=self.source)
 
     def _length_error(self, actual: int) -> None:
         if actual < self.total_length:
@@ -552,6 +714,8 @@ def check_prefix_region(region: bytes, following: bytes, *, source: str) -> None
                 f"{source}: the header's prefix length does not match the "
                 "prefix region (padding frame malformed)"
             )
+        if rest.count(0, _SKIPPABLE_MIN) != len(rest) - _SKIPPABLE_MIN:
+            raise ArchiveError(f"{source}: non-zero bytes in the prefix padding frame")
     if not following.startswith(_ZSTD_MAGIC):
         raise ArchiveError(
             f"{source}: no compressed content right after the prefix region; "

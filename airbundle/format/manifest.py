@@ -110,6 +110,25 @@ class ScanSummary:
 
 
 @dataclass(frozen=True)
+class SeekTableRef:
+    """Where the content region's seek table is, and its sha256.
+
+    `offset` counts from the start of the content region (40 + P): it is the
+    compressed size of the frames the table lists.
+    """
+
+    offset: int
+    size: int
+    digest: Digest
+
+
+# What export's draft manifest (sized before the content is written) holds in
+# place of the seek table: every number as wide as the schema allows, so the
+# final manifest is never longer.
+SEEK_TABLE_DRAFT = SeekTableRef((1 << 63) - 1, (1 << 63) - 1, Digest("sha256", "0" * 64))
+
+
+@dataclass(frozen=True)
 class BundleInfo:
     name: str
     id: str
@@ -130,6 +149,8 @@ class BundleManifest:
     # An incremental bundle: what the other side must already hold (earlier
     # bundles or inventories), for messages that say what to import first.
     base: tuple[Mapping[str, str], ...] = ()
+    # Bundles written before the seek table have none (format version 1 still).
+    seek_table: SeekTableRef | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @cached_property
@@ -162,6 +183,7 @@ class BundleManifest:
             "repos": [_repo_json(r) for r in self.repos],
             **({"scan": _scan_json(self.scan)} if self.scan is not None else {}),
             **({"base": [dict(b) for b in self.base]} if self.base else {}),
+            **({"seekTable": _seek_table_json(self.seek_table)} if self.seek_table else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -206,6 +228,16 @@ def _scan(doc: dict[str, Any] | None) -> ScanSummary | None:
         doc["references"],
         tuple(ScanIssue(m["ref"], m["file"], m["line"], m["kind"]) for m in doc["missing"]),
     )
+
+
+def _seek_table_json(t: SeekTableRef) -> dict[str, Any]:
+    return {"offset": t.offset, "size": t.size, "digest": str(t.digest)}
+
+
+def _seek_table(doc: dict[str, Any] | None) -> SeekTableRef | None:
+    if doc is None:
+        return None
+    return SeekTableRef(doc["offset"], doc["size"], _digest(doc["digest"], "seekTable.digest"))
 
 
 def _image_json(i: ImageEntry) -> dict[str, Any]:
@@ -253,6 +285,7 @@ def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
         repos=tuple(_repo(i, r, limits) for i, r in enumerate(doc["repos"])),
         scan=_scan(doc.get("scan")),
         base=tuple(dict(b) for b in doc.get("base", [])),
+        seek_table=_seek_table(doc.get("seekTable")),
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     _check_consistency(manifest)
@@ -269,6 +302,7 @@ _KNOWN = {
     "repos",
     "scan",
     "base",
+    "seekTable",
 }
 
 

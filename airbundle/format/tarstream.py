@@ -178,6 +178,7 @@ class TarReader:
         self._current: TarMember | None = None
         self._ended = False
         self._max_path_length = max_path_length
+        self.end_offset: int | None = None  # where the end-of-archive marker starts
 
     @property
     def offset(self) -> int:
@@ -210,6 +211,7 @@ class TarReader:
             first = self._stream.read(BLOCK)
             if not first:
                 self._ended = True
+                self.end_offset = start
                 return None
             self._offset += len(first)
             block = first + (
@@ -224,6 +226,7 @@ class TarReader:
                     f"{self._source}: malformed end-of-archive marker at offset {start}"
                 )
             self._check_trailer()
+            self.end_offset = start
             self._ended = True
             self._current = None
             return None

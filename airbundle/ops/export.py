@@ -43,6 +43,7 @@ from airbundle.format.imagescan import Carried, Finding
 from airbundle.format.inventory import Base
 from airbundle.format.manifest import (
     OCI_LAYOUT_DIR,
+    SEEK_TABLE_DRAFT,
     BundleInfo,
     BundleManifest,
     ImageEntry,
@@ -50,6 +51,7 @@ from airbundle.format.manifest import (
     RefEntry,
     RepoEntry,
     ScanSummary,
+    SeekTableRef,
     blob_member_path,
     repo_member_path,
 )
@@ -384,9 +386,22 @@ class _Contents:
     scan: ScanSummary | None
     base: tuple[dict[str, str], ...]
 
-    def manifest(self, members: list[MemberEntry], bundle_id: str | None = None) -> BundleManifest:
+    def manifest(
+        self,
+        members: list[MemberEntry],
+        bundle_id: str | None = None,
+        seek_table: SeekTableRef | None = None,
+    ) -> BundleManifest:
         info = self.info if bundle_id is None else replace(self.info, id=bundle_id)
-        return BundleManifest(info, tuple(members), self.images, self.repos, self.scan, self.base)
+        return BundleManifest(
+            info,
+            tuple(members),
+            self.images,
+            self.repos,
+            self.scan,
+            self.base,
+            seek_table=seek_table,
+        )
 
 
 def _bundle_info(
@@ -471,8 +486,9 @@ def _write(
 ) -> _Written:
     limits = options.limits
     # Every field of the manifest has its final length now (the digests and
-    # the id have fixed lengths): this sizes the reserved prefix exactly.
-    draft = contents.manifest(layout.draft_members())
+    # the id have fixed lengths; the seek table's numbers are drafted as wide
+    # as they can be): this sizes the reserved prefix.
+    draft = contents.manifest(layout.draft_members(), seek_table=SEEK_TABLE_DRAFT)
     capacity = prefix_upper_bound(
         len(draft.to_bytes()), limits.reserved_signatures, limits.reserved_signature_bytes
     )
@@ -487,7 +503,11 @@ def _write(
             limits=limits,
         )
         members = _stream(writer, layout, limits, progress)
-        manifest = contents.manifest(members, _bundle_id(contents.info.name, created, members))
+        manifest = contents.manifest(
+            members,
+            _bundle_id(contents.info.name, created, members),
+            seek_table=writer.end_content(),
+        )
         manifest_bytes = manifest.to_bytes()
         # Read back as an importer will, before anything is signed: a bundle
         # whose manifest its own readers refuse must never be written.

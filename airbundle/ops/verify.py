@@ -8,7 +8,7 @@ data. `verify` and `import` share this code; import only adds sinks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,6 +132,18 @@ def _drain(_member: TarMember, _entry: MemberEntry, chunks: Iterator[bytes]) -> 
         pass
 
 
+def _folders(paths: Iterable[str]) -> set[str]:
+    """Every folder the listed paths imply (images, images/blobs, ...)."""
+    out: set[str] = set()
+    for path in paths:
+        while "/" in path:
+            path = path.rsplit("/", 1)[0]
+            if path in out:
+                break
+            out.add(path)
+    return out
+
+
 def stream_members(
     reader: BundleReader,
     manifest: BundleManifest,
@@ -139,19 +151,31 @@ def stream_members(
     *,
     progress: Progress | None = None,
 ) -> None:
-    """Walk every content member, checking it against the manifest as it passes."""
+    """Walk every content member, checking it against the manifest as it passes.
+
+    Every tar entry must be one the manifest declares: a listed file, once;
+    in a bundle without a seek table also a folder its paths imply, once
+    (a bundle with one holds exactly the listed members, in order). So the
+    number of entries, and the time spent on them, is bounded by the signed
+    manifest, not by what the media holds.
+    """
+    reader.expect_content(manifest.members, manifest.seek_table)
+    ordered = manifest.seek_table is not None
     expected = manifest.member_index
-    folders = {p.rsplit("/", 1)[0] for p in expected if "/" in p}
+    folders = _folders(expected)
     seen: set[str] = set()
+    seen_folders: set[str] = set()
     while True:
         member = reader.next_member()
         if member is None:
             break
         if member.kind == DIRECTORY:
-            if not any(f == member.path or f.startswith(member.path + "/") for f in folders):
+            if ordered or member.path not in folders or member.path in seen_folders:
                 raise ArchiveError(
-                    f"{reader.source}: folder {member.path!r} is not in the manifest"
+                    f"{reader.source}: folder entry {member.path!r} is not declared by the "
+                    "manifest" + (" (again)" if member.path in seen_folders else "")
                 )
+            seen_folders.add(member.path)
             continue
         entry = expected.get(member.path)
         if entry is None:
@@ -160,6 +184,11 @@ def stream_members(
             )
         if member.path in seen:
             raise ArchiveError(f"{reader.source}: member {member.path!r} appears twice")
+        if ordered and manifest.members[len(seen)].path != member.path:
+            raise ArchiveError(
+                f"{reader.source}: member {member.path!r} is out of order: the signed manifest "
+                f"lists {manifest.members[len(seen)].path!r} there"
+            )
         seen.add(member.path)
         if member.size != entry.size:
             raise MemberDigestError(
@@ -178,6 +207,7 @@ def stream_members(
             f"{reader.source}: member {missing[0]!r}{more} listed in the manifest "
             "is missing from the archive"
         )
+    reader.check_layout()
 
 
 @dataclass(frozen=True)
