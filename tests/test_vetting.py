@@ -466,7 +466,9 @@ def test_a_passing_vet_command_gets_its_own_layout_and_its_report_travels(
     artifact = json.loads((target / "blobs" / "sha256" / first["report"][7:]).read_text())
     assert artifact["subject"]["digest"] == upstream.digest
     assert artifact["artifactType"] == "application/vnd.airbundle.vet-report.v1"
-    assert "oci" not in json.loads(artifact["annotations"]["dev.airbundle.vet.command"])[1]
+    # The command as written (placeholders, not this run's temporary paths).
+    recorded = json.loads(artifact["annotations"]["dev.airbundle.vet.command"])
+    assert recorded == [sys.executable, str(script), "{layout}", "{ref}", "{digest}", "a b;c"]
 
 
 def test_a_failing_vet_command_fails_the_export_unless_vet_warn_records_it(
@@ -639,4 +641,40 @@ def test_import_refuses_an_unsigned_image_the_producer_added(
     proc = import_into(out, signing_key, target, "--policy", far)
     assert proc.returncode == EXIT_INTEGRITY
     assert "no signature exists" in error(proc)
+    assert not target.exists()
+
+
+def test_a_platform_subset_is_accepted_on_both_sides_only_as_derived_from_the_signed_index(
+    upstream: Upstream, keys: dict[str, SigningKey], signing_key: KeyPair, tmp_path: Path
+) -> None:
+    """The signature covers the source's index; the bundle carries a smaller one.
+    The evidence carries the signed index so that the far side can rebuild the
+    carried one from it; a producer who changes what was kept is refused."""
+    key = keys["ecdsa-p256"]
+    sign_upstream(upstream, key)
+    policy = write_policy(tmp_path / "p.json", {upstream.repository: [sigstore(key)]})
+    spec = write_spec(tmp_path / "s", upstream.ref, extra="    platforms: [linux/amd64]\n")
+    out = tmp_path / "b.airbundle"
+    proc = export(spec, out, signing_key, "--policy", policy)
+    assert proc.returncode == 0, proc.stderr
+    doc = inspect_json(out)
+    (image,) = doc["images"]
+    assert image["sourceDigest"] == upstream.digest and image["digest"] != upstream.digest
+    (evidence,) = doc["vetting"]["images"]
+    source = base64.b64decode(evidence["sourceIndex"]["data"])
+    assert str(Digest.sha256_of(source)) == upstream.digest
+    assert len(evidence["sourceIndex"]["children"]) == 1
+    far = write_policy(tmp_path / "far.json", {upstream.host: [sigstore(key)]})
+    accepted = import_into(out, signing_key, tmp_path / "ok" / "images", "--policy", far)
+    assert accepted.returncode == 0, accepted.stderr
+
+    everything = [m["digest"] for m in json.loads(source)["manifests"]]
+    forged = _reissue(
+        out, tmp_path / "forged.airbundle", signing_key,
+        lambda e: e["sourceIndex"].update(children=everything),
+    )  # fmt: skip
+    target = tmp_path / "far" / "images"
+    proc = import_into(forged, signing_key, target, "--policy", far)
+    assert proc.returncode == EXIT_INTEGRITY
+    assert "the carried index is not a subset of the signed one" in error(proc)
     assert not target.exists()
