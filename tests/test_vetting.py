@@ -678,3 +678,23 @@ def test_a_platform_subset_is_accepted_on_both_sides_only_as_derived_from_the_si
     assert proc.returncode == EXIT_INTEGRITY
     assert "the carried index is not a subset of the signed one" in error(proc)
     assert not target.exists()
+
+
+def test_an_image_from_a_mirror_is_judged_by_the_name_it_carries(
+    upstream: Upstream, keys: dict[str, SigningKey], signing_key: KeyPair, tmp_path: Path
+) -> None:
+    """A private mirror holds the vendor's image and its signature (signed for
+    the vendor's name); the spec carries it under that name: the policy's scope
+    for the vendor applies, as containers/image applies it through a mirror."""
+    key = keys["ed25519"]
+    vendor = "vendor.example/products/hello:1.0"
+    sign_upstream(upstream, key, identity=vendor)
+    policy = write_policy(tmp_path / "p.json", {"vendor.example": [sigstore(key)]})
+    spec = write_spec(tmp_path / "s", upstream.ref, extra=f"    name: {vendor}\n")
+    out = tmp_path / "b.airbundle"
+    proc = export(spec, out, signing_key, "--policy", policy)
+    assert proc.returncode == 0, proc.stderr
+    (evidence,) = inspect_json(out)["vetting"]["images"]
+    assert (evidence["ref"], evidence["identity"]) == (vendor, vendor)
+    assert evidence["scope"] == 'transports.docker["vendor.example"]'
+    assert evidence["signatures"][0]["verified"]["identity"] == vendor

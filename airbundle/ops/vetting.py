@@ -163,15 +163,14 @@ def _judge_one(
 ) -> Judged:
     subject = image.source_digest or image.root.digest
     found: tuple[Found, ...] = ()
-    reference = item.source.reference
-    if item.source.transport == "docker" and reference is not None:
-        # Judged as the registry names it, as skopeo would; a local source
-        # by the name it will carry.
-        identity = DockerName.of(reference)
+    if item.source.transport == "docker":
+        # Signatures live where the image is (a mirror holds copies of them).
         source = sources.open_referring(item.source, text=item.text)
         found = find_signatures(source, subject, sources.limits, what=item.text)
-    else:
-        identity = DockerName.of(image.ref)
+    # Judged by the name it carries, as the far side will judge it, and as
+    # containers/image judges an image pulled through a mirror: by its name,
+    # not by the mirror's location.
+    identity = DockerName.of(image.ref)
     verdict = judge(policy, identity, frozenset({subject}), found, what=item.text)
     return Judged(item.text, image, identity, verdict)
 
