@@ -206,6 +206,12 @@ PolicyOpt = Annotated[
 ]
 
 
+def _positive(duration: timedelta, option: str) -> float:
+    if duration.total_seconds() <= 0:
+        raise UsageError(f"{option} must be longer than 0s")
+    return duration.total_seconds()
+
+
 def _image_policy(path: Path | None) -> ImagePolicy | None:
     from airbundle.ops.vetting import load_image_policy
 
@@ -375,7 +381,7 @@ def export(
         policy=_image_policy(policy),
         commands=tuple(dict.fromkeys(parse_command(c) for c in vet_command)),
         warn=vet_warn,
-        timeout=parse_duration(vet_timeout).total_seconds(),
+        timeout=_positive(parse_duration(vet_timeout), "--vet-timeout"),
     )
     loaded = load_spec(spec)
     if lock is not None:

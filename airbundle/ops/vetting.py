@@ -225,7 +225,9 @@ def refuse_rejected(judged: list[Judged], source: str) -> None:
     more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
     raise VettingError(
         f"the image policy {source} rejects {len(rejected)} image(s): {shown}{more}",
-        hint="nothing was written; fix the signatures or the policy, then export again",
+        hint="nothing was written; fix the signatures or the policy, then export again "
+        "(signatures are looked up in registries: the sha256-HEX.sig tag and the "
+        "referrers; an oci: or docker-archive: source has none)",
     )
 
 
