@@ -326,3 +326,39 @@ def test_any_json_is_a_policy_or_a_policy_error(doc: Any) -> None:
 def test_any_bytes_are_claims_or_a_signature_check_error(data: bytes) -> None:
     with contextlib.suppress(SignatureCheckError):
         parse_payload(data)
+
+
+# -- attachments: carried with their image, never a way around the policy ------------
+
+
+def test_only_a_real_looking_attachment_escapes_being_judged() -> None:
+    """The producer lists images as attachments of a judged image: only those in its
+    repository under a referrer tag (or none) are taken as such; the rest are judged
+    like any image (here: refused for lacking a signature)."""
+    from airbundle.errors import VettingError
+    from airbundle.format.manifest import ImageEntry
+    from airbundle.format.vetting import ImageEvidence, VettingRecord, check_bundle
+
+    def entry(ref: str, digit: str) -> ImageEntry:
+        return ImageEntry(ImageReference.parse(ref), "src", Digest.parse("sha256:" + digit * 64),
+                          "application/vnd.oci.image.manifest.v1+json", 1)  # fmt: skip
+
+    subject = entry("a.io/team/app:1", "1")
+    real = entry(f"a.io/team/app:sha256-{'1' * 64}.sig", "2")
+    untagged = entry(f"a.io/team/app@sha256:{'3' * 64}", "3")
+    elsewhere = entry("a.io/team/other:sha256-" + "1" * 64 + ".sig", "4")
+    disguised = entry("a.io/team/app:latest", "5")
+    images = [subject, real, untagged, elsewhere, disguised]
+    listed = tuple(i.digest for i in images[1:])
+    evidence = ImageEvidence(subject.ref, subject.digest, attachments=listed)
+    record = VettingRecord(None, (), False, (evidence,))
+    policy = parse({"default": [{"type": "insecureAcceptAnything"}], "transports": {"docker": {
+        "a.io/team": [{"type": "reject"}]}}})  # fmt: skip
+    with pytest.raises(VettingError) as info:
+        check_bundle(images, record, policy, require_vetted=False, what="b")
+    message = info.value.message
+    assert "3 image(s) refused" in message
+    for refused in (subject, elsewhere, disguised):
+        assert f"{refused.ref}:" in message
+    for attached in (real, untagged):
+        assert f"{attached.ref}:" not in message
