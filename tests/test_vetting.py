@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import KeyPair, hermetic
-from helpers import read_parts, sign, write_parts
+from helpers import read_parts, write_bundle
 from servers import Registry, push_oci_layout, skopeo_raw_manifest
 from support.sigstore_signer import (
     KINDS,
@@ -583,9 +583,9 @@ def _reissue(bundle: Path, out: Path, key: KeyPair, change: Any) -> Path:
     parts = read_parts(bundle)
     doc = json.loads(parts.manifest)
     change(doc["vetting"]["images"][0])
-    manifest = BundleManifest.from_bytes(json.dumps(doc).encode()).to_bytes()
+    manifest = BundleManifest.from_bytes(json.dumps(doc).encode())
     private = load_signing_key(key.private, passphrase=None)
-    return write_parts(out, type(parts)(manifest, (sign(manifest, private),), parts.members))
+    return write_bundle(out, manifest, [], parts.members, keys=[private])
 
 
 def _alter_identity(evidence: dict[str, Any]) -> None:
