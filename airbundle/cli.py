@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from airbundle.adapters.registry.transport import Transport
+    from airbundle.format.manifest import BundleManifest
+    from airbundle.format.policy import ImagePolicy
 
 # Commands import what they need when they run: the registry client (urllib3,
 # ssl) and the export/import pipelines are not loaded for `verify` or `--help`.
@@ -194,6 +196,28 @@ PassOpt = Annotated[
 ]
 
 
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        help="Image policy (containers-policy.json): every image must satisfy the scope "
+        "that applies (reject, sigstoreSigned with keyPath/keyData, ...).",
+    ),
+]
+
+
+def _positive(duration: timedelta, option: str) -> float:
+    if duration.total_seconds() <= 0:
+        raise UsageError(f"{option} must be longer than 0s")
+    return duration.total_seconds()
+
+
+def _image_policy(path: Path | None) -> ImagePolicy | None:
+    from airbundle.ops.vetting import load_image_policy
+
+    return load_image_policy(path) if path is not None else None
+
+
 def _signing_keys(paths: list[Path], passphrase_file: Path | None) -> tuple[Ed25519PrivateKey, ...]:
     """Every --key, decrypted with --passphrase-file or $AIRBUNDLE_PASSPHRASE."""
     passphrase = keyops.read_passphrase(passphrase_file)
@@ -330,13 +354,35 @@ def export(
     force: Annotated[
         bool, typer.Option(help="Replace an existing bundle or volume set of that name.")
     ] = False,
+    policy: PolicyOpt = None,
+    vet_command: Annotated[
+        list[str],
+        typer.Option(
+            help="Run this command on every image ({layout}: an OCI layout of just that image, "
+            "{ref}, {digest}; no shell unless you write one); exit 0 passes, its stdout is "
+            "carried as the image's report. Repeatable."
+        ),
+    ] = [],  # noqa: B006
+    vet_warn: Annotated[
+        bool, typer.Option(help="A failing vet command is recorded and warned about, not fatal.")
+    ] = False,
+    vet_timeout: Annotated[
+        str, typer.Option(help="A vet command still running after this fails, e.g. 10m.")
+    ] = "30m",
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
     from airbundle.ops.export import ExportOptions, export_bundle
     from airbundle.ops.plan import apply_lock, read_lock
+    from airbundle.ops.vetting import VettingOptions, parse_command
 
     signing = _signing_keys(key, passphrase_file)
+    vetting = VettingOptions(
+        policy=_image_policy(policy),
+        commands=tuple(dict.fromkeys(parse_command(c) for c in vet_command)),
+        warn=vet_warn,
+        timeout=_positive(parse_duration(vet_timeout), "--vet-timeout"),
+    )
     loaded = load_spec(spec)
     if lock is not None:
         loaded = apply_lock(loaded, read_lock(lock))
@@ -355,6 +401,7 @@ def export(
         split_size=parse_size(split_size) if split_size else None,
         since=tuple(since),
         force=force,
+        vetting=vetting,
     )
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
@@ -465,6 +512,7 @@ def inspect(
         f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
         for i in m.images
     ]
+    lines += _vetting_lines(m)
     if m.scan is not None:
         lines.append(
             f"image scan: {m.scan.references} reference(s) in {m.scan.files} file(s), "
@@ -476,6 +524,34 @@ def inspect(
         lines.append(f"  {r.name}  from {r.url}")
         lines += [f"    {ref.name}  {ref.target}" for ref in r.refs]
     typer.echo("\n".join(lines))
+
+
+def _vetting_lines(m: BundleManifest) -> list[str]:
+    """inspect: what the exporter checked about each image (shown, not judged)."""
+    record = m.vetting
+    if record is None:
+        return []
+    import shlex
+
+    policy = f"policy {record.policy}" if record.policy else "no policy"
+    warn = " (failures recorded, --vet-warn)" if record.warn_only else ""
+    lines = [f"vetting ({policy}; {len(record.commands)} vet command(s){warn}):"]
+    lines += [f"  command {n}: {shlex.join(c)}" for n, c in enumerate(record.commands)]
+    for e in record.images:
+        scope = f"  scope {e.scope} as {e.identity}" if e.scope else ""
+        lines.append(f"  {e.ref}{scope}")
+        for s in e.signatures:
+            how = (
+                f"verified: key {s.key_fingerprint} ({s.key_type}), identity {s.identity}"
+                if s.verified
+                else "not verified"
+            )
+            lines.append(f"    signature {s.where}: {how}")
+        for v in e.vets:
+            cut = f", cut from {v.output_bytes} bytes" if v.truncated else ""
+            size = f"{v.report_size} bytes{cut}"
+            lines.append(f"    vet {v.command}: {v.outcome()}, report {v.report} ({size})")
+    return lines
 
 
 @app.command("import")
@@ -548,9 +624,17 @@ def import_(
         ),
     ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
+    image_policy: PolicyOpt = None,
+    require_vetted: Annotated[
+        bool,
+        typer.Option(help="Refuse the bundle if an image lacks a passing vet record."),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run."""
+    """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run.
+
+    With --policy, every carried image is judged again, offline, under this side's
+    image policy from the signatures the bundle carries, before anything is written."""
     from airbundle.ops.importer import ImportOptions, import_bundle
 
     policy = load_policy(keyops.load_trust(trust), threshold)
@@ -570,6 +654,8 @@ def import_(
         emit_mirror_config=emit_mirror_config,
         mirror_scope=mirror_scope,
         transport=tls.transport(),
+        image_policy=_image_policy(image_policy),
+        require_vetted=require_vetted,
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
@@ -675,12 +761,16 @@ def plan(
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
+    policy: PolicyOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Resolve every reference to a digest and commit, show what would be carried
     and how big, and write a lock file that `export --lock` reproduces. Repos are
     fetched into the export's git cache, so their history can be measured and the
-    export that follows fetches only what moved."""
+    export that follows fetches only what moved. With --policy, each image's verdict
+    (from manifests and signatures only); if one is rejected, no lock is written
+    and the exit code is 1."""
+    from airbundle.errors import VettingError
     from airbundle.ops.plan import make_plan
 
     loaded = load_spec(spec)
@@ -691,11 +781,15 @@ def plan(
         split_size=size,
         transport=tls.transport(),
         cache_dir=_cache_dir(cache_dir, no_cache),
+        policy=_image_policy(policy),
     )
-    lines = [
-        f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
-        for i in result.images
-    ]
+    lines = []
+    for i in result.images:
+        lines.append(
+            f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
+        )
+        if i.policy is not None:
+            lines.append(f"    policy: {i.policy}")
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
         lines.append(f"  {repo.name}: {repo.size} bytes of git history to carry")
@@ -706,6 +800,12 @@ def plan(
         f"the bundle: about {result.bundle_bytes} bytes{volumes}"
     )
     _say(quiet, "\n".join(lines))
+    if result.rejected:
+        raise VettingError(
+            f"the image policy {policy} would reject {len(result.rejected)} image(s): "
+            + ", ".join(i.ref for i in result.rejected),
+            hint="no lock file was written; the reasons are listed above",
+        )
     target = output or spec.with_name(spec.name + ".lock")
     write_atomic(target, result.lock_bytes())
     _say(quiet, f"wrote {target}")

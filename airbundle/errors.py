@@ -13,15 +13,20 @@ message text: messages are for people and may change.
 
     AirbundleError                (exit 3 unless overridden)
     ├── UsageError            (exit 2) bad command-line input
-    │   └── SpecError         (exit 2) the spec file is invalid
+    │   ├── SpecError         (exit 2) the spec file is invalid
+    │   └── PolicyError       (exit 2) the image policy or one of its keys is invalid,
+    │                             or asks for a check airbundle cannot make
     ├── IntegrityError        (exit 1) the bundle is not what it claims
     │   ├── SignatureError        no trusted signature, wrong key, bad signature
     │   ├── ManifestError         the signed manifest is malformed
     │   ├── ArchiveError          unsafe, unlisted, duplicate or missing member
     │   ├── MemberDigestError     a member's bytes do not match the manifest
     │   ├── TruncatedError        the bundle ends early
-    │   └── FreshnessError        authentic, but not now: wrong channel, expired,
-    │                             rollback, reused sequence
+    │   ├── FreshnessError        authentic, but not now: wrong channel, expired,
+    │   │                         rollback, reused sequence
+    │   └── VettingError          an image refused: by the image policy, a vet command,
+    │       │                     or for lacking the vetting evidence asked for
+    │       └── SignatureCheckError  one upstream signature does not hold (a reason)
     ├── FormatError           (exit 2) a reference, digest or name is malformed
     │   ├── InvalidReferenceError
     │   ├── InvalidDigestError
@@ -84,6 +89,11 @@ class SpecError(UsageError):
     """The bundle spec is not valid; the message names file, line and field."""
 
 
+class PolicyError(UsageError):
+    """The image policy (containers-policy.json) or a key it names is invalid,
+    or it asks for a check airbundle cannot make (signedBy, keyless fulcio...)."""
+
+
 class FormatError(AirbundleError):
     """A value (reference, digest, name) is malformed.
 
@@ -138,6 +148,15 @@ class TruncatedError(IntegrityError):
 class FreshnessError(IntegrityError):
     """The bundle is authentic but must not be imported now (rollback, replay,
     expiry, wrong channel)."""
+
+
+class VettingError(IntegrityError):
+    """An image was refused: the image policy rejects it or its signatures, a
+    vet command failed on it, or it lacks the vetting evidence asked for."""
+
+
+class SignatureCheckError(VettingError):
+    """One upstream signature does not hold; the reason inside a refusal."""
 
 
 class SourceError(AirbundleError):

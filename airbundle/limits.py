@@ -50,6 +50,19 @@ class Limits:
     # The image scan: YAML files read (larger ones are skipped), nesting walked.
     max_scanned_file_bytes: int = 4 * 1024 * 1024
     max_scan_depth: int = 100
+    # Vetting (export --policy, --vet-command; import --policy): the policy
+    # file and each key it names; an upstream signature's payload and how many
+    # signatures one image may carry (each is kept in the signed manifest).
+    max_policy_bytes: int = 1 << 20
+    max_public_key_bytes: int = 64 << 10
+    max_signature_payload_bytes: int = 64 << 10
+    max_image_signatures: int = 16
+    # Vet commands run at once; the stdout kept as an image's report (the rest
+    # is read and dropped, the report marked as cut); the end of stderr kept
+    # for the message when a command fails.
+    vet_workers: int = 2
+    max_vet_report_bytes: int = 1 << 20
+    max_vet_stderr_bytes: int = 8 << 10
     # -- answers from servers -----------------------------------------------------
     # A registry's repository or tag listing: names asked for per page, and
     # the most bytes one page may take.

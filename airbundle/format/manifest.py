@@ -25,6 +25,7 @@ from airbundle.format.paths import (
     check_repo_name,
 )
 from airbundle.format.reference import ImageReference
+from airbundle.format.vetting import VettingRecord
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
 API_VERSION = "airbundle/v1"
@@ -151,6 +152,9 @@ class BundleManifest:
     base: tuple[Mapping[str, str], ...] = ()
     # Bundles written before the seek table have none (format version 1 still).
     seek_table: SeekTableRef | None = None
+    # What the exporter checked about each image (export --policy,
+    # --vet-command): docs/bundle-format.md, format/vetting.py.
+    vetting: VettingRecord | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @cached_property
@@ -184,6 +188,7 @@ class BundleManifest:
             **({"scan": _scan_json(self.scan)} if self.scan is not None else {}),
             **({"base": [dict(b) for b in self.base]} if self.base else {}),
             **({"seekTable": _seek_table_json(self.seek_table)} if self.seek_table else {}),
+            **({"vetting": self.vetting.to_json()} if self.vetting is not None else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -286,6 +291,7 @@ def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
         scan=_scan(doc.get("scan")),
         base=tuple(dict(b) for b in doc.get("base", [])),
         seek_table=_seek_table(doc.get("seekTable")),
+        vetting=VettingRecord.from_json(doc["vetting"]) if "vetting" in doc else None,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     _check_consistency(manifest)
@@ -303,6 +309,7 @@ _KNOWN = {
     "scan",
     "base",
     "seekTable",
+    "vetting",
 }
 
 
@@ -399,6 +406,8 @@ def _check_consistency(m: BundleManifest) -> None:
             raise ManifestError(
                 f"images[{i}] ({image.ref}): its manifest blob {image.digest} is not in the bundle"
             )
+    if m.vetting is not None:
+        m.vetting.check_against(m.images)
     names: set[str] = set()
     for repo in m.repos:
         if repo.name in names:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 BUNDLE_SPEC = "bundle-spec.schema.json"
 BUNDLE_MANIFEST = "bundle-manifest.schema.json"
+VETTING = "vetting.schema.json"
 
 
 @cache

@@ -31,6 +31,8 @@ class CollectedImage:
     root: Descriptor
     platforms: tuple[str, ...]
     source_digest: Digest | None = None
+    # With a platform subset: the index the source holds (what its signatures cover).
+    source_index: bytes | None = None
     # Manifest and index documents by digest (exact bytes), root first.
     documents: dict[Digest, bytes] = field(default_factory=dict)
     # Config and layer descriptors in the order they appear.
@@ -186,6 +188,7 @@ def collect_image(
                 if [c.digest for c in children] != [c.digest for c in parsed.children]:
                     # A subset changes the index digest; the original is recorded
                     # so that pins on it can be explained (docs/bundle-format.md).
+                    image.source_index = root_bytes
                     root_bytes = index_bytes(children)
                     image.source_digest = root.digest
                     root = Descriptor(OCI_INDEX, Digest.sha256_of(root_bytes), len(root_bytes))

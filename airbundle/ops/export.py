@@ -53,17 +53,27 @@ from airbundle.format.manifest import (
     ScanSummary,
     SeekTableRef,
     blob_member_path,
+    format_time,
     repo_member_path,
 )
 from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
 from airbundle.format.paths import check_channel
 from airbundle.format.spec import BundleSpec, RepoSpec
+from airbundle.format.vetting import VettingRecord
 from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
 from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
 from airbundle.ops.scan import carried, scan_repo, summarize
 from airbundle.ops.sources import Sources
+from airbundle.ops.vetting import (
+    Judged,
+    Vetted,
+    VettingOptions,
+    judge_images,
+    refuse_rejected,
+    vet_images,
+)
 from airbundle.ops.volumes import write_index
 
 Progress = Callable[[int], None]
@@ -93,6 +103,8 @@ class ExportOptions:
     since: tuple[Path, ...] = ()
     # Replace an existing bundle (or volume set) of the same name.
     force: bool = False
+    # Vetting: the image policy and vet commands (ops/vetting.py).
+    vetting: VettingOptions = field(default_factory=VettingOptions)
     limits: Limits = DEFAULT_LIMITS
 
 
@@ -119,10 +131,14 @@ def export_bundle(
     base = load_bases(options.since, limits=options.limits)
     cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
     sources = Sources(options.transport or Transport(), options.limits, cache)
-    images = [carried for img in plan_images(spec, sources) for carried in (img, *img.referrers)]
+    planned = plan_images(spec, sources)
+    judged = _judge(spec, planned, sources, options.vetting)
+    images = [carried for img in planned for carried in (img, *img.referrers)]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(options.output)
     with _workdir(options.output) as workdir:
+        vetted = _vet(planned, judged, options, workdir, created)
+        images += vetted.reports if vetted else []
         repos = [
             _prepare_repo(r, workdir, options, reproducible=reproducible, base=base)
             for r in spec.repos
@@ -136,6 +152,7 @@ def export_bundle(
             tuple(r.entry for r in repos),
             _check_images(options, repos, carried(entries, layout.draft_members())),
             tuple(base.sources),
+            vetted.record if vetted else None,
         )
         # Stream and sign.
         written = _write(layout, contents, options, created, progress)
@@ -145,7 +162,7 @@ def export_bundle(
         written.manifest,
         Digest.sha256_of(written.manifest_bytes),
         written.size,
-        tuple(subset_warnings(images)),
+        tuple(subset_warnings(images) + (vetted.warnings if vetted else [])),
         written.volumes,
     )
 
@@ -330,6 +347,40 @@ def _redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
+# -- vet -------------------------------------------------------------------------
+
+
+def _judge(
+    spec: BundleSpec, planned: list[CollectedImage], sources: Sources, vetting: VettingOptions
+) -> list[Judged] | None:
+    """Every image under the image policy, before anything is downloaded in full."""
+    if vetting.policy is None:
+        return None
+    judged = judge_images(spec, planned, sources, vetting.policy)
+    refuse_rejected(judged, vetting.policy.source)
+    return judged
+
+
+def _vet(
+    planned: list[CollectedImage],
+    judged: list[Judged] | None,
+    options: ExportOptions,
+    workdir: Path,
+    created: datetime,
+) -> Vetted | None:
+    """The vet commands run on every image, and the evidence the manifest carries."""
+    if not options.vetting.active:
+        return None
+    return vet_images(
+        planned,
+        judged,
+        options.vetting,
+        workdir,
+        created=format_time(created),
+        limits=options.limits,
+    )
+
+
 # -- lay out ---------------------------------------------------------------------
 
 _PLACEHOLDER = Digest("sha256", "0" * 64)
@@ -385,6 +436,7 @@ class _Contents:
     repos: tuple[RepoEntry, ...]
     scan: ScanSummary | None
     base: tuple[dict[str, str], ...]
+    vetting: VettingRecord | None = None
 
     def manifest(
         self,
@@ -401,6 +453,7 @@ class _Contents:
             self.scan,
             self.base,
             seek_table=seek_table,
+            vetting=self.vetting,
         )
 
 

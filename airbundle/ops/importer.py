@@ -48,12 +48,14 @@ from airbundle.format.manifest import (
 from airbundle.format.mapping import MappingOptions
 from airbundle.format.oci import OCI_MANIFEST, parse_manifest
 from airbundle.format.paths import check_channel
+from airbundle.format.policy import ImagePolicy
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.mirrors import write_mirror_config
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
+from airbundle.ops.vetting import check_import
 from airbundle.ops.volumes import opened_bundle
 
 Progress = Callable[[int], None]
@@ -86,6 +88,11 @@ class ImportOptions:
     # kustomize) for exactly the repositories imported, here.
     emit_mirror_config: Path | None = None
     mirror_scope: str = "repository"
+    # Vetting (ops/vetting.py): judge every carried image again under this
+    # side's image policy, from the signatures the bundle carries; refuse an
+    # image without a passing vet record. Both before anything is written.
+    image_policy: ImagePolicy | None = None
+    require_vetted: bool = False
     at: datetime | None = None
     limits: Limits = DEFAULT_LIMITS
 
@@ -105,6 +112,8 @@ class ImportReport:
     channel: str = ""
     noop: bool = False
     notes: list[str] = field(default_factory=list)
+    # Per image judged by --policy / --require-vetted: scope, signers, vets.
+    vetting: list[dict[str, object]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         doc = {k: v for k, v in self.__dict__.items() if k != "report_path"}
@@ -339,6 +348,7 @@ def import_bundle(
         )
         report.describe(auth)
         manifest = auth.manifest
+        _check_vetting(manifest, options, report, media.description)
         if not options.allow_other_refs:
             _check_ref_namespaces(manifest)
         # Preflight: targets named and able to take what the bundle carries.
@@ -365,6 +375,25 @@ def import_bundle(
             _publish(auth, sinks, targets, options, report)
             _record_all(stores, states, options, auth, report, now, "import")
     return report
+
+
+def _check_vetting(
+    manifest: BundleManifest, options: ImportOptions, report: ImportReport, source: str
+) -> None:
+    """The far side's own judgement of every image, before any target is touched."""
+    checks = check_import(
+        manifest, options.image_policy, require_vetted=options.require_vetted, source=source
+    )
+    for check in checks:
+        entry: dict[str, object] = {"ref": str(check.ref), "digest": str(check.digest)}
+        if check.verdict is not None:
+            entry["scope"] = check.verdict.scope.describe()
+            entry["signers"] = sorted(
+                {c.key.fingerprint for c in check.verdict.verified if c.key is not None}
+            )
+        if check.vetted is not None:
+            entry["vetted"] = check.vetted
+        report.vetting.append(entry)
 
 
 def _decide(
@@ -538,6 +567,8 @@ def _record(
                 "allowOtherRefs": options.allow_other_refs,
                 "allowExpired": options.allow_expired,
                 "allowRollback": options.allow_rollback,
+                "imagePolicy": str(options.image_policy.digest) if options.image_policy else None,
+                "requireVetted": options.require_vetted,
             },
         }
     )

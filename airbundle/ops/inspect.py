@@ -32,6 +32,7 @@ class Inspection:
             "repos": doc["repos"],
             "scan": doc.get("scan"),
             "base": doc.get("base", []),
+            "vetting": doc.get("vetting"),
             "members": len(self.manifest.members),
             "signatures": [
                 {

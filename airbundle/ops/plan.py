@@ -20,12 +20,14 @@ from airbundle.format.digest import Digest
 from airbundle.format.inventory import Base
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.paths import check_object_id, check_ref_name
+from airbundle.format.policy import ImagePolicy
 from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
 from airbundle.format.tarstream import BLOCK, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
 from airbundle.ops.collect import plan_images
 from airbundle.ops.sources import Sources
+from airbundle.ops.vetting import judge_images
 
 LOCK_KIND = "BundleLock"
 
@@ -41,6 +43,9 @@ class PlannedImage:
     # With `referrers: true`: the artifacts found (digest, tag kept or None),
     # pinned in the lock like the image; None when not asked for.
     referrers: tuple[tuple[str, str | None], ...] | None = None
+    # With --policy: the verdict (scope, signers or reasons); None without.
+    policy: str | None = None
+    accepted: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class Plan:
     # tar framing, the header and the reserved prefix (before compression,
     # which gains nothing on layers and packs).
     bundle_bytes: int = 0
+
+    @property
+    def rejected(self) -> tuple[PlannedImage, ...]:
+        """The images the image policy would reject (export would stop)."""
+        return tuple(i for i in self.images if not i.accepted)
 
     def lock_bytes(self) -> bytes:
         doc = {
@@ -102,16 +112,20 @@ def make_plan(
     split_size: int | None = None,
     transport: Transport | None = None,
     cache_dir: Path | None = None,
+    policy: ImagePolicy | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Plan:
     base = load_bases(since, limits=limits)
-    images = plan_images(spec, Sources(transport or Transport(), limits))
+    sources = Sources(transport or Transport(), limits)
+    images = plan_images(spec, sources)
+    # Manifests and signature payloads only: nothing is downloaded in full.
+    judged = judge_images(spec, images, sources, policy) if policy is not None else None
     planned = []
     seen: set[Digest] = set()
     carried = 0
     framed = 0  # the same members with their tar headers and padding
     members = 0
-    for item, image in zip(spec.images, images, strict=True):
+    for n, (item, image) in enumerate(zip(spec.images, images, strict=True)):
         total = size = 0
         for part in (image, *image.referrers):
             total += sum(b.size for b in part.blobs) + sum(len(d) for d in part.documents.values())
@@ -141,6 +155,8 @@ def make_plan(
                 tuple((str(r.root.digest), r.ref.tag) for r in image.referrers)
                 if item.referrers
                 else None,
+                judged[n].describe() if judged else None,
+                judged[n].verdict.accepted if judged else True,
             )
         )
     with tempfile.TemporaryDirectory(prefix="airbundle-plan-") as scratch:
