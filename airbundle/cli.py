@@ -966,17 +966,29 @@ def mirror_config(
         bool, typer.Option(help="The import kept the source host as first path component.")
     ] = False,
     insecure: Annotated[bool, typer.Option(help="The mirror speaks plain HTTP.")] = False,
+    skip_tls_verify: Annotated[
+        bool,
+        typer.Option(help="The mirror speaks HTTPS with a certificate clients cannot verify."),
+    ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file", help="The CA (PEM) that signed the mirror's certificate, for clients."
+        ),
+    ] = None,
     scope: Annotated[
         str, typer.Option(help="Entries per 'repository' or per upstream 'registry'.")
     ] = "repository",
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate registries.conf, OpenShift IDMS/ITMS/ICSP, containerd hosts.toml and
-    kustomize images for what a bundle carries (or an import put somewhere)."""
+    """Generate registries.conf, OpenShift IDMS/ITMS/ICSP (and the cluster's trust of
+    the mirror), containerd hosts.toml, certs.d and kustomize images for what a bundle
+    carries (or an import put somewhere)."""
     from airbundle.format.mapping import MappingOptions, RegistryLocation
     from airbundle.ops.mirrors import (
         carried_from_bundle,
         carried_from_report,
+        choose_trust,
         write_mirror_config,
     )
 
@@ -990,7 +1002,10 @@ def mirror_config(
             RegistryLocation.parse(registry),
             MappingOptions(keep_source_host, max_nested_paths),
         )
-    for path in write_mirror_config(output, name, images, insecure=insecure, scope=scope):
+    trust = choose_trust(
+        source, insecure=insecure, skip_tls_verify=skip_tls_verify, ca_file=ca_file
+    )
+    for path in write_mirror_config(output, name, images, trust=trust, scope=scope):
         _say(quiet, f"wrote {path}")
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from airbundle.format.digest import Digest
-from airbundle.format.mirrorconfig import CarriedImage
+from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
 from airbundle.format.oci import Descriptor
 from airbundle.format.reference import ImageReference
 
@@ -65,7 +65,15 @@ class MirrorEntries:
     """What mirror configuration lists for the images a target received."""
 
     images: list[CarriedImage]
-    insecure: bool  # the mirror speaks plain HTTP
+    # How the import reached the mirror (plain HTTP, unchecked TLS, a private
+    # CA): clients must be told the same.
+    trust: MirrorTrust = field(default_factory=MirrorTrust)
+    # Where that CA came from (--ca-file), for the import report.
+    ca_file: Path | None = None
+
+    @property
+    def insecure(self) -> bool:
+        return self.trust.insecure
 
 
 class ImageTarget(Protocol):

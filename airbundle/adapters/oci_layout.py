@@ -144,7 +144,7 @@ class OciLayoutTarget:
         return None  # nothing pulls from a layout by host name
 
     def mirror_entries(self) -> MirrorEntries:
-        return MirrorEntries([], insecure=False)
+        return MirrorEntries([])
 
     def list_blobs(self) -> set[Digest]:
         folder = self._blobs

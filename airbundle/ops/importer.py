@@ -52,7 +52,7 @@ from airbundle.format.policy import ImagePolicy
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
-from airbundle.ops.mirrors import write_mirror_config
+from airbundle.ops.mirrors import trust_record, write_mirror_config
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
 from airbundle.ops.vetting import check_import
@@ -114,6 +114,9 @@ class ImportReport:
     notes: list[str] = field(default_factory=list)
     # Per image judged by --policy / --require-vetted: scope, signers, vets.
     vetting: list[dict[str, object]] = field(default_factory=list)
+    # How the registry was reached (scheme, verify, ca_file), so that
+    # mirror-config from this report tells clients the same.
+    mirror: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         doc = {k: v for k, v in self.__dict__.items() if k != "report_path"}
@@ -591,15 +594,17 @@ def _publish(
         _publish_images(manifest, sinks, targets.images, report, options.limits)
     if targets.gits is not None:
         _publish_repos(manifest, targets.gits, report, force=options.force)
-    if options.emit_mirror_config is not None and targets.images is not None:
+    if targets.images is not None and targets.images.mirror_host() is not None:
         entries = targets.images.mirror_entries()
-        write_mirror_config(
-            options.emit_mirror_config,
-            manifest.bundle.name,
-            entries.images,
-            insecure=entries.insecure,
-            scope=options.mirror_scope,
-        )
+        report.mirror = trust_record(entries.trust, entries.ca_file)
+        if options.emit_mirror_config is not None:
+            write_mirror_config(
+                options.emit_mirror_config,
+                manifest.bundle.name,
+                entries.images,
+                trust=entries.trust,
+                scope=options.mirror_scope,
+            )
     report_path = options.report
     folder = targets.images.report_folder() if targets.images is not None else None
     if report_path is None and folder is not None:

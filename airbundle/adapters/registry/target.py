@@ -12,10 +12,10 @@ from pathlib import Path
 from airbundle.adapters.images import MirrorEntries
 from airbundle.adapters.pipeline import parallel, prefetch
 from airbundle.adapters.registry.client import RegistryClient
-from airbundle.errors import TargetError
+from airbundle.errors import TargetError, UsageError
 from airbundle.format.digest import Digest
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
-from airbundle.format.mirrorconfig import CarriedImage
+from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
 from airbundle.format.oci import parse_manifest
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -39,6 +39,33 @@ def _project_hint(repo: str) -> Iterator[None]:
                 "exist before a push: create it (Harbor, Quay) and re-run the import"
             )
         raise
+
+
+def mirror_trust(client: RegistryClient) -> tuple[Path | None, MirrorTrust]:
+    """How this client reached the registry, for clients that will pull from
+    it: plain HTTP, TLS it did not verify (--insecure-registry), or TLS checked
+    against --ca-file (whose certificates they will need)."""
+    tls = client.transport.tls
+    if client.base.startswith("http://"):
+        return None, MirrorTrust.plain_http()
+    if client.host in tls.insecure_hosts:
+        return None, MirrorTrust("https", verify=False)
+    if tls.ca_file is None:
+        return None, MirrorTrust()
+    return tls.ca_file, MirrorTrust("https", ca_pem=read_ca_file(tls.ca_file))
+
+
+def read_ca_file(path: Path) -> str:
+    """A CA bundle to hand on to clients: PEM certificates, nothing else."""
+    try:
+        text = path.read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"CA file {path}: cannot be read ({exc})") from None
+    try:
+        MirrorTrust("https", ca_pem=text)
+    except UsageError:
+        raise UsageError(f"CA file {path}: no PEM certificate in it") from None
+    return text
 
 
 class RegistryImageTarget:
@@ -95,7 +122,8 @@ class RegistryImageTarget:
 
     def mirror_entries(self) -> MirrorEntries:
         images = [CarriedImage(ref, self.client.host, repo) for ref, repo in self.mapping.items()]
-        return MirrorEntries(images, insecure=self.client.base.startswith("http://"))
+        ca_file, trust = mirror_trust(self.client)
+        return MirrorEntries(images, trust, ca_file)
 
     def list_blobs(self) -> set[Digest]:
         """Every digest the repositories under the prefix hold: the catalog,
