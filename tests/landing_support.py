@@ -34,14 +34,27 @@ def openssl_pki(folder: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",)) -> Pki
         "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
     )
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE"]
+    ca_ext += ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    subject = ["-subj", "/CN=airbundle test mirror CA"]
+    sign = ["-set_serial", "2", "-days", "2", "-out", cert, "-extfile", ext]
     steps = [
-        [openssl, "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2"]
-        + ["-subj", "/CN=airbundle test mirror CA"]
-        + ["-addext", "basicConstraints=critical,CA:TRUE"]
-        + ["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [
+            openssl,
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "2",
+            *subject,
+            *ca_ext,
+        ],
         [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={hosts[0]}"],
-        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key]
-        + ["-set_serial", "2", "-days", "2", "-out", cert, "-extfile", ext],
+        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, *sign],
     ]
     for argv in steps:
         subprocess.run(

@@ -5,9 +5,9 @@ bundle name, and kustomize rewrites for every spelling of a carried name."""
 from __future__ import annotations
 
 import json
-import sys
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ def test_private_ca_reaches_containerd_containers_and_openshift() -> None:
 
 def test_a_mirror_the_system_trusts_needs_no_cluster_side() -> None:
     files = render_all(entries(IMAGES), bundle="w", trust=MirrorTrust())
-    assert not any("image-config" in n or "certs.d" in n and n.endswith(".crt") for n in files)
+    assert not any("image-config" in n or ("certs.d" in n and n.endswith(".crt")) for n in files)
 
 
 def test_mirror_config_cli_takes_a_ca_file_and_refuses_one_that_is_not_pem(
@@ -242,25 +242,19 @@ def test_mirror_config_from_a_report_follows_the_trust_the_import_recorded(
     }
     report.write_text(json.dumps(doc))
     out = tmp_path / "insecure"
-    subprocess.run(
-        [*AIRBUNDLE, "mirror-config", str(report), "-o", str(out), "-q"], check=True
-    )
+    subprocess.run([*AIRBUNDLE, "mirror-config", str(report), "-o", str(out), "-q"], check=True)
     conf = tomllib.loads((out / "registries.conf").read_text())
     assert conf["registry"][0]["mirror"][0]["insecure"] is True
     doc["mirror"] = {"scheme": "https", "verify": True, "ca_file": str(ca)}
     report.write_text(json.dumps(doc))
     out = tmp_path / "ca"
-    subprocess.run(
-        [*AIRBUNDLE, "mirror-config", str(report), "-o", str(out), "-q"], check=True
-    )
+    subprocess.run([*AIRBUNDLE, "mirror-config", str(report), "-o", str(out), "-q"], check=True)
     assert (out / f"containers/certs.d/{MIRROR}/ca.crt").read_text() == CA_PEM
 
 
 @pytest.mark.parametrize("bundle", ["rel..1", "a.-b", "x" * 100])
 def test_openshift_trust_files_validate_for_awkward_bundle_names(bundle: str) -> None:
-    files = render_all(
-        entries(IMAGES), bundle=bundle, trust=MirrorTrust("https", ca_pem=CA_PEM)
-    )
+    files = render_all(entries(IMAGES), bundle=bundle, trust=MirrorTrust("https", ca_pem=CA_PEM))
     image = _validate_image_config(files["openshift/image-config-cluster.yaml"])
     assert DNS1123_SUBDOMAIN.fullmatch(image["spec"]["additionalTrustedCA"]["name"])
 
@@ -308,7 +302,9 @@ def test_skopeo_and_containerd_pull_through_an_https_mirror(
         m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
         for m in index["manifests"]
     }
-    trust = ["--ca-file", "{pki.ca}"] if mode == "ca-file" else ["--insecure-registry", "{reg.host}"]
+    trust = ["--ca-file", "{pki.ca}"]
+    if mode == "insecure-registry":
+        trust = ["--insecure-registry", "{reg.host}"]
     script = textwrap.dedent(f"""
         import hashlib, json, re, shutil, subprocess, sys
         from pathlib import Path
@@ -322,8 +318,9 @@ def test_skopeo_and_containerd_pull_through_an_https_mirror(
             proc = subprocess.run(["skopeo", "--registries-conf", str(mc / "registries.conf"),
                                    "inspect", "--raw", *extra, "docker://" + name],
                                   capture_output=True)
-            ok = proc.returncode == 0
-            return "sha256:" + hashlib.sha256(proc.stdout).hexdigest() if ok else proc.stderr.decode()
+            if proc.returncode != 0:
+                return proc.stderr.decode()
+            return "sha256:" + hashlib.sha256(proc.stdout).hexdigest()
         out = {{}}
         with OpensslRegistry(tmp / "mirror", pki) as reg:
             trust = [a.format(pki=pki, reg=reg) for a in {trust!r}]
