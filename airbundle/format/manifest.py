@@ -104,10 +104,19 @@ class ScanIssue:
 
 
 @dataclass(frozen=True)
+class Unscanned:
+    """A file the image scan could not read (a Helm template, broken YAML)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ScanSummary:
     files: int
     references: int
     missing: tuple[ScanIssue, ...] = ()
+    not_scanned: tuple[Unscanned, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,13 +225,17 @@ class BundleManifest:
 
 
 def _scan_json(s: ScanSummary) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "files": s.files,
         "references": s.references,
         "missing": [
             {"ref": m.ref, "file": m.file, "line": m.line, "kind": m.kind} for m in s.missing
         ],
     }
+    if s.not_scanned:
+        # Optional, so that bundles without unreadable files keep their bytes.
+        out["notScanned"] = [{"file": u.file, "reason": u.reason} for u in s.not_scanned]
+    return out
 
 
 def _scan(doc: dict[str, Any] | None) -> ScanSummary | None:
@@ -232,6 +245,7 @@ def _scan(doc: dict[str, Any] | None) -> ScanSummary | None:
         doc["files"],
         doc["references"],
         tuple(ScanIssue(m["ref"], m["file"], m["line"], m["kind"]) for m in doc["missing"]),
+        tuple(Unscanned(u["file"], u["reason"]) for u in doc.get("notScanned", ())),
     )
 
 
