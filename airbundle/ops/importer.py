@@ -683,6 +683,12 @@ def _publish_repos(
         report.repos.append(
             {"name": repo.name, "target": gits.describe(repo.name), "refs": dict(refs)}
         )
+        if repo.head is not None:
+            # A server's HEAD is not moved by a push: set it where we can,
+            # say how where we cannot (`git clone` would check out nothing).
+            note = gits.set_head(repo.name, repo.head)
+            if note is not None:
+                report.notes.append(note)
 
 
 __all__ = ["ImportOptions", "ImportReport", "import_bundle"]
