@@ -693,6 +693,30 @@ def import_(
 @app.command()
 @_errors_to_exit
 @_registry_options
+def probe(
+    registry: Annotated[
+        str, typer.Option(help="The registry to ask: HOST[:PORT][/PREFIX], as for import.")
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tls: RegistryOptions = NO_REGISTRY_OPTIONS,
+) -> None:
+    """Ask a registry what it accepts (push-to-create, nested paths, sparse indexes,
+    the referrers API, a layer listed twice) with throw-away pushes in
+    PREFIX/airbundle-probe; import asks the same before it pushes."""
+    from airbundle.ops.probe import probe_registry
+
+    result = probe_registry(registry, transport=tls.transport())
+    if json_output:
+        typer.echo(json.dumps(result.to_json(), indent=1))
+        return
+    typer.echo(result.describe())
+    for line in result.cleanup:
+        typer.echo(f"  note: {line}")
+
+
+@app.command()
+@_errors_to_exit
+@_registry_options
 def inventory(
     output: Annotated[Path, typer.Option("--output", "-o", help="Inventory file to write.")],
     registry: Annotated[

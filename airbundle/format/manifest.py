@@ -74,6 +74,14 @@ class ImageEntry:
     platforms: tuple[str, ...] = ()
     # Set when platform selection replaced the source's index by a smaller one.
     source_digest: Digest | None = None
+    # Set when the bundle also carries that source index, byte for byte (a
+    # sparse index: only the chosen platforms' manifests travel with it).
+    source_media_type: str | None = None
+    source_size: int | None = None
+
+    @property
+    def carries_source_index(self) -> bool:
+        return self.source_digest is not None and self.source_media_type is not None
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,9 @@ def _image_json(i: ImageEntry) -> dict[str, Any]:
     }
     if i.source_digest is not None:
         out["sourceDigest"] = str(i.source_digest)
+    if i.source_media_type is not None and i.source_size is not None:
+        out["sourceMediaType"] = i.source_media_type
+        out["sourceSize"] = i.source_size
     return out
 
 
@@ -367,6 +378,8 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
         size=m["size"],
         platforms=tuple(m["platforms"]),
         source_digest=_digest(source_digest, f"{where}.sourceDigest") if source_digest else None,
+        source_media_type=m.get("sourceMediaType"),
+        source_size=m.get("sourceSize"),
     )
 
 

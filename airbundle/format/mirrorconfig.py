@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import yaml
 
 from airbundle.errors import FormatError, UsageError
+from airbundle.format.digest import Digest
 from airbundle.format.reference import ImageReference, api_host, spellings
 
 SCOPES = ("repository", "registry")
@@ -86,6 +87,9 @@ class CarriedImage:
     ref: ImageReference  # as carried (upstream name)
     mirror_host: str
     mirror_repository: str
+    # A platform subset whose upstream index the mirror refused (not sparse):
+    # references pinned to the first digest must name the second there.
+    repin: tuple[Digest, Digest] | None = None
 
 
 def entries(images: Iterable[CarriedImage], *, scope: str = "repository") -> list[MirrorEntry]:
@@ -336,11 +340,30 @@ def containerd(
 CONTAINERD_CA = "ca.crt"
 
 
-def kustomize(items: list[MirrorEntry]) -> str:
+def _repins(images: list[CarriedImage]) -> list[dict[str, str]]:
+    """Entries that rewrite a pin on an upstream index the mirror does not hold
+    (it refused a sparse index) to the subset index it holds. kustomize matches
+    `name` as written, digest included, so `nginx@sha256:UP` (and the same with
+    the tag) is an entry of its own, listed before the plain name's."""
+    out: list[dict[str, str]] = []
+    for image in sorted(images, key=lambda i: str(i.ref)):
+        if image.repin is None:
+            continue
+        upstream, subset = image.repin
+        mirror = f"{image.mirror_host}/{image.mirror_repository}"
+        for name in spellings(image.ref.name):
+            suffixes = [f"@{upstream}"] + (
+                [f":{image.ref.tag}@{upstream}"] if image.ref.tag else []
+            )
+            out += [{"name": name + s, "newName": mirror, "digest": str(subset)} for s in suffixes]
+    return out
+
+
+def kustomize(items: list[MirrorEntry], repins: list[CarriedImage] | None = None) -> str:
     """A kustomize `images:` list rewriting each carried name in every spelling
     that means it: kustomize compares names as written (`docker.io/nginx` is
     not `nginx` to it), so each spelling needs an entry of its own."""
-    images = []
+    images = _repins(repins or [])
     for e in items:
         if "/" not in e.source:
             continue  # a registry-wide entry has no image name to rewrite
@@ -359,6 +382,7 @@ def render_all(
     insecure: bool = False,
     trust: MirrorTrust | None = None,
     repositories: list[MirrorEntry] | None = None,
+    repins: list[CarriedImage] | None = None,
 ) -> dict[str, str]:
     """Every file for `items`. kustomize rewrites names, not registries, so it
     is given the per-repository entries (`repositories`) when `items` were
@@ -376,5 +400,7 @@ def render_all(
             f"containerd hosts.toml files were not generated: {exc.message}\n"
             "Use registries.conf (CRI-O, podman) or the kustomize image list instead.\n"
         )
-    files["kustomize/images.yaml"] = kustomize(repositories if repositories is not None else items)
+    files["kustomize/images.yaml"] = kustomize(
+        repositories if repositories is not None else items, repins
+    )
     return files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from airbundle.adapters.fsutil import write_atomic
 from airbundle.adapters.registry.target import read_ca_file
 from airbundle.errors import FormatError, UsageError
 from airbundle.format import mirrorconfig
+from airbundle.format.digest import Digest
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
 from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
 from airbundle.format.reference import ImageReference
@@ -42,9 +44,24 @@ def carried_from_report(report: Path) -> tuple[str, list[CarriedImage]]:
                     ImageReference.parse(item["source"]), target.registry, target.repository
                 )
             )
+        images = with_repins(images, doc["images"])
     except (OSError, ValueError, KeyError, TypeError, FormatError) as exc:
         raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
     return str(doc.get("bundle_name") or "bundle"), images
+
+
+def with_repins(images: list[CarriedImage], reported: list[dict[str, str]]) -> list[CarriedImage]:
+    """The images, each platform subset whose upstream index the mirror refused
+    (the report's `sparse` "false") marked with the pin to rewrite."""
+    repins = {
+        item["source"]: (Digest.parse(item["sourceDigest"]), Digest.parse(item["subsetDigest"]))
+        for item in reported
+        if item.get("sparse") == "false"
+    }
+    return [
+        dataclasses.replace(i, repin=repins[str(i.ref)]) if str(i.ref) in repins else i
+        for i in images
+    ]
 
 
 def trust_record(trust: MirrorTrust, ca_file: Path | None) -> dict[str, object]:
@@ -105,7 +122,12 @@ def write_mirror_config(
     # other files list whole registries.
     repositories = mirrorconfig.entries(images)
     files = mirrorconfig.render_all(
-        items, bundle=bundle_name, insecure=insecure, trust=trust, repositories=repositories
+        items,
+        bundle=bundle_name,
+        insecure=insecure,
+        trust=trust,
+        repositories=repositories,
+        repins=[i for i in images if i.repin is not None],
     )
     written = []
     for name, text in sorted(files.items()):

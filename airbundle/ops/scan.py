@@ -21,12 +21,13 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 
 def carried(images: Iterable[ImageEntry], members: Iterable[MemberEntry]) -> Carried:
     """What a bundle carries, for `scan --bundle` and `export --check-images`
-    alike: its images' references and names, every member's digest, and the
-    source digest of an index cut down to some platforms (a reference pinned
-    to it is served by the subset)."""
+    alike: its images' references and names, and every member's digest: the
+    subset index of a platform subset and, where the bundle carries it, the
+    upstream index it came from (a reference pinned to that resolves where the
+    target takes a sparse index; a bundle from before it was carried does not
+    hold it, and pins on it do not resolve)."""
     images = list(images)
     digests = {str(m.digest) for m in members}
-    digests |= {str(i.source_digest) for i in images if i.source_digest is not None}
     return Carried(
         frozenset(str(i.ref) for i in images),
         frozenset(digests),
