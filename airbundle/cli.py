@@ -414,6 +414,10 @@ def export(
                 "referenced but not in the bundle",
                 err=True,
             )
+        for unread in result.manifest.scan.not_scanned:
+            typer.echo(
+                f"airbundle: warning: {unread.file}: not scanned ({unread.reason})", err=True
+            )
     m = result.manifest
     _say(
         quiet,
@@ -514,11 +518,14 @@ def inspect(
     ]
     lines += _vetting_lines(m)
     if m.scan is not None:
-        lines.append(
-            f"image scan: {m.scan.references} reference(s) in {m.scan.files} file(s), "
-            f"{len(m.scan.missing)} not in the bundle"
+        from airbundle.format.imagescan import count_line
+
+        counts = count_line(
+            m.scan.references, m.scan.files, len(m.scan.missing), len(m.scan.not_scanned)
         )
+        lines.append(f"image scan: {counts}")
         lines += [f"  MISSING {s.ref}  at {s.file}:{s.line} ({s.kind})" for s in m.scan.missing]
+        lines += [f"  NOT SCANNED {u.file} ({u.reason})" for u in m.scan.not_scanned]
     lines.append(f"repos ({len(m.repos)}):")
     for r in m.repos:
         lines.append(f"  {r.name}  from {r.url}")
@@ -681,6 +688,30 @@ def import_(
         _say(quiet, f"  {repo['name']} -> {repo['target']}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
+
+
+@app.command()
+@_errors_to_exit
+@_registry_options
+def probe(
+    registry: Annotated[
+        str, typer.Option(help="The registry to ask: HOST[:PORT][/PREFIX], as for import.")
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    tls: RegistryOptions = NO_REGISTRY_OPTIONS,
+) -> None:
+    """Ask a registry what it accepts (push-to-create, nested paths, sparse indexes,
+    the referrers API, a layer listed twice) with throw-away pushes in
+    PREFIX/airbundle-probe; import asks the same before it pushes."""
+    from airbundle.ops.probe import probe_registry
+
+    result = probe_registry(registry, transport=tls.transport())
+    if json_output:
+        typer.echo(json.dumps(result.to_json(), indent=1))
+        return
+    typer.echo(result.describe())
+    for line in result.cleanup:
+        typer.echo(f"  note: {line}")
 
 
 @app.command()
@@ -905,14 +936,17 @@ def scan(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the image references in Kubernetes, kustomize, Helm values and Flux files,
-    with file and line; with --bundle, only those the bundle lacks (exit 1 if any)."""
-    from airbundle.format.imagescan import missing
+    """List the image references in Kubernetes, kustomize, Tekton, Helm values, Flux and
+    Argo CD files (YAML and JSON), with file and line, and the files it could not read;
+    with --bundle, only those the bundle lacks (exit 1 if any)."""
+    from airbundle.format.imagescan import count_line, missing
     from airbundle.ops.scan import carried, scan_folder
 
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder")
-    files, findings = scan_folder(path)
+    files, found = scan_folder(path)
+    findings = [f for f in found if f.scanned]
+    unscanned = [f for f in found if not f.scanned]
     shown = findings
     if bundle is not None:
         manifest = inspect_bundle(bundle).manifest
@@ -923,6 +957,7 @@ def scan(
                 {
                     "files": files,
                     "references": len(findings),
+                    "notScanned": [{"file": f.path, "reason": f.problem} for f in unscanned],
                     "shown": [
                         {
                             "ref": f.text,
@@ -942,10 +977,10 @@ def scan(
         for f in shown:
             note = f"  ({f.problem})" if f.problem else ""
             typer.echo(f"{f.path}:{f.line}: {f.text}  [{f.kind}]{note}")
-        what = "not in the bundle" if bundle is not None else "found"
-        typer.echo(
-            f"{len(shown)} image reference(s) {what}, {len(findings)} in {files} file(s)", err=True
-        )
+        for f in unscanned:
+            typer.echo(f"{f.path}: not scanned ({f.problem})")
+        lacking = len(shown) if bundle is not None else None
+        typer.echo(count_line(len(findings), files, lacking, len(unscanned)), err=True)
     if bundle is not None and shown:
         raise typer.Exit(1)
 
@@ -966,17 +1001,29 @@ def mirror_config(
         bool, typer.Option(help="The import kept the source host as first path component.")
     ] = False,
     insecure: Annotated[bool, typer.Option(help="The mirror speaks plain HTTP.")] = False,
+    skip_tls_verify: Annotated[
+        bool,
+        typer.Option(help="The mirror speaks HTTPS with a certificate clients cannot verify."),
+    ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file", help="The CA (PEM) that signed the mirror's certificate, for clients."
+        ),
+    ] = None,
     scope: Annotated[
         str, typer.Option(help="Entries per 'repository' or per upstream 'registry'.")
     ] = "repository",
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate registries.conf, OpenShift IDMS/ITMS/ICSP, containerd hosts.toml and
-    kustomize images for what a bundle carries (or an import put somewhere)."""
+    """Generate registries.conf, OpenShift IDMS/ITMS/ICSP (and the cluster's trust of
+    the mirror), containerd hosts.toml, certs.d and kustomize images for what a bundle
+    carries (or an import put somewhere)."""
     from airbundle.format.mapping import MappingOptions, RegistryLocation
     from airbundle.ops.mirrors import (
         carried_from_bundle,
         carried_from_report,
+        choose_trust,
         write_mirror_config,
     )
 
@@ -990,7 +1037,10 @@ def mirror_config(
             RegistryLocation.parse(registry),
             MappingOptions(keep_source_host, max_nested_paths),
         )
-    for path in write_mirror_config(output, name, images, insecure=insecure, scope=scope):
+    trust = choose_trust(
+        source, insecure=insecure, skip_tls_verify=skip_tls_verify, ca_file=ca_file
+    )
+    for path in write_mirror_config(output, name, images, trust=trust, scope=scope):
         _say(quiet, f"wrote {path}")
 
 

@@ -73,6 +73,9 @@ class Limits:
     max_registry_error_bytes: int = 1 << 16
     # A git server's ref advertisement or push report.
     max_git_answer_bytes: int = 64 << 20
+    # `probe`: path components asked about below a registry's prefix (GitLab
+    # takes a handful, Quay organizations two, most registries any).
+    probe_max_depth: int = 8
     # -- streaming and concurrency ------------------------------------------------
     # Read/write buffer for streaming blobs.
     io_chunk_bytes: int = 1 << 20

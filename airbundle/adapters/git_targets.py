@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from airbundle.adapters import git, git_push
+from airbundle.adapters import git, git_head, git_push
 from airbundle.adapters.registry.transport import TLSConfig
 from airbundle.errors import TargetError, UsageError
 from airbundle.format.paths import check_ref_name, check_repo_name
@@ -45,6 +45,11 @@ class GitTarget(Protocol):
         ...
 
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None: ...
+
+    def set_head(self, name: str, head: str) -> str | None:
+        """Point the repository's HEAD at `head` (the source's HEAD branch)
+        where the target allows it; a note for the operator where it does not."""
+        ...
 
     def discard(self, name: str) -> None: ...
 
@@ -94,6 +99,11 @@ class BareRepoTarget:
 
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
         git.update_refs(self.path(name), refs, head=head, what=f"repo {name!r}")
+
+    def set_head(self, name: str, head: str) -> str | None:
+        # publish set it when the bundle carried the branch; this covers a
+        # repository made elsewhere whose HEAD names another one.
+        return git_head.set_head(str(self.path(name)), head, env=None, what=f"repo {name!r}")
 
     def discard(self, name: str) -> None:
         if name in self._created:
@@ -254,6 +264,11 @@ class RemoteTarget:
             specs,
             what=f"repo {name!r}: push to {self.url(name)}",
             env=self._env,
+        )
+
+    def set_head(self, name: str, head: str) -> str | None:
+        return git_head.set_head(
+            self.url(name), head, env=self._env, what=f"repo {name!r} on {self.describe(name)}"
         )
 
     def discard(self, name: str) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from airbundle.errors import TargetError
 from airbundle.format.digest import Digest
-from airbundle.format.mirrorconfig import CarriedImage
+from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
 from airbundle.format.oci import Descriptor
 from airbundle.format.reference import ImageReference
 
@@ -65,7 +66,15 @@ class MirrorEntries:
     """What mirror configuration lists for the images a target received."""
 
     images: list[CarriedImage]
-    insecure: bool  # the mirror speaks plain HTTP
+    # How the import reached the mirror (plain HTTP, unchecked TLS, a private
+    # CA): clients must be told the same.
+    trust: MirrorTrust = field(default_factory=MirrorTrust)
+    # Where that CA came from (--ca-file), for the import report.
+    ca_file: Path | None = None
+
+    @property
+    def insecure(self) -> bool:
+        return self.trust.insecure
 
 
 class ImageTarget(Protocol):
@@ -95,9 +104,31 @@ class ImageTarget(Protocol):
         """Held for the whole import: another import into the same target waits."""
         ...
 
-    def assign(self, refs: Sequence[ImageReference]) -> None:
+    def assign(
+        self, refs: Sequence[ImageReference], *, max_nested_paths: int | None = None
+    ) -> None:
         """Decide where each image goes, before anything is written (a registry
-        maps references to repositories; two onto one is a UsageError)."""
+        maps references to repositories; two onto one is a UsageError);
+        `max_nested_paths` flattens deeper paths, where the target needs it."""
+        ...
+
+    def preflight(self) -> dict[str, TargetError]:
+        """For each assigned repository where a push cannot start, why (the
+        target's refusal, with its status and codes); asked before anything is
+        written and leaving nothing behind."""
+        ...
+
+    def referrers_api(self) -> bool | None:
+        """Whether the target lists referrers itself (None: not known)."""
+        ...
+
+    def accepts_repeated_layers(self) -> bool | None:
+        """Whether it takes a manifest listing one layer twice (None: not known)."""
+        ...
+
+    def index_referrers(self, repo: str, subject: Digest, referrers: Sequence[Descriptor]) -> None:
+        """Make `referrers` findable from `subject` where the target has no
+        referrers API of its own (a registry: the sha256-HEX fallback tag)."""
         ...
 
     def mirror_host(self) -> str | None:

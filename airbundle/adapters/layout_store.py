@@ -25,7 +25,7 @@ from airbundle.format.digest import Digest
 from airbundle.format.distribution import referrer_descriptor
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.mapping import MappingOptions, RegistryLocation, target_repository
-from airbundle.format.oci import REF_NAME, Descriptor, Platform, parse_manifest
+from airbundle.format.oci import REF_NAME, SPARSE_INDEX, Descriptor, Platform, parse_manifest
 from airbundle.format.paths import check_repo_name
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -184,10 +184,17 @@ class LayoutStore:
         they reference, and the referrers among them."""
         pending = [(root, 0)]
         found: list[_Doc] = []
+        # A platform subset tagged under its upstream digest: the platforms
+        # left behind are absent on purpose; serve what is there.
+        sparse = root.annotations.get(SPARSE_INDEX) == "true"
+        assert self.layout is not None
+        blobs = self.layout
         while pending:
             desc, depth = pending.pop()
             if depth > 4:
                 raise TargetError(f"index {desc.digest} nests deeper than 4 levels")
+            if sparse and depth == 1 and not (blobs / desc.digest.blob_path).is_file():
+                continue
             doc = self._doc(desc)
             found.append(doc)
             pending.extend((child, depth + 1) for child in doc.children)

@@ -13,7 +13,15 @@ from airbundle.adapters.images import MirrorEntries, ResolvedImage
 from airbundle.errors import FormatError, MemberDigestError, SourceError, TargetError, UsageError
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
-from airbundle.format.oci import LAYOUT_FILE, REF_NAME, Descriptor, layout_index
+from airbundle.format.oci import (
+    INDEX_TYPES,
+    LAYOUT_FILE,
+    REF_NAME,
+    SPARSE_INDEX,
+    Descriptor,
+    layout_index,
+    parse_manifest,
+)
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -137,14 +145,29 @@ class OciLayoutTarget:
     def report_folder(self) -> Path | None:
         return self.root
 
-    def assign(self, refs: Sequence[ImageReference]) -> None:
+    def assign(
+        self, refs: Sequence[ImageReference], *, max_nested_paths: int | None = None
+    ) -> None:
         pass  # every image is kept under its full reference
+
+    def preflight(self) -> dict[str, TargetError]:
+        return {}
+
+    def referrers_api(self) -> bool | None:
+        # serve lists referrers from the manifests' subjects.
+        return True
+
+    def accepts_repeated_layers(self) -> bool | None:
+        return True
+
+    def index_referrers(self, repo: str, subject: Digest, referrers: Sequence[Descriptor]) -> None:
+        pass
 
     def mirror_host(self) -> str | None:
         return None  # nothing pulls from a layout by host name
 
     def mirror_entries(self) -> MirrorEntries:
-        return MirrorEntries([], insecure=False)
+        return MirrorEntries([])
 
     def list_blobs(self) -> set[Digest]:
         folder = self._blobs
@@ -215,8 +238,19 @@ class OciLayoutTarget:
 
     def tag(self, repo: str, ref: ImageReference, media_type: str, data: bytes) -> str:
         digest = Digest.sha256_of(data)
-        self._pending.append((repo, Descriptor(media_type, digest, len(data))))
+        annotations = {SPARSE_INDEX: "true"} if self._sparse(media_type, data) else {}
+        self._pending.append((repo, Descriptor(media_type, digest, len(data), None, annotations)))
         return f"{self.describe()}:{repo}"
+
+    def _sparse(self, media_type: str, data: bytes) -> bool:
+        """An index some of whose manifests this layout does not hold (a
+        platform subset tagged under the upstream digest): said on its entry."""
+        if media_type not in INDEX_TYPES:
+            return False
+        parsed = parse_manifest(
+            data, declared_type=media_type, where="tagged index", limits=self.limits
+        )
+        return not all(self.has_blob(child.digest) for child in parsed.children)
 
     def finish(self) -> None:
         if self._pending:

@@ -1,4 +1,5 @@
-"""Read YAML files from a folder or from refs of a git repository (for scanning)."""
+"""Read YAML (and JSON) files from a folder or from refs of a git repository
+(for scanning). A file that cannot be read is named in `skipped`, with why."""
 
 from __future__ import annotations
 
@@ -9,32 +10,58 @@ from pathlib import Path
 
 from airbundle.adapters.git import git_binary, run_git
 from airbundle.errors import SourceError
-from airbundle.format.imagescan import YAML_SUFFIXES
+from airbundle.format.imagescan import SCANNED_SUFFIXES
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
+Skipped = list[tuple[str, str]]  # (path, why it was not read)
 
-def folder_yaml(root: Path, *, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[str, str]]:
-    """(path relative to root, text) of every YAML file below root, .git excluded
-    (and files too large to be written by hand)."""
+
+def _too_large(limits: Limits) -> str:
+    return f"larger than {limits.max_scanned_file_bytes} bytes (not written by hand)"
+
+
+def folder_yaml(
+    root: Path, *, limits: Limits = DEFAULT_LIMITS, skipped: Skipped | None = None
+) -> Iterator[tuple[str, str]]:
+    """(path relative to root, text) of every YAML or JSON file below root,
+    .git excluded; files too large to be written by hand, or unreadable, go
+    to `skipped`."""
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d != ".git")
         for name in sorted(files):
-            if not name.endswith(YAML_SUFFIXES):
+            if not name.endswith(SCANNED_SUFFIXES):
                 continue
             path = Path(folder) / name
+            relative = str(path.relative_to(root))
             try:
                 if path.stat().st_size > limits.max_scanned_file_bytes:
+                    _skip(skipped, relative, _too_large(limits))
                     continue
                 text = path.read_text("utf-8")
-            except (OSError, UnicodeDecodeError):
+            except OSError as exc:
+                _skip(skipped, relative, f"unreadable: {exc.strerror or exc}")
                 continue
-            yield str(path.relative_to(root)), text
+            except UnicodeDecodeError:
+                _skip(skipped, relative, "not UTF-8 text")
+                continue
+            yield relative, text
+
+
+def _skip(skipped: Skipped | None, path: str, why: str) -> None:
+    if skipped is not None:
+        skipped.append((path, why))
 
 
 def repo_yaml(
-    repo: Path, refs: Sequence[str], *, what: str, limits: Limits = DEFAULT_LIMITS
+    repo: Path,
+    refs: Sequence[str],
+    *,
+    what: str,
+    limits: Limits = DEFAULT_LIMITS,
+    skipped: Skipped | None = None,
 ) -> Iterator[tuple[str, str, str]]:
-    """(ref, path, text) of YAML files at each ref's tip; each blob is read once."""
+    """(ref, path, text) of YAML and JSON files at each ref's tip; each blob is
+    read once; those not read go to `skipped` as `REF:PATH`."""
     seen: set[str] = set()
     wanted: list[tuple[str, str, str]] = []  # (oid, ref, path)
     for ref in refs:
@@ -52,7 +79,7 @@ def repo_yaml(
                 continue
             path = raw_path.decode("utf-8", "replace")
             oid = parts[2].decode()
-            if path.endswith(YAML_SUFFIXES) and oid not in seen:
+            if path.endswith(SCANNED_SUFFIXES) and oid not in seen:
                 seen.add(oid)
                 wanted.append((oid, ref, path))
     if not wanted:
@@ -74,8 +101,10 @@ def repo_yaml(
         size = int(header[2]) if len(header) == 3 else 0
         body = data[header_end + 1 : header_end + 1 + size]
         pos = header_end + 1 + size + 1
-        if size <= limits.max_scanned_file_bytes:
-            try:
-                yield ref, path, body.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
+        if size > limits.max_scanned_file_bytes:
+            _skip(skipped, f"{ref}:{path}", _too_large(limits))
+            continue
+        try:
+            yield ref, path, body.decode("utf-8")
+        except UnicodeDecodeError:
+            _skip(skipped, f"{ref}:{path}", "not UTF-8 text")

@@ -74,6 +74,14 @@ class ImageEntry:
     platforms: tuple[str, ...] = ()
     # Set when platform selection replaced the source's index by a smaller one.
     source_digest: Digest | None = None
+    # Set when the bundle also carries that source index, byte for byte (a
+    # sparse index: only the chosen platforms' manifests travel with it).
+    source_media_type: str | None = None
+    source_size: int | None = None
+
+    @property
+    def carries_source_index(self) -> bool:
+        return self.source_digest is not None and self.source_media_type is not None
 
 
 @dataclass(frozen=True)
@@ -104,10 +112,19 @@ class ScanIssue:
 
 
 @dataclass(frozen=True)
+class Unscanned:
+    """A file the image scan could not read (a Helm template, broken YAML)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ScanSummary:
     files: int
     references: int
     missing: tuple[ScanIssue, ...] = ()
+    not_scanned: tuple[Unscanned, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,13 +233,17 @@ class BundleManifest:
 
 
 def _scan_json(s: ScanSummary) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "files": s.files,
         "references": s.references,
         "missing": [
             {"ref": m.ref, "file": m.file, "line": m.line, "kind": m.kind} for m in s.missing
         ],
     }
+    if s.not_scanned:
+        # Optional, so that bundles without unreadable files keep their bytes.
+        out["notScanned"] = [{"file": u.file, "reason": u.reason} for u in s.not_scanned]
+    return out
 
 
 def _scan(doc: dict[str, Any] | None) -> ScanSummary | None:
@@ -232,6 +253,7 @@ def _scan(doc: dict[str, Any] | None) -> ScanSummary | None:
         doc["files"],
         doc["references"],
         tuple(ScanIssue(m["ref"], m["file"], m["line"], m["kind"]) for m in doc["missing"]),
+        tuple(Unscanned(u["file"], u["reason"]) for u in doc.get("notScanned", ())),
     )
 
 
@@ -256,6 +278,9 @@ def _image_json(i: ImageEntry) -> dict[str, Any]:
     }
     if i.source_digest is not None:
         out["sourceDigest"] = str(i.source_digest)
+    if i.source_media_type is not None and i.source_size is not None:
+        out["sourceMediaType"] = i.source_media_type
+        out["sourceSize"] = i.source_size
     return out
 
 
@@ -353,6 +378,8 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
         size=m["size"],
         platforms=tuple(m["platforms"]),
         source_digest=_digest(source_digest, f"{where}.sourceDigest") if source_digest else None,
+        source_media_type=m.get("sourceMediaType"),
+        source_size=m.get("sourceSize"),
     )
 
 

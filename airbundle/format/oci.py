@@ -27,6 +27,10 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 REF_NAME = "org.opencontainers.image.ref.name"
+# On an OCI layout's index.json entry: an index some of whose platform
+# manifests are deliberately absent (a platform subset kept under the upstream
+# digest), so that readers serve what is there instead of refusing the image.
+SPARSE_INDEX = "org.airbundle.index.sparse"
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
 
@@ -202,3 +206,40 @@ def index_bytes(children: list[Descriptor], *, annotations: dict[str, str] | Non
     if annotations:
         doc["annotations"] = annotations
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def referrer_of(
+    data: bytes, *, media_type: str, where: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Digest, Descriptor] | None:
+    """For a manifest with a `subject`: the subject's digest, and the
+    descriptor that lists this manifest among its referrers (with
+    `artifactType`, the config's media type when the manifest names none, and
+    its annotations), as the distribution spec's referrers index holds it."""
+    parsed = parse_manifest(data, declared_type=media_type, where=where, limits=limits)
+    if parsed.subject is None:
+        return None
+    doc = json.loads(data)
+    kind = doc.get("artifactType")
+    if not isinstance(kind, str) or not kind:
+        config = doc.get("config")
+        kind = config.get("mediaType") if isinstance(config, dict) else None
+    raw: dict[str, Any] = {"artifactType": kind} if isinstance(kind, str) and kind else {}
+    annotations = doc.get("annotations")
+    if isinstance(annotations, dict):
+        kept = {k: v for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str)}
+        if kept:
+            raw["annotations"] = kept
+    desc = Descriptor(parsed.media_type, Digest.sha256_of(data), len(data), None, {}, raw)
+    return parsed.subject.digest, desc
+
+
+def repeated_layers(parsed: ParsedManifest) -> list[Digest]:
+    """Layer digests a manifest lists more than once (cosign signature
+    manifests can; some registries refuse them)."""
+    seen: set[Digest] = set()
+    repeated: list[Digest] = []
+    for blob in parsed.blobs[1:]:
+        if blob.digest in seen and blob.digest not in repeated:
+            repeated.append(blob.digest)
+        seen.add(blob.digest)
+    return repeated

@@ -331,3 +331,32 @@ class ImageReference:
 
 def _invalid(text: str, problem: str) -> InvalidReferenceError:
     return InvalidReferenceError(f"invalid image reference {_quote(text)}: {problem}", hint=_HINT)
+
+
+def spellings(name: str) -> tuple[str, ...]:
+    """Every way of writing the repository `name` (``registry/path``, as
+    :attr:`ImageReference.name` gives it) that :meth:`ImageReference.parse`
+    reads back as `name`, longest first.
+
+    Tools that match names literally (kustomize's ``images:``) need each one:
+    ``docker.io/library/nginx`` is also written ``nginx``, ``library/nginx``,
+    ``docker.io/nginx``, ``index.docker.io/nginx`` and
+    ``index.docker.io/library/nginx``. Other registries have one spelling.
+    """
+    registry, _, path = name.partition("/")
+    if registry != DEFAULT_REGISTRY:
+        return (name,)
+    paths = [path]
+    if path.startswith(_OFFICIAL_PREFIX):
+        paths.append(path.removeprefix(_OFFICIAL_PREFIX))
+    hosts = (f"{_LEGACY_DEFAULT_REGISTRY}/", f"{DEFAULT_REGISTRY}/", "")
+    found: list[str] = []
+    for host in hosts:
+        for candidate in paths:
+            text = host + candidate
+            try:
+                if ImageReference.parse(f"{text}:{DEFAULT_TAG}").name == name:
+                    found.append(text)
+            except InvalidReferenceError:
+                continue
+    return tuple(dict.fromkeys(found))

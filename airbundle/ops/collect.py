@@ -33,6 +33,9 @@ class CollectedImage:
     source_digest: Digest | None = None
     # With a platform subset: the index the source holds (what its signatures cover).
     source_index: bytes | None = None
+    # The source's index when a platform subset left some of its platforms
+    # behind: carried as it is (a sparse index), beside the subset index.
+    source_root: Descriptor | None = None
     # Manifest and index documents by digest (exact bytes), root first.
     documents: dict[Digest, bytes] = field(default_factory=dict)
     # Config and layer descriptors in the order they appear.
@@ -61,10 +64,11 @@ def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
 
 def subset_warnings(images: list[CollectedImage]) -> list[str]:
     return [
-        f"{img.source_text}: carrying {', '.join(img.platforms)} only changes the index digest "
-        f"from {img.source_digest} to {img.root.digest}; references pinned to "
-        f"{img.source_digest} will not resolve in the target (tags and the platform manifest "
-        "digests will)"
+        f"{img.source_text}: carrying {', '.join(img.platforms)} only: the source index "
+        f"{img.source_digest} travels as it is (sparse) beside a subset index "
+        f"{img.root.digest}; references pinned to {img.source_digest} resolve where the "
+        "target takes a sparse index (an OCI layout, serve, `airbundle probe` says for a "
+        f"registry), elsewhere the import tags {img.root.digest} and says so"
         for img in images
         if img.source_digest is not None
     ]
@@ -181,16 +185,22 @@ def collect_image(
             root_bytes, declared_type=root.media_type, where=what, limits=limits
         )
         found: list[str] = []
+        source_bytes = b""
         if parsed.is_index:
             children = list(parsed.children)
             if platforms:
                 children = _select(children, platforms, what)
                 if [c.digest for c in children] != [c.digest for c in parsed.children]:
-                    # A subset changes the index digest; the original is recorded
-                    # so that pins on it can be explained (docs/bundle-format.md).
+                    # A subset is carried twice over: a new index of the chosen
+                    # platforms (what every target takes), and the source's index
+                    # byte for byte (sparse), so that pins on its digest resolve
+                    # where the target takes it (docs/bundle-format.md). Vetting
+                    # judges the source index too (what its signatures cover).
+                    source_bytes = root_bytes
                     image.source_index = root_bytes
-                    root_bytes = index_bytes(children)
                     image.source_digest = root.digest
+                    image.source_root = Descriptor(root.media_type, root.digest, len(root_bytes))
+                    root_bytes = index_bytes(children)
                     root = Descriptor(OCI_INDEX, Digest.sha256_of(root_bytes), len(root_bytes))
             for child in children:
                 _walk(source, child, image, found, limits, depth=1)
@@ -201,9 +211,11 @@ def collect_image(
                 _check_single_platform(source, parsed.blobs[0], platforms, what, limits)
             _add_blobs(parsed.blobs, image)
         image.root = root
-        # Root first, then children: an importer reading the stream discovers
-        # every document from the ones before it (docs/bundle-format.md).
-        image.documents = {root.digest: root_bytes, **image.documents}
+        # Root first (and the source's index, named in the manifest too), then
+        # children: an importer reading the stream discovers every document
+        # from the ones before it (docs/bundle-format.md).
+        sparse = {image.source_digest: source_bytes} if image.source_digest else {}
+        image.documents = {root.digest: root_bytes, **sparse, **image.documents}
         image.platforms = tuple(dict.fromkeys(found))
     except FormatError as exc:
         raise SourceError(f"{what}: {exc.message}") from None

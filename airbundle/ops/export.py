@@ -492,6 +492,8 @@ def _image_entries(images: list[CollectedImage]) -> tuple[ImageEntry, ...]:
             img.root.size,
             img.platforms,
             img.source_digest,
+            img.source_root.media_type if img.source_root is not None else None,
+            img.source_root.size if img.source_root is not None else None,
         )
         for img in images
     )

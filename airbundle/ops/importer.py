@@ -52,7 +52,9 @@ from airbundle.format.policy import ImagePolicy
 from airbundle.format.tarstream import TarMember
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
-from airbundle.ops.mirrors import write_mirror_config
+from airbundle.ops.adapt import adapt, index_referrers, refuse_repeated_layers
+from airbundle.ops.mirrors import trust_record, with_repins, write_mirror_config
+from airbundle.ops.sparse import SparseIndexes
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
 from airbundle.ops.vetting import check_import
@@ -114,6 +116,9 @@ class ImportReport:
     notes: list[str] = field(default_factory=list)
     # Per image judged by --policy / --require-vetted: scope, signers, vets.
     vetting: list[dict[str, object]] = field(default_factory=list)
+    # How the registry was reached (scheme, verify, ca_file), so that
+    # mirror-config from this report tells clients the same.
+    mirror: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         doc = {k: v for k, v in self.__dict__.items() if k != "report_path"}
@@ -205,9 +210,15 @@ class _Documents:
     def __init__(self, images: tuple[ImageEntry, ...], target: ImageTarget, limits: Limits):
         self.limits = limits
         self.expected: dict[Digest, tuple[str, set[str]]] = {}  # digest -> (media type, repos)
+        # Source indexes carried beside platform subsets: their other
+        # platforms are not in the bundle, by design.
+        self.sparse = SparseIndexes(images)
         for image in images:
             repo = target.locate(image.ref)
             self._expect(image.digest, image.media_type, {repo})
+            if image.source_digest in self.sparse.images:
+                assert image.source_digest is not None and image.source_media_type is not None
+                self._expect(image.source_digest, image.source_media_type, {repo})
         self.data: dict[Digest, bytes] = {}
         self.order: list[Digest] = []
         self.blob_repos: dict[Digest, set[str]] = {}
@@ -232,6 +243,8 @@ class _Documents:
             raise ArchiveError(f"bundle member for {digest}: {exc.message}") from None
         self.data[digest] = data
         self.order.append(digest)
+        if digest in self.sparse.images:
+            return  # its carried children come through the subset index
         for child in parsed.children:
             self._expect(child.digest, child.media_type, repos)
             self.depth[child.digest] = max(
@@ -245,6 +258,12 @@ class _Documents:
 
     def repos(self, digest: Digest) -> list[str]:
         return sorted(self.expected[digest][1])
+
+    def media_types(self) -> dict[Digest, str]:
+        return {d: self.media_type(d) for d in self.data}
+
+    def repo_map(self) -> dict[Digest, list[str]]:
+        return {d: self.repos(d) for d in self.data}
 
 
 class _Sinks:
@@ -281,6 +300,9 @@ class _Sinks:
         unread = [d for d in docs.expected if d not in docs.data]
         if unread:
             raise ArchiveError(f"manifest {unread[0]} is referenced but not in the bundle")
+        refuse_repeated_layers(
+            self.target, docs.data, docs.media_types(), docs.repo_map(), self.limits
+        )
         carried = {m.digest for m in self.manifest.members}
         for digest, repos in sorted(docs.blob_repos.items()):
             if digest not in carried and not self.target.has_blob(
@@ -365,6 +387,7 @@ def import_bundle(
             _record_all(stores, states, options, auth, report, now, "noop")
             return report
         scratch = _prepare(stack, manifest, targets)
+        _adapt(manifest, targets, options, report)
         # Stream phase, then publish phase; nothing visible moves before the last.
         sinks = _Sinks(targets.images, scratch, manifest, report, options.limits)
         with _cleanup_on_failure(manifest, targets):
@@ -408,6 +431,15 @@ def _decide(
         allow_expired=options.allow_expired,
         allow_rollback=options.allow_rollback,
     )
+
+
+def _adapt(
+    manifest: BundleManifest, targets: _Targets, options: ImportOptions, report: ImportReport
+) -> None:
+    """The import fitted to what the image target accepts (ops/adapt.py),
+    before anything is written."""
+    if targets.images is not None:
+        report.notes += adapt(manifest, targets.images, max_nested_paths=options.max_nested_paths)
 
 
 def _prepare(
@@ -591,15 +623,17 @@ def _publish(
         _publish_images(manifest, sinks, targets.images, report, options.limits)
     if targets.gits is not None:
         _publish_repos(manifest, targets.gits, report, force=options.force)
-    if options.emit_mirror_config is not None and targets.images is not None:
+    if targets.images is not None and targets.images.mirror_host() is not None:
         entries = targets.images.mirror_entries()
-        write_mirror_config(
-            options.emit_mirror_config,
-            manifest.bundle.name,
-            entries.images,
-            insecure=entries.insecure,
-            scope=options.mirror_scope,
-        )
+        report.mirror = trust_record(entries.trust, entries.ca_file)
+        if options.emit_mirror_config is not None:
+            write_mirror_config(
+                options.emit_mirror_config,
+                manifest.bundle.name,
+                with_repins(entries.images, report.images),
+                trust=entries.trust,
+                scope=options.mirror_scope,
+            )
     report_path = options.report
     folder = targets.images.report_folder() if targets.images is not None else None
     if report_path is None and folder is not None:
@@ -648,23 +682,42 @@ def _publish_images(
             for location in docs.repos(digest)
         ]
         parallel(
-            lambda job: target.put_manifest(
-                job[0], job[1], docs.media_type(job[1]), docs.data[job[1]]
+            lambda job: docs.sparse.put(
+                target, job[0], job[1], docs.media_type(job[1]), docs.data[job[1]]
             ),
             jobs,
             workers=limits.import_workers,
         )
-    # Tags last, once every manifest they name is in place.
-    wheres = parallel(
-        lambda image: target.tag(
-            target.locate(image.ref), image.ref, image.media_type, docs.data[image.digest]
-        ),
+    # Tags last, once every manifest they name is in place (a platform
+    # subset's tag on the upstream index where the target took it).
+    tagged = parallel(
+        lambda image: docs.sparse.tag(target, image, docs.data),
         list(manifest.images),
         workers=limits.import_workers,
     )
-    for image, where in zip(manifest.images, wheres, strict=True):
+    for image, (where, digest) in zip(manifest.images, tagged, strict=True):
         report.images.append(
-            {"source": str(image.ref), "target": where, "digest": str(image.digest)}
+            {
+                "source": str(image.ref),
+                "target": where,
+                "digest": str(digest),
+                **docs.sparse.report(image, digest),
+            }
+        )
+    report.notes += docs.sparse.notes(target)
+    carried_tags = {(target.locate(i.ref), i.ref.tag) for i in manifest.images if i.ref.tag}
+    fallback = index_referrers(
+        target,
+        docs.data,
+        docs.media_types(),
+        docs.repo_map(),
+        limits,
+        carried_tags=carried_tags,
+    )
+    if fallback:
+        report.notes.append(
+            f"{target.describe()} has no referrers API: {fallback} subject(s) list their "
+            "signatures and attestations under the sha256-HEX tag instead"
         )
     target.finish()
 
@@ -678,6 +731,12 @@ def _publish_repos(
         report.repos.append(
             {"name": repo.name, "target": gits.describe(repo.name), "refs": dict(refs)}
         )
+        if repo.head is not None:
+            # A server's HEAD is not moved by a push: set it where we can,
+            # say how where we cannot (`git clone` would check out nothing).
+            note = gits.set_head(repo.name, repo.head)
+            if note is not None:
+                report.notes.append(note)
 
 
 __all__ = ["ImportOptions", "ImportReport", "import_bundle"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.registry.target import read_ca_file
 from airbundle.errors import FormatError, UsageError
 from airbundle.format import mirrorconfig
+from airbundle.format.digest import Digest
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
-from airbundle.format.mirrorconfig import CarriedImage
+from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.unverified import read_unverified
@@ -41,9 +44,66 @@ def carried_from_report(report: Path) -> tuple[str, list[CarriedImage]]:
                     ImageReference.parse(item["source"]), target.registry, target.repository
                 )
             )
+        images = with_repins(images, doc["images"])
     except (OSError, ValueError, KeyError, TypeError, FormatError) as exc:
         raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
     return str(doc.get("bundle_name") or "bundle"), images
+
+
+def with_repins(images: list[CarriedImage], reported: list[dict[str, str]]) -> list[CarriedImage]:
+    """The images, each platform subset whose upstream index the mirror refused
+    (the report's `sparse` "false") marked with the pin to rewrite."""
+    repins = {
+        item["source"]: (Digest.parse(item["sourceDigest"]), Digest.parse(item["subsetDigest"]))
+        for item in reported
+        if item.get("sparse") == "false"
+    }
+    return [
+        dataclasses.replace(i, repin=repins[str(i.ref)]) if str(i.ref) in repins else i
+        for i in images
+    ]
+
+
+def trust_record(trust: MirrorTrust, ca_file: Path | None) -> dict[str, object]:
+    """How the import reached the registry, for its report."""
+    record: dict[str, object] = {"scheme": trust.scheme, "verify": trust.verify}
+    if ca_file is not None:
+        record["ca_file"] = str(ca_file)
+    return record
+
+
+def trust_from_report(report: Path) -> tuple[MirrorTrust, Path | None] | None:
+    """The trust an import report records (None for a report from before it
+    was recorded): scheme, verification, and the CA file, read again now."""
+    try:
+        record = json.loads(report.read_text("utf-8")).get("mirror") or {}
+        scheme, verify = record["scheme"], record["verify"]
+        ca_file = Path(record["ca_file"]) if record.get("ca_file") else None
+    except KeyError:
+        return None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
+    if not isinstance(scheme, str) or not isinstance(verify, bool):
+        raise UsageError(f"{report}: its mirror record is malformed")
+    ca = read_ca_file(ca_file) if ca_file is not None else None
+    return MirrorTrust(scheme, verify=verify, ca_pem=ca), ca_file
+
+
+def choose_trust(
+    source: Path, *, insecure: bool, skip_tls_verify: bool, ca_file: Path | None
+) -> MirrorTrust:
+    """The mirror's trust for `mirror-config`: what the options say, else what
+    an import report recorded, else HTTPS the system trusts."""
+    if sum([insecure, skip_tls_verify, ca_file is not None]) > 1:
+        raise UsageError("--insecure, --skip-tls-verify and --ca-file exclude each other")
+    if insecure:
+        return MirrorTrust.plain_http()
+    if skip_tls_verify:
+        return MirrorTrust("https", verify=False)
+    if ca_file is not None:
+        return MirrorTrust("https", ca_pem=read_ca_file(ca_file))
+    recorded = trust_from_report(source) if source.suffix == ".json" else None
+    return recorded[0] if recorded is not None else MirrorTrust()
 
 
 def write_mirror_config(
@@ -51,14 +111,26 @@ def write_mirror_config(
     bundle_name: str,
     images: list[CarriedImage],
     *,
-    insecure: bool,
+    insecure: bool = False,
+    trust: MirrorTrust | None = None,
     scope: str = "repository",
 ) -> list[Path]:
+    """Every file for `images`; `trust` says how clients reach the mirror
+    (`insecure` alone: plain HTTP)."""
     items = mirrorconfig.entries(images, scope=scope)
+    # kustomize rewrites names: it needs the repositories even when the
+    # other files list whole registries.
+    repositories = mirrorconfig.entries(images)
+    files = mirrorconfig.render_all(
+        items,
+        bundle=bundle_name,
+        insecure=insecure,
+        trust=trust,
+        repositories=repositories,
+        repins=[i for i in images if i.repin is not None],
+    )
     written = []
-    for name, text in sorted(
-        mirrorconfig.render_all(items, bundle=bundle_name, insecure=insecure).items()
-    ):
+    for name, text in sorted(files.items()):
         path = folder / name
         write_atomic(path, text.encode("utf-8"))
         written.append(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
@@ -12,11 +13,17 @@ from pathlib import Path
 from airbundle.adapters.images import MirrorEntries
 from airbundle.adapters.pipeline import parallel, prefetch
 from airbundle.adapters.registry.client import RegistryClient
-from airbundle.errors import TargetError
+from airbundle.adapters.registry.probe import (
+    Prober,
+    ProbeResult,
+    has_referrers_api,
+    start_upload,
+)
+from airbundle.errors import TargetError, UsageError
 from airbundle.format.digest import Digest
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
-from airbundle.format.mirrorconfig import CarriedImage
-from airbundle.format.oci import parse_manifest
+from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
+from airbundle.format.oci import OCI_INDEX, Descriptor, index_bytes, parse_manifest
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
@@ -39,6 +46,33 @@ def _project_hint(repo: str) -> Iterator[None]:
                 "exist before a push: create it (Harbor, Quay) and re-run the import"
             )
         raise
+
+
+def mirror_trust(client: RegistryClient) -> tuple[Path | None, MirrorTrust]:
+    """How this client reached the registry, for clients that will pull from
+    it: plain HTTP, TLS it did not verify (--insecure-registry), or TLS checked
+    against --ca-file (whose certificates they will need)."""
+    tls = client.transport.tls
+    if client.base.startswith("http://"):
+        return None, MirrorTrust.plain_http()
+    if client.host in tls.insecure_hosts:
+        return None, MirrorTrust("https", verify=False)
+    if tls.ca_file is None:
+        return None, MirrorTrust()
+    return tls.ca_file, MirrorTrust("https", ca_pem=read_ca_file(tls.ca_file))
+
+
+def read_ca_file(path: Path) -> str:
+    """A CA bundle to hand on to clients: PEM certificates, nothing else."""
+    try:
+        text = path.read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"CA file {path}: cannot be read ({exc})") from None
+    try:
+        MirrorTrust("https", ca_pem=text)
+    except UsageError:
+        raise UsageError(f"CA file {path}: no PEM certificate in it") from None
+    return text
 
 
 class RegistryImageTarget:
@@ -70,6 +104,8 @@ class RegistryImageTarget:
         self._uploads = ThreadPoolExecutor(max_workers=limits.async_uploads)
         self._pending: list[Future[None]] = []
         self._slots = threading.BoundedSemaphore(limits.async_uploads * 2)
+        self._probed: ProbeResult | None = None
+        self._referrers_api: tuple[bool | None] | None = None  # asked once
 
     def describe(self) -> str:
         return f"registry {self.client.host}"
@@ -87,15 +123,71 @@ class RegistryImageTarget:
         # A registry takes concurrent pushes; the import state is locked anyway.
         return contextlib.nullcontext()
 
-    def assign(self, refs: Sequence[ImageReference]) -> None:
+    def assign(
+        self, refs: Sequence[ImageReference], *, max_nested_paths: int | None = None
+    ) -> None:
+        if max_nested_paths is not None:
+            self.options = dataclasses.replace(self.options, max_nested_paths=max_nested_paths)
         self.mapping = map_images(list(refs), self.location, self.options)
+
+    def preflight(self) -> dict[str, TargetError]:
+        """An upload session started and cancelled in every assigned repository:
+        a registry that refuses deep paths, or pushes into repositories (or
+        projects) nobody created, says so here, before anything is written."""
+        repos = sorted(set(self.mapping.values()))
+        refused = parallel(
+            lambda repo: start_upload(self.client, repo), repos, workers=self.limits.import_workers
+        )
+        return {
+            repo: error if isinstance(error, TargetError) else TargetError(error.message)
+            for repo, error in zip(repos, refused, strict=True)
+            if error is not None
+        }
+
+    def referrers_api(self) -> bool | None:
+        if self._referrers_api is None:
+            repo = min(self.mapping.values(), default=self.location.prefix or "library")
+            self._referrers_api = (has_referrers_api(self.client, repo),)
+        return self._referrers_api[0]
+
+    def accepts_repeated_layers(self) -> bool | None:
+        """Asked only when a bundle has such a manifest: the probe's question,
+        in its scratch repository."""
+        if self._probed is None:
+            self._probed = Prober(
+                self.client, self.location.prefix, max_depth=self.limits.probe_max_depth
+            ).repeated_layers()
+        return self._probed.duplicate_layers.accepted
+
+    def index_referrers(self, repo: str, subject: Digest, referrers: Sequence[Descriptor]) -> None:
+        """The referrers tag schema of the distribution spec: an index under
+        the tag `sha256-HEX` of the subject listing what refers to it, merged
+        with what the tag already lists."""
+        tag = f"{subject.algorithm}-{subject.hex}"
+        listed: dict[Digest, Descriptor] = {}
+        current = self.client.find_manifest(repo, tag)
+        if current is not None:
+            parsed = parse_manifest(
+                current.data,
+                declared_type=current.media_type or OCI_INDEX,
+                where=f"{self.client.host}/{repo}:{tag}",
+                limits=self.limits,
+            )
+            listed.update((c.digest, c) for c in parsed.children)
+        added = [d for d in referrers if d.digest not in listed]
+        if not added and current is not None:
+            return
+        listed.update((d.digest, d) for d in added)
+        data = index_bytes(sorted(listed.values(), key=lambda d: str(d.digest)))
+        self.client.put_manifest(repo, tag, OCI_INDEX, data)
 
     def mirror_host(self) -> str | None:
         return self.client.host
 
     def mirror_entries(self) -> MirrorEntries:
         images = [CarriedImage(ref, self.client.host, repo) for ref, repo in self.mapping.items()]
-        return MirrorEntries(images, insecure=self.client.base.startswith("http://"))
+        ca_file, trust = mirror_trust(self.client)
+        return MirrorEntries(images, trust, ca_file)
 
     def list_blobs(self) -> set[Digest]:
         """Every digest the repositories under the prefix hold: the catalog,
