@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 
 INSTALL_HINTS = {
@@ -45,6 +46,11 @@ def _path_without_airbundle(path: str) -> str:
 
 
 os.environ["PATH"] = _path_without_airbundle(os.environ.get("PATH", ""))
+
+# hypothesis's per-example deadline is a timed assertion: on a shared 2-core
+# machine it fails tests that are merely slow. Speed is measured in bench/.
+hypothesis.settings.register_profile("airbundle", deadline=None)
+hypothesis.settings.load_profile("airbundle")
 
 
 @pytest.hookimpl(hookwrapper=True)
