@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import AIRBUNDLE, TEST_CREDS, require_tool
 from helpers import World, world
+from legacy import LEGACY_PUB, LEGACY_SAMPLES
 from serve_support import (
     ANNOTATION,
     ARTIFACT_A,
@@ -573,8 +574,15 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "nothing to serve" in nothing.stderr
     registry = run("--registry", "registry.local:5000")
     assert registry.returncode == 2 and "oci:DIR" in registry.stderr
-    bundle = run("--bundle", str(tmp_path / "b.airbundle"))
-    assert bundle.returncode == 2 and "not available yet" in bundle.stderr
+    untrusted = run("--bundle", str(tmp_path / "b.airbundle"))
+    assert untrusted.returncode == 2 and "no trusted keys" in untrusted.stderr
+    both = run(
+        "--bundle", str(LEGACY_SAMPLES), "--trust", str(LEGACY_PUB),
+        "--registry", f"oci:{tmp_path / 'x'}",
+    )  # fmt: skip
+    assert both.returncode == 2 and "not with --registry or --git" in both.stderr, both.stderr
+    stray = run("--registry", f"oci:{tmp_path / 'x'}", "--trust", str(LEGACY_PUB))
+    assert stray.returncode == 2 and "go with --bundle" in stray.stderr
     (tmp_path / "h").write_text("alice:$apr1$abc$defghijklmnopqrstuvwx\n")
     md5 = run("--registry", f"oci:{tmp_path / 'x'}", "--htpasswd", str(tmp_path / "h"))
     assert md5.returncode == 2 and "not a bcrypt hash" in md5.stderr
