@@ -16,6 +16,7 @@ import pytest
 from conftest import AIRBUNDLE, TEST_CREDS, require_tool
 from helpers import World, world
 from legacy import LEGACY_PUB, LEGACY_SAMPLES
+from serve_bundle_support import bundle_from_layout
 from serve_support import (
     ANNOTATION,
     ARTIFACT_A,
@@ -33,11 +34,19 @@ from airbundle.ops.serve import ServeOptions, check_options
 MISSING = "sha256:" + hashlib.sha256(b"nothing").hexdigest()
 
 
-@pytest.fixture(scope="module")
-def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, Conformance]]:
+@pytest.fixture(scope="module", params=["layout", "bundle"])
+def conformance(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Serve, Conformance]]:
+    """The same content served from an OCI layout and from a bundle of it."""
     root = tmp_path_factory.mktemp("conformance")
     data = conformance_layout(root / "layout")
-    with Serve(["--registry", f"oci:{root / 'layout'}"], root) as server:
+    args = ["--registry", f"oci:{root / 'layout'}"]
+    if request.param == "bundle":
+        w = world(tmp_path_factory)
+        bundle = bundle_from_layout(root / "layout", root / "conformance.airbundle", w.key)
+        args = ["--bundle", str(bundle), "--trust", str(w.pub_path), "--cache-dir", str(root)]
+    with Serve(args, root) as server:
         yield server, data
 
 

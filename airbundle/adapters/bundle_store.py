@@ -262,9 +262,10 @@ class BundleStore:
         try:
             self._verify(path)
         except IntegrityError as exc:
+            failed = self._failure(path, exc)
             with self._lock:
-                self._failed[path] = exc
-            raise
+                self._failed[path] = failed
+            raise failed from None
         else:
             with self._lock:
                 self._ok.add(path)
@@ -272,6 +273,15 @@ class BundleStore:
             with self._lock:
                 del self._busy[path]
             done.set()
+
+    def _failure(self, path: str, exc: IntegrityError) -> MemberDigestError:
+        """The error every request for the member gets from now on: naming it."""
+        if isinstance(exc, MemberDigestError):
+            return exc
+        return MemberDigestError(
+            f"{self.access.source}: member {path!r} cannot be read as it was signed: "
+            f"{exc.message}"
+        )
 
     def _verify(self, path: str) -> None:
         copy = self._copies.get(path)
@@ -352,9 +362,9 @@ class BundleStore:
             except IntegrityError as exc:
                 # A damaged frame: every member of the run not extracted yet fails.
                 for info in run:
-                    if info.path not in self._copies:
-                        self._failed.setdefault(info.path, exc)
-                log.error("%s", exc.message)
+                    if info.path not in self._copies and info.path not in self._failed:
+                        self._failed[info.path] = self._failure(info.path, exc)
+                        log.error("%s", self._failed[info.path].message)
 
     def _extract_run(self, run: list[MemberInfo], folder: Path, progress: Progress | None) -> None:
         stream = _Cursor(self.access.tar_stream(run[0].place.data, run[-1].place.end))
