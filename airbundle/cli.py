@@ -33,7 +33,6 @@ from airbundle.errors import (
     UsageError,
 )
 from airbundle.format.manifest import format_time
-from airbundle.format.spec import load_spec
 from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.inspect import inspect_bundle
@@ -383,6 +382,8 @@ def export(
         warn=vet_warn,
         timeout=_positive(parse_duration(vet_timeout), "--vet-timeout"),
     )
+    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
+
     loaded = load_spec(spec)
     if lock is not None:
         loaded = apply_lock(loaded, read_lock(lock))
@@ -802,6 +803,7 @@ def plan(
     (from manifests and signatures only); if one is rejected, no lock is written
     and the exit code is 1."""
     from airbundle.errors import VettingError
+    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
     from airbundle.ops.plan import make_plan
 
     loaded = load_spec(spec)

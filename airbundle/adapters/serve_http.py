@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import bcrypt
 from aiohttp import web
 
 from airbundle.adapters.content import Blob, ContentStore, FileSpan
@@ -71,6 +70,8 @@ class Authenticator:
         hashed = self.users.get(name)
         if hashed is None:
             return None
+        import bcrypt  # only with --htpasswd
+
         ok = await asyncio.get_running_loop().run_in_executor(
             None, bcrypt.checkpw, password.encode(), hashed.replace(b"$2y$", b"$2b$", 1)
         )
