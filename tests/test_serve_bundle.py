@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +36,12 @@ from serve_bundle_support import (
 from serve_support import LayoutWriter, Serve, chromium, netns_mount_run, podman, skopeo_digest
 from servers import clean_env, free_port, git_env, netns_run
 
+from airbundle.errors import MemberDigestError
 from airbundle.format.digest import Digest
 from airbundle.format.manifest import BundleInfo, BundleManifest, blob_member_path
+from airbundle.format.trust import TrustPolicy
+from airbundle.ops.keys import load_trust
+from airbundle.ops.serve_bundle import open_bundle_store
 from airbundle.ops.volumes import split_bundle
 
 KINDS = ["file", "volumes", "legacy"]
@@ -634,3 +639,60 @@ def test_serve_writes_only_into_its_cache(
     assert list(home.iterdir()) == []
     assert (tmp_path / "xdg" / "airbundle" / "serve" / "git").is_dir()
     assert os.stat(w.bundle).st_mode & 0o222 == 0  # the bundle was never writable
+
+
+# --- the store, without a server -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_concurrent_first_requests_hash_a_member_once(
+    layers: Layers, tmp_path: Path, tampered: bool
+) -> None:
+    bundle = tmp_path / "b.airbundle"
+    shutil.copyfile(layers.bundle, bundle)
+    raw = blob_member_path(Digest.sha256_of(layers.raw_a))
+    if tampered:
+        (file, offset, _), *_ = member_spans(bundle, layers.pub, raw)
+        flip_byte(file, offset + 7)
+    policy = TrustPolicy(tuple(load_trust([layers.pub])))
+    store = open_bundle_store(bundle, policy, cache_dir=tmp_path / "cache")
+    try:
+        hashed: list[str] = []
+        verify = store.access.verify_member
+
+        def counted(path: str) -> None:
+            hashed.append(path)
+            verify(path)
+
+        store.access.verify_member = counted  # type: ignore[method-assign]
+
+        def first_request(_: int) -> str:
+            try:
+                store.vouch(raw)
+            except MemberDigestError as exc:
+                return exc.message
+            return "ok"
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = set(pool.map(first_request, range(32)))
+        assert hashed == [raw]
+        if tampered:
+            (answer,) = answers
+            assert raw in answer and "tampered with" in answer
+        else:
+            assert answers == {"ok"}
+    finally:
+        store.close()
+
+
+def test_keep_source_host_serves_under_the_full_name(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    w = world(tmp_path_factory)
+    args = ["--bundle", str(w.bundle), "--trust", str(w.pub_path), "--cache-dir", str(tmp_path)]
+    with Serve([*args, "--keep-source-host"], tmp_path) as server:
+        assert server.get("/v2/_catalog").json()["repositories"] == [
+            "example.com/team/app",
+            "registry.example.com/team/hello",
+        ]
+        assert server.get("/v2/registry.example.com/team/hello/manifests/1.0").status == 200
