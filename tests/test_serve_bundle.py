@@ -33,7 +33,15 @@ from serve_bundle_support import (
     member_spans,
     run_read_only,
 )
-from serve_support import LayoutWriter, Serve, chromium, netns_mount_run, podman, skopeo_digest
+from serve_support import (
+    LayoutWriter,
+    PullThroughCache,
+    Serve,
+    chromium,
+    netns_mount_run,
+    podman,
+    skopeo_digest,
+)
 from servers import clean_env, free_port, git_env, netns_run
 
 from airbundle.errors import MemberDigestError
@@ -240,6 +248,54 @@ def test_containerd_pulls_the_original_name_through_the_mirror_config(
     )
     assert digest in line
     assert "/v2/team/hello/manifests/1.0?ns=registry.example.com" in result["log"]
+
+
+def test_docker_registry_as_a_pull_through_cache(
+    served: tuple[World, Source, Serve], tmp_path: Path
+) -> None:
+    _, source, server = served
+    digest = source.carried()["registry.example.com/team/hello:1.0"]
+    with PullThroughCache(tmp_path / "cache", server.url) as cache:
+        assert skopeo_digest(f"docker://{cache.host}/team/hello:1.0") == digest
+        copied = _skopeo(
+            "copy", "--all", "--src-tls-verify=false", f"docker://{cache.host}/team/hello:1.0",
+            f"dir:{tmp_path / 'copy'}",
+        )  # fmt: skip
+        assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "cache" / "storage" / "docker" / "registry" / "v2" / "blobs").is_dir()
+
+
+def test_registries_conf_redirects_the_original_names(
+    served: tuple[World, Source, Serve], tmp_path: Path
+) -> None:
+    source = served[1]
+    names = ["registry.example.com/team/hello:1.0", "example.com/team/app:2.1"]
+    start = (
+        f"ServeReadOnly(Path({str(source.bundle)!r}), {source.args()!r}, tmp / 'serve')"
+        if source.kind == "volumes"
+        else f"Serve({source.args()!r}, tmp / 'serve')"
+    )
+    result = _in_netns(
+        f"""
+        import hashlib
+        from serve_support import Serve
+        from serve_bundle_support import ServeReadOnly
+        with {start} as server:
+            subprocess.run([sys.executable, "-m", "airbundle", "mirror-config",
+                            "{source.bundle}", "-o", str(tmp / "mirrors"), "--registry",
+                            server.host, "--insecure", "-q"], check=True)
+            out = {{}}
+            for name in {names!r}:
+                raw = subprocess.run(["skopeo", "--registries-conf",
+                                      str(tmp / "mirrors" / "registries.conf"), "inspect", "--raw",
+                                      "docker://" + name], capture_output=True, check=True).stdout
+                out[name] = "sha256:" + hashlib.sha256(raw).hexdigest()
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    for name in names:
+        assert result[name] == source.carried()[name]
 
 
 # --- read-only media -------------------------------------------------------------------
