@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import AIRBUNDLE, REPO_ROOT, require_tool
+from conftest import AIRBUNDLE, REPO_ROOT, KeyPair, require_tool
 from helpers import World, world
 from legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like
 from serve_bundle_support import (
@@ -752,3 +752,44 @@ def test_keep_source_host_serves_under_the_full_name(
             "registry.example.com/team/hello",
         ]
         assert server.get("/v2/registry.example.com/team/hello/manifests/1.0").status == 200
+
+
+def test_a_platform_subset_serves_the_upstream_digest_as_a_layout_import_would(
+    hello_layout: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    """A subset bundle carries the upstream index beside the subset: the tag names
+    the upstream index (sparse), pins on its digest resolve, the platform left
+    behind is absent, exactly as serve over an import into an OCI layout."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: subset}\nimages:\n"
+        f"  - ref: oci:{hello_layout}:1.0\n    name: registry.example.com/team/hello:1.0\n"
+        "    platforms: [linux/amd64]\n"
+    )
+    bundle = tmp_path / "subset.airbundle"
+    made = subprocess.run(
+        [*AIRBUNDLE, "export", str(spec), "-o", str(bundle), "--key", str(signing_key.private)],
+        capture_output=True, text=True, env=clean_env({"HOME": str(tmp_path)}),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    (image,) = manifest_of(bundle, signing_key.public).images
+    upstream = str(image.source_digest)
+    args = [
+        "--bundle",
+        str(bundle),
+        "--trust",
+        str(signing_key.public),
+        "--cache-dir",
+        str(tmp_path),
+    ]
+    with Serve(args, tmp_path / "serve") as server:
+        assert skopeo_digest(f"docker://{server.host}/team/hello:1.0") == upstream
+        assert skopeo_digest(f"docker://{server.host}/team/hello@{upstream}") == upstream
+        for arch, ok in (("amd64", True), ("arm64", False)):
+            copied = _skopeo(
+                "--override-os", "linux", "--override-arch", arch, "copy",
+                "--src-tls-verify=false", f"docker://{server.host}/team/hello@{upstream}",
+                f"oci:{tmp_path / arch}:x",
+            )  # fmt: skip
+            assert (copied.returncode == 0) == ok, copied.stderr
+        assert "warning" not in server.log_text().lower()
