@@ -15,7 +15,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
@@ -33,7 +33,6 @@ from airbundle.errors import (
     UsageError,
 )
 from airbundle.format.manifest import format_time
-from airbundle.format.spec import load_spec
 from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.inspect import inspect_bundle
@@ -383,6 +382,8 @@ def export(
         warn=vet_warn,
         timeout=_positive(parse_duration(vet_timeout), "--vet-timeout"),
     )
+    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
+
     loaded = load_spec(spec)
     if lock is not None:
         loaded = apply_lock(loaded, read_lock(lock))
@@ -802,6 +803,7 @@ def plan(
     (from manifests and signatures only); if one is rejected, no lock is written
     and the exit code is 1."""
     from airbundle.errors import VettingError
+    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
     from airbundle.ops.plan import make_plan
 
     loaded = load_spec(spec)
@@ -1054,12 +1056,29 @@ def serve(
         Path | None, typer.Option("--git", help="Serve the bare repos import wrote here.")
     ] = None,
     bundle: Annotated[
-        Path | None, typer.Option(help="Serve a bundle in place (not yet available).")
+        Path | None,
+        typer.Option(
+            help="Serve a bundle in place, without extracting it: a bundle file, a volume "
+            "set's .volumes file or its folder (read-only media welcome)."
+        ),
     ] = None,
     trust: Annotated[
-        list[Path], typer.Option(help="Trusted keys for --bundle (not yet available).")
+        list[Path],
+        typer.Option(
+            help="For --bundle: trusted public key file or allowed_signers file (repeatable)."
+        ),
     ] = [],  # noqa: B006 - typer needs a literal default
     threshold: ThresholdOpt = 1,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="For --bundle: a small writable folder for frame indexes of old bundles and "
+            "git repos (default: ~/.cache/airbundle/serve)."
+        ),
+    ] = None,
+    allow_expired: Annotated[
+        bool, typer.Option(help="For --bundle: serve it even if it has expired (logged).")
+    ] = False,
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:5000",
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate.")] = (
         None
@@ -1074,23 +1093,21 @@ def serve(
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Serve what import wrote (an OCI layout, bare repos) read-only: the OCI registry
-    API (pull), git smart HTTP under /git/NAME.git, and a page at /."""
+    """Serve read-only what import wrote (an OCI layout, bare repos) or a bundle in
+    place: the OCI registry API (pull), git smart HTTP under /git/NAME.git, and a
+    page at /."""
     import logging
 
-    from airbundle.ops.serve import ServeOptions
-    from airbundle.ops.serve import serve as run_serve
+    from airbundle.ops.serve import ServeOptions, prepare, run
 
-    if bundle is not None or trust or threshold != 1:
-        raise UsageError(
-            "serve --bundle is not available yet: import the bundle into oci:DIR and a git "
-            "folder, then serve those (--registry oci:DIR --git DIR)"
-        )
     logging.basicConfig(
         level=logging.WARNING if quiet or _state["quiet"] else logging.INFO,
         format="airbundle serve: %(message)s",
         stream=sys.stderr,
     )
+    if bundle is None and (trust or threshold != 1 or cache_dir or allow_expired):
+        raise UsageError("--trust, --threshold, --cache-dir and --allow-expired go with --bundle")
+    policy = load_policy(keyops.load_trust(trust), threshold) if bundle is not None else None
     options = ServeOptions(
         registry=registry,
         git=git_dir,
@@ -1099,13 +1116,28 @@ def serve(
         tls_key=tls_key,
         htpasswd=htpasswd,
         keep_source_host=keep_source_host,
+        bundle=bundle,
+        policy=policy,
+        cache_dir=cache_dir,
+        allow_expired=allow_expired,
     )
 
     def ready(url: str) -> None:
         if not (quiet or _state["quiet"]):
             typer.echo(f"serving on {url}", err=True)
 
-    run_serve(options, on_ready=ready)
+    # A bar appears only if an old bundle is indexed (one pass over all of it).
+    with ExitStack() as stack:
+        bar: list[Callable[[int], None] | None] = []
+
+        def progress(n: int) -> None:
+            if not bar:
+                bar.append(stack.enter_context(_progress(None, "indexing the bundle", quiet)))
+            if bar[0] is not None:
+                bar[0](n)
+
+        prepared = prepare(options, progress=progress)
+    run(prepared, on_ready=ready)
 
 
 @cache_app.command("prune")

@@ -127,6 +127,10 @@ class Limits:
     max_send_threads: int = 64
     # serve: refs listed per repository on the page at /.
     max_page_refs: int = 200
+    # serve --bundle: requests waiting for a member's first hash or a repo's
+    # indexing at once (most of them wait for one another: each member is
+    # hashed once, by the first request for it).
+    max_check_threads: int = 16
 
 
 DEFAULT_LIMITS = Limits()

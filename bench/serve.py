@@ -1,7 +1,10 @@
 """``python -m bench.serve``: `airbundle serve` against Debian's docker-registry,
 serving the same image on the same machine, side by side in one run.
 
-For each server, ``--reps`` times, alternating (serve, registry, serve, ...):
+Three servers of one image: serve over the OCI layout (as import writes it),
+serve over a bundle of it (``--bundle``, exported by ``airbundle export``), and
+docker-registry (the image copied in by ``skopeo copy`` beforehand, not timed).
+For each, ``--reps`` times, alternating (layout, bundle, registry, layout, ...):
 
 * start-up: from spawning the server to its first 200 on ``/v2/``;
 * pulls: ``--clients`` concurrent ``skopeo copy docker://... dir:`` of one
@@ -10,10 +13,14 @@ For each server, ``--reps`` times, alternating (serve, registry, serve, ...):
   (requests/s, p50, p99);
 * peak RSS: VmHWM of the server process after both loads.
 
-serve reads the OCI layout; the registry gets the same image by ``skopeo copy``
-beforehand (not timed). Layers are random bytes (what compressed layers are).
-Results go to ``--out`` (results.json, results.md). Loopback only; every load
-is bounded in count and time.
+Then a large bundle (``--big-mib``, default 5 GiB, in 8 layers), exported in
+the run: from spawning ``serve --bundle`` to its first 200 on ``/v2/``, to the
+first manifest, and to the first byte of a layer (which waits for that layer's
+hash), ``--reps`` times with a fresh cache each.
+
+Layers are random bytes behind a gzip magic (what compressed layers are: the
+bundle stores them raw). Results go to ``--out`` (results.json, results.md).
+Loopback only; every load is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ def make_layout(root: Path, total: int, layers: int = 8) -> str:
             left = size
             while left:
                 chunk = os.urandom(min(left, 4 * MiB))
+                if left == size:  # a gzip stream's magic, as a compressed layer starts
+                    chunk = b"\x1f\x8b\x08\x00" + chunk[4:]
                 h.update(chunk)
                 fh.write(chunk)
                 left -= len(chunk)
@@ -102,6 +111,42 @@ def make_layout(root: Path, total: int, layers: int = 8) -> str:
     (root / "index.json").write_text(json.dumps(index))
     (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     return str(m["digest"])
+
+
+def make_bundle(layout: Path, out: Path, work: Path, env: dict[str, str]) -> Path:
+    """`airbundle export` of the layout's image into `out` (a fresh key)."""
+    key = work / "bench-key"
+    if not key.exists():
+        subprocess.run(
+            [sys.executable, "-m", "airbundle", "key", "generate", str(key)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    spec = out.with_suffix(".yaml")
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata:\n  name: bench\nimages:\n"
+        f"  - ref: oci:{layout}\n    name: {IMAGE}\n"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airbundle",
+            "export",
+            str(spec),
+            "-o",
+            str(out),
+            "--key",
+            str(key),
+            "--no-cache",
+            "-q",
+        ],
+        env=env,
+        check=True,
+        timeout=3600,
+    )
+    return out
 
 
 @dataclass
@@ -148,6 +193,27 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> bytes:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=600) as r:  # noqa: S310 - loopback http
+        if r.status not in (200, 206):
+            raise RuntimeError(f"{path}: {r.status}")
+        return bytes(r.read())
+
+
+def first_answers(server: Server) -> dict[str, float]:
+    """Seconds from spawn to the first /v2/, the first manifest and the first
+    byte of the first layer (which serve hashes in full before sending)."""
+    t0 = time.monotonic()
+    ping = server.start()
+    base = f"/v2/{SERVED}"
+    manifest = json.loads(_get(server.port, f"{base}/manifests/1.0", {"Accept": OCI_MANIFEST}))
+    at_manifest = time.monotonic() - t0
+    layer = manifest["layers"][0]["digest"]
+    _get(server.port, f"{base}/blobs/{layer}", {"Range": "bytes=0-0"})
+    return {"startup_s": ping, "manifest_s": at_manifest, "layer_byte_s": time.monotonic() - t0}
 
 
 def pull(host: str, clients: int, work: Path, env: dict[str, str]) -> float:
@@ -227,6 +293,19 @@ class Side:
         return {k: statistics.median(v) for k, v in self.__dict__.items() if v}
 
 
+def _serve_argv(port: int, *source: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "airbundle",
+        "serve",
+        "-q",
+        *source,
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
     p.add_argument("--size", type=int, default=512, help="image size in MiB (8 layers)")
@@ -234,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=32, help="wrk connections")
     p.add_argument("--seconds", type=int, default=10, help="wrk duration")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--big-mib", type=int, default=5120, help="the large bundle for start-up (0: skip)"
+    )
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "serve")
     args = p.parse_args(argv)
     for tool in ("skopeo", "docker-registry", "wrk"):
@@ -249,11 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update({"HOME": str(work / "home"), "REGISTRY_AUTH_FILE": str(work / "no-auth.json")})
     (work / "home").mkdir()
+    servers: dict[str, Server] = {}
     try:
         layout = work / "layout"
         log(f"writing a {args.size} MiB image in 8 layers")
         digest = make_layout(layout, args.size * MiB)
-        reg_port, serve_port = _free_port(), _free_port()
+        log("exporting it as a bundle")
+        serve_env = {**env, "PYTHONPATH": str(REPO)}
+        bundle = make_bundle(layout, work / "bench.airbundle", work, serve_env)
+        key_pub = work / "bench-key.pub"
+        reg_port, layout_port, bundle_port = _free_port(), _free_port(), _free_port()
         storage = work / "registry"
         (work / "registry.yml").write_text(
             "version: 0.1\n"
@@ -265,21 +352,23 @@ def main(argv: list[str] | None = None) -> int:
         servers = {
             "serve": Server(
                 "serve",
-                [
-                    sys.executable,
-                    "-m",
-                    "airbundle",
-                    "serve",
-                    "-q",
-                    "--registry",
-                    f"oci:{layout}",
-                    "--listen",
-                    f"127.0.0.1:{serve_port}",
-                ],
-                serve_port,
-                {**env, "PYTHONPATH": str(REPO)},
+                _serve_argv(layout_port, "--registry", f"oci:{layout}"),
+                layout_port,
+                serve_env,
                 REPO,
                 work / "serve.log",
+            ),
+            "serve-bundle": Server(
+                "serve-bundle",
+                _serve_argv(
+                    bundle_port,
+                    *("--bundle", str(bundle), "--trust", str(key_pub)),
+                    *("--cache-dir", str(work / "cache")),
+                ),
+                bundle_port,
+                serve_env,
+                REPO,
+                work / "serve-bundle.log",
             ),
             "docker-registry": Server(
                 "docker-registry",
@@ -324,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
                     server.stop()
                 last = {k: v[-1] for k, v in side.__dict__.items()}
                 log(f"rep {rep + 1} {name}: {json.dumps(last)}")
+        big = big_bundle(args, work, serve_env, log) if args.big_mib else {}
         doc = {
-            "schema": "airbundle-bench-serve/1",
+            "schema": "airbundle-bench-serve/2",
             "image_mib": args.size,
             "image_digest": digest,
+            "bundle_bytes": bundle.stat().st_size,
             "clients": args.clients,
             "connections": args.connections,
             "seconds": args.seconds,
@@ -336,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": list(os.getloadavg()),
             "raw": {name: side.__dict__ for name, side in sides.items()},
             "median": {name: side.median() for name, side in sides.items()},
+            "big": big,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -343,13 +435,55 @@ def main(argv: list[str] | None = None) -> int:
         print(table(doc))
         return 0
     finally:
-        for server in locals().get("servers", {}).values():
+        for server in servers.values():
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
+def big_bundle(
+    args: argparse.Namespace, work: Path, env: dict[str, str], log: Any
+) -> dict[str, Any]:
+    """Start-up of serve --bundle over a large bundle: no pass over it first."""
+    layout = work / "big-layout"
+    log(f"writing a {args.big_mib} MiB image in 8 layers")
+    make_layout(layout, args.big_mib * MiB)
+    log("exporting it as a bundle")
+    bundle = make_bundle(layout, work / "big.airbundle", work, env)
+    shutil.rmtree(layout)
+    port = _free_port()
+    rounds: dict[str, list[float]] = {"startup_s": [], "manifest_s": [], "layer_byte_s": []}
+    for rep in range(args.reps):
+        cache = work / f"big-cache-{rep}"
+        server = Server(
+            "serve-big",
+            _serve_argv(
+                port,
+                *("--bundle", str(bundle), "--trust", str(work / "bench-key.pub")),
+                *("--cache-dir", str(cache)),
+            ),
+            port,
+            env,
+            REPO,
+            work / "serve-big.log",
+        )
+        try:
+            got = first_answers(server)
+        finally:
+            server.stop()
+        for key, value in got.items():
+            rounds[key].append(value)
+        log(f"rep {rep + 1} serve --bundle of {args.big_mib} MiB: {json.dumps(got)}")
+    return {
+        "mib": args.big_mib,
+        "bundle_bytes": bundle.stat().st_size,
+        "raw": rounds,
+        "median": {k: statistics.median(v) for k, v in rounds.items()},
+    }
+
+
 def table(doc: dict[str, Any]) -> str:
-    s, r = doc["median"]["serve"], doc["median"]["docker-registry"]
+    m = doc["median"]
+    s, b, r = m["serve"], m["serve-bundle"], m["docker-registry"]
     rows = [
         ("start-up to first answer (s)", "startup_s", "{:.2f}"),
         (f"{doc['clients']} clients pulling {doc['image_mib']} MiB (s)", "pull_s", "{:.2f}"),
@@ -359,12 +493,29 @@ def table(doc: dict[str, Any]) -> str:
         ("peak RSS (MiB)", "rss_mib", "{:.1f}"),
     ]
     lines = [
-        f"| medians of {doc['reps']} runs | airbundle serve | docker-registry | ratio |",
-        "|---|---:|---:|---:|",
+        f"| medians of {doc['reps']} runs | serve (layout) | serve --bundle | docker-registry "
+        "| layout ratio | bundle ratio |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, key, fmt in rows:
-        ratio = s[key] / r[key] if r.get(key) else float("nan")
-        lines.append(f"| {label} | {fmt.format(s[key])} | {fmt.format(r[key])} | {ratio:.2f}x |")
+        ratios = [x[key] / r[key] if r.get(key) else float("nan") for x in (s, b)]
+        lines.append(
+            f"| {label} | {fmt.format(s[key])} | {fmt.format(b[key])} | {fmt.format(r[key])} "
+            f"| {ratios[0]:.2f}x | {ratios[1]:.2f}x |"
+        )
+    big = doc.get("big")
+    if big:
+        gib = big["bundle_bytes"] / (1 << 30)
+        bm = big["median"]
+        lines += [
+            "",
+            f"| serve --bundle of {gib:.1f} GiB, medians of {doc['reps']} runs | seconds |",
+            "|---|---:|",
+            f"| spawn to first answer (`/v2/`) | {bm['startup_s']:.2f} |",
+            f"| spawn to first manifest | {bm['manifest_s']:.2f} |",
+            f"| spawn to first byte of a {big['mib'] // 8} MiB layer (hashed first) "
+            f"| {bm['layer_byte_s']:.2f} |",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,6 @@ def test_airgap_demo_script_crosses_a_simulated_gap(tmp_path: Path) -> None:
     report = (tmp_path / "work" / "import-report.json").read_text()
     assert "team/hello:1.0" in report
     assert (tmp_path / "work" / "far" / "checkout" / ".git").is_dir()
-    assert (
-        "index digest from serve: "
-        "sha256:1d3cdc2a3476142a55266984489dbfc68cd13e92ccfe463a467adf3ae53c4604" in proc.stdout
-    )
+    hello = "sha256:1d3cdc2a3476142a55266984489dbfc68cd13e92ccfe463a467adf3ae53c4604"
+    assert f"index digest from serve: {hello}" in proc.stdout
+    assert f"index digest from serve --bundle: {hello}" in proc.stdout

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import AIRBUNDLE, TEST_CREDS, require_tool
 from helpers import World, world
+from legacy import LEGACY_PUB, LEGACY_SAMPLES
+from serve_bundle_support import bundle_from_layout
 from serve_support import (
     ANNOTATION,
     ARTIFACT_A,
@@ -32,11 +34,19 @@ from airbundle.ops.serve import ServeOptions, check_options
 MISSING = "sha256:" + hashlib.sha256(b"nothing").hexdigest()
 
 
-@pytest.fixture(scope="module")
-def conformance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve, Conformance]]:
+@pytest.fixture(scope="module", params=["layout", "bundle"])
+def conformance(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Serve, Conformance]]:
+    """The same content served from an OCI layout and from a bundle of it."""
     root = tmp_path_factory.mktemp("conformance")
     data = conformance_layout(root / "layout")
-    with Serve(["--registry", f"oci:{root / 'layout'}"], root) as server:
+    args = ["--registry", f"oci:{root / 'layout'}"]
+    if request.param == "bundle":
+        w = world(tmp_path_factory)
+        bundle = bundle_from_layout(root / "layout", root / "conformance.airbundle", w.key)
+        args = ["--bundle", str(bundle), "--trust", str(w.pub_path), "--cache-dir", str(root)]
+    with Serve(args, root) as server:
         yield server, data
 
 
@@ -573,8 +583,15 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "nothing to serve" in nothing.stderr
     registry = run("--registry", "registry.local:5000")
     assert registry.returncode == 2 and "oci:DIR" in registry.stderr
-    bundle = run("--bundle", str(tmp_path / "b.airbundle"))
-    assert bundle.returncode == 2 and "not available yet" in bundle.stderr
+    untrusted = run("--bundle", str(tmp_path / "b.airbundle"))
+    assert untrusted.returncode == 2 and "no trusted keys" in untrusted.stderr
+    both = run(
+        "--bundle", str(LEGACY_SAMPLES), "--trust", str(LEGACY_PUB),
+        "--registry", f"oci:{tmp_path / 'x'}",
+    )  # fmt: skip
+    assert both.returncode == 2 and "not with --registry or --git" in both.stderr, both.stderr
+    stray = run("--registry", f"oci:{tmp_path / 'x'}", "--trust", str(LEGACY_PUB))
+    assert stray.returncode == 2 and "go with --bundle" in stray.stderr
     (tmp_path / "h").write_text("alice:$apr1$abc$defghijklmnopqrstuvwx\n")
     md5 = run("--registry", f"oci:{tmp_path / 'x'}", "--htpasswd", str(tmp_path / "h"))
     assert md5.returncode == 2 and "not a bcrypt hash" in md5.stderr

@@ -37,6 +37,7 @@ from airbundle.format.framestream import FrameStream
 from airbundle.format.manifest import BundleManifest
 from airbundle.format.seektable import FrameMap, MemberPlace, member_places
 from airbundle.format.tarstream import BLOCK, decode_header
+from airbundle.format.trust import TrustedKey
 from airbundle.format.zstdframes import (
     BLOCK_HEADER,
     MAX_FRAME_HEADER,
@@ -67,6 +68,11 @@ class VolumeReader:
     @property
     def size(self) -> int:
         return self._starts[-1]
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The parts, in order."""
+        return tuple(self._paths)
 
     def _fd(self, k: int) -> int:
         with self._lock:
@@ -183,6 +189,7 @@ class BundleAccess:
         frames: FrameMap,
         frames_signed: bool,
         verified: frozenset[str] = frozenset(),
+        signers: tuple[TrustedKey, ...] = (),
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.volumes = volumes
@@ -194,6 +201,8 @@ class BundleAccess:
         # Members whose every byte was checked while this object was made
         # (the indexing pass of a bundle without a seek table reads them all).
         self.verified = verified
+        # The trusted keys whose signatures met the policy when it was opened.
+        self.signers = signers
         self._limits = limits
         # A reader of members decodes compressed frames one block at a time
         # (no frame held whole: memory per reader stays near 2 MiB however many
@@ -225,6 +234,15 @@ class BundleAccess:
     def open_member(self, path: str) -> MemberReader:
         """A reader of exactly the member's bytes, from any offset (seek, then read)."""
         return MemberReader(self, self.member(path))
+
+    def tar_stream(self, start: int, end: int) -> Iterator[bytes]:
+        """The content's tar stream [start, end) (tar offsets), decoded from the
+        frame holding `start`: several members of one shared frame (a bundle
+        written before the seek table) in one pass. Unchecked bytes, as
+        open_member's: hash each member before trusting it."""
+        if start >= end:
+            return iter(())
+        return self._decode(start, end)
 
     def _decode(self, start: int, end: int, place: MemberPlace | None = None) -> Iterator[bytes]:
         """The content's tar stream [start, end), decoded from the frame holding

@@ -2,9 +2,10 @@
 
 The HTTP layer (adapters/serve_http.py) talks only to this protocol, so the
 same handlers serve an OCI layout with bare repositories as `import` writes
-them (adapters/layout_store.py) or, later, a bundle read in place. A store is
-read-only and keeps no state of its own beyond a cache of what it read: any
-number of instances over the same folders give the same answers.
+them (adapters/layout_store.py) or a bundle read in place
+(adapters/bundle_store.py). A store is read-only and keeps no state of its own
+beyond a cache of what it read: any number of instances over the same folders
+or media give the same answers.
 
 Names are repository names as clients ask for them (already mapped, as
 `import --registry HOST/PREFIX` maps them); references are tags or digests.
@@ -28,6 +29,10 @@ class FileSpan:
     path: Path
     offset: int
     length: int
+    # A descriptor the store holds open on `path` (the very file it checked):
+    # the sender reads through a duplicate of it rather than opening the path
+    # again, so a file replaced on the media in between never goes out.
+    fd: int | None = field(default=None, compare=False)
 
 
 class Blob(Protocol):
@@ -38,6 +43,13 @@ class Blob(Protocol):
 
     @property
     def size(self) -> int: ...
+
+    def check(self) -> None:
+        """Raise (an AirbundleError) unless the store can vouch for every byte of
+        the blob, before any is sent: a bundle member is hashed in full against
+        the signed manifest the first time. May take long: call it off the
+        event loop."""
+        ...
 
     def spans(self, start: int, end: int) -> Sequence[FileSpan] | None:
         """File spans holding exactly bytes [start, end) of the blob, in order, for
@@ -123,5 +135,17 @@ class ContentStore(Protocol):
         ...
 
     def git_dir(self, name: str) -> Path | None:
-        """The bare repository `git http-backend` serves for `name`, if published."""
+        """The bare repository `git http-backend` serves for `name`, if published.
+        May take long the first time (a bundle's repo is indexed into the cache),
+        and raises if the repo cannot be vouched for: call it off the event loop."""
         ...
+
+    def repo_summary(self, name: str) -> RepoSummary | None:
+        """Refs and HEAD of a served repository, for the page (no indexing)."""
+        ...
+
+    def details(self) -> dict[str, Any]:
+        """More for the page at `/` (a bundle's name, signers, channel...)."""
+        ...
+
+    def close(self) -> None: ...

@@ -87,6 +87,42 @@ def _history(history: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _bundle(bundle: dict[str, Any]) -> list[str]:
+    signers = "<br>".join(
+        f"<code>{_e(k['fingerprint'])}</code> {_e(k['comment'])} (trusted by {_e(k['trustedBy'])})"
+        for k in bundle["signers"]
+    )
+    rows = [
+        ("bundle", f"<code>{_e(bundle['path'])}</code>"),
+        ("name", _e(bundle["name"])),
+        ("id", f"<code>{_e(bundle['id'])}</code>"),
+        ("created", _e(bundle["created"])),
+        ("expires", _e(bundle["expires"] or "never")),
+        ("channel", _e(bundle["channel"])),
+        ("sequence", _e(bundle["sequence"])),
+        ("manifest", f"<code>{_e(bundle['manifestDigest'])}</code>"),
+        ("signed by", signers),
+        (
+            "members",
+            f"{_e(bundle['members'])}, {_e(bundle['verified'])} hashed and found as signed "
+            "so far (each before its first byte is sent)",
+        ),
+    ]
+    if bundle["failed"]:
+        rows.append(
+            (
+                "not served",
+                '<span class="warn">'
+                + "<br>".join(f"<code>{_e(m)}</code>" for m in bundle["failed"])
+                + " (failed verification)</span>",
+            )
+        )
+    out = ["<h2>Bundle</h2>", '<table id="bundle">']
+    out += [f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in rows]
+    out.append("</table>")
+    return out
+
+
 def render_html(data: dict[str, Any]) -> str:
     parts = [
         "<!doctype html>",
@@ -100,8 +136,11 @@ def render_html(data: dict[str, Any]) -> str:
         "<code>Accept: application/json</code>.</p>",
     ]
     parts += [f'<p class="warn">{_e(w)}</p>' for w in data.get("warnings", [])]
+    if "bundle" in data:
+        parts += _bundle(data["bundle"])
     parts += _images(data["images"])
     parts += _repos(data["repos"])
-    parts += _history(data["history"])
+    if "bundle" not in data:
+        parts += _history(data["history"])
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -58,6 +58,9 @@ PAGINATION_NUMBER_INVALID = ErrorCode(
 # Not in the spec's table; distribution answers an unsatisfiable range with it.
 RANGE_INVALID = ErrorCode("RANGE_INVALID", 416, "requested range not satisfiable")
 NOT_FOUND = ErrorCode("NOT_FOUND", 404, "no such route")
+# Not in the spec's table; distribution answers a storage failure with it (its
+# errcode.ErrorCodeUnknown): here, content that failed its verification.
+UNKNOWN = ErrorCode("UNKNOWN", 500, "unknown error")
 
 
 class ApiError(FormatError):

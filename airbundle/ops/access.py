@@ -93,6 +93,7 @@ def open_bundle_access(
             frames=frames,
             frames_signed=manifest.seek_table is not None,
             verified=verified,
+            signers=auth.signers,
             limits=limits,
         )
     except BaseException:

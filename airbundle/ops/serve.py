@@ -1,9 +1,10 @@
 """serve: the disconnected side's own registry and git server, read-only.
 
-Serves what `import` wrote (an OCI layout, a folder of bare repositories) over
-the OCI distribution API (pull side), git smart HTTP and a page at `/`. It
-keeps no state of its own: every answer comes from the folders, re-read when
-an import changes them, so several instances over the same folders answer the
+Serves what `import` wrote (an OCI layout, a folder of bare repositories), or
+a bundle in place (ops/serve_bundle.py), over the OCI distribution API (pull
+side), git smart HTTP and a page at `/`. It keeps no state of its own: every
+answer comes from the folders, re-read when an import changes them, or from
+the bundle, so several instances over the same folders or media answer the
 same and an import becomes visible without a restart.
 """
 
@@ -16,7 +17,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +28,13 @@ from airbundle.format.jsonutil import loads_strict
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.state import StateStore, default_state_dir
 
-if TYPE_CHECKING:  # aiohttp and the store load when serve runs
-    from airbundle.adapters.layout_store import LayoutStore
+if TYPE_CHECKING:  # aiohttp and the stores load when serve runs
+    from airbundle.adapters.content import ContentStore
+    from airbundle.format.trust import TrustPolicy
 
 log = logging.getLogger("airbundle.serve")
 DEFAULT_LISTEN = "127.0.0.1:5000"
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class ServeOptions:
     htpasswd: Path | None = None
     keep_source_host: bool = False
     limits: Limits = DEFAULT_LIMITS
+    # --bundle: a bundle file, volume set or its folder, served in place.
+    bundle: Path | None = None
+    policy: TrustPolicy | None = field(default=None, compare=False)
+    cache_dir: Path | None = None
+    allow_expired: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,12 @@ def check_options(options: ServeOptions) -> list[str]:
     """Refuse what cannot work before binding a port; return warnings."""
     warnings = []
     layout = layout_dir(options)
-    if layout is None and options.git is None:
-        raise UsageError("nothing to serve: give --registry oci:DIR and/or --git DIR")
+    if options.bundle is not None:
+        check_bundle_options(options)
+    elif layout is None and options.git is None:
+        raise UsageError(
+            "nothing to serve: give --registry oci:DIR and/or --git DIR, or --bundle BUNDLE"
+        )
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if layout is not None:
@@ -106,6 +118,18 @@ def check_options(options: ServeOptions) -> list[str]:
     if not listen.loopback and options.tls_cert is None:
         warnings.append(exposure_warning(listen))
     return warnings
+
+
+def check_bundle_options(options: ServeOptions) -> None:
+    if options.registry is not None or options.git is not None:
+        raise UsageError(
+            "--bundle serves one bundle on its own, not with --registry or --git",
+            hint="run one serve per source, each on its own --listen port (a client takes one "
+            "mirror per name: serving a bundle and a layout under one name would need rules "
+            "for which tag wins)",
+        )
+    if options.policy is None:
+        raise UsageError("--bundle needs the keys to trust: --trust PUBKEY (repeatable)")
 
 
 def exposure_warning(listen: Listen) -> str:
@@ -146,7 +170,22 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-def open_store(options: ServeOptions) -> LayoutStore:
+def open_store(options: ServeOptions, progress: Progress | None = None) -> ContentStore:
+    """The store to serve from: a bundle opened in place (its signatures checked,
+    an old one indexed), or the folders import writes."""
+    if options.bundle is not None:
+        from airbundle.ops.serve_bundle import open_bundle_store
+
+        assert options.policy is not None
+        return open_bundle_store(
+            options.bundle,
+            options.policy,
+            cache_dir=options.cache_dir,
+            keep_source_host=options.keep_source_host,
+            allow_expired=options.allow_expired,
+            progress=progress,
+            limits=options.limits,
+        )
     from airbundle.adapters.layout_store import LayoutStore
 
     return LayoutStore(
@@ -202,10 +241,8 @@ def read_history(options: ServeOptions) -> tuple[list[dict[str, Any]], list[str]
 
 
 def page_data(
-    store: LayoutStore, options: ServeOptions, address: str, scheme: str
+    store: ContentStore, options: ServeOptions, address: str, scheme: str
 ) -> dict[str, Any]:
-    from airbundle.adapters.git_serve import summary
-
     images = [
         {
             "repository": i.repository,
@@ -221,10 +258,9 @@ def page_data(
     ]
     repos = []
     for name in store.git_repos():
-        path = store.git_dir(name)
-        if path is None:
+        s = store.repo_summary(name)
+        if s is None:
             continue
-        s = summary(name, path, max_refs=options.limits.max_page_refs)
         repos.append(
             {
                 "name": name,
@@ -244,20 +280,27 @@ def page_data(
         "repos": repos,
         "history": history,
         "warnings": warnings,
+        **store.details(),
     }
 
 
 # --- running ------------------------------------------------------------------------------
 
 
-def serve(
-    options: ServeOptions,
-    *,
-    on_ready: Callable[[str], None] | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Serve until SIGINT/SIGTERM (or `stop` is set). `on_ready` gets the URL
-    once the port is bound (with the real port when 0 was asked for)."""
+@dataclass
+class Prepared:
+    """Everything checked and opened; nothing bound yet."""
+
+    options: ServeOptions
+    store: ContentStore
+    users: dict[str, bytes] | None
+    context: ssl.SSLContext | None
+
+
+def prepare(options: ServeOptions, *, progress: Progress | None = None) -> Prepared:
+    """Refuse what cannot work and open the store (a bundle's signatures are
+    checked here, an old bundle indexed, with `progress` in bytes), before
+    any port is bound."""
     warnings = check_options(options)
     for warning in warnings:
         log.warning("%s", warning)
@@ -267,15 +310,52 @@ def serve(
         if options.tls_cert is not None and options.tls_key is not None
         else None
     )
-    store = open_store(options)
-    for warning in store.refresh():
-        log.warning("%s", warning)
-    asyncio.run(_serve(options, store, users, context, on_ready, stop))
+    store = open_store(options, progress)
+    try:
+        for warning in store.refresh():
+            log.warning("%s", warning)
+    except BaseException:
+        store.close()
+        raise
+    return Prepared(options, store, users, context)
+
+
+def run(
+    prepared: Prepared,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop` is set). `on_ready` gets the URL
+    once the port is bound (with the real port when 0 was asked for)."""
+    try:
+        asyncio.run(
+            _serve(
+                prepared.options,
+                prepared.store,
+                prepared.users,
+                prepared.context,
+                on_ready,
+                stop,
+            )
+        )
+    finally:
+        prepared.store.close()
+
+
+def serve(
+    options: ServeOptions,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+    progress: Progress | None = None,
+) -> None:
+    run(prepare(options, progress=progress), on_ready=on_ready, stop=stop)
 
 
 async def _serve(
     options: ServeOptions,
-    store: LayoutStore,
+    store: ContentStore,
     users: dict[str, bytes] | None,
     context: ssl.SSLContext | None,
     on_ready: Callable[[str], None] | None,
