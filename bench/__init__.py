@@ -5,7 +5,7 @@ into one OCI layout, ``git clone --mirror`` + ``git bundle create``, then
 ``tar | zstd``; on the other side ``zstd -d | tar -x``, ``skopeo copy`` per image
 and ``git push --mirror``. Both run side by side, alternating, on the same data
 (generated deterministically and cached) against real registries and git daemons
-on loopback (``tests/servers.py``).
+on loopback (``tests/support/``).
 
 Run ``python -m bench --help``; docs/performance.md explains the results.
 """

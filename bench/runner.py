@@ -9,6 +9,7 @@ measures export and import of ``git``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import statistics
@@ -21,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import zstandard
@@ -42,12 +44,18 @@ Log = Callable[[str], None]
 
 
 def servers_module() -> Any:
-    """tests/servers.py (Registry, GitDaemon ...), imported from its folder."""
+    """The test servers bench starts (Registry, GitDaemon, push_oci_layout) from
+    tests/support, imported from tests/ (bench is not run by pytest)."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
-    import servers  # type: ignore[import-not-found]
-
-    return servers
+    git_daemon = importlib.import_module("support.git_daemon")
+    registry = importlib.import_module("support.registry")
+    skopeo = importlib.import_module("support.skopeo")
+    return SimpleNamespace(
+        Registry=registry.Registry,
+        GitDaemon=git_daemon.GitDaemon,
+        push_oci_layout=skopeo.push_oci_layout,
+    )
 
 
 @dataclass

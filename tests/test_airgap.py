@@ -18,21 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, hermetic, require_tool
-from servers import (
-    GitDaemon,
-    Registry,
-    assert_netns_isolated,
-    git_env,
-    netns_run,
-    push_oci_layout,
-    skopeo,
-    skopeo_raw_manifest,
-)
 
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.keys import load_signing_key
+from support.env import git_env, hermetic, require_tool
+from support.git_daemon import GitDaemon
+from support.keys import KeyPair
+from support.netns import assert_netns_isolated, netns_run
+from support.registry import Registry
+from support.skopeo import push_oci_layout, skopeo, skopeo_raw_manifest
 
 TESTS_DIR = Path(__file__).resolve().parent
 IMAGES = ("team/hello:1.0", "team/app:2.1")
@@ -107,7 +102,10 @@ from pathlib import Path
 
 config = json.loads(Path(sys.argv[1]).read_text())
 sys.path.insert(0, config["tests_dir"])
-from servers import GitDaemon, Registry, git_env, skopeo_raw_manifest  # noqa: E402
+from support.env import git_env  # noqa: E402
+from support.git_daemon import GitDaemon  # noqa: E402
+from support.registry import Registry  # noqa: E402
+from support.skopeo import skopeo_raw_manifest  # noqa: E402
 
 work = Path(config["work"])
 out = {}

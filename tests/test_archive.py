@@ -12,28 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import require_tool
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import (
-    END_OF_ARCHIVE,
-    EPOCH,
-    NOW,
-    World,
-    blob,
-    content_start,
-    make_manifest,
-    prefix_tar,
-    raw_bundle,
-    raw_header,
-    read_prefix,
-    sign,
-    signed_bundle,
-    small_members,
-    stream_all,
-    tar_bytes,
-    with_checksum,
-    world,
-)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +57,27 @@ from airbundle.format.trust import TrustPolicy, parse_trust_file
 from airbundle.format.zstdframes import walk_frames
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.verify import authenticate, stream_members, verify_bundle
+from support.crafting import (
+    END_OF_ARCHIVE,
+    EPOCH,
+    NOW,
+    World,
+    blob,
+    content_start,
+    make_manifest,
+    prefix_tar,
+    raw_bundle,
+    raw_header,
+    read_prefix,
+    sign,
+    signed_bundle,
+    small_members,
+    stream_all,
+    tar_bytes,
+    with_checksum,
+    world,
+)
+from support.env import require_tool
 
 MAX_PATH = DEFAULT_LIMITS.max_path_length
 FUZZ = settings(

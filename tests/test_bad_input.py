@@ -11,7 +11,28 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import (
+
+from airbundle.errors import (
+    ArchiveError,
+    IntegrityError,
+    ManifestError,
+    MemberDigestError,
+    SignatureError,
+    SourceError,
+    SpecError,
+    TargetError,
+    TruncatedError,
+)
+from airbundle.format.archive import MANIFEST_PATH, signature_path
+from airbundle.format.manifest import BundleManifest, RefEntry
+from airbundle.format.oci import REF_NAME
+from airbundle.format.spec import load_spec
+from airbundle.format.tarstream import DIRECTORY, encode_header
+from airbundle.ops.export import export_bundle
+from airbundle.ops.importer import ImportOptions, import_bundle
+from airbundle.ops.inspect import inspect_bundle
+from airbundle.ops.verify import verify_bundle
+from support.crafting import (
     EPOCH,
     GIT_MEMBER,
     NOW,
@@ -36,27 +57,6 @@ from helpers import (
     write_bundle,
     write_parts,
 )
-
-from airbundle.errors import (
-    ArchiveError,
-    IntegrityError,
-    ManifestError,
-    MemberDigestError,
-    SignatureError,
-    SourceError,
-    SpecError,
-    TargetError,
-    TruncatedError,
-)
-from airbundle.format.archive import MANIFEST_PATH, signature_path
-from airbundle.format.manifest import BundleManifest, RefEntry
-from airbundle.format.oci import REF_NAME
-from airbundle.format.spec import load_spec
-from airbundle.format.tarstream import DIRECTORY, encode_header
-from airbundle.ops.export import export_bundle
-from airbundle.ops.importer import ImportOptions, import_bundle
-from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.verify import verify_bundle
 
 SIG0 = signature_path(0)
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, require_tool
+
+from support.env import REPO_ROOT, require_tool
 
 EXPECTED_ROWS = {
     ("export", "export", "single"),
@@ -25,6 +26,7 @@ EXPECTED_ROWS = {
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # bench starts registries and git daemons (a subprocess)
 def test_bench_tiny_runs_every_step_on_both_sides(tmp_path: Path) -> None:
     for tool in ("skopeo", "docker-registry", "git", "zstd", "tar"):
         require_tool(tool)

@@ -6,14 +6,14 @@ import os
 import time
 from pathlib import Path
 
-from conftest import KeyPair
-from faults import FaultProxy
-from servers import Registry, push_oci_layout
-
 from airbundle.adapters.blobcache import BlobCache
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
+from support.fault_proxy import FaultProxy
+from support.keys import KeyPair
+from support.registry import Registry
+from support.skopeo import push_oci_layout
 
 
 def test_second_export_reads_blobs_from_the_cache(

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import AIRBUNDLE, require_tool
-from helpers import GIT_MEMBER, World, content_start, flip, snapshot, temp_files, world
 
 from airbundle import __version__
 from airbundle.cli import main
 from airbundle.errors import EXIT_INTEGRITY, EXIT_IO, EXIT_OK, EXIT_USAGE
 from airbundle.format.archive import signature_path
 from airbundle.format.sshsig import public_key_of
+from support.crafting import GIT_MEMBER, World, content_start, flip, snapshot, temp_files, world
+from support.env import AIRBUNDLE, require_tool
 
 PREFIX = "airbundle: error: "
 

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import KeyPair, make_key, require_tool
 
 from airbundle.errors import RefUpdateError, TruncatedError
 from airbundle.format.digest import Digest
@@ -20,6 +19,8 @@ from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy, verify_bundle
+from support.env import require_tool
+from support.keys import KeyPair, make_key
 
 
 def run(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None) -> str:
@@ -414,7 +415,7 @@ def test_manual_verification_script_accepts_a_good_bundle_and_rejects_a_bad_one(
 ) -> None:
     """docs/manual-verification.sh checks a bundle with tar, zstd, ssh-keygen,
     sha256sum, skopeo and git only: the README's promise, proven."""
-    from conftest import REPO_ROOT
+    from support.env import REPO_ROOT
 
     for tool in ("zstd", "ssh-keygen", "skopeo", "git"):
         require_tool(tool)
@@ -521,8 +522,9 @@ def test_refs_outside_heads_and_tags_need_a_flag(
 
 @pytest.mark.parametrize("name", ["bundle-spec.schema.json", "bundle-manifest.schema.json"])
 def test_shipped_schemas_are_valid_json_schema_2020_12(name: str) -> None:
-    from conftest import REPO_ROOT
     from jsonschema import Draft202012Validator
+
+    from support.env import REPO_ROOT
 
     schema = json.loads((REPO_ROOT / "schemas" / name).read_text())
     Draft202012Validator.check_schema(schema)

@@ -27,21 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, require_tool
-from faults import (
-    Action,
-    CutBody,
-    DropUpload,
-    Exchange,
-    FaultProxy,
-    IgnoreRange,
-    LoseResponse,
-    Respond,
-    Rule,
-    Stall,
-    WrongDigest,
-)
-from servers import Registry, clean_env, push_oci_layout, skopeo_raw_manifest
 
 from airbundle import cli
 from airbundle.adapters.fsutil import TEMP_MARK
@@ -55,6 +40,25 @@ from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy, verify_bundle
+from support.env import clean_env
+from support.fault_proxy import (
+    Action,
+    CutBody,
+    DropUpload,
+    Exchange,
+    FaultProxy,
+    IgnoreRange,
+    LoseResponse,
+    Respond,
+    Rule,
+    Stall,
+    WrongDigest,
+)
+from support.integration import starts_servers
+from support.keys import KeyPair
+from support.registry import Registry
+from support.skopeo import push_oci_layout, skopeo_raw_manifest
+from support.tmpfs import on_small_tmpfs
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -300,6 +304,7 @@ def big_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+@starts_servers
 def source(
     tmp_path_factory: pytest.TempPathFactory, hello_layout: Path, big_layout: Path
 ) -> Iterator[Registry]:
@@ -326,6 +331,7 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
+@starts_servers
 def reference(
     bundle: ExportResult, signing_key: KeyPair, tmp_path_factory: pytest.TempPathFactory
 ) -> Reference:
@@ -1085,57 +1091,12 @@ def test_sigkill_mid_export_leaves_no_bundle_and_a_rerun_succeeds(
 
 # --- disk full (a 200 KiB tmpfs in a user+mount namespace) ------------------------------
 
-DRIVER = r"""
-import hashlib, json, os, shutil, subprocess, sys
-from pathlib import Path
-root = Path(sys.argv[1])
-results = []
-for step in json.loads(sys.argv[2]):
-    out = {}
-    if "place" in step:
-        src, dest = step["place"]
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    if "argv" in step:
-        proc = subprocess.run(step["argv"], capture_output=True, text=True, timeout=120)
-        out.update(rc=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
-    out["entries"] = {
-        str(p.relative_to(root)):
-            "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-    }
-    results.append(out)
-print(json.dumps(results))
-"""
-
-
-def on_small_tmpfs(root: Path, steps: list[dict[str, Any]], env: dict[str, str]) -> list[Any]:
-    """Mount a 200 KiB tmpfs on ``root`` inside a user+mount namespace and run ``steps``
-    there (each: optional "place": [src, dest], optional "argv"); every step's result
-    carries the files under ``root`` with their sha256 (the tmpfs dies with the
-    namespace, so it is judged from inside)."""
-    unshare = require_tool("unshare")
-    root.mkdir(parents=True, exist_ok=True)
-    script = 'mount -t tmpfs -o size=200k tmpfs "$1" || exit 97; shift; exec "$@"'
-    argv = [unshare, "--user", "--map-root-user", "--mount", "--", "sh", "-c", script, "sh",
-            str(root), sys.executable, "-c", DRIVER, str(root), json.dumps(steps)]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env)
-    if proc.returncode == 97 or proc.stderr.startswith("unshare:"):
-        pytest.fail(
-            "cannot mount a tmpfs inside a user namespace on this machine (needed for the "
-            f"disk-full tests; check kernel.unprivileged_userns_clone):\n{proc.stderr}",
-            pytrace=False,
-        )
-    assert proc.returncode == 0, proc.stderr
-    results: list[Any] = json.loads(proc.stdout)
-    return results
-
-
 def no_space(text: str) -> bool:
     return "No space left" in text or "ENOSPC" in text
 
 
 @pytest.fixture(scope="module")
+@starts_servers
 def disk_full_export(
     tmp_path_factory: pytest.TempPathFactory, hello_layout: Path, signing_key: KeyPair
 ) -> tuple[list[Any], str]:
@@ -1190,6 +1151,7 @@ def test_export_onto_a_full_disk_says_so_in_one_clear_error(
         assert step["rc"] == 3, step
 
 
+@pytest.mark.integration
 def test_import_into_an_oci_layout_on_a_full_disk_keeps_the_previous_index(
     tmp_path: Path, hello_layout: Path, signing_key: KeyPair
 ) -> None:

@@ -22,16 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, hermetic
-from servers import (
-    TEST_CREDS,
-    CertAuthority,
-    CertPair,
-    GitDaemon,
-    GitHttpServer,
-    GitSshServer,
-    git_env,
-)
 
 from airbundle.adapters.git_targets import RemoteTarget
 from airbundle.adapters.registry.transport import TLSConfig, Transport
@@ -41,6 +31,14 @@ from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
+from support.env import git_env, hermetic
+from support.git_daemon import GitDaemon
+from support.git_http import GitHttpServer
+from support.integration import starts_servers
+from support.keys import KeyPair
+from support.net import TEST_CREDS
+from support.pki import CertAuthority, CertPair
+from support.sshd import GitSshServer
 
 PASSWORD = TEST_CREDS[1]
 Server = GitDaemon | GitHttpServer
@@ -155,6 +153,7 @@ def seed(server: Server, sample_tree: Path, home: Path) -> str:
 
 
 @pytest.fixture(params=["git-daemon", "git-http"])
+@starts_servers
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Server:
     if request.param == "git-daemon":
         return request.getfixturevalue("git_daemon")  # type: ignore[no-any-return]

@@ -12,8 +12,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import KeyPair
-from servers import GitDaemon, Registry, skopeo_raw_manifest
 
 from airbundle.errors import TargetError
 from airbundle.format.spec import load_spec
@@ -22,6 +20,10 @@ from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
+from support.git_daemon import GitDaemon
+from support.keys import KeyPair
+from support.registry import Registry
+from support.skopeo import skopeo_raw_manifest
 
 LAYER = 1 << 20  # incompressible bytes per changed layer
 GIT_ENV = {

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, KeyPair, require_tool
-from servers import netns_run
 
 from airbundle.errors import UsageError
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.kit import build_kit
+from support.env import REPO_ROOT, require_tool
+from support.keys import KeyPair
+from support.netns import netns_run
 
 WHEELHOUSE = REPO_ROOT / ".cache" / "wheelhouse"
 
@@ -61,6 +62,7 @@ def test_kit_is_checked_with_ssh_keygen_and_sha256sum(
     assert "requirements.txt" in names
 
 
+@pytest.mark.integration
 def test_kit_installs_with_no_network(kit: Path, tmp_path: Path) -> None:
     require_tool("unshare")
     script = (

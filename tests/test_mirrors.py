@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AIRBUNDLE, REPO_ROOT, KeyPair, require_tool
 from jsonschema import Draft7Validator
-from servers import netns_run
 
 from airbundle.format.mirrorconfig import CarriedImage, containerd, entries, render_all
 from airbundle.format.reference import ImageReference
+from support.env import AIRBUNDLE, REPO_ROOT, require_tool
+from support.keys import KeyPair
+from support.netns import netns_run
 
 CRD_DIR = REPO_ROOT / "tests" / "data" / "openshift-crds"
 CRDS = {
@@ -117,6 +118,7 @@ def test_the_crd_validation_would_catch_a_broken_resource() -> None:
         _validate(doc)
 
 
+@pytest.mark.integration
 def test_skopeo_resolves_upstream_names_through_the_generated_registries_conf(
     sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
@@ -155,7 +157,7 @@ def test_skopeo_resolves_upstream_names_through_the_generated_registries_conf(
         import json, subprocess, sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
-        from servers import Registry
+        from support.registry import Registry
         tmp = Path({str(tmp_path)!r})
         with Registry(tmp / "mirror") as reg:
             subprocess.run([sys.executable, "-m", "airbundle", "import", {str(bundle)!r},

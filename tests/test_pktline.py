@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from hypothesis import given
 from hypothesis import strategies as st
 
 from airbundle.adapters.git_push import check_report
 from airbundle.errors import TargetError
 from airbundle.format import pktline
+from support.env import require_tool
 
 
 @given(st.lists(st.one_of(st.none(), st.binary(min_size=1, max_size=300)), max_size=20))

@@ -10,14 +10,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import KeyPair
-from servers import Registry, push_oci_layout
 
 from airbundle.errors import SourceError, UsageError
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
+from support.keys import KeyPair
+from support.registry import Registry
+from support.skopeo import push_oci_layout
 
 GIT_ENV = {
     **os.environ,

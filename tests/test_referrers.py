@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import KeyPair
-from servers import Registry, push_oci_layout, skopeo, skopeo_raw_manifest
 
 from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.transport import Transport
@@ -21,6 +19,9 @@ from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
 from airbundle.ops.verify import load_policy
+from support.keys import KeyPair
+from support.registry import Registry
+from support.skopeo import push_oci_layout, skopeo, skopeo_raw_manifest
 
 EMPTY = b"{}"
 ARTIFACT = "application/vnd.dev.sigstore.bundle.v0.3+json"

@@ -25,17 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, hermetic
-from servers import (
-    TEST_CREDS,
-    Creds,
-    RecordingProxy,
-    Registry,
-    free_port,
-    push_oci_layout,
-    skopeo,
-    skopeo_raw_manifest,
-)
 
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import SourceError, TargetError, UsageError
@@ -46,6 +35,12 @@ from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
+from support.env import hermetic
+from support.keys import KeyPair
+from support.net import TEST_CREDS, Creds, free_port
+from support.proxy import RecordingProxy
+from support.registry import Registry
+from support.skopeo import push_oci_layout, skopeo, skopeo_raw_manifest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 # One line of distribution's combined access log: "METHOD URI HTTP/1.1" STATUS
@@ -679,6 +674,7 @@ def test_ssl_cert_file_is_honoured_by_the_cli(
     )
 
 
+@pytest.mark.integration
 def test_client_certificates_via_the_cli(
     hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import require_tool
+
+from support.env import require_tool
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SCRIPT = SAMPLES / "make_samples.py"

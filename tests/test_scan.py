@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import AIRBUNDLE, KeyPair
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +16,8 @@ from airbundle.format.imagescan import scan_text
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
+from support.env import AIRBUNDLE
+from support.keys import KeyPair
 
 WORKLOADS = """\
 apiVersion: apps/v1

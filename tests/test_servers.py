@@ -21,28 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import (
-    TEST_CREDS,
-    GitDaemon,
-    GitHttpServer,
-    Process,
-    RecordingProxy,
-    Registry,
-    ServerError,
-    TokenSigner,
-    assert_netns_isolated,
-    free_port,
-    git_env,
-    group_alive,
-    http_request,
-    libtrust_key_id,
-    netns_run,
-    port_open,
-    push_oci_layout,
-    skopeo,
-    skopeo_inspect,
-    skopeo_raw_manifest,
-)
+
+from support.env import git_env
+from support.git_daemon import GitDaemon
+from support.git_http import GitHttpServer
+from support.net import TEST_CREDS, free_port, http_request, port_open
+from support.netns import assert_netns_isolated, netns_run
+from support.process import Process, ServerError, group_alive
+from support.proxy import RecordingProxy
+from support.registry import Registry
+from support.skopeo import push_oci_layout, skopeo, skopeo_inspect, skopeo_raw_manifest
+from support.token_server import TokenSigner, libtrust_key_id
 
 TESTS_DIR = Path(__file__).resolve().parent
 CREDS = TEST_CREDS
@@ -124,6 +113,7 @@ def test_libtrust_key_id_format() -> None:
     ],
     ids=["registry", "git-daemon", "git-http", "netns"],
 )
+@pytest.mark.integration
 def test_a_missing_tool_fails_with_its_install_hint(
     start: Any, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,6 +135,7 @@ def test_startup_failures_carry_the_log_tail(tmp_path: Path) -> None:
     assert slow.poll() is not None and not group_alive(slow.pid)
 
 
+@pytest.mark.integration
 def test_stop_kills_every_process_and_frees_the_port(tmp_path: Path) -> None:
     with Registry(tmp_path) as reg, GitHttpServer(tmp_path / "repos") as web:
         groups = [reg.process.pid, web.process.pid, web.fcgi_process.pid]
@@ -225,6 +216,7 @@ def test_tls_registry_needs_the_ca(tls_registry: Registry, hello_layout: Path) -
     assert "certificate" in bare.stderr.lower() or "x509" in bare.stderr
 
 
+@pytest.mark.integration
 def test_tls_registry_with_client_certificates(tmp_path: Path, hello_layout: Path) -> None:
     with Registry(tmp_path, tls=True, client_ca=True) as reg:
         assert reg.client_cert is not None and reg.cert_dir is not None
@@ -249,6 +241,7 @@ def test_tls_registry_with_client_certificates(tmp_path: Path, hello_layout: Pat
 
 
 @pytest.mark.parametrize("key_header", ["kid", "x5c"])
+@pytest.mark.integration
 def test_token_registry_runs_the_docker_token_flow(
     tmp_path: Path, hello_layout: Path, key_header: str
 ) -> None:
@@ -476,6 +469,7 @@ print(conn.recv(4).decode())
 """
 
 
+@pytest.mark.integration
 def test_netns_has_loopback_only() -> None:
     proc = netns_run([sys.executable, "-c", LOOPBACK_SCRIPT])
     assert proc.returncode == 0, proc.stderr
@@ -486,13 +480,16 @@ def test_netns_has_loopback_only() -> None:
     assert "unreachable" in message.lower()
 
 
+@pytest.mark.integration
 def test_registry_inside_the_netns(tmp_path: Path, hello_layout: Path) -> None:
     script = textwrap.dedent(
         f"""
         import json, sys
         from pathlib import Path
         sys.path.insert(0, {str(TESTS_DIR)!r})
-        from servers import Registry, http_request, push_oci_layout, skopeo_inspect
+        from support.net import http_request
+        from support.registry import Registry
+        from support.skopeo import push_oci_layout, skopeo_inspect
         with Registry(Path({str(tmp_path)!r})) as reg:
             push_oci_layout(reg, Path({str(hello_layout)!r}), "1.0", "ns/hello:1.0")
             digest = skopeo_inspect(reg, "ns/hello:1.0")["Digest"]

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +27,7 @@ from airbundle.format.sshsig import (
     verify,
 )
 from airbundle.format.trust import TrustedKey, TrustPolicy, parse_trust_file
+from support.env import require_tool
 
 DATA = b"airbundle manifest\x00\xff bytes\n"
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

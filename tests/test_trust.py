@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, make_key, require_tool
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import snapshot
 
 from airbundle.errors import (
     EXIT_INTEGRITY,
@@ -41,6 +39,9 @@ from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.sign import journal_path, sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
+from support.crafting import snapshot
+from support.env import require_tool
+from support.keys import KeyPair, make_key
 
 EPOCH = 1704067200  # 2024-01-01T00:00:00Z: every library export here is created then
 CREATED = datetime.fromtimestamp(EPOCH, UTC)
@@ -723,12 +724,12 @@ def test_sign_refuses_a_header_whose_prefix_length_was_altered(tmp_path: Path) -
     rewriting anything in place."""
     import shutil as _shutil
 
-    from conftest import REPO_ROOT, make_key
-
     from airbundle.errors import ArchiveError
     from airbundle.format.archive import HEADER_SIZE
     from airbundle.ops.keys import load_signing_key
     from airbundle.ops.sign import sign_bundle
+    from support.env import REPO_ROOT
+    from support.keys import make_key
 
     tree = tmp_path / "s"
     subprocess.run(

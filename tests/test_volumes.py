@@ -12,7 +12,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import AIRBUNDLE, KeyPair
 
 from airbundle.errors import ArchiveError, IntegrityError, TruncatedError, UsageError
 from airbundle.format.spec import load_spec
@@ -22,6 +21,8 @@ from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy, verify_bundle
 from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
+from support.env import AIRBUNDLE
+from support.keys import KeyPair
 
 VOLUME = 150_000
 
@@ -213,9 +214,8 @@ def test_split_and_join_without_re_export(spec: Path, signing_key: KeyPair, tmp_
 def test_co_signing_a_volume_set_keeps_every_volume_valid(
     volumes: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    from conftest import make_key
-
     from airbundle.ops.sign import sign_bundle
+    from support.keys import make_key
 
     other = make_key(tmp_path, "reviewer")
     sign_bundle(volumes, load_signing_key(other.private, passphrase=None))

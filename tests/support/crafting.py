@@ -51,8 +51,8 @@ from airbundle.format.tarstream import BLOCK, encode_header, padding
 from airbundle.format.trust import TrustPolicy
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.keys import generate_key, load_signing_key, load_trust
+from support.env import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
 MAKE_SAMPLES = SAMPLES / "make_samples.py"
 SPEC_NAME = "spec.yaml"

@@ -46,7 +46,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-LOOPBACK = "127.0.0.1"
+from support.integration import starting
+from support.net import LOOPBACK
+
 IO_CHUNK = 64 * 1024
 UPSTREAM_TIMEOUT = 30.0
 _HOP_BY_HOP = {
@@ -189,6 +191,7 @@ class FaultProxy:
     """Reverse proxy on 127.0.0.1:PORT to ``upstream_host`` ("127.0.0.1:PORT")."""
 
     def __init__(self, upstream_host: str, *, delay: float = 0.0) -> None:
+        starting("a fault-injecting proxy")
         host, _, port = upstream_host.rpartition(":")
         if host != LOOPBACK or not port.isdigit():
             raise ValueError(f"upstream must be {LOOPBACK}:PORT, not {upstream_host!r}")

@@ -1,0 +1,67 @@
+"""Test support for airbundle: real servers on loopback, namespaces, sample content
+and the helpers the tests share. Nothing here imports conftest (conftest imports
+this package), and nothing is mocked.
+
+Tests import what they use from the module that owns it
+(``from support.registry import Registry``); pytest loads :mod:`support.plugin`
+and :mod:`support.fixtures` through tests/conftest.py.
+
+Layout
+------
+
+Where the tests run
+    :mod:`support.env`          checkout paths, ``AIRBUNDLE`` (the checkout's CLI),
+                                ``require_tool`` with install hints, hermetic and
+                                clean environments (no credentials, proxies, GIT_*)
+    :mod:`support.keys`         ``KeyPair``, ``make_key``
+
+pytest wiring
+    :mod:`support.plugin`       hooks: no skips, the ``integration`` marker, PATH
+    :mod:`support.fixtures`     shared fixtures: samples, keys, one per server kind
+    :mod:`support.integration`  ``starts_servers`` (fixture decorator) and the guard
+                                that fails an unmarked test starting a server
+
+Building blocks for servers
+    :mod:`support.net`          ``LOOPBACK``, free ports, ``http_request``,
+                                ``TEST_CREDS``, Basic auth, htpasswd files
+    :mod:`support.process`      ``Process`` (a daemon in its own process group),
+                                ``Server`` (the base class: cleanups, free-port start
+                                with retry), ``ServerError``, threaded HTTP servers
+    :mod:`support.pki`          a throw-away CA issuing server and client certificates
+
+One module per server kind
+    :mod:`support.registry`     CNCF distribution: plain, Basic, TLS, mTLS, token auth
+    :mod:`support.token_server` the Docker token flow behind a token-auth registry
+    :mod:`support.git_daemon`   ``git daemon``; ``init_bare`` for every git server
+    :mod:`support.git_http`     git smart HTTP: nginx + fcgiwrap + git http-backend
+    :mod:`support.sshd`         git over ssh through OpenSSH's sshd
+    :mod:`support.proxy`        a recording forward proxy (loopback only)
+    :mod:`support.fault_proxy`  a fault-injecting reverse proxy in front of a registry
+
+Namespaces
+    :mod:`support.netns`        a user + network namespace with only loopback
+    :mod:`support.tmpfs`        a 200 KiB tmpfs in a user + mount namespace (disk
+                                full), driven by :mod:`support.tmpfs_driver`
+
+Clients and judges
+    :mod:`support.skopeo`       skopeo against a ``Registry``: seed, inspect, raw bytes
+
+Content and flows
+    :mod:`support.crafting`     the session ``world`` bundle; crafting bundles and tar
+                                headers with one thing wrong on purpose
+
+Adding a server kind
+--------------------
+
+1. A module ``support/<kind>.py`` with a class deriving from
+   :class:`support.process.Server`: start in ``__init__`` (``_start_process`` picks a
+   free port on 127.0.0.1 and retries when it loses the race), register cleanups
+   with ``_on_stop``, fail through ``require_tool`` when a tool is missing. The base
+   class calls :func:`support.integration.starting`, so only marked tests start it.
+   Something that is not a ``Server`` (a namespace, a proxy thread) calls
+   ``starting`` itself.
+2. Its fixture in :mod:`support.fixtures`, under ``@pytest.fixture`` and
+   ``@starts_servers``: tests using it get the ``integration`` marker.
+3. A line in the layout above, and a test in tests/test_servers.py that an
+   independent client can use it.
+"""
