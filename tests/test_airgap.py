@@ -10,7 +10,6 @@ that with what skopeo and git read from the source servers outside.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -19,9 +18,7 @@ from typing import Any
 
 import pytest
 
-from airbundle.format.spec import load_spec
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.keys import load_signing_key
+from support.bundles import export_spec, repo_entry, sha256
 from support.env import git_env, hermetic, require_tool
 from support.git_daemon import GitDaemon
 from support.keys import KeyPair
@@ -40,10 +37,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     hermetic(monkeypatch, root)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return root
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def git(*args: str | Path, home: Path) -> str:
@@ -66,20 +59,6 @@ def heads_and_tags(url: str, home: Path) -> dict[str, str]:
         if ref.startswith(("refs/heads/", "refs/tags/")):
             refs[ref] = oid
     return refs
-
-
-def export(tmp_path: Path, key: KeyPair, doc: dict[str, Any], name: str) -> ExportResult:
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(
-        json.dumps(
-            {"apiVersion": "airbundle/v1", "kind": "BundleSpec", "metadata": {"name": name}, **doc}
-        )
-    )
-    options = ExportOptions(
-        output=tmp_path / "carried" / f"{name}.airbundle",
-        keys=(load_signing_key(key.private, passphrase=None),),
-    )
-    return export_bundle(load_spec(spec), options)
 
 
 def run_inside(script: str, config: dict[str, Any], tmp_path: Path, timeout: float) -> Any:
@@ -189,14 +168,12 @@ def test_import_runs_inside_a_network_namespace(
         "refs/tags/*:refs/tags/*",
         home=home,
     )
-    result = export(
+    result = export_spec(
         tmp_path,
         signing_key,
-        {
-            "images": [{"ref": f"{registry.host}/{r}"} for r in IMAGES],
-            "repos": [{"name": "gitops", "url": source_url}],
-        },
-        "carried",
+        *(f"{registry.host}/{r}" for r in IMAGES),
+        repos=[repo_entry("gitops", source_url)],
+        name="carried",
     )
 
     want_tags = {r: sha256(skopeo_raw_manifest(registry, r)) for r in IMAGES}
@@ -266,14 +243,12 @@ def test_nothing_leaves_the_namespace_and_imports_aimed_outside_fail_fast(
     assert "unreachable" in message.lower()
 
     push_oci_layout(registry, hello_layout, "0.9", "team/hello:0.9")
-    images = export(
-        tmp_path, signing_key, {"images": [{"ref": f"{registry.host}/team/hello:0.9"}]}, "images"
-    )
-    repos = export(
+    images = export_spec(tmp_path, signing_key, f"{registry.host}/team/hello:0.9", name="images")
+    repos = export_spec(
         tmp_path,
         signing_key,
-        {"repos": [{"name": "gitops", "url": str(sample_tree / "gitops")}]},
-        "repos",
+        repos=[repo_entry("gitops", str(sample_tree / "gitops"))],
+        name="repos",
     )
     limit = 30  # generous: a hang (a connect timeout, a prompt) would take far longer
     inside = run_inside(

@@ -14,11 +14,10 @@ import pytest
 
 from airbundle.errors import RefUpdateError, TruncatedError
 from airbundle.format.digest import Digest
-from airbundle.format.spec import load_spec
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, import_bundle
-from airbundle.ops.keys import load_signing_key, load_trust
-from airbundle.ops.verify import load_policy, verify_bundle
+from airbundle.ops.export import ExportResult
+from airbundle.ops.importer import ImportReport
+from airbundle.ops.verify import verify_bundle
+from support.bundles import export, import_, trust_policy
 from support.env import require_tool
 from support.keys import KeyPair, make_key
 
@@ -29,19 +28,11 @@ def run(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None) 
     return proc.stdout.decode()
 
 
-def export(spec: Path, out: Path, key: KeyPair, **kw: object) -> ExportResult:
-    options = ExportOptions(
-        output=out, keys=(load_signing_key(key.private, passphrase=None),), **kw
-    )  # type: ignore[arg-type]
-    return export_bundle(load_spec(spec), options)
-
-
-def importing(bundle: Path, key: KeyPair, root: Path, *, force: bool = False) -> object:
-    policy = load_policy(load_trust([key.public]), 1)
-    options = ImportOptions(
-        policy=policy, registry=f"oci:{root / 'images'}", git=str(root / "git"), force=force
+def importing(bundle: Path, key: KeyPair, root: Path, *, force: bool = False) -> ImportReport:
+    """Import into ROOT/images (an OCI layout) and ROOT/git (bare repositories)."""
+    return import_(
+        bundle, key, registry=f"oci:{root / 'images'}", git=str(root / "git"), force=force
     )
-    return import_bundle(bundle, options)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def skopeo_digest(ref: str) -> str:
 
 
 def test_verify_accepts_what_export_wrote(exported: ExportResult, signing_key: KeyPair) -> None:
-    policy = load_policy(load_trust([signing_key.public]), 1)
+    policy = trust_policy(signing_key.public)
     result = verify_bundle(exported.path, policy)
     assert result.members == len(exported.manifest.members) == 17
     assert result.authenticated.manifest_digest == exported.manifest_digest
@@ -105,9 +96,9 @@ def test_reimport_is_a_noop(exported: ExportResult, signing_key: KeyPair, tmp_pa
     index = (tmp_path / "images" / "index.json").read_bytes()
     refs = run("git", "-C", tmp_path / "git" / "gitops.git", "for-each-ref")
     second = importing(exported.path, signing_key, tmp_path)
-    assert first.blobs_written == 9 and first.blobs_present == 0  # type: ignore[attr-defined]
+    assert first.blobs_written == 9 and first.blobs_present == 0
     # Same channel, sequence and manifest: recognised from the state, nothing is read.
-    assert second.noop and second.blobs_written == 0  # type: ignore[attr-defined]
+    assert second.noop and second.blobs_written == 0
     assert (tmp_path / "images" / "index.json").read_bytes() == index
     assert run("git", "-C", tmp_path / "git" / "gitops.git", "for-each-ref") == refs
 
@@ -231,7 +222,7 @@ def test_export_signed_with_ssh_keygen_key_and_allowed_signers(
     allowed.write_text('ops@example namespaces="airbundle" ' + (tmp_path / "ops.pub").read_text())
     key = KeyPair(tmp_path / "ops", allowed)
     result = export(sample_tree / "spec.yaml", tmp_path / "b.airbundle", key)
-    verify_bundle(result.path, load_policy(load_trust([allowed]), 1))
+    verify_bundle(result.path, trust_policy(allowed))
 
 
 def test_same_inputs_and_source_date_epoch_give_identical_bytes(
@@ -362,7 +353,7 @@ def test_second_signer_key_not_trusted_is_not_enough(
     from airbundle.errors import SignatureError
 
     with pytest.raises(SignatureError, match="not in trust set"):
-        verify_bundle(exported.path, load_policy(load_trust([other.public]), 1))
+        verify_bundle(exported.path, trust_policy(other.public))
 
 
 def test_cli_with_relative_paths_from_another_folder(sample_tree: Path, tmp_path: Path) -> None:
@@ -507,15 +498,12 @@ def test_refs_outside_heads_and_tags_need_a_flag(
     with pytest.raises(UsageError, match="refs/notes/review, outside refs/heads"):
         importing(bundle.path, signing_key, tmp_path / "t")
     assert not (tmp_path / "t" / "git" / "gitops.git").exists()
-    policy = load_policy(load_trust([signing_key.public]), 1)
-    import_bundle(
+    import_(
         bundle.path,
-        ImportOptions(
-            policy=policy,
-            registry=f"oci:{tmp_path / 't' / 'images'}",
-            git=str(tmp_path / "t" / "git"),
-            allow_other_refs=True,
-        ),
+        signing_key,
+        registry=f"oci:{tmp_path / 't' / 'images'}",
+        git=str(tmp_path / "t" / "git"),
+        allow_other_refs=True,
     )
     assert "refs/notes/review" in run("git", "-C", tmp_path / "t/git/gitops.git", "for-each-ref")
 

@@ -9,7 +9,6 @@ unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
@@ -27,10 +26,8 @@ from airbundle.adapters.git_targets import RemoteTarget
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
 from airbundle.format.spec import load_spec
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
-from airbundle.ops.keys import load_signing_key, load_trust
-from airbundle.ops.verify import load_policy
+from airbundle.ops.export import ExportResult
+from support.bundles import export_spec, import_, repo_entry, write_spec
 from support.env import git_env, hermetic
 from support.git_daemon import GitDaemon
 from support.git_http import GitHttpServer
@@ -85,35 +82,6 @@ def ls_remote(url: str, home: Path) -> dict[str, str]:
 def manifest_refs(result: ExportResult | Any, name: str = "gitops") -> dict[str, str]:
     repo = next(r for r in result.manifest.repos if r.name == name)
     return {r.name: r.target for r in repo.refs}
-
-
-def write_spec(path: Path, url: str, refs: list[str] | None = None) -> Path:
-    repo: dict[str, Any] = {"name": "gitops", "url": url}
-    if refs is not None:
-        repo["refs"] = refs
-    doc = {
-        "apiVersion": "airbundle/v1",
-        "kind": "BundleSpec",
-        "metadata": {"name": "git-test"},
-        "repos": [repo],
-    }
-    path.write_text(json.dumps(doc, indent=1))
-    return path
-
-
-def export(tmp_path: Path, key: KeyPair, url: str, name: str = "b", **kw: Any) -> ExportResult:
-    spec = write_spec(tmp_path / f"{name}.yaml", url)
-    options = ExportOptions(
-        output=tmp_path / "out" / f"{name}.airbundle",
-        keys=(load_signing_key(key.private, passphrase=None),),
-        **kw,
-    )
-    return export_bundle(load_spec(spec), options)
-
-
-def import_(bundle: Path, key: KeyPair, git_target: str, **kw: Any) -> ImportReport:
-    policy = load_policy(load_trust([key.public]), 1)
-    return import_bundle(bundle, ImportOptions(policy=policy, git=git_target, **kw))
 
 
 def unpack(bundle: Path, dest: Path) -> Path:
@@ -189,7 +157,7 @@ def test_export_from_a_git_server(
 ) -> None:
     home = tmp_path / "git-home"
     url = seed(server, sample_tree, home)
-    result = export(tmp_path, signing_key, url)
+    result = export_spec(tmp_path, signing_key, repos=[repo_entry("gitops", url)])
     (repo,) = result.manifest.repos
     assert repo.url == url
     assert repo.head == "refs/heads/main"
@@ -212,7 +180,7 @@ def test_a_fresh_fetch_goes_into_the_bundle_as_the_fetched_pack(
     url = seed(server, sample_tree, home)
     cache = tmp_path / "cache"
 
-    result = export(tmp_path, signing_key, url, cache_dir=cache)
+    result = export_spec(tmp_path, signing_key, repos=[repo_entry("gitops", url)], cache_dir=cache)
 
     (mirror,) = (cache / "git").glob("*-gitops.git")
     (pack,) = (mirror / "objects" / "pack").glob("*.pack")
@@ -260,10 +228,14 @@ def test_an_unchanged_cache_still_goes_into_the_bundle_as_its_pack(
     home = tmp_path / "git-home"
     url = seed(git_daemon, sample_tree, home)
     cache = tmp_path / "cache"
-    export(tmp_path, signing_key, url, name="first", cache_dir=cache)
+    export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="first", cache_dir=cache
+    )
     log = git_spy(tmp_path, monkeypatch)
 
-    second = export(tmp_path, signing_key, url, name="second", cache_dir=cache)
+    second = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="second", cache_dir=cache
+    )
 
     assert "fetch" in log.read_text() and "bundle create" not in log.read_text()
 
@@ -287,7 +259,7 @@ def test_export_refuses_a_malformed_object_from_upstream(
     git("-C", repo, "update-ref", "refs/heads/main", bad, home=home)
 
     with pytest.raises(SourceError) as caught:
-        export(tmp_path, signing_key, git_daemon.url("evil.git"))
+        export_spec(tmp_path, signing_key, repos=[repo_entry("gitops", git_daemon.url("evil.git"))])
 
     assert "evil.git" in caught.value.message
     assert "fsck" in caught.value.message.lower() or bad[:7] in caught.value.message
@@ -312,7 +284,9 @@ def test_credentials_in_the_url_stay_out_of_the_bundle_and_cache(
         home=home,
     )
     cache = tmp_path / "cache"
-    result = export(tmp_path, signing_key, with_creds, cache_dir=cache)
+    result = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", with_creds)], cache_dir=cache
+    )
 
     (repo,) = result.manifest.repos
     assert repo.url == f"http://{server.host}/gitops.git"
@@ -344,7 +318,7 @@ def test_a_failed_fetch_does_not_reveal_the_password(
 ) -> None:
     url = git_http_auth.url("missing.git", TEST_CREDS)
     with pytest.raises(SourceError) as caught:
-        export(tmp_path, signing_key, url)
+        export_spec(tmp_path, signing_key, repos=[repo_entry("gitops", url)])
     assert f"{git_http_auth.host}/missing.git" in caught.value.message
     assert PASSWORD not in caught.value.diagnostics()
     assert not (tmp_path / "out" / "b.airbundle").exists()
@@ -361,7 +335,9 @@ def test_reexport_with_a_cache_fetches_only_the_new_commit(
     # Export keeps every fetch as a pack (fetch.unpackLimit=1), so what each fetch
     # transferred can be read back from the cache with git verify-pack.
     cache = tmp_path / "cache"
-    first = export(tmp_path, signing_key, url, name="first", cache_dir=cache)
+    first = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="first", cache_dir=cache
+    )
     (mirror,) = (cache / "git").glob("*-gitops.git")
     packs_before = set((mirror / "objects" / "pack").glob("*.pack"))
     assert len(packs_before) == 1
@@ -370,7 +346,9 @@ def test_reexport_with_a_cache_fetches_only_the_new_commit(
     new = commit_file(work, "kustomization.yaml", "resources: []\n", "empty it", home)
     git("-C", work, "push", "--quiet", "origin", "main", home=home)
 
-    second = export(tmp_path, signing_key, url, name="second", cache_dir=cache)
+    second = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="second", cache_dir=cache
+    )
     assert manifest_refs(second)["refs/heads/main"] == new
     assert manifest_refs(first)["refs/heads/main"] != new
     member = unpack(second.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
@@ -396,7 +374,13 @@ def test_reexport_with_a_cache_fetches_only_the_new_commit(
 
 @pytest.fixture
 def gitops_bundle(sample_tree: Path, signing_key: KeyPair, tmp_path: Path) -> ExportResult:
-    return export(tmp_path, signing_key, str(sample_tree / "gitops"), name="gitops", sequence=1)
+    return export_spec(
+        tmp_path,
+        signing_key,
+        repos=[repo_entry("gitops", str(sample_tree / "gitops"))],
+        name="gitops",
+        sequence=1,
+    )
 
 
 def test_import_into_a_git_server(
@@ -405,7 +389,7 @@ def test_import_into_a_git_server(
     home = tmp_path / "git-home"
     template = target_template(server)
     url = template.replace("{name}", "gitops")
-    report = import_(gitops_bundle.path, signing_key, template)
+    report = import_(gitops_bundle.path, signing_key, git=template)
     assert report.repos == [{"name": "gitops", "target": url, "refs": manifest_refs(gitops_bundle)}]
     assert ls_remote(url, home) == manifest_refs(gitops_bundle)
     head = clone_and_fsck(url, tmp_path / "clone", home)
@@ -435,7 +419,7 @@ def test_a_first_import_sends_the_bundle_pack_without_staging_it_here(
     template = target_template(server)
     url = template.replace("{name}", "gitops")
 
-    import_(gitops_bundle.path, signing_key, template)
+    import_(gitops_bundle.path, signing_key, git=template)
 
     assert ls_remote(url, home) == manifest_refs(gitops_bundle)
     git("-C", server_repo(server), "fsck", "--strict", "--no-dangling", home=home)
@@ -455,7 +439,7 @@ def test_a_push_the_server_refuses_is_reported_and_moves_nothing(
     hook.chmod(0o755)
 
     with pytest.raises(TargetError) as caught:
-        import_(gitops_bundle.path, signing_key, template, state_dir=tmp_path / "state")
+        import_(gitops_bundle.path, signing_key, git=template, state_dir=tmp_path / "state")
 
     message = caught.value.message
     assert "refs/heads/main" in message and "pre-receive hook declined" in message, message
@@ -469,7 +453,7 @@ def test_import_into_a_missing_server_repository_names_the_url(
 ) -> None:
     template = f"git://{git_daemon.host}/{{name}}.git"
     with pytest.raises(TargetError) as caught:
-        import_(gitops_bundle.path, signing_key, template)
+        import_(gitops_bundle.path, signing_key, git=template)
     assert f"git://{git_daemon.host}/gitops.git" in caught.value.message
     assert not (git_daemon.base_dir / "gitops.git").exists()
 
@@ -481,26 +465,30 @@ def test_non_fast_forward_on_the_server_is_refused_without_force(
     work = work_clone(str(sample_tree / "gitops"), tmp_path / "work", home)
     for branch in ("release-1.0",):
         git("-C", work, "branch", "--quiet", branch, f"origin/{branch}", home=home)
-    first = export(tmp_path, signing_key, str(work), name="first", sequence=1)
+    first = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", str(work))], name="first", sequence=1
+    )
     template = target_template(server)
     url = template.replace("{name}", "gitops")
-    import_(first.path, signing_key, template)
+    import_(first.path, signing_key, git=template)
     assert ls_remote(url, home) == manifest_refs(first)
 
     # Rewrite history: main moves to a commit that does not descend from the old tip.
     git("-C", work, "reset", "--quiet", "--hard", "HEAD~1", home=home)
     rewritten = commit_file(work, "README", "rewritten\n", "rewritten", home)
-    second = export(tmp_path, signing_key, str(work), name="second", sequence=2)
+    second = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", str(work))], name="second", sequence=2
+    )
     assert manifest_refs(second)["refs/heads/main"] == rewritten
 
     before = git("ls-remote", url, home=home)
     with pytest.raises(RefUpdateError) as caught:
-        import_(second.path, signing_key, template)
+        import_(second.path, signing_key, git=template)
     assert "refs/heads/main" in caught.value.message
     assert "--force" in caught.value.diagnostics()
     assert git("ls-remote", url, home=home) == before  # nothing moved, nothing added
 
-    import_(second.path, signing_key, template, force=True)
+    import_(second.path, signing_key, git=template, force=True)
     assert ls_remote(url, home) == manifest_refs(second)
     assert clone_and_fsck(url, tmp_path / "clone", home) == rewritten
 
@@ -561,7 +549,7 @@ def test_a_server_that_wants_credentials_from_a_git_helper_gets_them_through_git
     (env / "home" / ".gitconfig").write_text(f"[credential]\n\thelper = store --file={store}\n")
     template = f"http://{git_http_auth.host}/{{name}}"
 
-    import_(gitops_bundle.path, signing_key, template)
+    import_(gitops_bundle.path, signing_key, git=template)
 
     with_creds = f"http://{user}:{password}@{git_http_auth.host}/gitops"
     assert ls_remote(with_creds, tmp_path / "git-home") == manifest_refs(gitops_bundle)
@@ -583,9 +571,11 @@ def test_export_from_and_import_into_git_over_ssh(
         "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*", home=home)  # fmt: skip
     target = git_ssh.init_bare("mirror-gitops.git")
 
-    exported = export(tmp_path, signing_key, git_ssh.url("gitops.git"))
+    exported = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", git_ssh.url("gitops.git"))]
+    )
     assert manifest_refs(exported) == ls_remote(str(source), home)
-    import_(exported.path, signing_key, git_ssh.url("mirror-{name}.git"))
+    import_(exported.path, signing_key, git=git_ssh.url("mirror-{name}.git"))
 
     assert ls_remote(str(target), home) == manifest_refs(exported)
     git("-C", target, "fsck", "--strict", "--no-dangling", home=home)
@@ -609,9 +599,8 @@ def test_export_from_and_import_into_git_over_ssh(
 def test_refs_starting_with_a_dash_or_holding_dot_dot_are_spec_errors(
     tmp_path: Path, ref: str
 ) -> None:
-    spec = write_spec(
-        tmp_path / "spec.yaml", "git://127.0.0.1:9/gitops.git", refs=["refs/heads/main", ref]
-    )
+    entry = repo_entry("gitops", "git://127.0.0.1:9/gitops.git", ["refs/heads/main", ref])
+    spec = write_spec(tmp_path / "spec.yaml", repos=[entry])
     with pytest.raises(SpecError) as caught:
         load_spec(spec)
     message = caught.value.message

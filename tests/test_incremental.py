@@ -14,12 +14,9 @@ from pathlib import Path
 import pytest
 
 from airbundle.errors import TargetError
-from airbundle.format.spec import load_spec
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, import_bundle
+from airbundle.ops.export import ExportResult
 from airbundle.ops.inventory import take_inventory
-from airbundle.ops.keys import load_signing_key, load_trust
-from airbundle.ops.verify import load_policy
+from support.bundles import export, import_, repo_entry, write_spec
 from support.git_daemon import GitDaemon
 from support.keys import KeyPair
 from support.registry import Registry
@@ -104,30 +101,13 @@ def commit(repo: Path, count: int, tag: str) -> None:
         )
 
 
-def write_spec(folder: Path, weeks: list[int]) -> Path:
-    images = "".join(
-        f"  - ref: oci:layout:{w}\n    name: example.com/team/app:{w}\n" for w in weeks
-    )
-    spec = folder / f"spec-{weeks[-1]}.yaml"
-    spec.write_text(
-        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: weekly}\n"
-        f"images:\n{images}repos:\n  - name: gitops\n    url: gitops\n"
-    )
-    return spec
-
-
-def export(spec: Path, out: Path, key: KeyPair, seq: int, **kw: object) -> ExportResult:
-    options = ExportOptions(
-        output=out, keys=(load_signing_key(key.private, passphrase=None),), sequence=seq, **kw
-    )  # type: ignore[arg-type]
-    return export_bundle(load_spec(spec), options)
-
-
-def import_(path: Path, key: KeyPair, registry: str, git: str, state: Path) -> object:
-    policy = load_policy(load_trust([key.public]), 1)
-    return import_bundle(
-        path, ImportOptions(policy=policy, registry=registry, git=git, state_dir=state)
-    )
+def weekly_spec(folder: Path, weeks: list[int], *, with_repo: bool = True) -> Path:
+    """The weekly spec in ``folder``: app:W from the layout for each week, and the
+    gitops repository (unless not ``with_repo``)."""
+    images = [{"ref": f"oci:layout:{w}", "name": f"example.com/team/app:{w}"} for w in weeks]
+    repos = [repo_entry("gitops", "gitops")] if with_repo else []
+    stem = "spec" if with_repo else "images"
+    return write_spec(folder / f"{stem}-{weeks[-1]}.yaml", *images, repos=repos, name="weekly")
 
 
 @pytest.fixture
@@ -167,20 +147,22 @@ def test_weekly_routine_full_then_two_incrementals_on_three_volumes_each(
     media = tmp_path / "media"
     git_daemon.init_bare("gitops.git")
     template = f"git://{git_daemon.host}/{{name}}.git"
-    bundles = []
+    bundles: list[ExportResult] = []
     for week in (1, 2, 3):
         if week > 1:
             write_app(source / "layout", week)
             commit(source / "gitops", 10, f"w{week}")
-        spec = write_spec(source, list(range(1, week + 1)))
+        spec = weekly_spec(source, list(range(1, week + 1)))
         since = (bundles[-1].path,) if bundles else ()
-        probe = export(spec, tmp_path / f"probe{week}.airbundle", signing_key, week, since=since)
+        probe = export(
+            spec, tmp_path / f"probe{week}.airbundle", signing_key, sequence=week, since=since
+        )
         size = probe.size
         result = export(
             spec,
             media / f"w{week}" / "weekly.airbundle",
             signing_key,
-            week,
+            sequence=week,
             since=since,
             # Slack for what may differ between two runs (git's threaded delta
             # search, the volume index); three volumes still need > 2/3 of it.
@@ -190,19 +172,25 @@ def test_weekly_routine_full_then_two_incrementals_on_three_volumes_each(
         assert len(volumes) == 3, volumes
         bundles.append(result)
         import_(
-            result.path, signing_key, f"{target_registry.host}/mirror", template, tmp_path / "state"
+            result.path,
+            signing_key,
+            registry=f"{target_registry.host}/mirror",
+            git=template,
+            state_dir=tmp_path / "state",
         )
 
     # One full import of the newest spec into a fresh registry and git server.
-    full = export(write_spec(source, [1, 2, 3]), tmp_path / "full.airbundle", signing_key, 3)
+    full = export(
+        weekly_spec(source, [1, 2, 3]), tmp_path / "full.airbundle", signing_key, sequence=3
+    )
     with GitDaemon(tmp_path / "fresh-git" / "repos") as fresh_git:
         fresh_git.init_bare("gitops.git")
         import_(
             full.path,
             signing_key,
-            f"{registry.host}/mirror",
-            f"git://{fresh_git.host}/{{name}}.git",
-            tmp_path / "state2",
+            registry=f"{registry.host}/mirror",
+            git=f"git://{fresh_git.host}/{{name}}.git",
+            state_dir=tmp_path / "state2",
         )
         assert state_of(target_registry, git_daemon, [1, 2, 3]) == state_of(
             registry, fresh_git, [1, 2, 3]
@@ -212,7 +200,7 @@ def test_weekly_routine_full_then_two_incrementals_on_three_volumes_each(
 def test_incremental_size_is_the_changed_layer_plus_new_commits(
     source: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    week1 = export(write_spec(source, [1]), tmp_path / "w1.airbundle", signing_key, 1)
+    week1 = export(weekly_spec(source, [1]), tmp_path / "w1.airbundle", signing_key, sequence=1)
     old_tip = subprocess.run(
         ["git", "-C", str(source / "gitops"), "rev-parse", "HEAD"],
         capture_output=True,
@@ -222,7 +210,11 @@ def test_incremental_size_is_the_changed_layer_plus_new_commits(
     write_app(source / "layout", 2)
     commit(source / "gitops", 10, "w2")
     delta = export(
-        write_spec(source, [2]), tmp_path / "w2.airbundle", signing_key, 2, since=(week1.path,)
+        weekly_spec(source, [2]),
+        tmp_path / "w2.airbundle",
+        signing_key,
+        sequence=2,
+        since=(week1.path,),
     )
     changed_layer = LAYER + 1024  # the tar around it
     subprocess.run(
@@ -256,60 +248,65 @@ def test_incremental_size_is_the_changed_layer_plus_new_commits(
 def test_incremental_into_an_empty_target_names_what_is_missing_and_writes_nothing(
     source: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    week1 = export(write_spec(source, [1]), tmp_path / "w1.airbundle", signing_key, 1)
+    week1 = export(weekly_spec(source, [1]), tmp_path / "w1.airbundle", signing_key, sequence=1)
     write_app(source / "layout", 2)
     commit(source / "gitops", 2, "w2")
     delta = export(
-        write_spec(source, [2]), tmp_path / "w2.airbundle", signing_key, 2, since=(week1.path,)
+        weekly_spec(source, [2]),
+        tmp_path / "w2.airbundle",
+        signing_key,
+        sequence=2,
+        since=(week1.path,),
     )
     target = tmp_path / "target"
     with pytest.raises(TargetError, match=r"lacks .* commit") as caught:
         import_(
             delta.path,
             signing_key,
-            f"oci:{target / 'img'}",
-            str(target / "git"),
-            tmp_path / "state",
+            registry=f"oci:{target / 'img'}",
+            git=str(target / "git"),
+            state_dir=tmp_path / "state",
         )
     assert week1.manifest.bundle.id in (caught.value.hint or "")
     assert not (target / "git").exists() or not list((target / "git").iterdir())
     # Images only: the missing base layer is named before any blob is written.
-    week1_images = export(_images_only(source, [1]), tmp_path / "i1.airbundle", signing_key, 1)
+    week1_images = export(
+        weekly_spec(source, [1], with_repo=False),
+        tmp_path / "i1.airbundle",
+        signing_key,
+        sequence=1,
+    )
     delta_images = export(
-        _images_only(source, [2]),
+        weekly_spec(source, [2], with_repo=False),
         tmp_path / "i2.airbundle",
         signing_key,
-        2,
+        sequence=2,
         since=(week1_images.path,),
     )
     with pytest.raises(TargetError, match=r"is neither in the bundle nor in oci:") as caught:
         import_(
             delta_images.path,
             signing_key,
-            f"oci:{target / 'img2'}",
-            str(target / "g2"),
-            tmp_path / "state",
+            registry=f"oci:{target / 'img2'}",
+            git=str(target / "g2"),
+            state_dir=tmp_path / "state",
         )
     assert week1_images.manifest.bundle.id in (caught.value.hint or "")
     blobs = target / "img2" / "blobs" / "sha256"
     assert not blobs.exists() or not list(blobs.iterdir())
 
 
-def _images_only(source: Path, weeks: list[int]) -> Path:
-    spec = write_spec(source, weeks)
-    text = spec.read_text().split("repos:")[0]
-    path = source / f"images-{weeks[-1]}.yaml"
-    path.write_text(text)
-    return path
-
-
 def test_inventory_from_the_other_side_gives_the_same_delta(
     source: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    week1 = export(write_spec(source, [1]), tmp_path / "w1.airbundle", signing_key, 1)
+    week1 = export(weekly_spec(source, [1]), tmp_path / "w1.airbundle", signing_key, sequence=1)
     target = tmp_path / "target"
     import_(
-        week1.path, signing_key, f"oci:{target / 'img'}", str(target / "git"), tmp_path / "state"
+        week1.path,
+        signing_key,
+        registry=f"oci:{target / 'img'}",
+        git=str(target / "git"),
+        state_dir=tmp_path / "state",
     )
     inventory = take_inventory(
         registry=f"oci:{target / 'img'}", git_target=str(target / "git"), repo_names=[]
@@ -318,10 +315,14 @@ def test_inventory_from_the_other_side_gives_the_same_delta(
     assert "gitops" in inventory.repos
     write_app(source / "layout", 2)
     commit(source / "gitops", 4, "w2")
-    spec = write_spec(source, [2])
-    by_bundle = export(spec, tmp_path / "a.airbundle", signing_key, 2, since=(week1.path,))
+    spec = weekly_spec(source, [2])
+    by_bundle = export(spec, tmp_path / "a.airbundle", signing_key, sequence=2, since=(week1.path,))
     by_inventory = export(
-        spec, tmp_path / "b.airbundle", signing_key, 2, since=(tmp_path / "inventory.json",)
+        spec,
+        tmp_path / "b.airbundle",
+        signing_key,
+        sequence=2,
+        since=(tmp_path / "inventory.json",),
     )
     assert {m.path for m in by_bundle.manifest.members} == {
         m.path for m in by_inventory.manifest.members
@@ -330,9 +331,9 @@ def test_inventory_from_the_other_side_gives_the_same_delta(
     import_(
         by_inventory.path,
         signing_key,
-        f"oci:{target / 'img'}",
-        str(target / "git"),
-        tmp_path / "state",
+        registry=f"oci:{target / 'img'}",
+        git=str(target / "git"),
+        state_dir=tmp_path / "state",
     )
     refs = subprocess.run(
         ["git", "-C", str(target / "git" / "gitops.git"), "rev-parse", "refs/heads/main"],

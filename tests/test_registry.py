@@ -13,7 +13,6 @@ proxy variables cleared unless the test is about proxies.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -22,19 +21,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import SourceError, TargetError, UsageError
-from airbundle.format.spec import load_spec
 from airbundle.limits import Limits
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.inventory import take_inventory
-from airbundle.ops.keys import load_signing_key, load_trust
-from airbundle.ops.verify import load_policy
+from support.bundles import export_spec, import_, sha256, write_spec
 from support.env import hermetic
 from support.keys import KeyPair
 from support.net import TEST_CREDS, Creds, free_port
@@ -61,39 +55,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # --- helpers ----------------------------------------------------------------
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def write_spec(path: Path, *images: str | dict[str, Any]) -> Path:
-    items = [{"ref": i} if isinstance(i, str) else i for i in images]
-    doc = {
-        "apiVersion": "airbundle/v1",
-        "kind": "BundleSpec",
-        "metadata": {"name": "registry-test"},
-        "images": items,
-    }
-    path.write_text(json.dumps(doc, indent=1))  # JSON is YAML
-    return path
-
-
-def export(
-    tmp_path: Path, key: KeyPair, *images: str | dict[str, Any], name: str = "b", **kw: Any
-) -> ExportResult:
-    spec = write_spec(tmp_path / f"{name}.yaml", *images)
-    options = ExportOptions(
-        output=tmp_path / "out" / f"{name}.airbundle",
-        keys=(load_signing_key(key.private, passphrase=None),),
-        **kw,
-    )
-    return export_bundle(load_spec(spec), options)
-
-
-def import_(bundle: Path, key: KeyPair, registry: str, **kw: Any) -> ImportReport:
-    policy = load_policy(load_trust([key.public]), 1)
-    return import_bundle(bundle, ImportOptions(policy=policy, registry=registry, **kw))
 
 
 def raw_digest(reg: Registry, ref: str, creds: Creds | None = None) -> str:
@@ -195,9 +156,9 @@ def refs(reg: Registry, *repo_tags: str) -> list[str]:
 def test_export_from_registry_import_under_prefix_keeps_every_digest(
     source: Registry, target_registry: Registry, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    result = export(tmp_path, signing_key, *refs(source, *IMAGES))
+    result = export_spec(tmp_path, signing_key, *refs(source, *IMAGES))
     report_file = tmp_path / "report" / "import.json"
-    import_(result.path, signing_key, f"{target_registry.host}/mirror", report=report_file)
+    import_(result.path, signing_key, registry=f"{target_registry.host}/mirror", report=report_file)
 
     for repo_tag in IMAGES:
         want = raw_digest(source, repo_tag)
@@ -230,8 +191,8 @@ def test_export_from_registry_import_under_prefix_keeps_every_digest(
 def test_reimport_is_a_noop(
     source: Registry, target_registry: Registry, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    result = export(tmp_path, signing_key, *refs(source, *IMAGES))
-    first = import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    result = export_spec(tmp_path, signing_key, *refs(source, *IMAGES))
+    first = import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     digests = {r: raw_digest(target_registry, f"mirror/{r}") for r in IMAGES}
     blobs = len([m for m in result.manifest.members if m.path.startswith("images/blobs/")])
     manifests = 5  # hello 1.0 index + 2 platform manifests, hello 0.9, app 2.1
@@ -242,7 +203,7 @@ def test_reimport_is_a_noop(
     wait_for_log(target_registry, lambda log: any(m == "PUT" for m, _, _ in log))
     time.sleep(0.2)
     before = len(access_log(target_registry))
-    second = import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    second = import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     assert second.noop and second.blobs_written == 0
     time.sleep(0.2)
     assert access_log(target_registry)[before:] == []
@@ -252,7 +213,7 @@ def test_reimport_is_a_noop(
     third = import_(
         result.path,
         signing_key,
-        f"{target_registry.host}/mirror",
+        registry=f"{target_registry.host}/mirror",
         state_dir=tmp_path / "other-state",
     )
     assert not third.noop
@@ -273,8 +234,8 @@ def test_inventory_of_a_registry_lists_every_digest_imported_page_by_page(
     signing_key: KeyPair,
     tmp_path: Path,
 ) -> None:
-    result = export(tmp_path, signing_key, *refs(source, *IMAGES))
-    import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    result = export_spec(tmp_path, signing_key, *refs(source, *IMAGES))
+    import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     # Outside the prefix: listed by the catalog, left out of the inventory.
     push_oci_layout(target_registry, hello_layout, "0.9", "elsewhere/hello:0.9")
 
@@ -303,8 +264,8 @@ def test_import_skips_blobs_the_target_already_has(
     present = {manifest_09["config"]["digest"], *(la["digest"] for la in manifest_09["layers"])}
     before = len(access_log(target_registry))
 
-    result = export(tmp_path, signing_key, *refs(source, "team/hello:1.0", "team/hello:0.9"))
-    report = import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    result = export_spec(tmp_path, signing_key, *refs(source, "team/hello:1.0", "team/hello:0.9"))
+    report = import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
 
     assert report.blobs_present == len(present) == 3
     assert report.blobs_written == 3  # the 1.0 configs and the arm64 layer
@@ -331,8 +292,8 @@ def test_shared_layers_are_mounted_across_target_repositories(
     # The same layers under two repositories: 0.9 reuses both amd64 layers of 1.0.
     push_oci_layout(registry, hello_layout, "1.0", "team/hello:1.0")
     push_oci_layout(registry, hello_layout, "0.9", "team/other:0.9")
-    result = export(tmp_path, signing_key, *refs(registry, "team/hello:1.0", "team/other:0.9"))
-    report = import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    result = export_spec(tmp_path, signing_key, *refs(registry, "team/hello:1.0", "team/other:0.9"))
+    report = import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
 
     manifest_09 = json.loads(skopeo_raw_manifest(registry, "team/other:0.9"))
     shared = {la["digest"] for la in manifest_09["layers"]}
@@ -362,10 +323,10 @@ def test_digest_pinned_reference_round_trips_without_a_tag(
     source: Registry, target_registry: Registry, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     digest = raw_digest(source, "team/hello:1.0")
-    result = export(tmp_path, signing_key, f"{source.host}/team/hello@{digest}")
+    result = export_spec(tmp_path, signing_key, f"{source.host}/team/hello@{digest}")
     (image,) = result.manifest.images
     assert str(image.digest) == digest
-    report = import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    report = import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     assert report.images[0]["target"] == f"{target_registry.host}/mirror/team/hello@{digest}"
 
     assert raw_digest(target_registry, f"mirror/team/hello@{digest}") == digest
@@ -383,7 +344,7 @@ def test_wrong_pinned_digest_is_a_source_error_naming_the_image(
 ) -> None:
     wrong = "sha256:" + "0" * 63 + "1"
     with pytest.raises(SourceError) as caught:
-        export(tmp_path, signing_key, f"{source.host}/team/hello@{wrong}")
+        export_spec(tmp_path, signing_key, f"{source.host}/team/hello@{wrong}")
     assert f"{source.host}/team/hello@{wrong}" in caught.value.message
     assert "not found" in caught.value.message
     assert not (tmp_path / "out" / "b.airbundle").exists()
@@ -400,7 +361,7 @@ def test_platform_subset_replaces_the_index_and_warns_about_the_original_digest(
     by_arch = {
         m["platform"]["architecture"]: m["digest"] for m in json.loads(original_raw)["manifests"]
     }
-    result = export(
+    result = export_spec(
         tmp_path,
         signing_key,
         {"ref": f"{source.host}/team/hello:1.0", "platforms": ["linux/arm64"]},
@@ -411,7 +372,7 @@ def test_platform_subset_replaces_the_index_and_warns_about_the_original_digest(
     (warning,) = result.warnings
     assert original in warning and str(image.digest) in warning
 
-    import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     tagged = skopeo_raw_manifest(target_registry, "mirror/team/hello:1.0")
     assert sha256(tagged) == str(image.digest) != original
     assert index_children(tagged) == [by_arch["arm64"]]
@@ -437,11 +398,11 @@ def test_repository_mapping(
     tmp_path: Path,
     keep_source_host: bool,
 ) -> None:
-    result = export(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
+    result = export_spec(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
     import_(
         result.path,
         signing_key,
-        f"{target_registry.host}/mirror",
+        registry=f"{target_registry.host}/mirror",
         keep_source_host=keep_source_host,
     )
     repo = f"mirror/127.0.0.1-{source.port}/team/hello" if keep_source_host else "mirror/team/hello"
@@ -458,14 +419,14 @@ def test_two_sources_landing_in_one_repository_are_refused_before_any_push(
 ) -> None:
     with Registry(tmp_path / "second") as second:
         push_oci_layout(second, hello_layout, "0.9", "team/hello:2.0")
-        result = export(
+        result = export_spec(
             tmp_path,
             signing_key,
             f"{source.host}/team/hello:1.0",
             f"{second.host}/team/hello:2.0",
         )
     with pytest.raises(UsageError) as caught:
-        import_(result.path, signing_key, f"{target_registry.host}/mirror")
+        import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     message = caught.value.message
     assert f"{source.host}/team/hello" in message and f"{second.host}/team/hello" in message
     assert f"{target_registry.host}/mirror/team/hello" in message
@@ -517,8 +478,8 @@ def test_basic_auth_credentials_for_export_and_import(
         )
 
     # One image: several at once trip the race in test_basic_auth_with_parallel_image_planning.
-    result = export(tmp_path, signing_key, *refs(reg, "team/hello:1.0"))
-    import_(result.path, signing_key, f"{reg.host}/mirror")
+    result = export_spec(tmp_path, signing_key, *refs(reg, "team/hello:1.0"))
+    import_(result.path, signing_key, registry=f"{reg.host}/mirror")
     want = raw_digest(reg, "team/hello:1.0", creds=TEST_CREDS)
     assert str(result.manifest.images[0].digest) == want
     assert raw_digest(reg, "mirror/team/hello:1.0", creds=TEST_CREDS) == want
@@ -541,7 +502,7 @@ def test_basic_auth_with_parallel_image_planning(
     # A race: three exports in a row (each planning three images at once) make a
     # pass by luck vanishingly unlikely (each export alone fails ~95% of the time).
     for attempt in range(3):
-        result = export(tmp_path, signing_key, *refs(reg, *IMAGES), name=f"b{attempt}")
+        result = export_spec(tmp_path, signing_key, *refs(reg, *IMAGES), name=f"b{attempt}")
         got = {str(i.ref).split("/", 1)[1]: str(i.digest) for i in result.manifest.images}
         assert got == {r: raw_digest(reg, r, creds=TEST_CREDS) for r in IMAGES}
 
@@ -551,7 +512,7 @@ def test_missing_credentials_on_export_say_authentication_and_name_the_host(
 ) -> None:
     push_oci_layout(auth_registry, hello_layout, "0.9", "team/hello:0.9", creds=TEST_CREDS)
     with pytest.raises(SourceError) as caught:
-        export(tmp_path, signing_key, *refs(auth_registry, "team/hello:0.9"))
+        export_spec(tmp_path, signing_key, *refs(auth_registry, "team/hello:0.9"))
     assert "authentication" in caught.value.message
     assert auth_registry.host in caught.value.message
     assert not (tmp_path / "out" / "b.airbundle").exists()
@@ -560,7 +521,7 @@ def test_missing_credentials_on_export_say_authentication_and_name_the_host(
 def test_missing_credentials_on_import_exit_3_naming_the_host(
     source: Registry, auth_registry: Registry, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    result = export(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
+    result = export_spec(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
     proc = cli(
         "import",
         result.path,
@@ -574,7 +535,7 @@ def test_missing_credentials_on_import_exit_3_naming_the_host(
     catalog = auth_registry.request("GET", "/v2/_catalog", creds=TEST_CREDS).json()
     assert catalog == {"repositories": []}
     with pytest.raises(TargetError, match="authentication"):
-        import_(result.path, signing_key, f"{auth_registry.host}/mirror")
+        import_(result.path, signing_key, registry=f"{auth_registry.host}/mirror")
 
 
 def test_token_auth_export_asks_for_pull(
@@ -584,7 +545,7 @@ def test_token_auth_export_asks_for_pull(
     push_oci_layout(reg, hello_layout, "1.0", "team/hello:1.0", creds=TEST_CREDS)
     Path(os.environ["REGISTRY_AUTH_FILE"]).write_text(docker_auth_json(reg.host, TEST_CREDS))
     before = len(reg.token_requests)
-    result = export(tmp_path, signing_key, *refs(reg, "team/hello:1.0"))
+    result = export_spec(tmp_path, signing_key, *refs(reg, "team/hello:1.0"))
     assert str(result.manifest.images[0].digest) == raw_digest(
         reg, "team/hello:1.0", creds=TEST_CREDS
     )
@@ -598,10 +559,10 @@ def test_token_auth_import_asks_for_pull_and_push(
     token_registry: Registry, source: Registry, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     reg = token_registry
-    result = export(tmp_path, signing_key, *refs(source, "team/hello:1.0"))
+    result = export_spec(tmp_path, signing_key, *refs(source, "team/hello:1.0"))
     Path(os.environ["REGISTRY_AUTH_FILE"]).write_text(docker_auth_json(reg.host, TEST_CREDS))
     before = len(reg.token_requests)
-    import_(result.path, signing_key, f"{reg.host}/mirror")
+    import_(result.path, signing_key, registry=f"{reg.host}/mirror")
     assert raw_digest(reg, "mirror/team/hello:1.0", creds=TEST_CREDS) == raw_digest(
         source, "team/hello:1.0"
     )
@@ -620,13 +581,13 @@ def test_tls_registry_with_the_ca_file(
 ) -> None:
     push_oci_layout(tls_registry, hello_layout, "1.0", "team/hello:1.0")
     transport = Transport(TLSConfig(ca_file=tls_registry.ca_file))
-    result = export(
+    result = export_spec(
         tmp_path, signing_key, *refs(tls_registry, "team/hello:1.0"), transport=transport
     )
     import_(
         result.path,
         signing_key,
-        f"{tls_registry.host}/mirror",
+        registry=f"{tls_registry.host}/mirror",
         transport=Transport(TLSConfig(ca_file=tls_registry.ca_file)),
     )
     want = raw_digest(tls_registry, "team/hello:1.0")  # skopeo verifies with cert_dir/ca.crt
@@ -641,7 +602,7 @@ def test_tls_registry_without_the_ca_names_tls_and_ca_file(
 ) -> None:
     push_oci_layout(tls_registry, hello_layout, "0.9", "team/hello:0.9")
     with pytest.raises(SourceError) as caught:
-        export(tmp_path, signing_key, *refs(tls_registry, "team/hello:0.9"))
+        export_spec(tmp_path, signing_key, *refs(tls_registry, "team/hello:0.9"))
     text = caught.value.diagnostics()
     assert "TLS" in text and "--ca-file" in text and tls_registry.host in text
     assert "CERTIFICATE_VERIFY_FAILED" in text
@@ -679,6 +640,7 @@ def test_client_certificates_via_the_cli(
     hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     with Registry(tmp_path / "mtls", tls=True, client_ca=True) as reg:
+        assert reg.ca_file is not None
         assert reg.client_cert is not None and reg.client_key is not None
         push_oci_layout(reg, hello_layout, "0.9", "team/hello:0.9")
         spec = write_spec(tmp_path / "spec.yaml", f"{reg.host}/team/hello:0.9")
@@ -732,7 +694,7 @@ def test_https_proxy_tunnels_to_the_tls_registry(
     push_oci_layout(tls_registry, hello_layout, "0.9", "team/hello:0.9")
     monkeypatch.setenv("HTTPS_PROXY", recording_proxy.url)
     transport = Transport(TLSConfig(ca_file=tls_registry.ca_file))
-    result = export(
+    result = export_spec(
         tmp_path, signing_key, *refs(tls_registry, "team/hello:0.9"), transport=transport
     )
     assert str(result.manifest.images[0].digest) == raw_digest(tls_registry, "team/hello:0.9")
@@ -753,7 +715,7 @@ def test_no_proxy_bypasses_the_proxy(
     monkeypatch.setenv("HTTP_PROXY", recording_proxy.url)
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
     transport = Transport(TLSConfig(ca_file=tls_registry.ca_file))
-    result = export(
+    result = export_spec(
         tmp_path, signing_key, *refs(tls_registry, "team/hello:0.9"), transport=transport
     )
     assert str(result.manifest.images[0].digest) == raw_digest(tls_registry, "team/hello:0.9")
@@ -769,8 +731,8 @@ def test_http_proxy_carries_plain_http_export_and_import(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", recording_proxy.url)
-    result = export(tmp_path, signing_key, *refs(source, "team/hello:1.0"))
-    import_(result.path, signing_key, f"{target_registry.host}/mirror")
+    result = export_spec(tmp_path, signing_key, *refs(source, "team/hello:1.0"))
+    import_(result.path, signing_key, registry=f"{target_registry.host}/mirror")
     lines = [r.line for r in recording_proxy.requests]
     assert f"GET {source.url}/v2/team/hello/manifests/1.0" in lines
     assert any(line.startswith(f"GET {source.url}/v2/team/hello/blobs/") for line in lines)
@@ -821,7 +783,7 @@ def test_a_registry_serving_corrupt_bytes_is_caught(
     assert served.status == 200 and sha256(served.body) != digest
     # ...airbundle does not carry them.
     with pytest.raises(SourceError) as caught:
-        export(tmp_path, signing_key, *refs(registry, "team/hello:1.0"))
+        export_spec(tmp_path, signing_key, *refs(registry, "team/hello:1.0"))
     assert digest in caught.value.message
     out = tmp_path / "out"
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
@@ -842,7 +804,7 @@ def test_a_corrupt_manifest_behind_a_tag_is_caught(
     )
     assert served.headers["docker-content-digest"] == digest != sha256(served.body)
     with pytest.raises(SourceError, match=digest):
-        export(tmp_path, signing_key, *refs(registry, "team/hello:0.9"))
+        export_spec(tmp_path, signing_key, *refs(registry, "team/hello:0.9"))
 
 
 def test_requests_carry_the_airbundle_user_agent(
@@ -850,7 +812,7 @@ def test_requests_carry_the_airbundle_user_agent(
 ) -> None:
     from airbundle import __version__
 
-    export(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
+    export_spec(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
     wait_for_log(source, lambda log: any("/v2/team/hello/blobs/" in p for _, p, _ in log))
     agents = re.findall(
         r'"GET /v2/team/hello/\S+ HTTP/1\.1" \d+ \d+ "[^"]*" "([^"]*)"', source.log.read_text()
@@ -900,7 +862,7 @@ def test_cli_export_with_insecure_registry_and_import_under_a_prefix(
 def test_cli_import_into_a_closed_port_exits_3_with_a_clear_message(
     source: Registry, signing_key: KeyPair, tmp_path: Path
 ) -> None:
-    result = export(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
+    result = export_spec(tmp_path, signing_key, *refs(source, "team/hello:0.9"))
     host = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     proc = cli("import", result.path, "--trust", signing_key.public, "--registry", f"{host}/mirror")

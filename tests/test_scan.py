@@ -13,9 +13,7 @@ from hypothesis import strategies as st
 
 from airbundle.errors import SpecError
 from airbundle.format.imagescan import scan_text
-from airbundle.format.spec import load_spec
-from airbundle.ops.export import ExportOptions, export_bundle
-from airbundle.ops.keys import load_signing_key
+from support.bundles import export
 from support.env import AIRBUNDLE
 from support.keys import KeyPair
 
@@ -141,19 +139,12 @@ def _gitops_with_missing_image(sample_tree: Path, tmp_path: Path) -> Path:
     return work
 
 
-def _export(spec: Path, out: Path, key: KeyPair, **kw: object) -> object:
-    options = ExportOptions(
-        output=out, keys=(load_signing_key(key.private, passphrase=None),), **kw
-    )  # type: ignore[arg-type]
-    return export_bundle(load_spec(spec), options)
-
-
 def test_export_reports_missing_images_with_file_and_line(
     sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     work = _gitops_with_missing_image(sample_tree, tmp_path)
-    result = _export(work / "spec.yaml", tmp_path / "b.airbundle", signing_key, check_images=True)
-    scan = result.manifest.scan  # type: ignore[attr-defined]
+    result = export(work / "spec.yaml", tmp_path / "b.airbundle", signing_key, check_images=True)
+    scan = result.manifest.scan
     assert scan is not None
     missing = {(m.ref, m.file, m.line) for m in scan.missing}
     assert ("nginx:1.25", "gitops:refs/heads/main:apps/extra/deployment.yaml", 12) in missing
@@ -178,7 +169,7 @@ def test_strict_export_fails_and_writes_nothing(
         match=r"nginx:1\.25 \(gitops:refs/heads/main:apps/extra/"
         r"deployment\.yaml:12\)",
     ):
-        _export(
+        export(
             work / "spec.yaml",
             tmp_path / "out" / "b.airbundle",
             signing_key,
@@ -192,7 +183,7 @@ def test_scan_cli_against_a_bundle_exits_1_when_images_are_missing(
     sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     work = _gitops_with_missing_image(sample_tree, tmp_path)
-    _export(work / "spec.yaml", tmp_path / "b.airbundle", signing_key)
+    export(work / "spec.yaml", tmp_path / "b.airbundle", signing_key)
     proc = subprocess.run(
         [*AIRBUNDLE, "scan", str(work / "gitops"), "--bundle", str(tmp_path / "b.airbundle")],
         capture_output=True,

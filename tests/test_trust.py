@@ -31,14 +31,13 @@ from airbundle.errors import (
     TargetError,
 )
 from airbundle.format import archive, sshsig
-from airbundle.format.spec import load_spec
-from airbundle.format.trust import TrustPolicy
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
+from airbundle.ops.export import ExportResult
+from airbundle.ops.importer import ImportReport
 from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.keys import load_signing_key
 from airbundle.ops.sign import journal_path, sign_bundle
-from airbundle.ops.verify import load_policy, verify_bundle
+from airbundle.ops.verify import verify_bundle
+from support.bundles import export, import_, trust_policy
 from support.crafting import snapshot
 from support.env import require_tool
 from support.keys import KeyPair, make_key
@@ -102,7 +101,7 @@ def env(sample_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Env:
 # --- helpers -------------------------------------------------------------------------
 
 
-def export(
+def export_sample(
     env: Env,
     out: Path,
     *,
@@ -110,21 +109,15 @@ def export(
     keys: tuple[Ed25519PrivateKey, ...] | None = None,
     **kw: Any,
 ) -> ExportResult:
-    options = ExportOptions(
-        output=out, keys=keys or (env.key_a,), source_date_epoch=EPOCH, threads=1, **kw
-    )
-    return export_bundle(load_spec(env.specs / f"{spec}.yaml"), options)
-
-
-def policy(*pubs: Path, threshold: int = 1) -> TrustPolicy:
-    return load_policy(load_trust(list(pubs)), threshold)
+    """Export SPECS[spec] signed by a (or ``keys``), at EPOCH, on one thread."""
+    path = env.specs / f"{spec}.yaml"
+    return export(path, out, *(keys or (env.key_a,)), source_date_epoch=EPOCH, threads=1, **kw)
 
 
 def importing(env: Env, bundle: Path, target: Path, **kw: Any) -> ImportReport:
     """Import into target/images (an OCI layout); the state lives in target/state."""
     kw.setdefault("state_dir", target / "state")
-    options = ImportOptions(policy=policy(env.a.public), registry=f"oci:{target / 'images'}", **kw)
-    return import_bundle(bundle, options)
+    return import_(bundle, env.a, registry=f"oci:{target / 'images'}", **kw)
 
 
 def state_file(state_dir: Path) -> Path:
@@ -204,8 +197,8 @@ def run(*args: object, stdin: bytes | None = None) -> str:
 def test_older_sequence_is_refused_as_a_rollback_and_nothing_is_written(
     env: Env, tmp_path: Path
 ) -> None:
-    new = export(env, tmp_path / "2.airbundle", sequence=2)
-    old = export(env, tmp_path / "1.airbundle", spec="app", sequence=1)
+    new = export_sample(env, tmp_path / "2.airbundle", sequence=2)
+    old = export_sample(env, tmp_path / "1.airbundle", spec="app", sequence=1)
     importing(env, new.path, tmp_path)
     layout = snapshot(tmp_path / "images")
     saved = state_file(tmp_path / "state").read_bytes()
@@ -221,8 +214,8 @@ def test_older_sequence_is_refused_as_a_rollback_and_nothing_is_written(
 
 
 def test_allow_rollback_imports_and_the_history_records_it(env: Env, tmp_path: Path) -> None:
-    new = export(env, tmp_path / "2.airbundle", sequence=2)
-    old = export(env, tmp_path / "1.airbundle", spec="app", sequence=1)
+    new = export_sample(env, tmp_path / "2.airbundle", sequence=2)
+    old = export_sample(env, tmp_path / "1.airbundle", spec="app", sequence=1)
     importing(env, new.path, tmp_path)
     report = importing(env, old.path, tmp_path, allow_rollback=True)
     assert not report.noop and report.sequence == 1
@@ -237,7 +230,7 @@ def test_allow_rollback_imports_and_the_history_records_it(env: Env, tmp_path: P
 
 
 def test_same_bundle_again_is_a_noop(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=3).path
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=3).path
     first = importing(env, bundle, tmp_path)
     assert not first.noop and first.blobs_written > 0
     layout = snapshot(tmp_path / "images")
@@ -251,8 +244,8 @@ def test_same_bundle_again_is_a_noop(env: Env, tmp_path: Path) -> None:
 
 
 def test_two_bundles_cannot_share_a_sequence(env: Env, tmp_path: Path) -> None:
-    first = export(env, tmp_path / "a.airbundle", sequence=7)
-    second = export(env, tmp_path / "b.airbundle", spec="app", sequence=7)
+    first = export_sample(env, tmp_path / "a.airbundle", sequence=7)
+    second = export_sample(env, tmp_path / "b.airbundle", spec="app", sequence=7)
     assert first.manifest_digest != second.manifest_digest
     importing(env, first.path, tmp_path)
     layout = snapshot(tmp_path / "images")
@@ -269,8 +262,8 @@ def test_two_bundles_cannot_share_a_sequence(env: Env, tmp_path: Path) -> None:
 
 
 def test_state_is_per_target(env: Env, tmp_path: Path) -> None:
-    five = export(env, tmp_path / "5.airbundle", sequence=5).path
-    three = export(env, tmp_path / "3.airbundle", sequence=3).path
+    five = export_sample(env, tmp_path / "5.airbundle", sequence=5).path
+    three = export_sample(env, tmp_path / "3.airbundle", sequence=3).path
     shared = tmp_path / "state"
     importing(env, five, tmp_path / "x", state_dir=shared)
     # Another layout, same state folder: its own sequence, so 3 is not a rollback there.
@@ -295,8 +288,8 @@ def test_rollback_protection_does_not_depend_on_what_the_bundle_carries(
     env: Env, tmp_path: Path
 ) -> None:
     require_tool("git")
-    new = export(env, tmp_path / "10.airbundle", spec="hello-and-repo", sequence=10).path
-    old = export(env, tmp_path / "5.airbundle", spec="hello", sequence=5).path
+    new = export_sample(env, tmp_path / "10.airbundle", spec="hello-and-repo", sequence=10).path
+    old = export_sample(env, tmp_path / "5.airbundle", spec="hello", sequence=5).path
     same = {"git": str(tmp_path / "git")}  # the operator runs the very same command twice
     importing(env, new, tmp_path, **same)
     with pytest.raises(FreshnessError, match="a rollback"):
@@ -307,7 +300,7 @@ def test_rollback_protection_does_not_depend_on_what_the_bundle_carries(
 
 
 def test_expired_bundle_is_refused_showing_the_expiry(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1, expires_in=timedelta(days=1))
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1, expires_in=timedelta(days=1))
     assert bundle.manifest.bundle.expires == CREATED + timedelta(days=1)
     with pytest.raises(FreshnessError) as exc:
         importing(env, bundle.path, tmp_path, at=CREATED + timedelta(days=2))
@@ -322,7 +315,7 @@ def test_expired_bundle_is_refused_showing_the_expiry(env: Env, tmp_path: Path) 
 
 
 def test_allow_expired_imports_and_the_history_records_it(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1, expires_in=timedelta(days=1))
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1, expires_in=timedelta(days=1))
     at = CREATED + timedelta(days=2)
     report = importing(env, bundle.path, tmp_path, at=at, allow_expired=True)
     assert report.notes == [
@@ -342,7 +335,7 @@ def test_allow_expired_imports_and_the_history_records_it(env: Env, tmp_path: Pa
 
 
 def test_bundle_for_another_channel_is_refused_naming_both(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1, channel="prod").path
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1, channel="prod").path
     with pytest.raises(FreshnessError) as exc:
         importing(env, bundle, tmp_path, channel="dev")
     assert "was signed for channel 'prod', this import is for channel 'dev'" in exc.value.message
@@ -358,7 +351,7 @@ def test_bundle_for_another_channel_is_refused_naming_both(env: Env, tmp_path: P
 
 
 def test_default_channel_is_default_on_both_sides(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1)
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1)
     assert bundle.manifest.bundle.channel == "default"
     importing(env, bundle.path, tmp_path)
     assert accepted_sequences(tmp_path / "state") == {"default": 1}
@@ -369,8 +362,8 @@ def test_default_channel_is_default_on_both_sides(env: Env, tmp_path: Path) -> N
 
 
 def test_cli_state_survives_processes_and_overrides_warn_loudly(env: Env, tmp_path: Path) -> None:
-    new = export(env, tmp_path / "2.airbundle", sequence=2, channel="prod").path
-    old = export(env, tmp_path / "1.airbundle", sequence=1, channel="prod").path
+    new = export_sample(env, tmp_path / "2.airbundle", sequence=2, channel="prod").path
+    old = export_sample(env, tmp_path / "1.airbundle", sequence=1, channel="prod").path
 
     first = cli_import(env, new, tmp_path, "--channel", "prod")
     assert first.returncode == EXIT_OK, first.stderr
@@ -398,7 +391,9 @@ def test_cli_state_survives_processes_and_overrides_warn_loudly(env: Env, tmp_pa
 
 
 def test_cli_allow_expired_warns_loudly(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1, expires_in=timedelta(days=1)).path
+    bundle = export_sample(
+        env, tmp_path / "b.airbundle", sequence=1, expires_in=timedelta(days=1)
+    ).path
     refused = cli_import(env, bundle, tmp_path)
     assert refused.returncode == EXIT_INTEGRITY
     assert "bundle hello (sequence 1) expired on 2024-01-02T00:00:00Z; it is now " in error_of(
@@ -414,8 +409,8 @@ def test_cli_allow_expired_warns_loudly(env: Env, tmp_path: Path) -> None:
 def test_corrupt_state_is_a_target_error_that_warns_against_deleting_it(
     env: Env, tmp_path: Path
 ) -> None:
-    one = export(env, tmp_path / "1.airbundle", sequence=1).path
-    two = export(env, tmp_path / "2.airbundle", spec="app", sequence=2).path
+    one = export_sample(env, tmp_path / "1.airbundle", sequence=1).path
+    two = export_sample(env, tmp_path / "2.airbundle", spec="app", sequence=2).path
     importing(env, one, tmp_path)
     path = state_file(tmp_path / "state")
     path.write_bytes(path.read_bytes()[:40])  # damaged: not JSON any more
@@ -432,8 +427,8 @@ def test_corrupt_state_is_a_target_error_that_warns_against_deleting_it(
 
 
 def test_concurrent_imports_into_one_target_lose_no_update(env: Env, tmp_path: Path) -> None:
-    ten = export(env, tmp_path / "10.airbundle", sequence=10).path
-    eleven = export(env, tmp_path / "11.airbundle", spec="app", sequence=11).path
+    ten = export_sample(env, tmp_path / "10.airbundle", sequence=10).path
+    eleven = export_sample(env, tmp_path / "11.airbundle", spec="app", sequence=11).path
     for attempt in range(3):
         target = tmp_path / f"t{attempt}"
         procs = {
@@ -479,7 +474,7 @@ def test_concurrent_imports_into_one_target_lose_no_update(env: Env, tmp_path: P
 
 
 def test_inspect_shows_an_expired_bundle_without_judging_it(env: Env, tmp_path: Path) -> None:
-    bundle = export(
+    bundle = export_sample(
         env, tmp_path / "b.airbundle", sequence=4, channel="prod", expires_in=timedelta(days=1)
     ).path
     assert inspect_bundle(bundle).manifest.bundle.expires == CREATED + timedelta(days=1)
@@ -501,7 +496,7 @@ def regions(data: bytes) -> tuple[bytes, bytes]:
 
 
 def test_sign_adds_a_cosignature_and_touches_only_the_prefix(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1).path
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1).path
     before = bundle.read_bytes()
     trust = ["--trust", env.a.public, "--trust", env.b.public, "--threshold", "2"]
 
@@ -533,7 +528,7 @@ def test_sign_adds_a_cosignature_and_touches_only_the_prefix(env: Env, tmp_path:
 def test_ssh_keygen_accepts_both_signatures(env: Env, tmp_path: Path) -> None:
     require_tool("ssh-keygen")
     require_tool("zstd")
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1).path
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1).path
     assert sign_bundle(bundle, env.key_b).added
     out = tmp_path / "x"
     out.mkdir()
@@ -563,12 +558,12 @@ def test_ssh_keygen_accepts_both_signatures(env: Env, tmp_path: Path) -> None:
         )
         assert f'Good "airbundle" signature for {principal}' in said
     # The same allowed_signers file meets a threshold of 2 in airbundle.
-    result = verify_bundle(bundle, policy(allowed, threshold=2))
+    result = verify_bundle(bundle, trust_policy(allowed, threshold=2))
     assert len(result.authenticated.signers) == 2
 
 
 def test_one_key_never_counts_twice(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1).path
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1).path
     twice = cli(
         "verify", bundle, "--trust", env.a.public, "--trust", env.a.public, "--threshold", "2"
     )
@@ -582,13 +577,13 @@ def test_one_key_never_counts_twice(env: Env, tmp_path: Path) -> None:
         sig = prefix.signatures[0][1]
         archive.rewrite_prefix(fh, prefix.manifest, [sig, sig], mtime=EPOCH, source=str(bundle))
     with pytest.raises(SignatureError, match=r"1 trusted signature\(s\) of 2 required") as exc:
-        verify_bundle(bundle, policy(env.a.public, env.b.public, threshold=2))
+        verify_bundle(bundle, trust_policy(env.a.public, env.b.public, threshold=2))
     assert "same key as another signature: counted once" in exc.value.message
-    assert verify_bundle(bundle, policy(env.a.public)).members > 0
+    assert verify_bundle(bundle, trust_policy(env.a.public)).members > 0
 
 
 def test_interrupted_sign_is_undone_by_the_next_sign(env: Env, tmp_path: Path) -> None:
-    bundle = export(env, tmp_path / "b.airbundle", sequence=1).path
+    bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1).path
     data = bundle.read_bytes()
     end = archive.HEADER_SIZE + archive.parse_file_header(data, source="test")
     original = data[:end]
@@ -602,7 +597,7 @@ def test_interrupted_sign_is_undone_by_the_next_sign(env: Env, tmp_path: Path) -
     # Same key: the journal is put back, the signature is already there.
     crash_mid_write()
     with pytest.raises(ArchiveError, match="no zstd frame at byte 40"):
-        verify_bundle(bundle, policy(env.a.public))
+        verify_bundle(bundle, trust_policy(env.a.public))
     result = sign_bundle(bundle, env.key_a)
     assert not result.added and result.signatures == 1
     assert bundle.read_bytes() == data
@@ -615,7 +610,7 @@ def test_interrupted_sign_is_undone_by_the_next_sign(env: Env, tmp_path: Path) -
     assert "2 signature(s) now" in proc.stdout
     assert not journal_path(bundle).exists()
     assert regions(bundle.read_bytes()) == regions(data)
-    verify_bundle(bundle, policy(env.a.public, env.b.public, threshold=2))
+    verify_bundle(bundle, trust_policy(env.a.public, env.b.public, threshold=2))
 
 
 # --- key rotation ---------------------------------------------------------------------
@@ -649,10 +644,10 @@ def test_key_rotation_with_allowed_signers_validity_windows(env: Env, tmp_path: 
         f'release-2025 valid-before="20261201" {env.a.public.read_text().strip()}\n'
         f'release-2026 valid-after="20261201" {env.b.public.read_text().strip()}\n'
     )
-    trust = policy(allowed)
-    old = export(env, tmp_path / "old.airbundle", sequence=1).path
-    new = export(env, tmp_path / "new.airbundle", sequence=2, keys=(env.key_b,)).path
-    both = export(env, tmp_path / "both.airbundle", sequence=3).path
+    trust = trust_policy(allowed)
+    old = export_sample(env, tmp_path / "old.airbundle", sequence=1).path
+    new = export_sample(env, tmp_path / "new.airbundle", sequence=2, keys=(env.key_b,)).path
+    both = export_sample(env, tmp_path / "both.airbundle", sequence=3).path
     sign_bundle(both, env.key_b)
 
     def signers(bundle: Path, at: datetime) -> list[str]:
@@ -674,14 +669,12 @@ def test_key_rotation_with_allowed_signers_validity_windows(env: Env, tmp_path: 
 
     # import judges the key at the same `at`: nothing lands from the expired key.
     with pytest.raises(SignatureError, match="expired at 2026-12-01"):
-        import_bundle(
+        import_(
             old,
-            ImportOptions(
-                policy=trust,
-                registry=f"oci:{tmp_path / 'images'}",
-                state_dir=tmp_path / "state",
-                at=AFTER,
-            ),
+            trust,
+            registry=f"oci:{tmp_path / 'images'}",
+            state_dir=tmp_path / "state",
+            at=AFTER,
         )
     assert snapshot(tmp_path / "images") == {} and snapshot(tmp_path / "state") == {}
 

@@ -427,7 +427,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = self._body_length()
         if length is not None:
             return self.rfile.read(length) if length else b""
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16)
             if size == 0:
