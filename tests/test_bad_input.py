@@ -7,12 +7,15 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from airbundle.errors import (
+    AirbundleError,
     ArchiveError,
     IntegrityError,
     ManifestError,
@@ -587,15 +590,6 @@ def test_flip_in_the_middle_of_the_content_region(env: World, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
-def test_truncated_file(env: World, tmp_path: Path, fraction: float) -> None:
-    data = env.bundle.read_bytes()
-    target = tmp_path / "cut.airbundle"
-    target.write_bytes(data[: int(len(data) * fraction)])
-    with pytest.raises(TruncatedError, match=rf"^{target}: the bundle is truncated: "):
-        verify(env, target)
-
-
-@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
 def test_truncated_stream_without_a_file_size(env: World, fraction: float) -> None:
     """From a pipe the file size is unknown: the tar and length checks at the end catch it."""
     import io
@@ -626,40 +620,62 @@ def test_trailing_bytes_on_a_stream_without_a_file_size(env: World, tail: bytes)
         stream_members(reader, BundleManifest.from_bytes(prefix.manifest))
 
 
-@pytest.mark.parametrize("cut", [1, 4, 13])
-def test_bundle_cut_at_the_end_is_truncated(env: World, tmp_path: Path, cut: int) -> None:
-    target = tmp_path / "cut.airbundle"
-    target.write_bytes(env.bundle.read_bytes()[:-cut])
-    with pytest.raises(TruncatedError, match=rf"^{target}: "):
-        verify(env, target)
+# Each damages the exported bundle's bytes (to be written at `target`) and says what
+# verify must raise, and a pattern its message matches.
+Damage = Callable[[bytes, Path], tuple[bytes, type[AirbundleError], str]]
 
 
-def test_partial_frame_after_the_last_frame(env: World, tmp_path: Path) -> None:
-    target = tmp_path / "tail.airbundle"
-    target.write_bytes(env.bundle.read_bytes() + b"\x28\xb5\x2f\xfd")
-    with pytest.raises(IntegrityError, match=rf"^{target}: "):
-        verify(env, target)
+def truncated(fraction: float) -> Damage:
+    def damage(data: bytes, target: Path) -> tuple[bytes, type[AirbundleError], str]:
+        cut = data[: int(len(data) * fraction)]
+        return cut, TruncatedError, rf"^{target}: the bundle is truncated: "
+
+    return damage
 
 
-@pytest.mark.parametrize(
-    "tail",
-    [b"garbage!", b"\0" * 100],
-    ids=["text", "zeros"],
-)
-def test_trailing_garbage_after_the_last_frame(env: World, tmp_path: Path, tail: bytes) -> None:
-    target = tmp_path / "tail.airbundle"
-    target.write_bytes(env.bundle.read_bytes() + tail)
-    with pytest.raises(ArchiveError, match=rf"^{target}: {len(tail)} unexpected bytes after"):
-        verify(env, target)
+def cut_at_the_end(cut: int) -> Damage:
+    def damage(data: bytes, target: Path) -> tuple[bytes, type[AirbundleError], str]:
+        return data[:-cut], TruncatedError, rf"^{target}: "
+
+    return damage
 
 
-def test_trailing_zstd_frame_with_data_after_the_archive(env: World, tmp_path: Path) -> None:
-    import zstandard
+def trailing(tail: bytes) -> Damage:
+    def damage(data: bytes, target: Path) -> tuple[bytes, type[AirbundleError], str]:
+        return data + tail, ArchiveError, rf"^{target}: {len(tail)} unexpected bytes after"
 
-    target = tmp_path / "tail.airbundle"
+    return damage
+
+
+def partial_frame_after_the_last_frame(
+    data: bytes, target: Path
+) -> tuple[bytes, type[AirbundleError], str]:
+    return data + b"\x28\xb5\x2f\xfd", IntegrityError, rf"^{target}: "
+
+
+def zstd_frame_with_data_after_the_archive(
+    data: bytes, target: Path
+) -> tuple[bytes, type[AirbundleError], str]:
     extra = zstandard.ZstdCompressor().compress(b"smuggled")
-    target.write_bytes(env.bundle.read_bytes() + extra)
-    with pytest.raises(ArchiveError, match=r"unexpected bytes after the end of the bundle"):
+    return data + extra, ArchiveError, r"unexpected bytes after the end of the bundle"
+
+
+DAMAGED_FILES = [
+    *(pytest.param(truncated(f), id=f"truncated-{f}") for f in (0.5, 0.9, 0.99)),
+    *(pytest.param(cut_at_the_end(c), id=f"cut-{c}-at-the-end") for c in (1, 4, 13)),
+    pytest.param(partial_frame_after_the_last_frame, id="partial-frame-after-the-last"),
+    pytest.param(trailing(b"garbage!"), id="trailing-text"),
+    pytest.param(trailing(b"\0" * 100), id="trailing-zeros"),
+    pytest.param(zstd_frame_with_data_after_the_archive, id="zstd-frame-after-the-archive"),
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGED_FILES)
+def test_a_damaged_bundle_file_is_refused(env: World, tmp_path: Path, damage: Damage) -> None:
+    target = tmp_path / "damaged.airbundle"
+    data, error, message = damage(env.bundle.read_bytes(), target)
+    target.write_bytes(data)
+    with pytest.raises(error, match=message):
         verify(env, target)
 
 
@@ -683,121 +699,6 @@ def test_crafted_bundle_verifies(env: World, tmp_path: Path) -> None:
     verify(env, signed_bundle(tmp_path / "ok.airbundle", env.key, small_members()))
 
 
-def test_member_not_in_manifest(env: World, tmp_path: Path) -> None:
-    listed = small_members()
-    extra = blob(b"smuggled")
-    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, [*listed, extra], listed=listed)
-    with pytest.raises(
-        ArchiveError,
-        match=rf"^{bundle}: member '{extra[0]}' is not listed in "
-        "the signed manifest$",
-    ):
-        verify(env, bundle)
-
-
-def test_member_missing(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    listed = [*members, blob(b"never sent"), blob(b"nor this")]
-    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, members, listed=listed)
-    with pytest.raises(
-        TruncatedError,
-        match=rf"^{bundle}: member '{listed[-2][0]}' and 1 more "
-        "listed in the manifest is missing from the archive$",
-    ):
-        verify(env, bundle)
-
-
-def test_duplicate_member(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    bundle = signed_bundle(
-        tmp_path / "t.airbundle", env.key, [*members, members[2]], listed=members
-    )
-    with pytest.raises(ArchiveError, match=rf"^{bundle}: member '{members[2][0]}' appears twice$"):
-        verify(env, bundle)
-
-
-def test_member_size_mismatch(env: World, tmp_path: Path) -> None:
-    listed = small_members()
-    path, data = listed[3]
-    sent = [*listed[:3], (path, data[:-1])]
-    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, sent, listed=listed)
-    with pytest.raises(
-        MemberDigestError,
-        match=rf"^{bundle}: member '{path}' has {len(data) - 1} "
-        rf"bytes in the archive, the signed manifest says {len(data)}$",
-    ):
-        verify(env, bundle)
-
-
-def test_member_digest_mismatch(env: World, tmp_path: Path) -> None:
-    listed = small_members()
-    path, data = listed[2]
-    sent = [*listed[:2], (path, flip(data, 0)), listed[3]]
-    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, sent, listed=listed)
-    with pytest.raises(
-        MemberDigestError,
-        match=rf"^{bundle}: member '{path}' is corrupt or was "
-        rf"tampered with: .*the signed manifest says sha256:{path[-64:]}$",
-    ):
-        verify(env, bundle)
-
-
-def test_manifest_not_first(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    manifest = make_manifest(members).to_bytes()
-    prefix = tar_bytes(
-        [members[0], (MANIFEST_PATH, manifest), (SIG0, sign(manifest, env.key))], end=False
-    )
-    bundle = raw_bundle(tmp_path / "t.airbundle", prefix, tar_bytes(members[1:]))
-    with pytest.raises(
-        ArchiveError,
-        match=rf"^{bundle}: the first member is 'images/oci-layout', "
-        "not 'airbundle/manifest.json'; a bundle must start with its manifest$",
-    ):
-        verify(env, bundle)
-
-
-def test_empty_archive(env: World, tmp_path: Path) -> None:
-    bundle = raw_bundle(tmp_path / "t.airbundle", b"", tar_bytes([]))
-    with pytest.raises(ArchiveError, match=rf"^{bundle}: the bundle is empty$"):
-        verify(env, bundle)
-
-
-def test_no_signature(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    bundle = write_bundle(tmp_path / "t.airbundle", make_manifest(members).to_bytes(), [], members)
-    with pytest.raises(
-        SignatureError,
-        match=rf"^{bundle}: the bundle carries no signature; it "
-        "cannot be trusted$",
-    ):
-        verify(env, bundle)
-
-
-def test_signature_by_an_untrusted_key(env: World, tmp_path: Path) -> None:
-    bundle = signed_bundle(tmp_path / "t.airbundle", env.other_key, small_members())
-    with pytest.raises(
-        SignatureError,
-        match=rf"^{bundle}: bundle has 0 trusted signature\(s\) of "
-        rf"1 required; signers: SHA256:\S+ in {SIG0} \(not in trust set\)$",
-    ):
-        verify(env, bundle)
-
-
-def test_signature_for_another_namespace(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    manifest = make_manifest(members).to_bytes()
-    bundle = write_bundle(
-        tmp_path / "t.airbundle", manifest, [sign(manifest, env.key, namespace="other")], members
-    )
-    with pytest.raises(
-        SignatureError,
-        match=rf"invalid signatures: {SIG0}: signature is for "
-        "namespace 'other', expected 'airbundle'$",
-    ):
-        verify(env, bundle)
-
-
 def test_signature_copied_twice_counts_once(env: World, tmp_path: Path) -> None:
     members = small_members()
     manifest = make_manifest(members).to_bytes()
@@ -810,34 +711,6 @@ def test_signature_copied_twice_counts_once(env: World, tmp_path: Path) -> None:
         "the same key as another signature: counted once",
     ):
         verify_bundle(bundle, replace(both, threshold=2), at=NOW)
-
-
-def test_duplicate_signature_member(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    manifest = make_manifest(members).to_bytes()
-    sig = sign(manifest, env.key)
-    prefix = tar_bytes([(MANIFEST_PATH, manifest), (SIG0, sig), (SIG0, sig)], end=False)
-    bundle = raw_bundle(tmp_path / "t.airbundle", prefix, tar_bytes(members))
-    with pytest.raises(ArchiveError, match=rf"^{bundle}: duplicate member '{SIG0}'$"):
-        verify(env, bundle)
-
-
-def test_signature_member_out_of_place(env: World, tmp_path: Path) -> None:
-    members = small_members()
-    manifest = make_manifest(members).to_bytes()
-    sig = sign(manifest, env.key)
-    late = (signature_path(1), sign(manifest, env.other_key))
-    bundle = raw_bundle(
-        tmp_path / "t.airbundle",
-        prefix_tar(manifest, [sig]),
-        tar_bytes([members[0], late, *members[1:]]),
-    )
-    with pytest.raises(
-        ArchiveError,
-        match=rf"^{bundle}: member '{late[0]}' is out of place: "
-        "manifest and signatures must come first$",
-    ):
-        verify(env, bundle)
 
 
 @pytest.mark.parametrize(
@@ -864,31 +737,199 @@ def test_unsafe_content_member(env: World, tmp_path: Path, header: bytes, messag
         verify(env, bundle)
 
 
-def test_signed_manifest_that_is_not_json(env: World, tmp_path: Path) -> None:
-    manifest = b'{"apiVersion": "airbundle/v1", '
-    bundle = write_bundle(
-        tmp_path / "t.airbundle", manifest, [sign(manifest, env.key)], small_members()
-    )
-    with pytest.raises(ManifestError, match=r"^bundle manifest is not valid JSON"):
-        verify(env, bundle)
-
-
 def _manifest_with_created(created: str) -> bytes:
     doc = make_manifest(small_members()).to_json()
     doc["bundle"]["created"] = created
     return json.dumps(doc).encode()
 
 
-def test_signed_manifest_with_schema_error(env: World, tmp_path: Path) -> None:
+# Each builds a bundle with one thing wrong and says what verify must raise: the
+# error class and a pattern its message matches (naming the bundle and the member).
+Refusal = tuple[Path, type[AirbundleError], str]
+
+
+def member_not_in_manifest(env: World, tmp_path: Path) -> Refusal:
+    listed = small_members()
+    extra = blob(b"smuggled")
+    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, [*listed, extra], listed=listed)
+    return (
+        bundle,
+        ArchiveError,
+        rf"^{bundle}: member '{extra[0]}' is not listed in the signed manifest$",
+    )
+
+
+def member_missing(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    listed = [*members, blob(b"never sent"), blob(b"nor this")]
+    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, members, listed=listed)
+    return (
+        bundle,
+        TruncatedError,
+        rf"^{bundle}: member '{listed[-2][0]}' and 1 more "
+        "listed in the manifest is missing from the archive$",
+    )
+
+
+def duplicate_member(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    bundle = signed_bundle(
+        tmp_path / "t.airbundle", env.key, [*members, members[2]], listed=members
+    )
+    return bundle, ArchiveError, rf"^{bundle}: member '{members[2][0]}' appears twice$"
+
+
+def member_size_mismatch(env: World, tmp_path: Path) -> Refusal:
+    listed = small_members()
+    path, data = listed[3]
+    sent = [*listed[:3], (path, data[:-1])]
+    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, sent, listed=listed)
+    return (
+        bundle,
+        MemberDigestError,
+        rf"^{bundle}: member '{path}' has {len(data) - 1} "
+        rf"bytes in the archive, the signed manifest says {len(data)}$",
+    )
+
+
+def member_digest_mismatch(env: World, tmp_path: Path) -> Refusal:
+    listed = small_members()
+    path, data = listed[2]
+    sent = [*listed[:2], (path, flip(data, 0)), listed[3]]
+    bundle = signed_bundle(tmp_path / "t.airbundle", env.key, sent, listed=listed)
+    return (
+        bundle,
+        MemberDigestError,
+        rf"^{bundle}: member '{path}' is corrupt or was "
+        rf"tampered with: .*the signed manifest says sha256:{path[-64:]}$",
+    )
+
+
+def manifest_not_first(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    manifest = make_manifest(members).to_bytes()
+    prefix = tar_bytes(
+        [members[0], (MANIFEST_PATH, manifest), (SIG0, sign(manifest, env.key))], end=False
+    )
+    bundle = raw_bundle(tmp_path / "t.airbundle", prefix, tar_bytes(members[1:]))
+    return (
+        bundle,
+        ArchiveError,
+        rf"^{bundle}: the first member is 'images/oci-layout', "
+        "not 'airbundle/manifest.json'; a bundle must start with its manifest$",
+    )
+
+
+def empty_archive(env: World, tmp_path: Path) -> Refusal:
+    bundle = raw_bundle(tmp_path / "t.airbundle", b"", tar_bytes([]))
+    return bundle, ArchiveError, rf"^{bundle}: the bundle is empty$"
+
+
+def no_signature(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    bundle = write_bundle(tmp_path / "t.airbundle", make_manifest(members).to_bytes(), [], members)
+    return (
+        bundle,
+        SignatureError,
+        rf"^{bundle}: the bundle carries no signature; it cannot be trusted$",
+    )
+
+
+def signature_by_an_untrusted_key(env: World, tmp_path: Path) -> Refusal:
+    bundle = signed_bundle(tmp_path / "t.airbundle", env.other_key, small_members())
+    return (
+        bundle,
+        SignatureError,
+        rf"^{bundle}: bundle has 0 trusted signature\(s\) of "
+        rf"1 required; signers: SHA256:\S+ in {SIG0} \(not in trust set\)$",
+    )
+
+
+def signature_for_another_namespace(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    manifest = make_manifest(members).to_bytes()
+    bundle = write_bundle(
+        tmp_path / "t.airbundle", manifest, [sign(manifest, env.key, namespace="other")], members
+    )
+    return (
+        bundle,
+        SignatureError,
+        rf"invalid signatures: {SIG0}: signature is for "
+        "namespace 'other', expected 'airbundle'$",
+    )
+
+
+def duplicate_signature_member(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    manifest = make_manifest(members).to_bytes()
+    sig = sign(manifest, env.key)
+    prefix = tar_bytes([(MANIFEST_PATH, manifest), (SIG0, sig), (SIG0, sig)], end=False)
+    bundle = raw_bundle(tmp_path / "t.airbundle", prefix, tar_bytes(members))
+    return bundle, ArchiveError, rf"^{bundle}: duplicate member '{SIG0}'$"
+
+
+def signature_member_out_of_place(env: World, tmp_path: Path) -> Refusal:
+    members = small_members()
+    manifest = make_manifest(members).to_bytes()
+    sig = sign(manifest, env.key)
+    late = (signature_path(1), sign(manifest, env.other_key))
+    bundle = raw_bundle(
+        tmp_path / "t.airbundle",
+        prefix_tar(manifest, [sig]),
+        tar_bytes([members[0], late, *members[1:]]),
+    )
+    return (
+        bundle,
+        ArchiveError,
+        rf"^{bundle}: member '{late[0]}' is out of place: "
+        "manifest and signatures must come first$",
+    )
+
+
+def signed_manifest_that_is_not_json(env: World, tmp_path: Path) -> Refusal:
+    manifest = b'{"apiVersion": "airbundle/v1", '
+    bundle = write_bundle(
+        tmp_path / "t.airbundle", manifest, [sign(manifest, env.key)], small_members()
+    )
+    return bundle, ManifestError, r"^bundle manifest is not valid JSON"
+
+
+def signed_manifest_with_schema_error(env: World, tmp_path: Path) -> Refusal:
     manifest = _manifest_with_created("yesterday")
     bundle = write_bundle(
         tmp_path / "t.airbundle", manifest, [sign(manifest, env.key)], small_members()
     )
-    with pytest.raises(
+    return (
+        bundle,
         ManifestError,
-        match=r"^bundle manifest: field bundle\.created: "
-        "'yesterday' does not match",
-    ):
+        r"^bundle manifest: field bundle\.created: 'yesterday' does not match",
+    )
+
+
+CRAFTED = [
+    member_not_in_manifest,
+    member_missing,
+    duplicate_member,
+    member_size_mismatch,
+    member_digest_mismatch,
+    manifest_not_first,
+    empty_archive,
+    no_signature,
+    signature_by_an_untrusted_key,
+    signature_for_another_namespace,
+    duplicate_signature_member,
+    signature_member_out_of_place,
+    signed_manifest_that_is_not_json,
+    signed_manifest_with_schema_error,
+]
+
+
+@pytest.mark.parametrize("craft", CRAFTED, ids=lambda craft: craft.__name__)
+def test_a_crafted_bundle_is_refused_naming_what_is_wrong(
+    env: World, tmp_path: Path, craft: Callable[[World, Path], Refusal]
+) -> None:
+    bundle, error, message = craft(env, tmp_path)
+    with pytest.raises(error, match=message):
         verify(env, bundle)
 
 

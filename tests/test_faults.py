@@ -1,10 +1,11 @@
 """Fault injection: export and import against real registries behind a faulty proxy.
 
 Every registry is CNCF distribution on 127.0.0.1; between airbundle and it sits
-:class:`faults.FaultProxy`, which resets, stalls, cuts uploads, answers 429/5xx or lies
-about digests on cue. The judges are the upstream registry itself (asked directly, not
-through the proxy), skopeo, ``airbundle verify``, and the proxy's record of what the
-client sent (Range headers, retries, timing).
+:class:`support.fault_proxy.FaultProxy`, which resets, stalls, cuts uploads, answers
+429/5xx or lies about digests on cue. The judges are the upstream registry itself
+(asked directly, not through the proxy, :mod:`support.judges`), skopeo, ``airbundle
+verify``, and the proxy's record of what the client sent (Range headers, retries,
+timing). The import tests share one fixture object, :class:`FaultyImport`.
 
 Also: SIGKILL of the CLI mid-import and mid-export, and a full disk (a 200 KiB tmpfs
 mounted inside ``unshare --user --map-root-user --mount``).
@@ -15,14 +16,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import random
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,22 @@ import pytest
 from airbundle import cli
 from airbundle.adapters.fsutil import TEMP_MARK
 from airbundle.adapters.registry.client import RegistryClient
-from airbundle.adapters.registry.transport import RetryPolicy, Transport
+from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import IntegrityError, SourceError, TargetError, UploadLostError
 from airbundle.format.digest import Digest
-from airbundle.format.spec import load_spec
 from airbundle.limits import DEFAULT_LIMITS
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
-from airbundle.ops.keys import load_signing_key, load_trust
-from airbundle.ops.verify import load_policy, verify_bundle
-from support.env import clean_env
+from airbundle.ops.export import ExportResult
+from airbundle.ops.importer import ImportReport
+from support.bundles import (
+    export,
+    fast_transport,
+    import_,
+    leftovers,
+    sha256,
+    verified_digests,
+    write_spec,
+)
+from support.env import clean_env, hermetic, hermetic_env
 from support.fault_proxy import (
     Action,
     CutBody,
@@ -50,29 +55,18 @@ from support.fault_proxy import (
     IgnoreRange,
     LoseResponse,
     Respond,
-    Rule,
     Stall,
     WrongDigest,
 )
 from support.integration import starts_servers
+from support.judges import assert_complete, assert_no_tags, recorded, registry_state
 from support.keys import KeyPair
+from support.oci import layout_layers, write_layout
 from support.registry import Registry
+from support.sigkill import Hold, airbundle_argv, armed, kill_at, start
 from support.skopeo import push_oci_layout, skopeo_raw_manifest
 from support.tmpfs import on_small_tmpfs
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-ACCEPT = ", ".join(
-    [
-        OCI_INDEX,
-        OCI_MANIFEST,
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
-)
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 # The registry client's upload buffer: a blob this large or larger goes up in a
 # streamed PATCH; twice this is held in memory for a resend.
 BUFFER: int = inspect.signature(RegistryClient).parameters["buffer_bytes"].default
@@ -86,213 +80,22 @@ MIRRORED = {f"mirror/{r.split(':')[0]}": r.split(":")[1] for r in IMAGES}  # rep
 BLOB_GET = r"/v2/team/[a-z]+/blobs/sha256:"
 
 
-def fast(attempts: int = 3, *, read_timeout: float = 10.0) -> Transport:
-    """Retries with a 10 ms backoff, so a fault costs milliseconds, not seconds."""
-    return Transport(
-        retry=RetryPolicy(
-            attempts=attempts,
-            backoff=0.01,
-            max_wait=2.0,
-            connect_timeout=5.0,
-            read_timeout=read_timeout,
-        )
-    )
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 # --- hermetic environment ---------------------------------------------------------
 
 
-def hermetic_env(root: Path) -> dict[str, str]:
-    """Variables that point every credential and state location into ``root``."""
-    values = {}
-    for var, sub in (
-        ("HOME", "home"),
-        ("DOCKER_CONFIG", "docker"),
-        ("XDG_RUNTIME_DIR", "run"),
-        ("XDG_CONFIG_HOME", "config"),
-        ("XDG_CACHE_HOME", "cache"),
-        ("XDG_STATE_HOME", "state"),
-    ):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-        values[var] = str(root / sub)
-    values["REGISTRY_AUTH_FILE"] = str(root / "auth.json")  # absent: no credentials
-    return values
-
-
 @pytest.fixture(autouse=True)
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = hermetic_env(tmp_path / "env")
-    for var, value in values.items():
-        monkeypatch.setenv(var, value)
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
-    for var in ("SSL_CERT_FILE", "SOURCE_DATE_EPOCH"):
-        monkeypatch.delenv(var, raising=False)
-    return values
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic(monkeypatch, tmp_path / "env")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
 
 
 # --- content: a tiny OCI layout with one large random layer ------------------------
 
 
-def write_layout(root: Path, ref: str, layer_size: int, seed: int) -> Path:
-    """An OCI layout holding one linux/amd64 image (ref name ``ref``) whose single
-    uncompressed layer is ``layer_size`` seeded random bytes."""
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-
-    def put(data: bytes, media_type: str) -> dict[str, Any]:
-        digest = sha256(data)
-        (blobs / digest.split(":")[1]).write_bytes(data)
-        return {"mediaType": media_type, "digest": digest, "size": len(data)}
-
-    layer = random.Random(seed).randbytes(layer_size)  # noqa: S311 (test data)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]},
-        },
-        sort_keys=True,
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": put(config, OCI_CONFIG),
-            "layers": [put(layer, OCI_LAYER)],
-        },
-        sort_keys=True,
-    ).encode()
-    top = put(manifest, OCI_MANIFEST)
-    top["annotations"] = {"org.opencontainers.image.ref.name": ref}
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (root / "index.json").write_text(
-        json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]})
-    )
-    return root
-
-
-def layout_layers(root: Path, ref: str) -> dict[str, int]:
-    """digest -> size of every layer of image ``ref`` in an OCI layout (all platforms)."""
-
-    def load(digest: str) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads((root / "blobs" / "sha256" / digest[7:]).read_bytes())
-        return doc
-
-    (top,) = [
-        m
-        for m in json.loads((root / "index.json").read_text())["manifests"]
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref
-    ]
-    doc = load(top["digest"])
-    manifests = [load(m["digest"]) for m in doc["manifests"]] if "manifests" in doc else [doc]
-    return {layer["digest"]: layer["size"] for m in manifests for layer in m["layers"]}
-
-
 # --- specs, export, import ------------------------------------------------------------
 
 
-def write_spec(path: Path, *images: str | dict[str, str]) -> Path:
-    doc = {
-        "apiVersion": "airbundle/v1",
-        "kind": "BundleSpec",
-        "metadata": {"name": "faults"},
-        "images": [{"ref": i} if isinstance(i, str) else i for i in images],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1))  # JSON is YAML
-    return path
-
-
-def export(
-    spec: Path,
-    out: Path,
-    key: KeyPair,
-    transport: Transport | None = None,
-    *,
-    sequence: int | None = None,
-) -> ExportResult:
-    options = ExportOptions(
-        output=out,
-        keys=(load_signing_key(key.private, passphrase=None),),
-        transport=transport,
-        cache_dir=None,
-        sequence=sequence,
-    )
-    return export_bundle(load_spec(spec), options)
-
-
-def import_(
-    bundle: Path, key: KeyPair, registry: str, state: Path, transport: Transport | None = None
-) -> ImportReport:
-    policy = load_policy(load_trust([key.public]), 1)
-    options = ImportOptions(policy=policy, registry=registry, transport=transport, state_dir=state)
-    return import_bundle(bundle, options)
-
-
-def verified_digests(bundle: Path, key: KeyPair) -> dict[str, str]:
-    """Verify every member of the bundle; image reference -> root digest."""
-    result = verify_bundle(bundle, load_policy(load_trust([key.public]), 1))
-    return {
-        str(i.ref).split("/", 1)[1]: str(i.digest) for i in result.authenticated.manifest.images
-    }
-
-
-def leftovers(folder: Path, keep: str | None = None) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != keep) if folder.is_dir() else []
-
-
 # --- judging a target registry (asked directly, never through the proxy) ----------------
-
-
-def tags(reg: Registry, repo: str) -> list[str]:
-    resp = reg.request("GET", f"/v2/{repo}/tags/list")
-    if resp.status == 404:
-        return []
-    assert resp.status == 200, resp
-    return sorted(resp.json().get("tags") or [])
-
-
-def registry_state(reg: Registry) -> dict[str, dict[str, str]]:
-    """repository -> {tag: sha256 of the manifest bytes skopeo reads back}."""
-    repos = reg.request("GET", "/v2/_catalog").json().get("repositories") or []
-    return {
-        repo: {t: sha256(skopeo_raw_manifest(reg, f"{repo}:{t}")) for t in tags(reg, repo)}
-        for repo in repos
-    }
-
-
-def assert_no_tags(reg: Registry) -> None:
-    for repo, tag in MIRRORED.items():
-        resp = reg.request("GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT})
-        assert resp.status == 404, f"tag {repo}:{tag} exists after a failed import: {resp}"
-        assert tags(reg, repo) == [], repo
-
-
-def assert_complete(reg: Registry, repo: str, reference: str) -> None:
-    """The manifest, every child manifest and every blob they name are in ``repo``."""
-    resp = reg.request("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT})
-    assert resp.status == 200, f"{repo}@{reference}: {resp.status}"
-    doc = resp.json()
-    for child in doc.get("manifests") or []:
-        assert_complete(reg, repo, child["digest"])
-    for blob in [doc["config"], *doc["layers"]] if "config" in doc else []:
-        head = reg.request("HEAD", f"/v2/{repo}/blobs/{blob['digest']}")
-        assert head.status == 200, f"{repo}@{reference} lacks blob {blob['digest']}"
-
-
-def recorded(state_dir: Path, manifest_digest: str) -> bool:
-    """Whether any import state under ``state_dir`` records the bundle as accepted."""
-    for path in state_dir.glob("target-*.json"):
-        doc = json.loads(path.read_text())
-        if any(c.get("manifestDigest") == manifest_digest for c in doc["channels"].values()):
-            return True
-    return False
 
 
 # --- module fixtures: a seeded source, a bundle, a clean import -------------------------
@@ -321,7 +124,7 @@ def bundle(
 ) -> ExportResult:
     folder = tmp_path_factory.mktemp("bundle")
     spec = write_spec(folder / "spec.yaml", *(f"{source.host}/{r}" for r in IMAGES))
-    return export(spec, folder / "images.airbundle", signing_key, fast())
+    return export(spec, folder / "images.airbundle", signing_key, transport=fast_transport())
 
 
 @dataclass(frozen=True)
@@ -338,7 +141,13 @@ def reference(
     """A clean import (no proxy, no faults) into a fresh registry."""
     folder = tmp_path_factory.mktemp("reference")
     with Registry(folder / "registry") as reg:
-        import_(bundle.path, signing_key, f"{reg.host}/mirror", folder / "state", fast())
+        import_(
+            bundle.path,
+            signing_key,
+            registry=f"{reg.host}/mirror",
+            state_dir=folder / "state",
+            transport=fast_transport(),
+        )
         state = registry_state(reg)
         manifests = []
         for repo, tag in MIRRORED.items():
@@ -361,13 +170,69 @@ def source_proxy(source: Registry) -> Iterator[FaultProxy]:
         yield p
 
 
+@dataclass
+class FaultyImport:
+    """The module's bundle imported through a FaultProxy (``proxy``) into a fresh
+    registry (``target``), trusting its signer, with its state in ``state``."""
+
+    proxy: FaultProxy
+    target: Registry
+    bundle: ExportResult
+    key: KeyPair
+    state: Path
+    request: pytest.FixtureRequest
+
+    @cached_property
+    def reference(self) -> Reference:
+        # Only the tests that compare with a clean import pay for one.
+        reference: Reference = self.request.getfixturevalue("reference")
+        return reference
+
+    def run(
+        self, transport: Transport | None = None, *, bundle: Path | None = None
+    ) -> ImportReport:
+        """Import (the module's bundle, or ``bundle``) through the proxy under mirror/."""
+        return import_(
+            bundle or self.bundle.path,
+            self.key,
+            registry=f"{self.proxy.host}/mirror",
+            state_dir=self.state,
+            transport=transport or fast_transport(),
+        )
+
+    def recorded(self) -> bool:
+        """Whether the import state records the bundle as accepted."""
+        return recorded(self.state, str(self.bundle.manifest_digest))
+
+    def assert_nothing_landed(self) -> None:
+        """No tag in the target, the bundle not recorded: a failed import left no trace
+        a re-run or a user could mistake for success."""
+        assert_no_tags(self.target, MIRRORED)
+        assert not self.recorded()
+
+    def assert_like_a_clean_import(self) -> None:
+        assert registry_state(self.target) == self.reference.state
+
+
+@pytest.fixture
+def faulty_import(
+    request: pytest.FixtureRequest,
+    proxy: FaultProxy,
+    target_registry: Registry,
+    bundle: ExportResult,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> FaultyImport:
+    return FaultyImport(proxy, target_registry, bundle, signing_key, tmp_path / "state", request)
+
+
 # --- the proxy itself ----------------------------------------------------------------
 
 
 def test_proxy_forwards_and_rewrites_locations(
     proxy: FaultProxy, target_registry: Registry
 ) -> None:
-    client = RegistryClient(proxy.host, fast(), error=TargetError, credentials=None)
+    client = RegistryClient(proxy.host, fast_transport(), error=TargetError, credentials=None)
     data = b"hello through the proxy\n"
     client.upload_blob("probe/repo", Digest.sha256_of(data), len(data), [data])
     assert client.blob_exists("probe/repo", Digest.sha256_of(data))
@@ -423,7 +288,12 @@ def test_export_resumes_a_blob_cut_mid_body_with_range(
     cut = action.after
     assert cut is not None
 
-    export(spec_for(tmp_path, source_proxy.host, image), out, signing_key, fast(read_timeout=0.5))
+    export(
+        spec_for(tmp_path, source_proxy.host, image),
+        out,
+        signing_key,
+        transport=fast_transport(read_timeout=0.5),
+    )
 
     first, second, *more = gets_of(source_proxy, layer)
     assert not more, gets_of(source_proxy, layer)
@@ -449,7 +319,12 @@ def test_export_resumes_from_the_start_when_the_server_ignores_range(
     source_proxy.add("GET", f"/blobs/{layer}$", IgnoreRange(), nth=2)
     out = tmp_path / "out" / "b.airbundle"
 
-    export(spec_for(tmp_path, source_proxy.host, "team/big:1.0"), out, signing_key, fast())
+    export(
+        spec_for(tmp_path, source_proxy.host, "team/big:1.0"),
+        out,
+        signing_key,
+        transport=fast_transport(),
+    )
 
     cut, resumed = gets_of(source_proxy, layer)
     assert cut.fault == "CutBody", cut
@@ -477,7 +352,7 @@ def test_export_survives_a_manifest_cut_mid_body(
         spec_for(tmp_path, source_proxy.host, "team/hello:1.0"),
         out,
         signing_key,
-        fast(read_timeout=0.5),
+        transport=fast_transport(read_timeout=0.5),
     )
 
     assert [e.fault for e in source_proxy.matching("GET", r"/manifests/1\.0$")] == [
@@ -502,7 +377,7 @@ def test_export_reports_a_persistently_cut_manifest_as_a_source_error(
             spec_for(tmp_path, source_proxy.host, "team/hello:1.0"),
             out,
             signing_key,
-            fast(read_timeout=0.5),
+            transport=fast_transport(read_timeout=0.5),
         )
 
     assert source_proxy.host in caught.value.message
@@ -540,7 +415,7 @@ def test_export_survives_one_transient_fault_on_a_blob(
         spec_for(tmp_path, source_proxy.host, "team/hello:1.0"),
         out,
         signing_key,
-        fast(read_timeout=0.5),
+        transport=fast_transport(read_timeout=0.5),
     )
 
     gets = gets_of(source_proxy, layer)
@@ -562,7 +437,12 @@ def test_export_honours_retry_after_on_429(
     source_proxy.add("GET", BLOB_GET, Respond(429, {"Retry-After": "1"}), nth=2, times=1)
     out = tmp_path / "out" / "b.airbundle"
 
-    export(spec_for(tmp_path, source_proxy.host, "team/hello:1.0"), out, signing_key, fast())
+    export(
+        spec_for(tmp_path, source_proxy.host, "team/hello:1.0"),
+        out,
+        signing_key,
+        transport=fast_transport(),
+    )
 
     for pattern in (r"/manifests/1\.0$", BLOB_GET):
         limited = [e for e in source_proxy.matching("GET", pattern) if e.status == 429]
@@ -605,7 +485,7 @@ def test_export_fails_cleanly_when_a_blob_fault_persists(
     spec = spec_for(tmp_path, source_proxy.host, "team/hello:1.0")
 
     with pytest.raises(SourceError) as caught:
-        export(spec, out, signing_key, fast(read_timeout=0.5))
+        export(spec, out, signing_key, transport=fast_transport(read_timeout=0.5))
 
     message = caught.value.diagnostics()
     assert layer in message and source_proxy.host in message, message
@@ -626,7 +506,7 @@ def test_cli_reports_a_persistent_fault_as_one_line(
     layers = layout_layers(hello_layout, "1.0")
     layer = max(layers, key=lambda d: layers[d])
     source_proxy.add("GET", f"/blobs/{layer}$", Respond(503), times=None)
-    monkeypatch.setattr(cli.RegistryOptions, "transport", lambda _self: fast())
+    monkeypatch.setattr(cli.RegistryOptions, "transport", lambda _self: fast_transport())
     out = tmp_path / "out" / "b.airbundle"
     spec = spec_for(tmp_path, source_proxy.host, "team/hello:1.0")
 
@@ -671,18 +551,11 @@ UPLOAD_ANSWER_LOST = [
 ]
 
 
-def check_transient(
-    fault: Fault,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
-) -> None:
+def check_transient(fault: Fault, faulty: FaultyImport) -> None:
+    proxy = faulty.proxy
     rule = proxy.add(fault.method, fault.path, fault.action, nth=fault.nth)
 
-    import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+    faulty.run()
 
     assert rule.fired == 1
     (hit,) = [e for e in proxy.requests if e.fault]
@@ -698,51 +571,33 @@ def check_transient(
     ]
     assert again, proxy.requests
     assert again[0].status in (200, 201, 202, 204, 404), again  # a real answer
-    assert registry_state(target_registry) == reference.state
-    assert recorded(tmp_path / "state", str(bundle.manifest_digest))
+    faulty.assert_like_a_clean_import()
+    assert faulty.recorded()
 
 
 @pytest.mark.parametrize("fault", [pytest.param(f, id=f.id) for f in TRANSIENT])
-def test_import_survives_a_transient_fault(
-    fault: Fault,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
-) -> None:
-    check_transient(fault, proxy, target_registry, bundle, reference, signing_key, tmp_path)
+def test_import_survives_a_transient_fault(fault: Fault, faulty_import: FaultyImport) -> None:
+    check_transient(fault, faulty_import)
 
 
 @pytest.mark.parametrize("fault", [pytest.param(f, id=f.id) for f in UPLOAD_ANSWER_LOST])
 def test_import_survives_losing_the_answer_to_a_blob_finishing_put(
-    fault: Fault,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    fault: Fault, faulty_import: FaultyImport
 ) -> None:
-    check_transient(fault, proxy, target_registry, bundle, reference, signing_key, tmp_path)
+    check_transient(fault, faulty_import)
 
 
 def test_a_patch_cut_before_its_body_arrived_restarts_from_the_bytes_held(
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    faulty_import: FaultyImport,
 ) -> None:
+    proxy = faulty_import.proxy
     # The big layer's PATCH is cut before any of its body reached the registry.
     # The client asks where the session stands; it holds nothing (distribution
     # says "0-0", which could also mean one byte), so the client starts a fresh
     # session and sends the body from the bytes it still holds: no re-read.
     proxy.add("PATCH", r"/blobs/uploads/", DropUpload(0))
 
-    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+    report = faulty_import.run()
 
     patches = proxy.matching("PATCH", r"/blobs/uploads/")
     assert [(e.content_range, e.fault) for e in patches] == [
@@ -753,7 +608,7 @@ def test_a_patch_cut_before_its_body_arrived_restarts_from_the_bytes_held(
     status = [e for e in proxy.matching("GET", r"/blobs/uploads/") if e.status == 204]
     assert len(status) == 1  # it asked the registry where the session stands
     assert not report.notes  # no second read of the bundle
-    assert registry_state(target_registry) == reference.state
+    faulty_import.assert_like_a_clean_import()
 
 
 def session_of(exchange: Exchange) -> str:
@@ -772,88 +627,69 @@ def session_of(exchange: Exchange) -> str:
     ],
 )
 def test_import_survives_an_upload_session_lost_mid_patch(
-    after: int,
-    reread: bool,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    after: int, reread: bool, faulty_import: FaultyImport
 ) -> None:
+    proxy = faulty_import.proxy
     proxy.add("PATCH", r"/blobs/uploads/", DropUpload(after))
 
-    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+    report = faulty_import.run()
 
     patches = proxy.matching("PATCH", r"/blobs/uploads/")
     assert [e.fault for e in patches] == ["DropUpload", None], patches
     assert session_of(patches[0]) != session_of(patches[1])  # a fresh session
     assert any("read again from the bundle" in n for n in report.notes) == reread, report.notes
-    assert registry_state(target_registry) == reference.state
-    assert recorded(tmp_path / "state", str(bundle.manifest_digest))
+    faulty_import.assert_like_a_clean_import()
+    assert faulty_import.recorded()
 
 
 def test_a_proxy_that_buffers_the_whole_patch_then_fails_it_costs_one_re_read(
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    faulty_import: FaultyImport,
 ) -> None:
     # As nginx does with proxy_request_buffering on: the whole body is read,
     # then 503. The registry holds nothing and memory no longer holds byte 0.
-    proxy.add("PATCH", r"/blobs/uploads/", Respond(503))
+    faulty_import.proxy.add("PATCH", r"/blobs/uploads/", Respond(503))
 
-    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+    report = faulty_import.run()
 
     (note,) = report.notes
     assert "read again from the bundle" in note and "mirror/team/big" in note, note
-    assert registry_state(target_registry) == reference.state
+    faulty_import.assert_like_a_clean_import()
 
 
 def test_damaged_media_mid_patch_is_an_integrity_error_not_a_network_fault(
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    faulty_import: FaultyImport, tmp_path: Path
 ) -> None:
+    proxy = faulty_import.proxy
     # One byte flipped in the middle of the bundle (inside the 20 MiB layer):
     # the stream feeding the PATCH fails. That must end the import as damaged
     # media, not be retried, resumed or re-read as if the network had failed.
     damaged = tmp_path / "damaged.airbundle"
-    data = bytearray(bundle.path.read_bytes())
+    data = bytearray(faulty_import.bundle.path.read_bytes())
     data[len(data) // 2] ^= 0x01
     damaged.write_bytes(bytes(data))
 
     with pytest.raises(IntegrityError) as caught:
-        import_(damaged, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+        faulty_import.run(bundle=damaged)
 
     assert not isinstance(caught.value, TargetError)
     assert len(proxy.matching("PATCH", r"/blobs/uploads/")) == 1  # no resend
     assert not proxy.matching("GET", r"/blobs/uploads/")  # no resume attempt
-    assert_no_tags(target_registry)
-    assert not recorded(tmp_path / "state", str(bundle.manifest_digest))
+    faulty_import.assert_nothing_landed()
 
 
 def test_a_second_loss_of_the_same_upload_fails_the_import_without_a_tag(
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    faulty_import: FaultyImport,
 ) -> None:
-    proxy.add("PATCH", r"/blobs/uploads/", Respond(503), times=2)  # the first read, the re-read
+    # the first read, the re-read
+    faulty_import.proxy.add("PATCH", r"/blobs/uploads/", Respond(503), times=2)
 
     with pytest.raises(UploadLostError) as caught:
-        import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+        faulty_import.run()
 
     assert "mirror/team/big" in caught.value.message
     assert "re-run the import" in caught.value.diagnostics()
 
-    assert_no_tags(target_registry)
-    assert not recorded(tmp_path / "state", str(bundle.manifest_digest))
+    faulty_import.assert_nothing_landed()
 
 
 # --- import: persistent faults fail without a tag; a re-run completes -------------------
@@ -869,33 +705,26 @@ PERSISTENT = {
 
 @pytest.mark.parametrize("name", list(PERSISTENT))
 def test_persistent_fault_fails_import_without_a_tag_and_a_rerun_completes(
-    name: str,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    name: str, faulty_import: FaultyImport
 ) -> None:
     fault = PERSISTENT[name]
+    proxy = faulty_import.proxy
     proxy.add(fault.method, fault.path, fault.action, times=None)
-    state = tmp_path / "state"
-    transport = fast(read_timeout=0.5 if isinstance(fault.action, Stall) else 10.0)
+    transport = fast_transport(read_timeout=0.5 if isinstance(fault.action, Stall) else 10.0)
 
     with pytest.raises(TargetError) as caught:
-        import_(bundle.path, signing_key, f"{proxy.host}/mirror", state, transport)
+        faulty_import.run(transport)
 
     assert proxy.host in caught.value.message, caught.value.message
     assert re.search(r"sha256:[0-9a-f]{64}", caught.value.message), caught.value.message
-    assert_no_tags(target_registry)
-    assert not recorded(state, str(bundle.manifest_digest))
+    faulty_import.assert_nothing_landed()
     proxy.clear()
 
-    report = import_(bundle.path, signing_key, f"{proxy.host}/mirror", state, fast())
+    report = faulty_import.run()
 
     assert not report.noop
-    assert registry_state(target_registry) == reference.state
-    assert recorded(state, str(bundle.manifest_digest))
+    faulty_import.assert_like_a_clean_import()
+    assert faulty_import.recorded()
 
 
 # --- import: a registry lying about what it stored --------------------------------------
@@ -914,20 +743,17 @@ def test_wrong_docker_content_digest_is_caught(
     method: str,
     path: str,
     what: str,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
+    faulty_import: FaultyImport,
     big_layout: Path,
-    signing_key: KeyPair,
-    tmp_path: Path,
 ) -> None:
+    proxy = faulty_import.proxy
     wrong = "sha256:" + "e" * 64
     if path == "BIG":
         path = r"/blobs/uploads/.*digest=" + big_layer(big_layout).replace(":", "%3A")
     rule = proxy.add(method, path, WrongDigest(wrong))
 
     with pytest.raises(TargetError) as caught:
-        import_(bundle.path, signing_key, f"{proxy.host}/mirror", tmp_path / "state", fast())
+        faulty_import.run()
 
     assert rule.fired == 1, what
     message = caught.value.message
@@ -935,65 +761,10 @@ def test_wrong_docker_content_digest_is_caught(
     sent = re.search(r"sha256(?::|%3A)([0-9a-f]{64})", faulted.target)
     assert sent is not None, faulted
     assert f"sha256:{sent[1]}" in message and wrong in message, message
-    assert_no_tags(target_registry)
-    assert not recorded(tmp_path / "state", str(bundle.manifest_digest))
+    faulty_import.assert_nothing_landed()
 
 
 # --- SIGKILL ---------------------------------------------------------------------------
-
-
-def airbundle_argv(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "airbundle", *map(str, args)]
-
-
-def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=clean_env()
-        )
-
-
-@dataclass(frozen=True)
-class Hold:
-    """A kill point: hold the first request matching (method, path) with a Stall
-    (optionally after ``after`` response body bytes) and kill once it has arrived."""
-
-    method: str
-    path: str
-    after: int | None = None
-
-
-def kill_at(
-    proc: subprocess.Popen[bytes], log: Path, proxy: FaultProxy, point: float | Rule
-) -> None:
-    """SIGKILL ``proc`` ``point`` seconds after the proxy saw its first request, or
-    0.3 s after the request held by the Stall rule ``point`` reached the proxy."""
-
-    def output() -> str:
-        return log.read_text(errors="replace")[-2000:]
-
-    deadline = time.monotonic() + 30
-    while True:
-        arrived = proxy.arrivals
-        if isinstance(point, float) and arrived:
-            time.sleep(max(0.0, arrived[0][2] + point - time.monotonic()))
-            break
-        if isinstance(point, Rule) and point.fired:
-            time.sleep(0.3)  # let it write what it got into its files
-            break
-        assert proc.poll() is None, f"exit {proc.returncode} before the kill point:\n{output()}"
-        assert time.monotonic() < deadline, f"the kill point never came:\n{output()}"
-        time.sleep(0.005)
-    assert proc.poll() is None, f"exit {proc.returncode} before the kill at {point}:\n{output()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    assert proc.returncode == -signal.SIGKILL
-
-
-def armed(proxy: FaultProxy, point: float | Hold) -> float | Rule:
-    if isinstance(point, Hold):
-        return proxy.add(point.method, point.path, Stall(30.0, after=point.after))
-    return point
 
 
 TAG_PUT = r"^/v2/mirror/team/[a-z]+/manifests/1\.0$"
@@ -1008,19 +779,13 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_mid_import_leaves_no_tag_and_a_rerun_completes(
-    point: float | Hold,
-    proxy: FaultProxy,
-    target_registry: Registry,
-    bundle: ExportResult,
-    reference: Reference,
-    signing_key: KeyPair,
-    tmp_path: Path,
+    point: float | Hold, faulty_import: FaultyImport, tmp_path: Path
 ) -> None:
+    proxy = faulty_import.proxy
     proxy.delay = 0.15  # every answer late: the import takes a few seconds
-    state = tmp_path / "state"
     argv = airbundle_argv(
-        "import", bundle.path, "--trust", signing_key.public,
-        "--registry", f"{proxy.host}/mirror", "--state-dir", state, "-q",
+        "import", faulty_import.bundle.path, "--trust", faulty_import.key.public,
+        "--registry", f"{proxy.host}/mirror", "--state-dir", faulty_import.state, "-q",
     )  # fmt: skip
 
     proc = start(argv, tmp_path / "killed.log")
@@ -1031,19 +796,19 @@ def test_sigkill_mid_import_leaves_no_tag_and_a_rerun_completes(
         # Tags go last (several at once): when the first tag PUT is sent, every
         # manifest is in place, so whatever tags landed name complete images.
         assert tag_puts
-        for repo, digest in reference.manifests:
-            assert_complete(target_registry, repo, digest)
+        for repo, digest in faulty_import.reference.manifests:
+            assert_complete(faulty_import.target, repo, digest)
     else:
         assert not tag_puts, "killed too late to test the no-tag rule: slow the proxy down"
-        assert_no_tags(target_registry)
-    assert not recorded(state, str(bundle.manifest_digest))
+        assert_no_tags(faulty_import.target, MIRRORED)
+    assert not faulty_import.recorded()
 
     proxy.delay = 0.0
     proxy.clear()
     rerun = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=clean_env())
     assert rerun.returncode == 0, rerun.stderr
-    assert registry_state(target_registry) == reference.state
-    assert recorded(state, str(bundle.manifest_digest))
+    faulty_import.assert_like_a_clean_import()
+    assert faulty_import.recorded()
 
 
 EXPORT_KILL_POINTS = [
@@ -1090,6 +855,7 @@ def test_sigkill_mid_export_leaves_no_bundle_and_a_rerun_succeeds(
 
 
 # --- disk full (a 200 KiB tmpfs in a user+mount namespace) ------------------------------
+
 
 def no_space(text: str) -> bool:
     return "No space left" in text or "ENOSPC" in text

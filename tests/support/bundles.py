@@ -6,7 +6,8 @@ the tests share (the CLI is exercised through ``support.env.AIRBUNDLE``).
 * :func:`export` exports a spec file; :func:`export_spec` writes the spec and
   exports it in one step (``FOLDER/NAME.yaml`` -> ``FOLDER/out/NAME.airbundle``);
 * :func:`import_` imports with a trust policy made from public keys;
-* :func:`sha256` is the ``sha256:HEX`` digest of bytes, as registries name them.
+* :func:`sha256` is the ``sha256:HEX`` digest of bytes, as registries name them;
+* :func:`fast_transport` retries at once (10 ms backoff), for fault tests.
 
 Export and import options pass through as keywords (``transport=``, ``sequence=``,
 ``registry=``, ``state_dir=``...), exactly as ``ExportOptions`` and
@@ -23,6 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from airbundle.adapters.registry.transport import RetryPolicy, Transport
 from airbundle.format.spec import load_spec
 from airbundle.format.trust import TrustPolicy
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
@@ -34,6 +36,19 @@ from support.keys import KeyPair
 # An image in a spec: a reference ("registry/repo:tag", "oci:PATH:REF") or a whole
 # entry ({"ref": ..., "name": ...}).
 Image = str | Mapping[str, Any]
+
+
+def fast_transport(attempts: int = 3, *, read_timeout: float = 10.0) -> Transport:
+    """Retries with a 10 ms backoff, so a fault costs milliseconds, not seconds."""
+    return Transport(
+        retry=RetryPolicy(
+            attempts=attempts,
+            backoff=0.01,
+            max_wait=2.0,
+            connect_timeout=5.0,
+            read_timeout=read_timeout,
+        )
+    )
 
 
 def sha256(data: bytes) -> str:
