@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from airbundle.adapters.pipeline import ahead, prefetch
 
+PRODUCER = "airbundle-prefetch"  # the name of prefetch's thread
+
 
 @given(st.lists(st.integers(), max_size=60), st.integers(1, 8))
 def test_ahead_yields_every_result_in_order(items: list[int], window: int) -> None:
@@ -62,7 +64,12 @@ def test_prefetch_raises_a_queued_failure_when_the_consumer_stops_early() -> Non
         raise ValueError("digest mismatch at the end")
 
     it = prefetch(source())
+    before = set(threading.enumerate())
     assert next(it) == b"a"
-    time.sleep(0.2)  # the failure is queued by now
+    # The producer thread ends once it has queued the failure: wait for that (it may
+    # have ended already).
+    for producer in [t for t in threading.enumerate() if t not in before and t.name == PRODUCER]:
+        producer.join(timeout=10)
+        assert not producer.is_alive()
     with pytest.raises(ValueError, match="digest mismatch"):
         it.close()

@@ -8,7 +8,6 @@ listens on 127.0.0.1 only; the network-namespace tests prove nothing else is rea
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import socket
 import ssl
@@ -22,11 +21,13 @@ from typing import Any
 
 import pytest
 
+from support.bundles import sha256
 from support.env import git_env
 from support.git_daemon import GitDaemon
 from support.git_http import GitHttpServer
 from support.net import TEST_CREDS, free_port, http_request, port_open
 from support.netns import assert_netns_isolated, netns_run
+from support.oci import OCI_INDEX
 from support.process import Process, ServerError, group_alive
 from support.proxy import RecordingProxy
 from support.registry import Registry
@@ -36,7 +37,6 @@ from support.token_server import TokenSigner, libtrust_key_id
 TESTS_DIR = Path(__file__).resolve().parent
 CREDS = TEST_CREDS
 WRONG = (TEST_CREDS[0], "wrong")
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def tag_digest(hello_layout: Path, tag: str) -> str:
@@ -53,10 +53,6 @@ def _b64decode(part: str) -> bytes:
 
 def bcrypt_hashed(htpasswd: Path) -> bool:
     return all(line.split(":", 1)[1].startswith("$2") for line in htpasswd.read_text().split())
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def git(*args: str, cwd: Path, env: dict[str, str], check: bool = True) -> str:
