@@ -45,10 +45,18 @@ Namespaces
 
 Clients and judges
     :mod:`support.skopeo`       skopeo against a ``Registry``: seed, inspect, raw bytes
+    :mod:`support.judges`       what an import left: tags, manifests and blobs asked
+                                of the registry directly; the import state files
 
 Content and flows
+    :mod:`support.bundles`      the one set of spec / export / import / verify
+                                helpers (library API), ``sha256``, a fast-retry
+                                transport for fault tests
+    :mod:`support.oci`          media types; an OCI layout with one seeded layer
     :mod:`support.crafting`     the session ``world`` bundle; crafting bundles and tar
                                 headers with one thing wrong on purpose
+    :mod:`support.sigkill`      SIGKILL of the CLI at a point of its conversation
+                                with a fault proxy
 
 Adding a server kind
 --------------------
