@@ -96,7 +96,8 @@ repos:
 """
 
 
-def write_spec(tmp_path: Path, text: str) -> Path:
+def spec_file(tmp_path: Path, text: str) -> Path:
+    """The spec text as it is (broken on purpose), in a file."""
     path = tmp_path / "bad-spec.yaml"
     path.write_text(text, "utf-8")
     return path
@@ -111,7 +112,7 @@ def line_of(text: str, needle: str) -> int:
 
 
 def spec_error(tmp_path: Path, text: str) -> SpecError:
-    path = write_spec(tmp_path, text)
+    path = spec_file(tmp_path, text)
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert info.value.exit_code == 2
@@ -119,7 +120,7 @@ def spec_error(tmp_path: Path, text: str) -> SpecError:
 
 
 def test_good_spec_parses(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path, GOOD_SPEC))
+    spec = load_spec(spec_file(tmp_path, GOOD_SPEC))
     assert [i.text for i in spec.images] == ["oci:layouts/hello:1.0", "oci:layouts/hello:0.9"]
     assert [r.name for r in spec.repos] == ["gitops"]
 
@@ -379,7 +380,7 @@ def test_non_string_key_names_its_line(tmp_path: Path) -> None:
 # --- sources that do not exist ------------------------------------------------------
 
 
-def export_spec(env: World, tmp_path: Path, images: str, repos: str = "") -> Path:
+def export_text_spec(env: World, tmp_path: Path, images: str, repos: str = "") -> Path:
     """A spec in tmp_path that names the samples by absolute path; returns the output."""
     text = f"apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {{name: s}}\n{images}{repos}"
     spec = tmp_path / "spec" / "spec.yaml"
@@ -428,7 +429,7 @@ def test_missing_source_is_a_source_error_and_writes_nothing(
     env: World, tmp_path: Path, images: str, repos: str, named: str, problem: str
 ) -> None:
     with pytest.raises(SourceError) as info:
-        export_spec(env, tmp_path, images, repos)
+        export_text_spec(env, tmp_path, images, repos)
     assert info.value.exit_code == 3
     assert named.replace("ROOT", str(env.root)) in info.value.message
     assert problem in info.value.message
@@ -467,7 +468,9 @@ def test_source_blob_that_lies_leaves_no_output(env: World, tmp_path: Path) -> N
 
 
 def test_export_succeeds_with_good_sources(env: World, tmp_path: Path) -> None:
-    out = export_spec(env, tmp_path, GOOD_IMAGE, "repos:\n  - name: gitops\n    url: ROOT/gitops\n")
+    out = export_text_spec(
+        env, tmp_path, GOOD_IMAGE, "repos:\n  - name: gitops\n    url: ROOT/gitops\n"
+    )
     verify(env, out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["b.airbundle"]
 
