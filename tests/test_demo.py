@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from support.env import REPO_ROOT
 
 
 def _checkout_copy(dest: Path) -> None:

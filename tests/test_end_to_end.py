@@ -17,7 +17,7 @@ from airbundle.format.digest import Digest
 from airbundle.ops.export import ExportResult
 from airbundle.ops.importer import ImportReport
 from airbundle.ops.verify import verify_bundle
-from support.bundles import export, import_, trust_policy
+from support.bundles import export, import_, signing_keys, trust_policy
 from support.env import require_tool
 from support.keys import KeyPair, make_key
 
@@ -430,7 +430,7 @@ def test_manual_verification_script_accepts_a_good_bundle_and_rejects_a_bad_one(
 
 
 def _manual_check(target: Path, key: KeyPair, out: Path) -> subprocess.CompletedProcess[str]:
-    from conftest import REPO_ROOT
+    from support.env import REPO_ROOT
 
     for tool in ("zstd", "ssh-keygen", "skopeo", "git"):
         require_tool(tool)
@@ -447,8 +447,7 @@ def test_manual_verification_script_checks_a_volume_set_by_folder_and_by_index(
 ) -> None:
     from airbundle.ops.volumes import split_bundle
 
-    key = load_signing_key(signing_key.private, passphrase=None)
-    index = split_bundle(exported.path, 40_000, (key,), folder=tmp_path / "set")
+    index = split_bundle(exported.path, 40_000, signing_keys(signing_key), folder=tmp_path / "set")
     volumes = sorted((tmp_path / "set").glob("*.0*"))
     assert len(volumes) >= 2
     for n, target in enumerate((tmp_path / "set", index)):

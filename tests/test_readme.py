@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO_ROOT
+from support.env import REPO_ROOT
 
 
 def _install_packages() -> set[str]:
