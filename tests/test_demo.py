@@ -3,10 +3,13 @@ the samples, verify, import into ./airgap/, offline and without a server."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from support.env import REPO_ROOT
 
@@ -40,7 +43,23 @@ def _checkout_copy(dest: Path) -> None:
     (dest / ".venv").symlink_to(Path(sys.executable).parent.parent)
 
 
+def _require_a_current_install() -> None:
+    """The copy shares this checkout's venv: were it installed from another
+    pyproject.toml, the demo would reinstall it, editable, from the temporary copy
+    (leaving the venv pointing at a folder pytest deletes). Fail instead."""
+    venv = Path(sys.executable).parent.parent
+    want = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = venv / ".airbundle-installed"
+    have = stamp.read_text().split()[0] if stamp.is_file() else "none"
+    if have != want:
+        pytest.fail(
+            f"{venv} was not installed from this pyproject.toml: run scripts/install --test",
+            pytrace=False,
+        )
+
+
 def test_demo_exports_verifies_and_imports_the_samples(tmp_path: Path) -> None:
+    _require_a_current_install()
     checkout = tmp_path / "airbundle"
     _checkout_copy(checkout)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path / "home")}
