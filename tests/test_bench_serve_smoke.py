@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, require_tool
+
+from support.env import REPO_ROOT, require_tool
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # bench.serve starts servers (a subprocess)
 def test_bench_serve_tiny_measures_every_server_and_the_big_bundle(tmp_path: Path) -> None:
     for tool in ("skopeo", "docker-registry", "wrk"):
         require_tool(tool)

@@ -13,28 +13,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AIRBUNDLE, TEST_CREDS, require_tool
-from helpers import World, world
-from legacy import LEGACY_PUB, LEGACY_SAMPLES
-from serve_bundle_support import bundle_from_layout
-from serve_support import (
-    ANNOTATION,
-    ARTIFACT_A,
-    Conformance,
-    LayoutWriter,
-    Serve,
-    chromium,
-    conformance_layout,
-)
-from servers import CertAuthority, git_env, netns_run, write_htpasswd
+from support.legacy import LEGACY_PUB, LEGACY_SAMPLES
 
 from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST
 from airbundle.ops.serve import ServeOptions, check_options
+from serve_bundle_support import bundle_from_layout
+from support.chromium import chromium
+from support.conformance import ANNOTATION, ARTIFACT_A, Conformance, conformance_layout
+from support.crafting import World, world
+from support.env import AIRBUNDLE, git_env, require_tool
+from support.integration import starts_servers
+from support.layout_writer import LayoutWriter
+from support.net import TEST_CREDS, write_htpasswd
+from support.netns import netns_run
+from support.pki import CertAuthority
+from support.serve import Serve
 
 MISSING = "sha256:" + hashlib.sha256(b"nothing").hexdigest()
 
 
 @pytest.fixture(scope="module", params=["layout", "bundle"])
+@starts_servers
 def conformance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Serve, Conformance]]:
@@ -183,6 +182,7 @@ def test_referrers(conformance: tuple[Serve, Conformance]) -> None:
 # --- an import while serving ---------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_an_import_shows_up_without_restart_and_never_half_written(tmp_path: Path) -> None:
     """Blobs and manifests written, index.json not yet: nothing new is served.
     The atomic replacement of index.json makes the whole image appear at once."""
@@ -207,6 +207,7 @@ def test_an_import_shows_up_without_restart_and_never_half_written(tmp_path: Pat
         assert server.get("/v2/team/app/manifests/2").body == second.data
 
 
+@pytest.mark.integration
 def test_a_real_import_is_served_whole_while_it_runs(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -307,6 +308,7 @@ def _serve_args(root: Path) -> list[str]:
     return ["--registry", f"oci:{root / 'images'}", "--git", str(root / "git")]
 
 
+@pytest.mark.integration
 def test_git_clone_fetch_shallow_partial_and_no_push(
     imported: tuple[World, Path], tmp_path: Path
 ) -> None:
@@ -377,6 +379,7 @@ def test_git_clone_fetch_shallow_partial_and_no_push(
         )
 
 
+@pytest.mark.integration
 def test_htpasswd_guards_registry_git_and_page(
     imported: tuple[World, Path], tmp_path: Path
 ) -> None:
@@ -421,6 +424,7 @@ def test_htpasswd_guards_registry_git_and_page(
         assert inspect.returncode == 0, inspect.stderr
 
 
+@pytest.mark.integration
 def test_tls(imported: tuple[World, Path], tmp_path: Path) -> None:
     _, root = imported
     ca = CertAuthority(tmp_path / "ca")
@@ -468,6 +472,7 @@ def test_plain_http_beyond_loopback_warns_with_client_settings(tmp_path: Path) -
     assert not any("TLS" in w for w in check_options(ServeOptions(registry=f"oci:{tmp_path}")))
 
 
+@pytest.mark.integration
 def test_in_a_loopback_only_namespace(imported: tuple[World, Path], tmp_path: Path) -> None:
     """serve listening on every interface of a namespace with nothing but lo:
     it warns, and skopeo and git pull from it there."""
@@ -496,6 +501,7 @@ kill $pid
     assert "insecure = true" in (tmp_path / "log").read_text()
 
 
+@pytest.mark.integration
 def test_two_instances_answer_the_same(imported: tuple[World, Path], tmp_path: Path) -> None:
     _, root = imported
     with (
@@ -528,6 +534,7 @@ def test_two_instances_answer_the_same(imported: tuple[World, Path], tmp_path: P
         assert pages[0] == pages[1]
 
 
+@pytest.mark.integration
 def test_the_page_lists_images_repos_and_history(
     imported: tuple[World, Path], tmp_path: Path
 ) -> None:
@@ -552,6 +559,7 @@ def test_the_page_lists_images_repos_and_history(
         assert w.export.manifest.bundle.id in dom
 
 
+@pytest.mark.integration
 def test_a_tampered_manifest_is_left_out_and_logged(
     imported: tuple[World, Path], tmp_path: Path
 ) -> None:

@@ -12,15 +12,22 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import AIRBUNDLE, REPO_ROOT, require_tool
-from helpers import World, world
-from serve_support import PullThroughCache, Serve, netns_mount_run, podman, skopeo_digest
-from servers import clean_env, netns_run
+
+from support.crafting import World, world
+from support.env import AIRBUNDLE, REPO_ROOT, clean_env, require_tool
+from support.integration import starts_servers
+from support.netns import netns_mount_run, netns_run
+from support.podman import podman
+from support.pull_through import PullThroughCache
+from support.serve import Serve
+from support.skopeo import skopeo_digest
 
 
 @pytest.fixture(scope="module")
+@starts_servers
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Path, Serve]]:
     w = world(tmp_path_factory)
     root = tmp_path_factory.mktemp("served")
@@ -105,7 +112,7 @@ def test_podman_pull(served: tuple[World, Path, Serve], tmp_path: Path) -> None:
     assert json.loads(listed.stdout)[0]["Digest"] == digest
 
 
-def _in_netns(script: str, tmp_path: Path, *, mounts: bool = False) -> dict[str, str]:
+def _in_netns(script: str, tmp_path: Path, *, mounts: bool = False) -> dict[str, Any]:
     """Run `script` (Python, with tests/ importable) in a namespace with only
     loopback: a client that fell back to the original registry would fail there
     instead of reaching out. The script prints one JSON line last."""
@@ -119,7 +126,8 @@ def _in_netns(script: str, tmp_path: Path, *, mounts: bool = False) -> dict[str,
     run = netns_mount_run if mounts else netns_run
     proc = run([sys.executable, "-c", code], timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def test_containerd_pulls_the_original_name_through_the_mirror_config(
@@ -129,7 +137,8 @@ def test_containerd_pulls_the_original_name_through_the_mirror_config(
     digest = _carried(root)["registry.example.com/team/hello:1.0"]
     result = _in_netns(
         f"""
-        from serve_support import Containerd, Serve
+        from support.containerd import Containerd
+        from support.serve import Serve
         args = ["--registry", "oci:{root / "images"}", "--git", "{root / "git"}"]
         with Serve(args, tmp / "serve") as server:
             subprocess.run([sys.executable, "-m", "airbundle", "mirror-config", "{w.bundle}",
@@ -183,7 +192,7 @@ def test_registries_conf_redirects_the_original_name(
     result = _in_netns(
         f"""
         import hashlib
-        from serve_support import Serve
+        from support.serve import Serve
         with Serve(["--registry", "oci:{root / "images"}"], tmp / "serve") as server:
             subprocess.run([sys.executable, "-m", "airbundle", "mirror-config", "{w.bundle}",
                             "-o", str(tmp / "mirrors"), "--registry", server.host, "--insecure",

@@ -7,12 +7,13 @@ import json
 import subprocess
 
 import pytest
-from conftest import require_tool
 from hypothesis import given
 from hypothesis import strategies as st
 
 from airbundle.errors import UsageError
 from airbundle.format import distribution as dist
+from airbundle.format.digest import Digest
+from support.env import require_tool
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -158,7 +159,7 @@ def test_basic_credentials() -> None:
 
 
 def test_referrer_descriptor_takes_artifact_type_then_config_type() -> None:
-    d = dist.Digest.parse(DIGEST)
+    d = Digest.parse(DIGEST)
     explicit = {"artifactType": "a/b", "config": {"mediaType": "c/d"}, "annotations": {"k": "v"}}
     assert dist.referrer_descriptor(explicit, media_type="m", digest=d, size=3) == {
         "mediaType": "m",

@@ -37,14 +37,20 @@ One module per server kind
     :mod:`support.sshd`         git over ssh through OpenSSH's sshd
     :mod:`support.proxy`        a recording forward proxy (loopback only)
     :mod:`support.fault_proxy`  a fault-injecting reverse proxy in front of a registry
+    :mod:`support.pull_through` docker-registry as a pull-through cache
+    :mod:`support.serve`        ``airbundle serve`` itself
+    :mod:`support.containerd`   a containerd daemon of its own, driven with ``ctr``
 
 Namespaces
-    :mod:`support.netns`        a user + network namespace with only loopback
+    :mod:`support.netns`        a user + network namespace with only loopback (and
+                                one with a mount namespace too, for containerd)
     :mod:`support.tmpfs`        a 200 KiB tmpfs in a user + mount namespace (disk
                                 full), driven by :mod:`support.tmpfs_driver`
 
 Clients and judges
     :mod:`support.skopeo`       skopeo against a ``Registry``: seed, inspect, raw bytes
+    :mod:`support.podman`       podman with storage and configuration of its own
+    :mod:`support.chromium`     headless Chromium loading a page with a fresh profile
     :mod:`support.judges`       what an import left: tags, manifests and blobs asked
                                 of the registry directly; the import state files
 
@@ -53,6 +59,8 @@ Content and flows
                                 helpers (library API), ``sha256``, a fast-retry
                                 transport for fault tests
     :mod:`support.oci`          media types; an OCI layout with one seeded layer
+    :mod:`support.layout_writer` OCI layouts written through import's own target
+    :mod:`support.conformance`  the distribution-spec conformance data as a layout
     :mod:`support.crafting`     the session ``world`` bundle; crafting bundles and tar
                                 headers with one thing wrong on purpose
     :mod:`support.sigkill`      SIGKILL of the CLI at a point of its conversation

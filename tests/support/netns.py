@@ -80,3 +80,32 @@ def assert_netns_isolated(host: str = "192.0.2.1", port: int = 80) -> str:
     assert result["errno"] == errno.ENETUNREACH, result
     assert result["seconds"] < 1.0, result
     return str(result["error"])
+
+
+def netns_mount_run(argv: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """:func:`netns_run` plus a mount namespace of its own: containerd unpacks
+    layers through bind mounts, which root in a user namespace may make there."""
+    starting("a network and mount namespace")
+    unshare = require_tool("unshare")
+    ip = require_tool("ip")
+    script = f'{ip} link set lo up && exec "$@"'
+    return subprocess.run(
+        [
+            unshare,
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *argv,
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

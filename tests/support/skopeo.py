@@ -4,6 +4,7 @@ layout, read manifests back exactly as served. Always with a hermetic environmen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
@@ -130,3 +131,18 @@ def skopeo_raw_manifest(
     if proc.returncode != 0:
         raise ServerError(f"{shlex.join(argv)} failed:\n{proc.stderr.decode(errors='replace')}")
     return proc.stdout
+
+
+def skopeo_digest(ref: str, *args: str) -> str:
+    """sha256 of the raw manifest skopeo gets for `ref`."""
+    proc = subprocess.run(
+        ["skopeo", *args, "inspect", "--raw", "--tls-verify=false", ref]
+        if "--registries-conf" not in args
+        else ["skopeo", *args, "inspect", "--raw", ref],
+        capture_output=True,
+        timeout=120,
+        env=clean_env(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return "sha256:" + hashlib.sha256(proc.stdout).hexdigest()

@@ -44,5 +44,3 @@ def on_small_tmpfs(root: Path, steps: list[dict[str, Any]], env: dict[str, str])
     assert proc.returncode == 0, proc.stderr
     results: list[Any] = json.loads(proc.stdout)
     return results
-
-

@@ -1,0 +1,59 @@
+"""``airbundle serve`` itself, as a test server: started on 127.0.0.1 port 0, ready
+once it prints the URL it serves on."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from support.env import AIRBUNDLE, clean_env
+from support.net import http_request
+from support.process import Process, Server, ServerError
+
+_READY = re.compile(r"serving on (https?://\S+)")
+
+
+class Serve(Server):
+    """`airbundle serve ARGS --listen 127.0.0.1:0`; `.url` once it listens."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / f"serve-{time.monotonic_ns()}.log"
+        argv = [*AIRBUNDLE, "serve", *args]
+        if "--listen" not in args:
+            argv += ["--listen", "127.0.0.1:0"]
+        self.process = Process(argv, self.log, env=clean_env(env))
+        self._on_stop(self.process.stop)
+        self.url = ""
+        try:
+            self.process.wait_ready(self._ready, timeout, "airbundle serve")
+        except ServerError:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        match = _READY.search(self.log.read_text(errors="replace"))
+        if match:
+            self.url = match.group(1)
+        return bool(match)
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return http_request(self.url + path, **kwargs)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
