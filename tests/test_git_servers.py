@@ -623,16 +623,17 @@ def test_a_ref_moved_under_the_push_is_a_ref_update_error(
     home = tmp_path / "git-home"
     work = work_clone(str(sample_tree / "gitops"), tmp_path / "work", home)
     template = target_template(git_http)
-    import_(export(tmp_path, signing_key, str(work), name="first", sequence=1).path,
-            signing_key, template)  # fmt: skip
+    repos = [repo_entry("gitops", str(work))]
+    first = export_spec(tmp_path, signing_key, repos=repos, name="first", sequence=1)
+    import_(first.path, signing_key, git=template)
     git("-C", work, "reset", "--quiet", "--hard", "HEAD~1", home=home)
     commit_file(work, "README", "rewritten\n", "rewritten", home)
-    second = export(tmp_path, signing_key, str(work), name="second", sequence=2)
+    second = export_spec(tmp_path, signing_key, repos=repos, name="second", sequence=2)
     # As if the server's ref moved between the fast-forward check and the push.
     monkeypatch.setattr(RemoteTarget, "refused", lambda *_args: [])
 
     with pytest.raises(RefUpdateError) as caught:
-        import_(second.path, signing_key, template)
+        import_(second.path, signing_key, git=template)
 
     assert "refs/heads/main" in caught.value.message
     assert "--force" in caught.value.diagnostics()
@@ -703,7 +704,7 @@ def test_the_direct_https_push_uses_the_ca_file_and_client_certificate(
     monkeypatch.setattr(RemoteTarget, "_stage_here", staged_here)
     try:
         tls = TLSConfig(ca.cert_file, client.cert, client.key)
-        import_(gitops_bundle.path, signing_key, template, transport=Transport(tls))
+        import_(gitops_bundle.path, signing_key, git=template, transport=Transport(tls))
     finally:
         front.close()
 

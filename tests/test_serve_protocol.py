@@ -55,7 +55,7 @@ def test_any_path_is_a_route_or_an_api_error(path: str) -> None:
     try:
         dist.parse_route("/v2/" + path)
     except dist.ApiError as exc:
-        assert 400 <= exc.status < 500
+        assert exc.status is not None and 400 <= exc.status < 500
 
 
 def test_error_body_is_the_spec_json() -> None:
