@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zstandard
@@ -58,6 +59,11 @@ def default_corpus(work: Path) -> Path:
     return out
 
 
+def _chunks_of(data: bytes) -> Callable[[], object]:
+    """A Source's chunks: the whole of `data` at once."""
+    return lambda: [data]
+
+
 def make_manifest(members: list[MemberEntry]) -> BundleManifest:
     info = BundleInfo(
         "seekframes", "00000000-0000-4000-8000-000000000000", _epoch(), "bench", "default", 1
@@ -65,8 +71,7 @@ def make_manifest(members: list[MemberEntry]) -> BundleManifest:
     return BundleManifest(info, tuple(members), (), ())
 
 
-def _epoch():  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
+def _epoch() -> datetime:
 
     return datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -248,9 +253,7 @@ def latency(args: argparse.Namespace) -> None:
         data = b'{"schemaVersion":2,"i":%d}' % i + bytes(rng.randrange(200, 2000))
         d = hashlib.sha256(data).hexdigest()
         sources.append(
-            Source(
-                f"images/blobs/sha256/{d}", len(data), lambda data=data: [data], Digest("sha256", d)
-            )
+            Source(f"images/blobs/sha256/{d}", len(data), _chunks_of(data), Digest("sha256", d))
         )
     big = 256 * MiB
     k = 0

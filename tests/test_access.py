@@ -8,21 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import (
-    EPOCH,
-    NOW,
-    World,
-    blob,
-    flip,
-    make_manifest,
-    signed_bundle,
-    small_members,
-    tar_bytes,
-    world,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like, legacy_bundle
 
 from airbundle.adapters.bundleaccess import BundleAccess, index_path
 from airbundle.errors import (
@@ -43,6 +30,19 @@ from airbundle.ops.access import open_bundle_access
 from airbundle.ops.keys import load_trust
 from airbundle.ops.verify import verify_bundle
 from airbundle.ops.volumes import split_bundle
+from support.crafting import (
+    EPOCH,
+    NOW,
+    World,
+    blob,
+    flip,
+    make_manifest,
+    signed_bundle,
+    small_members,
+    tar_bytes,
+    world,
+)
+from support.legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like, legacy_bundle
 
 MiB = 1 << 20
 # Small frames, so that a few MiB of members make many frames, and members
@@ -366,7 +366,7 @@ def test_an_old_bundle_with_folder_entries_cannot_be_read_in_place(
         end=False,
     )
     content = encode_header("images", 0, kind=DIRECTORY) + tar_bytes(members)
-    from helpers import raw_bundle
+    from support.crafting import raw_bundle
 
     path = raw_bundle(tmp_path / "dirs.airbundle", prefix, content)
     assert verify_bundle(path, env.policy(), at=NOW).members == len(members)  # valid, once

@@ -136,7 +136,7 @@ def test_a_spec_that_carries_nothing_is_an_error(tmp_path: Path, body: str) -> N
 def test_a_repo_url_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     spec = load_spec(
-        write_spec(
+        spec_file(
             tmp_path,
             "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: h}\n"
             "repos:\n  - name: gitops\n    url: ~/src/gitops\n",

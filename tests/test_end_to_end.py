@@ -14,6 +14,7 @@ import pytest
 
 from airbundle.errors import RefUpdateError, TruncatedError
 from airbundle.format.digest import Digest
+from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportResult
 from airbundle.ops.importer import ImportReport
 from airbundle.ops.verify import verify_bundle

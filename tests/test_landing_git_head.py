@@ -12,14 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import AIRBUNDLE, KeyPair, hermetic
-from servers import GitDaemon, GitHttpServer, GitSshServer, git_env, init_bare
 
 from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.verify import load_policy
+from support.env import AIRBUNDLE, git_env, hermetic
+from support.git_daemon import GitDaemon, init_bare
+from support.git_http import GitHttpServer
+from support.keys import KeyPair
+from support.sshd import GitSshServer
 
 MAIN = "refs/heads/main"
 

@@ -14,11 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AIRBUNDLE, REPO_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
-from kustomize_judge import rewrite
 
 from airbundle.format.mirrorconfig import (
     CarriedImage,
@@ -28,6 +26,8 @@ from airbundle.format.mirrorconfig import (
     resource_name,
 )
 from airbundle.format.reference import ImageReference, spellings
+from support.env import AIRBUNDLE, REPO_ROOT
+from support.kustomize import rewrite
 
 CRD_DIR = REPO_ROOT / "tests" / "data" / "openshift-crds"
 IMAGE_CRD = CRD_DIR / "0000_10_config-operator_01_images.crd.yaml"
@@ -291,8 +291,8 @@ def test_skopeo_and_containerd_pull_through_an_https_mirror(
     configuration adds, both fail as in the issue."""
     import textwrap
 
-    from serve_support import netns_mount_run
-    from servers import require_tool as need
+    from support.env import require_tool as need
+    from support.netns import netns_mount_run
 
     for tool in ("skopeo", "containerd", "ctr", "openssl", "unshare"):
         need(tool)
@@ -309,8 +309,9 @@ def test_skopeo_and_containerd_pull_through_an_https_mirror(
         import hashlib, json, re, shutil, subprocess, sys
         from pathlib import Path
         sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
-        from landing_support import OpensslRegistry, openssl_pki
-        from serve_support import Containerd
+        from support.openssl_pki import openssl_pki
+        from support.registry import OpensslRegistry
+        from support.containerd import Containerd
         tmp = Path({str(tmp_path)!r})
         mc = tmp / "mc"
         pki = openssl_pki(tmp / "pki")

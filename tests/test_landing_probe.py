@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AIRBUNDLE, KeyPair, hermetic
-from landing_support import (
-    ConfiguredRegistry,
-    OpensslRegistry,
-    Strictness,
-    StrictProxy,
-    openssl_pki,
-)
-from serve_support import LayoutWriter
-from servers import Registry, http_request
+
+from support.env import AIRBUNDLE, hermetic
+from support.keys import KeyPair
+from support.layout_writer import LayoutWriter
+from support.net import http_request
+from support.openssl_pki import openssl_pki
+from support.registry import ConfiguredRegistry, OpensslRegistry, Registry
+from support.strict_proxy import Strictness, StrictProxy
 
 SCRATCH = "mirror/airbundle-probe"
 

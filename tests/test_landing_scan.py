@@ -11,8 +11,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import AIRBUNDLE
-from kustomize_judge import rewrite
 
 from airbundle.format.imagescan import (
     Carried,
@@ -24,11 +22,12 @@ from airbundle.format.imagescan import (
 from airbundle.format.mirrorconfig import CarriedImage, entries, render_all
 from airbundle.format.reference import ImageReference
 from airbundle.ops.scan import scan_folder
+from support.env import AIRBUNDLE
+from support.kustomize import rewrite
 
 DIGEST = "sha256:" + "d" * 64
 
-TEKTON = (
-    """\
+TEKTON = """\
 apiVersion: tekton.dev/v1
 kind: Task
 metadata: {name: build}
@@ -82,7 +81,6 @@ spec:
           steps:
             - image: ghcr.io/org/scanner@DIGEST
 """.replace("DIGEST", DIGEST)
-)
 
 
 def _found(text: str, path: str) -> set[tuple[str, int, str]]:

@@ -15,15 +15,17 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AIRBUNDLE, KeyPair, hermetic
-from helpers import read_parts, write_bundle
-from kustomize_judge import rewrite
-from serve_support import Serve
-from servers import Registry, http_request
 
 from airbundle.format.manifest import BLOB_PREFIX, BundleManifest
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.scan import carried
+from support.crafting import read_parts, write_bundle
+from support.env import AIRBUNDLE, hermetic
+from support.keys import KeyPair
+from support.kustomize import rewrite
+from support.net import http_request
+from support.registry import Registry
+from support.serve import Serve
 
 NAME = "registry.example.com/team/hello:1.0"
 

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import AIRBUNDLE
-from helpers import NOW, World, blob, make_manifest, small_members, world
-from legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like, legacy_bundle, legacy_content
 
 from airbundle.errors import ArchiveError
 from airbundle.format.archive import HEADER_SIZE, BundleReader, read_file_header
@@ -22,6 +19,9 @@ from airbundle.format.trust import TrustPolicy
 from airbundle.format.zstdframes import walk_frames
 from airbundle.ops.keys import load_trust
 from airbundle.ops.verify import verify_bundle
+from support.crafting import NOW, World, blob, make_manifest, small_members, world
+from support.env import AIRBUNDLE
+from support.legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like, legacy_bundle, legacy_content
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +128,7 @@ def test_a_new_bundle_reads_as_the_old_reader_read_it(env: World) -> None:
     stream = zstandard.ZstdDecompressor().stream_reader(
         io.BytesIO(data[HEADER_SIZE:]), read_across_frames=True
     )
-    reader = TarReader(stream)  # type: ignore[arg-type]
+    reader = TarReader(stream)
     names = []
     while (member := reader.next()) is not None:
         names.append(member.path)

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.sigstore_signer import SigningKey, make_key, payload
 
 from airbundle.errors import PolicyError, SignatureCheckError
 from airbundle.format.digest import Digest
@@ -32,6 +31,7 @@ from airbundle.format.policy import (
 )
 from airbundle.format.reference import ImageReference
 from airbundle.format.simplesigning import parse_payload
+from support.sigstore_signer import SigningKey, make_key, payload
 
 DIGEST = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64

@@ -15,8 +15,17 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import AIRBUNDLE
-from helpers import (
+
+from airbundle.errors import ArchiveError, TruncatedError
+from airbundle.format import archive
+from airbundle.format.archive import HEADER_SIZE, BundleReader, read_prefix_region
+from airbundle.format.digest import Digest
+from airbundle.format.manifest import SEEK_TABLE_DRAFT, BundleManifest, SeekTableRef
+from airbundle.format.seektable import encode_seek_table
+from airbundle.format.tarstream import BLOCK, DIRECTORY, encode_header
+from airbundle.format.zstdframes import walk_frames
+from airbundle.ops.verify import authenticate, stream_members, verify_bundle
+from support.crafting import (
     EPOCH,
     NOW,
     World,
@@ -29,16 +38,7 @@ from helpers import (
     world,
     write_bundle,
 )
-
-from airbundle.errors import ArchiveError, TruncatedError
-from airbundle.format import archive
-from airbundle.format.archive import HEADER_SIZE, BundleReader, read_prefix_region
-from airbundle.format.digest import Digest
-from airbundle.format.manifest import SEEK_TABLE_DRAFT, BundleManifest, SeekTableRef
-from airbundle.format.seektable import encode_seek_table
-from airbundle.format.tarstream import BLOCK, DIRECTORY, encode_header
-from airbundle.format.zstdframes import walk_frames
-from airbundle.ops.verify import authenticate, stream_members, verify_bundle
+from support.env import AIRBUNDLE
 
 SKIPPABLE = 0x184D2A5E
 

@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KeyPair, hermetic
-from helpers import read_parts, write_bundle
-from servers import Registry, push_oci_layout, skopeo_raw_manifest
+
+from airbundle.errors import EXIT_INTEGRITY, EXIT_USAGE
+from airbundle.format.digest import Digest
+from airbundle.format.manifest import BundleManifest
+from airbundle.ops.keys import load_signing_key
+from support.crafting import read_parts, write_bundle
+from support.env import hermetic
+from support.keys import KeyPair
+from support.registry import Registry
 from support.sigstore_signer import (
     KINDS,
     Signature,
@@ -28,11 +34,7 @@ from support.sigstore_signer import (
     make_key,
     signature,
 )
-
-from airbundle.errors import EXIT_INTEGRITY, EXIT_USAGE
-from airbundle.format.digest import Digest
-from airbundle.format.manifest import BundleManifest
-from airbundle.ops.keys import load_signing_key
+from support.skopeo import push_oci_layout, skopeo_raw_manifest
 
 REPO = "team/hello"
 REJECT = [{"type": "reject"}]

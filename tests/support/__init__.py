@@ -28,15 +28,18 @@ Building blocks for servers
                                 ``Server`` (the base class: cleanups, free-port start
                                 with retry), ``ServerError``, threaded HTTP servers
     :mod:`support.pki`          a throw-away CA issuing server and client certificates
+    :mod:`support.openssl_pki`  a CA and server certificate made by the openssl CLI
 
 One module per server kind
-    :mod:`support.registry`     CNCF distribution: plain, Basic, TLS, mTLS, token auth
+    :mod:`support.registry`     CNCF distribution: plain, Basic, TLS, mTLS, token auth;
+                                with an openssl-made certificate; with more config
     :mod:`support.token_server` the Docker token flow behind a token-auth registry
     :mod:`support.git_daemon`   ``git daemon``; ``init_bare`` for every git server
     :mod:`support.git_http`     git smart HTTP: nginx + fcgiwrap + git http-backend
     :mod:`support.sshd`         git over ssh through OpenSSH's sshd
     :mod:`support.proxy`        a recording forward proxy (loopback only)
     :mod:`support.fault_proxy`  a fault-injecting reverse proxy in front of a registry
+    :mod:`support.strict_proxy` a proxy refusing what stricter registries refuse
     :mod:`support.pull_through` docker-registry as a pull-through cache
     :mod:`support.serve`        ``airbundle serve`` itself
     :mod:`support.containerd`   a containerd daemon of its own, driven with ``ctr``
@@ -51,6 +54,10 @@ Clients and judges
     :mod:`support.skopeo`       skopeo against a ``Registry``: seed, inspect, raw bytes
     :mod:`support.podman`       podman with storage and configuration of its own
     :mod:`support.chromium`     headless Chromium loading a page with a fresh profile
+    :mod:`support.kustomize`    kustomize's images: rules, to judge what mirror-config
+                                writes
+    :mod:`support.sigstore_signer` cosign-style signatures made with openssl, pushed
+                                by hand
     :mod:`support.judges`       what an import left: tags, manifests and blobs asked
                                 of the registry directly; the import state files
 
@@ -63,6 +70,7 @@ Content and flows
     :mod:`support.conformance`  the distribution-spec conformance data as a layout
     :mod:`support.crafting`     the session ``world`` bundle; crafting bundles and tar
                                 headers with one thing wrong on purpose
+    :mod:`support.legacy`       bundles as airbundle wrote them before the seek table
     :mod:`support.sigkill`      SIGKILL of the CLI at a point of its conversation
                                 with a fault proxy
 

@@ -17,6 +17,7 @@ import yaml
 
 from support.env import clean_env, require_tool
 from support.net import LOOPBACK, Creds, HttpResponse, http_request, write_htpasswd
+from support.openssl_pki import Pki
 from support.pki import CertAuthority
 from support.process import Server, log_tail
 from support.token_server import TokenRequest, TokenServer
@@ -215,3 +216,43 @@ def _registry_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in clean_env().items() if not k.startswith("REGISTRY_")}
     env["HOME"] = str(home)
     return env
+
+
+class OpensslRegistry(Registry):
+    """docker-registry over HTTPS with a certificate from `openssl_pki`
+    (ca_file and cert_dir point at that CA)."""
+
+    def __init__(self, workdir: Path, pki: Pki, **kwargs: Any) -> None:
+        self._pki = pki
+        super().__init__(workdir, tls=True, **kwargs)
+
+    def _setup(self, token_auth: bool, anonymous_pull: bool, key_header: str) -> None:
+        super()._setup(token_auth, anonymous_pull, key_header)
+        self._tls = {"certificate": str(self._pki.server_cert), "key": str(self._pki.server_key)}
+        self.ca_file = self._pki.ca
+        assert self.cert_dir is not None
+        shutil.copy(self._pki.ca, self.cert_dir / "ca.crt")
+
+
+class ConfiguredRegistry(Registry):
+    """docker-registry with more of its configuration set (`extra`, merged into
+    config.yml): read-only maintenance mode, deletes off, and so on."""
+
+    def __init__(self, workdir: Path, extra: dict[str, Any], **kwargs: Any) -> None:
+        self._extra = extra
+        super().__init__(workdir, **kwargs)
+
+    def _write_config(self, port: int) -> Path:
+        path = super()._write_config(port)
+        config = yaml.safe_load(path.read_text())
+        _merge(config, self._extra)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

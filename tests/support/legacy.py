@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,8 +25,9 @@ from airbundle.format import archive, sshsig
 from airbundle.format.archive import RAW_MEMBER_MIN, encode_prefix, looks_compressed
 from airbundle.format.manifest import BundleManifest
 from airbundle.format.tarstream import BLOCK, encode_header, padding
+from support.env import TESTS_DIR
 
-LEGACY_DATA = Path(__file__).resolve().parent / "data" / "legacy"
+LEGACY_DATA = TESTS_DIR / "data" / "legacy"
 LEGACY_SAMPLES = LEGACY_DATA / "samples-legacy.airbundle"
 LEGACY_PUB = LEGACY_DATA / "legacy-signer.pub"
 LEGACY_MTIME = 1704067200

@@ -1,6 +1,6 @@
-"""Test support for issue 17 (landing in the cluster): a private CA made by
-openssl, a docker-registry serving HTTPS with it, and a loopback proxy in front
-of docker-registry that refuses what stricter registries refuse."""
+"""A loopback reverse proxy in front of docker-registry that refuses what stricter
+registries refuse (Quay's path depth, no push-to-create, a layer listed twice) and
+can answer the OCI referrers API docker-registry 2.8 lacks."""
 
 from __future__ import annotations
 
@@ -10,109 +10,13 @@ import http.client
 import http.server
 import json
 import re
-import shutil
-import subprocess
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-from servers import Registry, _serve_in_thread, _Server, _ThreadingServer, clean_env, require_tool
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path  # the CA certificate (PEM) clients must trust
-    server_cert: Path
-    server_key: Path
-
-
-def openssl_pki(folder: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",)) -> Pki:
-    """A throw-away CA and a server certificate for `hosts`, made by the
-    openssl command line as an operator would make them."""
-    openssl = require_tool("openssl")
-    folder.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = folder / "ca.crt", folder / "ca.key"
-    cert, key, csr = folder / "server.crt", folder / "server.key", folder / "server.csr"
-    ext = folder / "server.ext"
-    sans = ",".join(f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts)
-    ext.write_text(
-        f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-    )
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE"]
-    ca_ext += ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
-    subject = ["-subj", "/CN=airbundle test mirror CA"]
-    sign = ["-set_serial", "2", "-days", "2", "-out", cert, "-extfile", ext]
-    steps = [
-        [
-            openssl,
-            "req",
-            "-x509",
-            *ec,
-            "-keyout",
-            ca_key,
-            "-out",
-            ca,
-            "-days",
-            "2",
-            *subject,
-            *ca_ext,
-        ],
-        [openssl, "req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={hosts[0]}"],
-        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, *sign],
-    ]
-    for argv in steps:
-        subprocess.run(
-            [str(a) for a in argv], check=True, capture_output=True, env=clean_env(), timeout=60
-        )
-    return Pki(ca, cert, key)
-
-
-class OpensslRegistry(Registry):
-    """docker-registry over HTTPS with a certificate from `openssl_pki`
-    (ca_file and cert_dir point at that CA)."""
-
-    def __init__(self, workdir: Path, pki: Pki, **kwargs: Any) -> None:
-        self._pki = pki
-        super().__init__(workdir, tls=True, **kwargs)
-
-    def _setup(self, token_auth: bool, anonymous_pull: bool, key_header: str) -> None:
-        super()._setup(token_auth, anonymous_pull, key_header)
-        self._tls = {"certificate": str(self._pki.server_cert), "key": str(self._pki.server_key)}
-        self.ca_file = self._pki.ca
-        assert self.cert_dir is not None
-        shutil.copy(self._pki.ca, self.cert_dir / "ca.crt")
-
-
-class ConfiguredRegistry(Registry):
-    """docker-registry with more of its configuration set (`extra`, merged into
-    config.yml): read-only maintenance mode, deletes off, and so on."""
-
-    def __init__(self, workdir: Path, extra: dict[str, Any], **kwargs: Any) -> None:
-        self._extra = extra
-        super().__init__(workdir, **kwargs)
-
-    def _write_config(self, port: int) -> Path:
-        path = super()._write_config(port)
-        config = yaml.safe_load(path.read_text())
-        _merge(config, self._extra)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
-
-
-def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-# --- a stricter registry: a proxy in front of docker-registry -----------------
+from support.process import Server, ThreadingServer, serve_in_thread
+from support.registry import Registry
 
 _ROUTE = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>blobs|manifests|tags|referrers)(?:/|$)")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -132,7 +36,7 @@ class Strictness:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class StrictProxy(_Server):
+class StrictProxy(Server):
     """A loopback reverse proxy in front of a docker-registry that refuses what
     stricter registries refuse: paths deeper than `max_depth`, pushes into
     repositories nobody created, manifests listing a layer twice; and, with
@@ -145,9 +49,9 @@ class StrictProxy(_Server):
         self.upstream = upstream
         self.rules = strictness
         handler = _strict_handler(upstream.host, strictness)
-        self.httpd = _ThreadingServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingServer(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
-        _serve_in_thread(self.httpd, "strict-proxy")
+        serve_in_thread(self.httpd, "strict-proxy")
         self._on_stop(self.httpd.server_close)
         self._on_stop(self.httpd.shutdown)
 
@@ -283,11 +187,11 @@ def _strict_handler(upstream: str, rules: Strictness) -> type[http.server.BaseHT
                 and route.group("kind") == "manifests"
                 and response.status == 201
             ):
-                found = _subject_of(body)
-                if found is not None:
+                referrer = _subject_of(body)
+                if referrer is not None:
                     with rules.lock:
-                        rules.referrers.setdefault((name, found[0]), []).append(found[1])
-                    out.append(("OCI-Subject", found[0]))
+                        rules.referrers.setdefault((name, referrer[0]), []).append(referrer[1])
+                    out.append(("OCI-Subject", referrer[0]))
             self._send(response.status, data, out)
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815
