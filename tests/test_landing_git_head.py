@@ -13,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from airbundle.format.spec import load_spec
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
-from airbundle.ops.keys import load_signing_key, load_trust
-from airbundle.ops.verify import load_policy
+from airbundle.ops.export import ExportResult
+from support.bundles import export, import_, repo_entry, write_spec
 from support.env import AIRBUNDLE, git_env, hermetic
 from support.git_daemon import GitDaemon, init_bare
 from support.git_http import GitHttpServer
@@ -59,24 +56,11 @@ def master_headed(base: Path, name: str) -> Path:
 
 @pytest.fixture
 def bundle(sample_tree: Path, signing_key: KeyPair, tmp_path: Path) -> ExportResult:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: heads}\n"
-        f"repos:\n  - name: gitops\n    url: {sample_tree / 'gitops'}\n"
-    )
-    options = ExportOptions(
-        output=tmp_path / "heads.airbundle",
-        keys=(load_signing_key(signing_key.private, passphrase=None),),
-    )
-    result = export_bundle(load_spec(spec), options)
+    repos = [repo_entry("gitops", str(sample_tree / "gitops"))]
+    spec = write_spec(tmp_path / "spec.yaml", repos=repos, name="heads")
+    result = export(spec, tmp_path / "heads.airbundle", signing_key)
     assert result.manifest.repos[0].head == MAIN
     return result
-
-
-def import_(bundle: Path, key: KeyPair, target: str, tmp_path: Path) -> ImportReport:
-    policy = load_policy(load_trust([key.public]), 1)
-    options = ImportOptions(policy=policy, git=target, state_dir=tmp_path / "state")
-    return import_bundle(bundle, options)
 
 
 def checked_out(url: str, dest: Path, home: Path) -> str:
@@ -98,7 +82,7 @@ def test_a_bare_folder_made_with_head_at_master_gets_the_carried_head(
 ) -> None:
     folder = tmp_path / "git"
     repo = master_headed(folder, "gitops.git")
-    report = import_(bundle.path, signing_key, str(folder), tmp_path)
+    report = import_(bundle.path, signing_key, git=str(folder), state_dir=tmp_path / "state")
     assert report.notes == []
     assert git("-C", repo, "symbolic-ref", "HEAD", home=tmp_path).strip() == MAIN
     assert checked_out(str(repo), tmp_path / "clone", tmp_path) == "main"
@@ -109,7 +93,9 @@ def test_a_url_template_of_local_folders_gets_the_carried_head(
 ) -> None:
     folder = tmp_path / "srv"
     repo = master_headed(folder, "gitops.git")
-    report = import_(bundle.path, signing_key, f"file://{folder}/{{name}}.git", tmp_path)
+    report = import_(
+        bundle.path, signing_key, git=f"file://{folder}/{{name}}.git", state_dir=tmp_path / "state"
+    )
     assert report.notes == []
     assert git("-C", repo, "symbolic-ref", "HEAD", home=tmp_path).strip() == MAIN
 
@@ -124,7 +110,9 @@ def test_ssh_with_a_shell_gets_the_carried_head(
     monkeypatch.setenv("GIT_SSH_COMMAND", git_ssh.ssh_command)
     repo = master_headed(git_ssh.base_dir, "gitops.git")
     url = git_ssh.url("gitops.git")
-    report = import_(bundle.path, signing_key, git_ssh.url("{name}.git"), tmp_path)
+    report = import_(
+        bundle.path, signing_key, git=git_ssh.url("{name}.git"), state_dir=tmp_path / "state"
+    )
     assert report.notes == []
     assert git("-C", repo, "symbolic-ref", "HEAD", home=tmp_path).strip() == MAIN
     assert checked_out(url, tmp_path / "after", tmp_path) == "main"
@@ -164,7 +152,9 @@ def test_a_second_import_says_nothing_once_head_is_right(
     git_daemon: GitDaemon, bundle: ExportResult, signing_key: KeyPair, tmp_path: Path
 ) -> None:
     init_bare(git_daemon.base_dir, "gitops.git")  # made with HEAD at main
-    report = import_(bundle.path, signing_key, git_daemon.url("{name}.git"), tmp_path)
+    report = import_(
+        bundle.path, signing_key, git=git_daemon.url("{name}.git"), state_dir=tmp_path / "state"
+    )
     assert report.notes == []
     assert sys.executable  # the import ran in-process
 
@@ -182,7 +172,9 @@ def test_ssh_without_a_shell_says_so_with_the_command(
     authorized.write_text(restrict + authorized.read_text())
     monkeypatch.setenv("GIT_SSH_COMMAND", git_ssh.ssh_command)
     repo = master_headed(git_ssh.base_dir, "gitops.git")
-    report = import_(bundle.path, signing_key, git_ssh.url("{name}.git"), tmp_path)
+    report = import_(
+        bundle.path, signing_key, git=git_ssh.url("{name}.git"), state_dir=tmp_path / "state"
+    )
     (note,) = report.notes
     assert "the ssh account runs no shell commands" in note
     assert f"`git --git-dir={repo} symbolic-ref HEAD refs/heads/main`" in note
