@@ -119,6 +119,7 @@ def test_ssh_with_a_shell_gets_the_carried_head(
 
 
 @pytest.mark.parametrize("kind", ["git-daemon", "git-http"])
+@pytest.mark.integration
 def test_servers_that_cannot_set_head_say_so_with_the_command_that_does(
     kind: str, request: pytest.FixtureRequest, bundle: ExportResult, signing_key: KeyPair,
     tmp_path: Path,

@@ -280,6 +280,7 @@ def _export_dockerhub_bundle(sample_tree: Path, key: Path, tmp_path: Path) -> Pa
 
 
 @pytest.mark.parametrize("mode", ["ca-file", "insecure-registry"])
+@pytest.mark.integration
 def test_skopeo_and_containerd_pull_through_an_https_mirror(
     mode: str, sample_tree: Path, signing_key: Any, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from support.env import AIRBUNDLE, hermetic
+from support.integration import starts_servers
 from support.keys import KeyPair
 from support.layout_writer import LayoutWriter
 from support.net import http_request
@@ -52,6 +53,7 @@ def catalog(registry: Registry) -> list[str]:
     return repos
 
 
+@pytest.mark.integration
 def test_probe_of_a_default_docker_registry(tmp_path: Path) -> None:
     with Registry(tmp_path / "r") as reg:
         doc = probe(reg.host)
@@ -83,6 +85,7 @@ def test_probe_of_a_default_docker_registry(tmp_path: Path) -> None:
         assert "push into a new repository (push-to-create): yes" in text
 
 
+@pytest.mark.integration
 def test_probe_of_a_read_only_docker_registry(
     hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
@@ -102,6 +105,7 @@ def test_probe_of_a_read_only_docker_registry(
         assert doc[key]["detail"].startswith("not asked:")
 
 
+@pytest.mark.integration
 def test_probe_with_deletes_disabled_says_what_stays(tmp_path: Path) -> None:
     with ConfiguredRegistry(tmp_path / "r", {"storage": {"delete": {"enabled": False}}}) as reg:
         doc = probe(reg.host)
@@ -110,6 +114,7 @@ def test_probe_with_deletes_disabled_says_what_stays(tmp_path: Path) -> None:
     assert "stay (the registry refuses deletes), untagged" in note
 
 
+@pytest.mark.integration
 def test_probe_over_https_with_a_private_ca(tmp_path: Path) -> None:
     pki = openssl_pki(tmp_path / "pki")
     with OpensslRegistry(tmp_path / "r", pki) as reg:
@@ -118,6 +123,7 @@ def test_probe_over_https_with_a_private_ca(tmp_path: Path) -> None:
 
 
 @pytest.fixture
+@starts_servers
 def upstream(tmp_path: Path) -> Iterator[Registry]:
     with Registry(tmp_path / "upstream") as reg:
         yield reg
@@ -301,6 +307,7 @@ def _signed_source(source: StrictProxy, layout: Path) -> tuple[str, str, str]:
 
 
 @pytest.mark.parametrize("target_has_api", [False, True])
+@pytest.mark.integration
 def test_referrers_found_by_the_api_stay_findable_after_import(
     target_has_api: bool, hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:

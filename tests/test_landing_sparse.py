@@ -108,6 +108,7 @@ def _skopeo_digest(ref: str) -> str:
     return "sha256:" + hashlib.sha256(proc.stdout).hexdigest()
 
 
+@pytest.mark.integration
 def test_a_pinned_upstream_digest_resolves_after_a_subset_import_into_a_layout_served(
     subset_bundle: Path, hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
@@ -143,6 +144,7 @@ def test_a_pinned_upstream_digest_resolves_after_a_subset_import_into_a_layout_s
         assert "warning" not in server.log_text().lower()
 
 
+@pytest.mark.integration
 def test_a_registry_that_refuses_sparse_indexes_gets_the_subset_and_a_warning(
     subset_bundle: Path, hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
