@@ -13,21 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.legacy import LEGACY_PUB, LEGACY_SAMPLES
 
 from airbundle.format.oci import OCI_INDEX, OCI_MANIFEST
 from airbundle.ops.serve import ServeOptions, check_options
-from serve_bundle_support import bundle_from_layout
 from support.chromium import chromium
 from support.conformance import ANNOTATION, ARTIFACT_A, Conformance, conformance_layout
 from support.crafting import World, world
 from support.env import AIRBUNDLE, git_env, require_tool
 from support.integration import starts_servers
 from support.layout_writer import LayoutWriter
+from support.legacy import LEGACY_PUB, LEGACY_SAMPLES
 from support.net import TEST_CREDS, write_htpasswd
 from support.netns import netns_run
 from support.pki import CertAuthority
 from support.serve import Serve
+from support.serve_bundle import bundle_from_layout
 
 MISSING = "sha256:" + hashlib.sha256(b"nothing").hexdigest()
 

@@ -18,12 +18,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import AIRBUNDLE, REPO_ROOT, KeyPair, require_tool
-from helpers import World, world
-from legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like
-from serve_bundle_support import (
+
+from airbundle.errors import MemberDigestError
+from airbundle.format.digest import Digest
+from airbundle.format.manifest import BundleInfo, BundleManifest, blob_member_path
+from airbundle.format.trust import TrustPolicy
+from airbundle.ops.keys import load_trust
+from airbundle.ops.serve_bundle import open_bundle_store
+from airbundle.ops.volumes import split_bundle
+from support.chromium import chromium
+from support.crafting import World, world
+from support.env import AIRBUNDLE, REPO_ROOT, clean_env, git_env, require_tool
+from support.integration import starts_servers
+from support.keys import KeyPair
+from support.layout_writer import LayoutWriter
+from support.legacy import LEGACY_PUB, LEGACY_SAMPLES, gzip_like
+from support.net import free_port
+from support.netns import netns_mount_run, netns_run
+from support.podman import podman
+from support.pull_through import PullThroughCache
+from support.serve import Serve
+from support.serve_bundle import (
     MiB,
     ServeReadOnly,
     bundle_from_layout,
@@ -33,24 +51,7 @@ from serve_bundle_support import (
     member_spans,
     run_read_only,
 )
-from serve_support import (
-    LayoutWriter,
-    PullThroughCache,
-    Serve,
-    chromium,
-    netns_mount_run,
-    podman,
-    skopeo_digest,
-)
-from servers import clean_env, free_port, git_env, netns_run
-
-from airbundle.errors import MemberDigestError
-from airbundle.format.digest import Digest
-from airbundle.format.manifest import BundleInfo, BundleManifest, blob_member_path
-from airbundle.format.trust import TrustPolicy
-from airbundle.ops.keys import load_trust
-from airbundle.ops.serve_bundle import open_bundle_store
-from airbundle.ops.volumes import split_bundle
+from support.skopeo import skopeo_digest
 
 KINDS = ["file", "volumes", "legacy"]
 
@@ -91,6 +92,7 @@ def _source(kind: str, w: World, root: Path) -> Source:
 
 
 @pytest.fixture(scope="module", params=KINDS)
+@starts_servers
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[World, Source, Serve | ServeReadOnly]]:
@@ -170,13 +172,12 @@ def test_git_clone_fetch_shallow_and_partial_but_no_push(
     repo = next(r for r in source.manifest.repos if r.name == "gitops")
     signed = {r.name: r.target for r in repo.refs}
     # Refs exactly as the signed manifest lists them.
-    advertised = dict(
-        reversed(line.split("\t")) for line in git("ls-remote", url).stdout.splitlines()
-    )
-    advertised = {k: v for k, v in advertised.items() if k != "HEAD" and "^{}" not in k}
+    listed = [line.split("\t") for line in git("ls-remote", url).stdout.splitlines()]
+    advertised = {ref: oid for oid, ref in listed if ref != "HEAD" and "^{}" not in ref}
     assert advertised == signed
     full = git("clone", "-q", url, str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr
+    assert repo.head is not None
     assert git("rev-parse", "HEAD", cwd=tmp_path / "full").stdout.strip() == signed[repo.head]
     assert git("fetch", "-q", "--tags", "origin", cwd=tmp_path / "full").returncode == 0
     shallow = git("clone", "-q", "--depth", "1", url, str(tmp_path / "shallow"))
@@ -198,7 +199,7 @@ def test_git_clone_fetch_shallow_and_partial_but_no_push(
     assert "refs/heads/evil" not in git("ls-remote", url).stdout
 
 
-def _in_netns(script: str, tmp_path: Path) -> dict[str, str]:
+def _in_netns(script: str, tmp_path: Path) -> dict[str, Any]:
     """`script` (Python, tests/ importable) in a namespace with only loopback and a
     mount namespace of its own; it prints one JSON line last."""
     require_tool("unshare")
@@ -210,7 +211,8 @@ def _in_netns(script: str, tmp_path: Path) -> dict[str, str]:
     """) + textwrap.dedent(script)
     proc = netns_mount_run([sys.executable, "-c", code], timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def test_containerd_pulls_the_original_name_through_the_mirror_config(
@@ -225,8 +227,9 @@ def test_containerd_pulls_the_original_name_through_the_mirror_config(
     )
     result = _in_netns(
         f"""
-        from serve_support import Containerd, Serve
-        from serve_bundle_support import ServeReadOnly
+        from support.containerd import Containerd
+        from support.serve import Serve
+        from support.serve_bundle import ServeReadOnly
         with {start} as server:
             subprocess.run([sys.executable, "-m", "airbundle", "mirror-config", "{w.bundle}",
                             "-o", str(tmp / "mirrors"), "--registry", server.host, "--insecure",
@@ -278,8 +281,8 @@ def test_registries_conf_redirects_the_original_names(
     result = _in_netns(
         f"""
         import hashlib
-        from serve_support import Serve
-        from serve_bundle_support import ServeReadOnly
+        from support.serve import Serve
+        from support.serve_bundle import ServeReadOnly
         with {start} as server:
             subprocess.run([sys.executable, "-m", "airbundle", "mirror-config",
                             "{source.bundle}", "-o", str(tmp / "mirrors"), "--registry",
@@ -309,6 +312,7 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, Path]:
     return w, folder
 
 
+@pytest.mark.integration
 def test_the_volume_folder_is_really_read_only_where_serve_runs(
     volumes: tuple[World, Path],
 ) -> None:
@@ -319,6 +323,7 @@ def test_the_volume_folder_is_really_read_only_where_serve_runs(
     assert not (folder / "x").exists()
 
 
+@pytest.mark.integration
 def test_two_instances_over_one_read_only_volume_folder_answer_the_same(
     volumes: tuple[World, Path], tmp_path: Path
 ) -> None:
@@ -358,6 +363,7 @@ def test_two_instances_over_one_read_only_volume_folder_answer_the_same(
         assert pages[0]["bundle"]["path"].endswith("(2 volumes)")
 
 
+@pytest.mark.integration
 def test_in_a_loopback_only_namespace(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -424,6 +430,7 @@ def _blob_url(data: bytes) -> str:
     return f"/v2/big/layers/blobs/sha256:{hashlib.sha256(data).hexdigest()}"
 
 
+@pytest.mark.integration
 def test_raw_and_compressed_layers_answer_any_range_exactly(layers: Layers, tmp_path: Path) -> None:
     args = [
         "--bundle",
@@ -455,6 +462,7 @@ def test_raw_and_compressed_layers_answer_any_range_exactly(layers: Layers, tmp_
         )
 
 
+@pytest.mark.integration
 def test_a_tampered_member_is_never_served_and_the_others_are(
     layers: Layers, tmp_path: Path
 ) -> None:
@@ -491,6 +499,7 @@ def test_a_tampered_member_is_never_served_and_the_others_are(
         assert copied.returncode != 0
 
 
+@pytest.mark.integration
 def test_media_changed_in_place_stops_sending_blobs(layers: Layers, tmp_path: Path) -> None:
     bundle = tmp_path / "writable.airbundle"
     shutil.copyfile(layers.bundle, bundle)
@@ -548,6 +557,7 @@ def test_an_incremental_bundle_is_refused(
     assert "serving on" not in refused.stderr
 
 
+@pytest.mark.integration
 def test_an_expired_bundle_is_refused_unless_allowed(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -579,6 +589,7 @@ def test_an_expired_bundle_is_refused_unless_allowed(
 # --- old bundles and the cache ------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_an_old_bundle_is_indexed_once_and_its_shared_members_extracted(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     args = ["--bundle", str(LEGACY_SAMPLES), "--trust", str(LEGACY_PUB), "--cache-dir", str(cache)]
@@ -609,6 +620,7 @@ def test_an_old_bundle_is_indexed_once_and_its_shared_members_extracted(tmp_path
     assert all(p.stat().st_mtime_ns == stamps[p] for p in stamps if p != damaged)
 
 
+@pytest.mark.integration
 def test_a_git_repo_in_the_cache_with_other_refs_is_built_again(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -629,6 +641,7 @@ def test_a_git_repo_in_the_cache_with_other_refs_is_built_again(
     assert second.stdout == first.stdout
 
 
+@pytest.mark.integration
 def test_a_tampered_git_bundle_member_is_not_served(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -654,6 +667,7 @@ def test_a_tampered_git_bundle_member_is_not_served(
 # --- the page -------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_page_names_the_bundle_its_signers_and_what_it_serves(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -682,6 +696,7 @@ def test_the_page_names_the_bundle_its_signers_and_what_it_serves(
         assert f"git clone {server.url}/git/gitops.git" in dom
 
 
+@pytest.mark.integration
 def test_serve_writes_only_into_its_cache(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -741,6 +756,7 @@ def test_concurrent_first_requests_hash_a_member_once(
         store.close()
 
 
+@pytest.mark.integration
 def test_keep_source_host_serves_under_the_full_name(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -754,6 +770,7 @@ def test_keep_source_host_serves_under_the_full_name(
         assert server.get("/v2/registry.example.com/team/hello/manifests/1.0").status == 200
 
 
+@pytest.mark.integration
 def test_a_platform_subset_serves_the_upstream_digest_as_a_layout_import_would(
     hello_layout: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:

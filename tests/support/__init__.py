@@ -42,6 +42,8 @@ One module per server kind
     :mod:`support.strict_proxy` a proxy refusing what stricter registries refuse
     :mod:`support.pull_through` docker-registry as a pull-through cache
     :mod:`support.serve`        ``airbundle serve`` itself
+    :mod:`support.serve_bundle` ``airbundle serve --bundle`` on read-only media; bundles
+                                made from layouts, a member's bytes on the media
     :mod:`support.containerd`   a containerd daemon of its own, driven with ``ctr``
 
 Namespaces

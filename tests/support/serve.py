@@ -13,7 +13,7 @@ from support.env import AIRBUNDLE, clean_env
 from support.net import http_request
 from support.process import Process, Server, ServerError
 
-_READY = re.compile(r"serving on (https?://\S+)")
+READY = re.compile(r"serving on (https?://\S+)")
 
 
 class Serve(Server):
@@ -43,7 +43,7 @@ class Serve(Server):
             raise
 
     def _ready(self) -> bool:
-        match = _READY.search(self.log.read_text(errors="replace"))
+        match = READY.search(self.log.read_text(errors="replace"))
         if match:
             self.url = match.group(1)
         return bool(match)

@@ -2,7 +2,7 @@
 volume sets on read-only media (a read-only bind mount in a mount namespace of
 its own), a server started there, and the bytes of a member on the media.
 
-Everything runs on 127.0.0.1 in temporary folders, as in tests/servers.py.
+Everything runs on 127.0.0.1 in temporary folders.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from conftest import AIRBUNDLE, require_tool
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import make_manifest, write_bundle
-from serve_support import _READY
-from servers import Process, ServerError, _Server, clean_env, http_request
 
 from airbundle.format.digest import Digest
 from airbundle.format.manifest import BundleManifest, ImageEntry
@@ -28,6 +24,12 @@ from airbundle.format.reference import ImageReference
 from airbundle.format.trust import TrustPolicy
 from airbundle.ops.access import open_bundle_access
 from airbundle.ops.keys import load_trust
+from support.crafting import make_manifest, write_bundle
+from support.env import AIRBUNDLE, clean_env, require_tool
+from support.integration import starting
+from support.net import http_request
+from support.process import Process, Server, ServerError
+from support.serve import READY
 
 MiB = 1 << 20
 
@@ -114,6 +116,7 @@ def read_only(folder: Path, argv: Sequence[str]) -> list[str]:
     """`argv` run in a user and mount namespace where `folder` is bound onto
     itself read-only (what a DVD or a write-protected stick is); the network is
     the host's, so a server started so is reachable on 127.0.0.1."""
+    starting("a mount namespace")
     unshare = require_tool("unshare")
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
     return [
@@ -131,7 +134,7 @@ def read_only(folder: Path, argv: Sequence[str]) -> list[str]:
     ]
 
 
-class ServeReadOnly(_Server):
+class ServeReadOnly(Server):
     """`airbundle serve ARGS --listen 127.0.0.1:0` with `media` mounted read-only."""
 
     def __init__(
@@ -157,7 +160,7 @@ class ServeReadOnly(_Server):
             raise
 
     def _ready(self) -> bool:
-        match = _READY.search(self.log.read_text(errors="replace"))
+        match = READY.search(self.log.read_text(errors="replace"))
         if match:
             self.url = match.group(1)
         return bool(match)
