@@ -30,9 +30,9 @@ from servers import (
     skopeo_raw_manifest,
 )
 
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.keys import load_signing_key
+from airbundle.ops.specfile import load_spec
 
 TESTS_DIR = Path(__file__).resolve().parent
 IMAGES = ("team/hello:1.0", "team/app:2.1")

@@ -11,9 +11,9 @@ from faults import FaultProxy
 from servers import Registry, push_oci_layout
 
 from airbundle.adapters.blobcache import BlobCache
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
+from airbundle.ops.specfile import load_spec
 
 
 def test_second_export_reads_blobs_from_the_cache(

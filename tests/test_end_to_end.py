@@ -15,10 +15,10 @@ from conftest import KeyPair, make_key, require_tool
 
 from airbundle.errors import RefUpdateError, TruncatedError
 from airbundle.format.digest import Digest
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy, verify_bundle
 
 

@@ -49,11 +49,11 @@ from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.transport import RetryPolicy, Transport
 from airbundle.errors import IntegrityError, SourceError, TargetError, UploadLostError
 from airbundle.format.digest import Digest
-from airbundle.format.spec import load_spec
 from airbundle.limits import DEFAULT_LIMITS
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy, verify_bundle
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -36,10 +36,10 @@ from servers import (
 from airbundle.adapters.git_targets import RemoteTarget
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy
 
 PASSWORD = TEST_CREDS[1]

@@ -16,11 +16,11 @@ from conftest import KeyPair
 from servers import GitDaemon, Registry, skopeo_raw_manifest
 
 from airbundle.errors import TargetError
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy
 
 LAYER = 1 << 20  # incompressible bytes per changed layer

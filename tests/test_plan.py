@@ -14,10 +14,10 @@ from conftest import KeyPair
 from servers import Registry, push_oci_layout
 
 from airbundle.errors import SourceError, UsageError
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
+from airbundle.ops.specfile import load_spec
 
 GIT_ENV = {
     **os.environ,

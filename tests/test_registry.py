@@ -39,12 +39,12 @@ from servers import (
 
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import SourceError, TargetError, UsageError
-from airbundle.format.spec import load_spec
 from airbundle.limits import Limits
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -243,14 +243,19 @@ def test_reimport_is_a_noop(
     assert first.blobs_written == blobs - manifests == 9 and first.blobs_present == 0
     assert not first.noop
 
-    # The same bundle again: recognised from the import state, the registry untouched.
+    # The same bundle again: recognised from the import state; the registry is only
+    # asked, one HEAD per tag, whether it still holds what the state remembers.
     wait_for_log(target_registry, lambda log: any(m == "PUT" for m, _, _ in log))
     time.sleep(0.2)
     before = len(access_log(target_registry))
     second = import_(result.path, signing_key, f"{target_registry.host}/mirror")
     assert second.noop and second.blobs_written == 0
     time.sleep(0.2)
-    assert access_log(target_registry)[before:] == []
+    asked = access_log(target_registry)[before:]
+    assert sorted(path for method, path, _ in asked if method == "HEAD") == sorted(
+        f"/v2/mirror/{r.replace(':', '/manifests/')}" for r in IMAGES
+    )
+    assert [method for method, _, _ in asked if method != "HEAD"] == []
 
     # Without that state (another importer host, say): every blob is found by HEAD,
     # nothing is uploaded, and the digests are what they were.

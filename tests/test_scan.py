@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from airbundle.errors import SpecError
 from airbundle.format.imagescan import scan_text
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
+from airbundle.ops.specfile import load_spec
 
 WORKLOADS = """\
 apiVersion: apps/v1

@@ -15,11 +15,11 @@ import pytest
 from conftest import AIRBUNDLE, KeyPair
 
 from airbundle.errors import ArchiveError, IntegrityError, TruncatedError, UsageError
-from airbundle.format.spec import load_spec
 from airbundle.format.volumes import PRESETS, parse_size
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy, verify_bundle
 from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
