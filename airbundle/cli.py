@@ -39,7 +39,6 @@ from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.inspect import inspect_bundle
 from airbundle.ops.sign import sign_bundle
-from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy, verify_bundle
 from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
@@ -400,7 +399,7 @@ def export(
         warn=vet_warn,
         timeout=_positive(parse_duration(vet_timeout), "--vet-timeout"),
     )
-    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
+    from airbundle.ops.specfile import load_spec  # yaml: not loaded for serve
 
     loaded = load_spec(spec)
     if lock is not None:
@@ -827,8 +826,8 @@ def plan(
     (from manifests and signatures only); if one is rejected, no lock is written
     and the exit code is 1."""
     from airbundle.errors import VettingError
-    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
     from airbundle.ops.plan import make_plan
+    from airbundle.ops.specfile import load_spec  # yaml: not loaded for serve
 
     loaded = load_spec(spec)
     size = parse_size(split_size) if split_size else None

@@ -15,10 +15,10 @@ import pytest
 from conftest import AIRBUNDLE, KeyPair, hermetic
 from servers import GitDaemon, GitHttpServer, GitSshServer, git_env, init_bare
 
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy
 
 MAIN = "refs/heads/main"

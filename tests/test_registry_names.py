@@ -10,10 +10,10 @@ from conftest import KeyPair, hermetic
 from servers import Registry, push_oci_layout
 
 from airbundle.format.mapping import MappingOptions, RegistryLocation
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.mirrors import carried_from_bundle
+from airbundle.ops.specfile import load_spec
 
 
 def test_a_registry_source_carries_the_name_the_spec_gives_it(
