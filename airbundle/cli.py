@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import inspect as pyinspect
 import json
+import logging
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ from airbundle.errors import (
     UsageError,
 )
 from airbundle.format.manifest import format_time
+from airbundle.format.text import escape
 from airbundle.format.volumes import parse_size
 from airbundle.ops import keys as keyops
 from airbundle.ops.inspect import inspect_bundle
@@ -82,7 +84,7 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
         except AirbundleError as exc:
             if _state["verbose"]:
                 traceback.print_exc()
-            typer.echo(f"airbundle: error: {exc.diagnostics()}", err=True)
+            _echo(f"airbundle: error: {exc.diagnostics()}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             # A failure no layer anticipated (a disk that vanished, EIO):
@@ -90,10 +92,10 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
             if _state["verbose"]:
                 traceback.print_exc()
             where = f" ({exc.filename})" if exc.filename else ""
-            typer.echo(f"airbundle: error: {exc.strerror or exc}{where}", err=True)
+            _echo(f"airbundle: error: {exc.strerror or exc}{where}", err=True)
             raise typer.Exit(EXIT_IO) from None
         except KeyboardInterrupt:
-            typer.echo("airbundle: interrupted; re-run the same command to resume", err=True)
+            _echo("airbundle: interrupted; re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -124,14 +126,29 @@ def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
     return None if no_cache else (given or default_cache_dir())
 
 
+def _echo(text: str, *, err: bool = False) -> None:
+    """Everything airbundle prints goes through here: no string from a bundle,
+    the media, a registry or git reaches the terminal with a control sequence
+    in it (format/text.py)."""
+    typer.echo(escape(text, lines=True), err=err)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines hold what clients send (request lines, names): escaped like
+    everything else airbundle prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record), lines=True)
+
+
 def _say(quiet: bool, text: str) -> None:
     if not (quiet or _state["quiet"]):
-        typer.echo(text)
+        _echo(text)
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"airbundle {__version__}")
+        _echo(f"airbundle {__version__}")
         raise typer.Exit()
 
 
@@ -382,7 +399,7 @@ def export(
         warn=vet_warn,
         timeout=_positive(parse_duration(vet_timeout), "--vet-timeout"),
     )
-    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
+    from airbundle.ops.specfile import load_spec  # yaml: not loaded for serve
 
     loaded = load_spec(spec)
     if lock is not None:
@@ -407,16 +424,16 @@ def export(
     with _progress(None, "export", quiet) as progress:
         result = export_bundle(loaded, options, progress=progress)
     for warning in result.warnings:
-        typer.echo(f"airbundle: warning: {warning}", err=True)
+        _echo(f"airbundle: warning: {warning}", err=True)
     if result.manifest.scan is not None:
         for issue in result.manifest.scan.missing:
-            typer.echo(
+            _echo(
                 f"airbundle: warning: {issue.file}:{issue.line}: image {issue.ref} is "
                 "referenced but not in the bundle",
                 err=True,
             )
         for unread in result.manifest.scan.not_scanned:
-            typer.echo(
+            _echo(
                 f"airbundle: warning: {unread.file}: not scanned ({unread.reason})", err=True
             )
     m = result.manifest
@@ -456,7 +473,7 @@ def verify(
         result = verify_bundle(bundle, policy, progress=progress)
     auth = result.authenticated
     if json_output:
-        typer.echo(
+        _echo(
             json.dumps(
                 {
                     "ok": True,
@@ -472,7 +489,7 @@ def verify(
         return
     expires = auth.manifest.bundle.expires
     if expires is not None and expires < datetime.now(UTC):
-        typer.echo(
+        _echo(
             f"airbundle: warning: the bundle expired on {format_time(expires)}; "
             "import will refuse it without --allow-expired",
             err=True,
@@ -494,13 +511,13 @@ def inspect(
     """Show what a bundle holds (reads only its manifest; does not verify trust)."""
     info = inspect_bundle(bundle)
     if json_output:
-        typer.echo(json.dumps(info.to_json(), indent=1))
+        _echo(json.dumps(info.to_json(), indent=1))
         return
     m = info.manifest
     b = m.bundle
     lines = [
         f"bundle    {b.name}  id {b.id}",
-        f"created   {format_time(b.created)}  by {b.tool}",
+        f"created   {format_time(b.created)}  by {escape(b.tool)}",
         f"channel   {b.channel}  sequence {b.sequence}  expires "
         f"{format_time(b.expires) if b.expires else 'never'}",
         f"size      {info.file_size} bytes on disk, {m.total_size} bytes of content, "
@@ -509,12 +526,13 @@ def inspect(
     ]
     lines += [
         f"  {s.member}  {s.fingerprint or '?'}  "
-        f"{'valid' if s.valid else 'INVALID: ' + str(s.problem)}"
+        f"{'valid' if s.valid else 'INVALID: ' + escape(str(s.problem))}"
         for s in info.signatures
     ]
     lines.append(f"images ({len(m.images)}):")
     lines += [
-        f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
+        f"  {i.ref}  {i.digest}  {i.size} B  {escape(','.join(i.platforms)) or '-'}  "
+        f"from {escape(i.source)}"
         for i in m.images
     ]
     lines += _vetting_lines(m)
@@ -525,13 +543,18 @@ def inspect(
             m.scan.references, m.scan.files, len(m.scan.missing), len(m.scan.not_scanned)
         )
         lines.append(f"image scan: {counts}")
-        lines += [f"  MISSING {s.ref}  at {s.file}:{s.line} ({s.kind})" for s in m.scan.missing]
-        lines += [f"  NOT SCANNED {u.file} ({u.reason})" for u in m.scan.not_scanned]
+        lines += [
+            f"  MISSING {escape(s.ref)}  at {escape(s.file)}:{s.line} ({escape(s.kind)})"
+            for s in m.scan.missing
+        ]
+        lines += [
+            f"  NOT SCANNED {escape(u.file)} ({escape(u.reason)})" for u in m.scan.not_scanned
+        ]
     lines.append(f"repos ({len(m.repos)}):")
     for r in m.repos:
-        lines.append(f"  {r.name}  from {r.url}")
+        lines.append(f"  {r.name}  from {escape(r.url)}")
         lines += [f"    {ref.name}  {ref.target}" for ref in r.refs]
-    typer.echo("\n".join(lines))
+    _echo("\n".join(lines))
 
 
 def _vetting_lines(m: BundleManifest) -> list[str]:
@@ -669,7 +692,7 @@ def import_(
     with _progress(size, "import", quiet) as progress:
         result = import_bundle(bundle, options, progress=progress)
     for note in result.notes:
-        typer.echo(f"airbundle: WARNING: {note}", err=True)
+        _echo(f"airbundle: WARNING: {note}", err=True)
     if result.noop:
         _say(
             quiet,
@@ -684,9 +707,9 @@ def import_(
         f"{len(result.repos)} repo(s)",
     )
     for image in result.images:
-        _say(quiet, f"  {image['source']} -> {image['target']}  {image['digest']}")
+        _say(quiet, f"  {escape(image['source'])} -> {escape(image['target'])}  {image['digest']}")
     for repo in result.repos:
-        _say(quiet, f"  {repo['name']} -> {repo['target']}")
+        _say(quiet, f"  {escape(str(repo['name']))} -> {escape(str(repo['target']))}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
 
@@ -708,11 +731,11 @@ def probe(
 
     result = probe_registry(registry, transport=tls.transport())
     if json_output:
-        typer.echo(json.dumps(result.to_json(), indent=1))
+        _echo(json.dumps(result.to_json(), indent=1))
         return
-    typer.echo(result.describe())
+    _echo(result.describe())
     for line in result.cleanup:
-        typer.echo(f"  note: {line}")
+        _echo(f"  note: {line}")
 
 
 @app.command()
@@ -762,7 +785,7 @@ def diff_command(
 
     d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
     if json_output:
-        typer.echo(json.dumps(dataclasses.asdict(d), indent=1))
+        _echo(json.dumps(dataclasses.asdict(d), indent=1))
         return
     lines = [f"+ image {ref}  {dg}" for ref, dg in d.images_added]
     lines += [f"- image {ref}  {dg}" for ref, dg in d.images_removed]
@@ -771,7 +794,7 @@ def diff_command(
     lines += [f"- ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_removed]
     lines += [f"~ ref {repo} {ref}  {a[:12]} -> {b[:12]}" for repo, ref, a, b in d.refs_moved]
     lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
-    typer.echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
+    _echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
 
 
 @app.command()
@@ -803,8 +826,8 @@ def plan(
     (from manifests and signatures only); if one is rejected, no lock is written
     and the exit code is 1."""
     from airbundle.errors import VettingError
-    from airbundle.format.spec import load_spec  # yaml: not loaded for serve
     from airbundle.ops.plan import make_plan
+    from airbundle.ops.specfile import load_spec  # yaml: not loaded for serve
 
     loaded = load_spec(spec)
     size = parse_size(split_size) if split_size else None
@@ -954,7 +977,7 @@ def scan(
         manifest = inspect_bundle(bundle).manifest
         shown = missing(findings, carried(manifest.images, manifest.members))
     if json_output:
-        typer.echo(
+        _echo(
             json.dumps(
                 {
                     "files": files,
@@ -977,12 +1000,12 @@ def scan(
         )
     else:
         for f in shown:
-            note = f"  ({f.problem})" if f.problem else ""
-            typer.echo(f"{f.path}:{f.line}: {f.text}  [{f.kind}]{note}")
+            note = f"  ({escape(f.problem)})" if f.problem else ""
+            _echo(f"{escape(f.path)}:{f.line}: {escape(f.text)}  [{escape(f.kind)}]{note}")
         for f in unscanned:
-            typer.echo(f"{f.path}: not scanned ({f.problem})")
+            _echo(f"{escape(f.path)}: not scanned ({escape(str(f.problem))})")
         lacking = len(shown) if bundle is not None else None
-        typer.echo(count_line(len(findings), files, lacking, len(unscanned)), err=True)
+        _echo(count_line(len(findings), files, lacking, len(unscanned)), err=True)
     if bundle is not None and shown:
         raise typer.Exit(1)
 
@@ -1096,14 +1119,14 @@ def serve(
     """Serve read-only what import wrote (an OCI layout, bare repos) or a bundle in
     place: the OCI registry API (pull), git smart HTTP under /git/NAME.git, and a
     page at /."""
-    import logging
 
     from airbundle.ops.serve import ServeOptions, prepare, run
 
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EscapingFormatter("airbundle serve: %(message)s"))
     logging.basicConfig(
         level=logging.WARNING if quiet or _state["quiet"] else logging.INFO,
-        format="airbundle serve: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     if bundle is None and (trust or threshold != 1 or cache_dir or allow_expired):
         raise UsageError("--trust, --threshold, --cache-dir and --allow-expired go with --bundle")
@@ -1124,7 +1147,7 @@ def serve(
 
     def ready(url: str) -> None:
         if not (quiet or _state["quiet"]):
-            typer.echo(f"serving on {url}", err=True)
+            _echo(f"serving on {url}", err=True)
 
     # A bar appears only if an old bundle is indexed (one pass over all of it).
     with ExitStack() as stack:

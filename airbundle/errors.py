@@ -35,7 +35,9 @@ message text: messages are for people and may change.
     ├── SourceError           (exit 3) an image or repo source failed
     ├── TargetError           (exit 3) a registry or git target failed
     │   ├── RefUpdateError        a ref would move non-fast-forward
-    │   └── UploadLostError       a blob upload must start again from the bundle
+    │   ├── UploadLostError       a blob upload must start again from the bundle
+    │   ├── StateError            an import state file is unreadable or damaged
+    │   └── NotPublishedError     a target does not hold what the import published
     ├── TransportError        (exit 3) an HTTP request could not be completed
     │   │                         (connection, TLS, retries exhausted); the registry
     │   │                         client re-raises it as SourceError or TargetError
@@ -174,6 +176,21 @@ class RefUpdateError(TargetError):
 class UploadLostError(TargetError):
     """A blob upload failed past the bytes still held in memory: resending it
     needs its bytes again from the bundle (the importer re-reads them once)."""
+
+
+class StateError(TargetError):
+    """An import state file cannot be read, or does not match its schema: it is
+    refused, never taken for an empty state (that would forget rollback
+    protection)."""
+
+    hint = "restore it from backup; deleting it forgets rollback protection"
+
+
+class NotPublishedError(TargetError):
+    """After publishing, a tag, digest or ref does not answer as it should: the
+    import is not recorded as done (a re-run publishes again)."""
+
+    hint = "nothing was recorded; re-run the import (it publishes again what is missing)"
 
 
 class TransportError(AirbundleError):

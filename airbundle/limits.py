@@ -47,6 +47,22 @@ class Limits:
     max_inventory_bytes: int = 256 * 1024 * 1024
     # The import state keeps this many history entries.
     max_state_history: int = 1000
+    # -- files read whole (adapters/fsutil.read_regular): the size is checked
+    # before a byte is read, and the read itself is capped at the same number.
+    # .volumes.sig: at most 64 armored signatures of at most 16 KiB each.
+    max_volume_signatures_bytes: int = 64 * 16 * 1024
+    # A state file keeps 1,000 history entries of well under 4 KiB each.
+    max_state_bytes: int = 16 * 1024 * 1024
+    # A lock file pins digests and commits: up to 100,000 refs per repo.
+    max_lock_bytes: int = 64 * 1024 * 1024
+    # An import report lists each image and ref imported.
+    max_report_bytes: int = 64 * 1024 * 1024
+    # Trust files (public keys, allowed_signers): ~100 bytes per key.
+    max_trust_file_bytes: int = 4 * 1024 * 1024
+    # Private keys, passphrase files, registry credential files.
+    max_key_file_bytes: int = 1024 * 1024
+    # A sign journal holds two copies of a prefix region and its own header.
+    max_sign_journal_bytes: int = 2 * (64 + 1) * 1024 * 1024 + 64 * 1024
     # The image scan: YAML files read (larger ones are skipped), nesting walked.
     max_scanned_file_bytes: int = 4 * 1024 * 1024
     max_scan_depth: int = 100

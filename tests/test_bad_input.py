@@ -29,11 +29,11 @@ from airbundle.errors import (
 from airbundle.format.archive import MANIFEST_PATH, signature_path
 from airbundle.format.manifest import BundleManifest, RefEntry
 from airbundle.format.oci import REF_NAME
-from airbundle.format.spec import load_spec
 from airbundle.format.tarstream import DIRECTORY, encode_header
 from airbundle.ops.export import export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.inspect import inspect_bundle
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import verify_bundle
 from support.crafting import (
     EPOCH,

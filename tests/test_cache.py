@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from airbundle.adapters.blobcache import BlobCache
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
+from airbundle.ops.specfile import load_spec
 from support.fault_proxy import FaultProxy
 from support.keys import KeyPair
 from support.registry import Registry

@@ -14,9 +14,9 @@ import pytest
 
 from airbundle.errors import RefUpdateError, TruncatedError
 from airbundle.format.digest import Digest
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportResult
 from airbundle.ops.importer import ImportReport
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import verify_bundle
 from support.bundles import export, import_, signing_keys, trust_policy
 from support.env import require_tool

@@ -25,8 +25,8 @@ import pytest
 from airbundle.adapters.git_targets import RemoteTarget
 from airbundle.adapters.registry.transport import TLSConfig, Transport
 from airbundle.errors import RefUpdateError, SourceError, SpecError, TargetError
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportResult
+from airbundle.ops.specfile import load_spec
 from support.bundles import export_spec, import_, repo_entry, write_spec
 from support.env import git_env, hermetic
 from support.git_daemon import GitDaemon

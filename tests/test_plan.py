@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from airbundle.errors import SourceError, UsageError
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
+from airbundle.ops.specfile import load_spec
 from support.keys import KeyPair
 from support.registry import Registry
 from support.skopeo import push_oci_layout

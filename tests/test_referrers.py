@@ -13,11 +13,11 @@ from airbundle.adapters.registry.client import RegistryClient
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, TargetError
 from airbundle.format.digest import Digest
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.importer import ImportOptions, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy
 from support.keys import KeyPair
 from support.registry import Registry

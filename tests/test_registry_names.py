@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from airbundle.format.mapping import MappingOptions, RegistryLocation
-from airbundle.format.spec import load_spec
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.mirrors import carried_from_bundle
+from airbundle.ops.specfile import load_spec
 from support.env import hermetic
 from support.keys import KeyPair
 from support.registry import Registry

@@ -28,7 +28,7 @@ from airbundle.errors import (
     FreshnessError,
     IntegrityError,
     SignatureError,
-    TargetError,
+    StateError,
 )
 from airbundle.format import archive, sshsig
 from airbundle.ops.export import ExportResult
@@ -38,7 +38,7 @@ from airbundle.ops.keys import load_signing_key
 from airbundle.ops.sign import journal_path, sign_bundle
 from airbundle.ops.verify import verify_bundle
 from support.bundles import export, import_, trust_policy
-from support.crafting import snapshot
+from support.crafting import interrupted_sign, snapshot
 from support.env import require_tool
 from support.keys import KeyPair, make_key
 
@@ -416,7 +416,7 @@ def test_corrupt_state_is_a_target_error_that_warns_against_deleting_it(
     path.write_bytes(path.read_bytes()[:40])  # damaged: not JSON any more
     corrupt = path.read_bytes()
     layout = snapshot(tmp_path / "images")
-    with pytest.raises(TargetError, match=r"import state .*target-.*\.json is unreadable") as exc:
+    with pytest.raises(StateError, match=r"import state .*\.json is not valid JSON") as exc:
         importing(env, two, tmp_path)
     assert exc.value.hint == "restore it from backup; deleting it forgets rollback protection"
     proc = cli_import(env, two, tmp_path)
@@ -582,29 +582,27 @@ def test_one_key_never_counts_twice(env: Env, tmp_path: Path) -> None:
     assert verify_bundle(bundle, trust_policy(env.a.public)).members > 0
 
 
-def test_interrupted_sign_is_undone_by_the_next_sign(env: Env, tmp_path: Path) -> None:
+def test_interrupted_sign_is_undone_by_the_next_sign(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bundle = export_sample(env, tmp_path / "b.airbundle", sequence=1).path
     data = bundle.read_bytes()
-    end = archive.HEADER_SIZE + archive.parse_file_header(data, source="test")
-    original = data[:end]
 
-    def crash_mid_write() -> None:
-        # The journal is complete; the prefix region was half rewritten when it stopped.
-        journal_path(bundle).write_bytes(original)
-        torn = archive.HEADER_SIZE + 64
-        bundle.write_bytes(data[: archive.HEADER_SIZE] + b"\x5a" * 64 + data[torn:])
-
-    # Same key: the journal is put back, the signature is already there.
-    crash_mid_write()
-    with pytest.raises(ArchiveError, match="no zstd frame at byte 40"):
+    # b's sign stopped after 64 bytes of the new prefix region: the bundle is torn.
+    interrupted_sign(bundle, env.key_b, 64, monkeypatch)
+    assert journal_path(bundle).exists()
+    with pytest.raises(IntegrityError):  # the torn prefix region
         verify_bundle(bundle, trust_policy(env.a.public))
-    result = sign_bundle(bundle, env.key_a)
-    assert not result.added and result.signatures == 1
-    assert bundle.read_bytes() == data
-    assert not journal_path(bundle).exists()
+    proc = cli("verify", bundle, "--trust", env.a.public)
+    assert proc.returncode == EXIT_INTEGRITY
+    assert "only `airbundle sign` with that key can use it" in proc.stderr
 
-    # Another key, through the CLI: recovered, then co-signed.
-    crash_mid_write()
+    # Another key may not use b's journal: refused, nothing written.
+    proc = cli("sign", bundle, "--key", env.a.private)
+    assert proc.returncode == EXIT_INTEGRITY
+    assert "was written by" in proc.stderr and journal_path(bundle).exists()
+
+    # b again, through the CLI: the saved region is put back, then b co-signs.
     proc = cli("sign", bundle, "--key", env.b.private)
     assert proc.returncode == EXIT_OK, proc.stderr
     assert "2 signature(s) now" in proc.stdout
@@ -717,7 +715,6 @@ def test_sign_refuses_a_header_whose_prefix_length_was_altered(tmp_path: Path) -
     rewriting anything in place."""
     import shutil as _shutil
 
-    from airbundle.errors import ArchiveError
     from airbundle.format.archive import HEADER_SIZE
     from airbundle.ops.keys import load_signing_key
     from airbundle.ops.sign import sign_bundle

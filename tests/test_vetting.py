@@ -402,8 +402,8 @@ def _identities(up: Upstream) -> list[tuple[str, dict[str, str] | None, str, boo
 def test_each_signed_identity_type_accepts_and_refuses_as_containers_image_does(
     upstream: Upstream, keys: dict[str, SigningKey], tmp_path: Path
 ) -> None:
-    from airbundle.format.spec import load_spec
     from airbundle.ops.plan import make_plan
+    from airbundle.ops.specfile import load_spec
     from airbundle.ops.vetting import load_image_policy
 
     key = keys["ecdsa-p256"]

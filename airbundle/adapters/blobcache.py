@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from airbundle.adapters.fsutil import TEMP_MARK
+from airbundle.adapters.fsutil import TEMP_MARK, open_regular
+from airbundle.errors import SourceError
 from airbundle.format.digest import Digest
 from airbundle.limits import DEFAULT_LIMITS
 
@@ -41,10 +42,12 @@ class BlobCache:
         """The cached bytes, or None. The reader downstream re-checks the digest."""
         path = self.path(digest)
         try:
-            if path.stat().st_size != size:
+            # A regular file of exactly the size (a FIFO put here must not hang).
+            fh = open_regular(path, limit=size, what="cached blob", error=SourceError)
+            if os.fstat(fh.fileno()).st_size != size:
+                fh.close()
                 return None
-            fh = path.open("rb")
-        except OSError:
+        except (OSError, SourceError):
             return None
         os.utime(path)  # recently used: prune keeps it
 

@@ -13,8 +13,10 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from airbundle.adapters.fsutil import open_regular
 from airbundle.adapters.images import ResolvedImage
 from airbundle.errors import FormatError, SourceError
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor
@@ -35,6 +37,8 @@ class DockerArchiveSource:
         return self.text
 
     def _open(self) -> tarfile.TarFile:
+        # A regular file: tarfile would wait forever on a FIFO.
+        open_regular(self.path, limit=None, what=f"{self.text}: archive", error=SourceError).close()
         try:
             return tarfile.open(self.path, "r:")
         except (OSError, tarfile.TarError) as exc:
@@ -67,6 +71,12 @@ class DockerArchiveSource:
             )
             if not isinstance(doc, list) or not doc:
                 raise SourceError(f"{self.text}: manifest.json lists no images")
+            schemas.check(
+                schemas.DOCKER_ARCHIVE_MANIFEST,
+                doc,
+                what=f"{self.text}: manifest.json",
+                error=SourceError,
+            )
             if self.ref is None:
                 if len(doc) != 1:
                     raise SourceError(
@@ -91,7 +101,8 @@ class DockerArchiveSource:
                 max_depth=self.limits.max_json_depth,
                 error=SourceError,
             )
-            diff_ids = (cfg.get("rootfs") or {}).get("diff_ids") if isinstance(cfg, dict) else None
+            rootfs = cfg.get("rootfs") if isinstance(cfg, dict) else None
+            diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
             if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
                 raise SourceError(
                     f"{self.text}: config's rootfs.diff_ids do not match the {len(layers)} layers"

@@ -392,10 +392,55 @@ def ensure_bare_repo(repo: Path, *, what: str) -> None:
     tmp.replace(repo)
 
 
+def check_objects(bundle: Path, bases: Path, *, what: str) -> None:
+    """Refuse a bundle holding any object `git fsck --strict` would refuse (a
+    tree with a `.git` entry, a commit without an email, ...), before a single
+    one of its objects lands anywhere.
+
+    `git fetch` from a bundle file does not apply fetch.fsckObjects (git 2.39
+    unbundles without it), and a pack pushed to receive-pack as it is is
+    checked only where the server sets receive.fsckObjects. So the pack is
+    indexed here with `index-pack --strict` into a scratch file beside the
+    bundle (nothing is written into `bases`, the repository whose objects a
+    thin pack of an incremental bundle builds on), and the scratch file is
+    removed whatever happens.
+    """
+    heads = read_bundle_heads(bundle)
+    scratch = Path(tempfile.mkdtemp(prefix=".airbundle-fsck-", dir=bundle.parent)).resolve()
+    try:
+        with bundle.open("rb") as fh:
+            fh.seek(heads.pack_offset)
+            proc = subprocess.run(
+                [
+                    git_binary(),
+                    "-C",
+                    str(bases),
+                    "index-pack",
+                    "--strict",
+                    "--fix-thin",
+                    "--stdin",
+                    str(scratch / "check.pack"),
+                ],
+                stdin=fh,
+                capture_output=True,
+                env={**os.environ, **_BASE_ENV},
+                check=False,
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
+        raise TargetError(
+            redact(f"{what}: the bundle holds objects git refuses (fsck): {message}"),
+            hint="nothing was imported; the producer must fix the repository and export again",
+        )
+
+
 def stage_bundle(bundle: Path, repo: Path, refs: Sequence[tuple[str, str]], *, what: str) -> None:
     """Bring the bundle's objects into `repo` under a private namespace.
 
-    Objects are checked (git bundle verify, fsck on transfer) and land in the
+    Objects are checked (git bundle verify; every object with index-pack
+    --strict before any lands, see :func:`check_objects`) and land in the
     repository, but no visible ref moves: that is :func:`update_refs`' job,
     after every check across the whole import has passed.
     """
@@ -405,6 +450,7 @@ def stage_bundle(bundle: Path, repo: Path, refs: Sequence[tuple[str, str]], *, w
         error=TargetError,
         what=f"{what}: git bundle verify",
     )
+    check_objects(bundle, repo, what=what)
     names = [check_ref_name(name, error=TargetError) for name, _ in refs]
     run_git(
         [

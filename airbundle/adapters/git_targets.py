@@ -172,6 +172,11 @@ class RemoteTarget:
             and sorted(heads.refs) == sorted(refs)
             and git_push.speaks(self.url(name))
         ):
+            # The server indexes the pack; it is checked here first (the
+            # server may not set receive.fsckObjects), with no base needed.
+            empty = self._work(".fsck-bases")  # no repo name starts with "."
+            git.ensure_bare_repo(empty, what=f"repo {name!r}")
+            git.check_objects(bundle, empty, what=f"repo {name!r}")
             self._direct[name] = (bundle, heads.pack_offset)
             return
         self._stage_here(name, bundle, refs)

@@ -184,6 +184,12 @@ class ImageTarget(Protocol):
         """Make the tags visible (atomically, where the target allows)."""
         ...
 
+    def published(self, ref: ImageReference) -> Digest | None:
+        """What the target answers now for the image published under `ref` (by
+        its tag, or by its digest when it has no tag), as a client asking for
+        it would see it; None if it does not answer. The proof of an import."""
+        ...
+
 
 class FixedRootSource:
     """Another image of the same source, rooted at a known descriptor (an

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from airbundle.adapters.content import FileSpan, ImageSummary, Manifest, RepoSummary
+from airbundle.adapters.fsutil import open_regular, read_regular
 from airbundle.adapters.git_serve import published, summary
 from airbundle.adapters.image_view import ImageView, ImageWalker
 from airbundle.errors import FormatError, TargetError, UsageError
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import REF_NAME, Descriptor
@@ -95,13 +97,18 @@ class LayoutStore:
             return []
         path = self.layout / "index.json"
         try:
-            with path.open("rb") as fh:
+            # A regular file only (a FIFO must not hang the server).
+            with open_regular(
+                path, limit=None, what="the layout's index", error=TargetError
+            ) as fh:
                 # The revision of exactly the file read (a rename may follow).
                 st = os.fstat(fh.fileno())
                 data = fh.read(self.limits.max_oci_manifest_bytes + 1)
-        except FileNotFoundError:
-            self._view = ImageView()
-            return []
+        except TargetError:
+            if not path.exists():
+                self._view = ImageView()
+                return []
+            raise
         except OSError as exc:
             raise TargetError(f"{path}: cannot read the layout's index: {exc.strerror}") from None
         roots = [(e.annotations.get(REF_NAME, ""), e) for e in self._entries(path, data)]
@@ -119,6 +126,8 @@ class LayoutStore:
             max_depth=self.limits.max_json_depth,
             error=TargetError,
         )
+        if isinstance(doc, dict):
+            schemas.check(schemas.OCI_MANIFEST, doc, what=str(path), error=TargetError)
         manifests = doc.get("manifests") if isinstance(doc, dict) else None
         if not isinstance(manifests, list):
             raise TargetError(f"{path}: not an OCI index (no manifests list)")
@@ -136,11 +145,9 @@ class LayoutStore:
     def _read(self, desc: Descriptor) -> bytes:
         assert self.layout is not None
         path = self.layout / desc.digest.blob_path
-        try:
-            with path.open("rb") as fh:
-                data = fh.read(desc.size + 1)
-        except OSError as exc:
-            raise TargetError(f"manifest {desc.digest} is missing ({exc.strerror})") from None
+        data = read_regular(
+            path, limit=desc.size, what=f"manifest {desc.digest}", error=TargetError
+        )
         if len(data) != desc.size or Digest.sha256_of(data) != desc.digest:
             raise TargetError(f"{path} does not match its digest or size")
         return data

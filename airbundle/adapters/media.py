@@ -14,12 +14,26 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from airbundle.adapters.fsutil import TEMP_MARK, fsync_dir
-from airbundle.errors import ArchiveError, TruncatedError, UsageError
+from airbundle.adapters.fsutil import (
+    TEMP_MARK,
+    fsync_dir,
+    open_regular,
+    read_optional,
+    read_regular,
+)
+from airbundle.errors import (
+    AirbundleError,
+    ArchiveError,
+    ManifestError,
+    SignatureError,
+    TruncatedError,
+    UsageError,
+)
 from airbundle.format.digest import Digest
 from airbundle.format.volumes import (
     INDEX_SUFFIX,
@@ -28,7 +42,7 @@ from airbundle.format.volumes import (
     VolumeIndex,
     volume_name,
 )
-from airbundle.limits import DEFAULT_LIMITS
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 _ARMOR_START = b"-----BEGIN SSH SIGNATURE-----"
 MAX_INDEX_SIGNATURES = DEFAULT_LIMITS.max_volume_index_signatures
@@ -180,11 +194,14 @@ class Media:
         problems = []
         for entry, path in zip(self.index.volumes, self.volume_paths(), strict=True):
             try:
-                size = path.stat().st_size
+                st = path.stat()
             except FileNotFoundError:
                 problems.append(f"volume {entry.name} is missing")
                 continue
-            if size < entry.size:
+            size = st.st_size
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"volume {entry.name} is not a regular file")
+            elif size < entry.size:
                 problems.append(f"volume {entry.name} is truncated ({size} of {entry.size} bytes)")
             elif size > entry.size:
                 problems.append(f"volume {entry.name} is {size - entry.size} bytes too long")
@@ -197,20 +214,28 @@ class Media:
         if self.index is None:
             return bad
         for entry, path in zip(self.index.volumes, self.volume_paths(), strict=True):
-            if not path.exists() or volume_digest(path, entry.covered_from) != entry.digest:
+            try:
+                if volume_digest(path, entry.covered_from) != entry.digest:
+                    bad.append(entry.name)
+            except (AirbundleError, FileNotFoundError):
                 bad.append(entry.name)
         return bad
 
+    def open_first(self) -> BinaryIO:
+        """The single bundle file, or the first volume (a regular file: a FIFO
+        or a device on the media must not hang or feed a command forever)."""
+        return open_regular(self.first, limit=None, what="bundle", error=UsageError)
+
     def open(self) -> BinaryIO:
         if self.single is not None:
-            return self.single.open("rb")
+            return self.open_first()
         assert self.index is not None
         return ConcatReader(self.volume_paths(), self.index, self.description)  # type: ignore[return-value]
 
 
 def volume_digest(path: Path, covered_from: int) -> Digest:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open_regular(path, limit=None, what="volume", error=ArchiveError) as fh:
         fh.seek(covered_from)
         while chunk := fh.read(DEFAULT_LIMITS.io_chunk_bytes):
             h.update(chunk)
@@ -237,7 +262,14 @@ class ConcatReader:
         self._number += 1
         self._pos_in_volume = 0
         self._hash = hashlib.sha256()
-        self._fh = self._paths[self._number].open("rb") if self._number < len(self._paths) else None
+        self._fh = None
+        if self._number < len(self._paths):
+            self._fh = open_regular(
+                self._paths[self._number],
+                limit=self._index.volumes[self._number].size,
+                what="volume",
+                error=TruncatedError,
+            )
 
     def _finish_volume(self) -> None:
         entry = self._index.volumes[self._number]
@@ -270,9 +302,10 @@ class ConcatReader:
 _VOLUME = re.compile(r"(.+)\.(\d{3})")
 
 
-def open_media(path: Path) -> Media:
+def open_media(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Media:
     """A single bundle file, or the volume set that `path` names (the index,
-    any one volume, or a folder holding one index)."""
+    any one volume, or a folder holding one index). The index and its
+    signatures are regular files read with a cap (docs/security.md)."""
     index_path: Path | None = None
     if path.is_dir():
         found = sorted(path.glob(f"*{INDEX_SUFFIX}"))
@@ -299,13 +332,20 @@ def open_media(path: Path) -> Media:
                 "volumes, or the folder holding them",
             )
         return Media(str(path), single=path)
-    try:
-        data = index_path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read volume index {index_path}: {exc.strerror}") from None
-    index = VolumeIndex.from_bytes(data, source=str(index_path))
+    if not index_path.exists():
+        raise UsageError(f"cannot read volume index {index_path}: No such file or directory")
+    data = read_regular(
+        index_path, limit=limits.max_volume_index_bytes, what="volume index", error=ManifestError
+    )
+    index = VolumeIndex.from_bytes(data, source=str(index_path), limits=limits)
     sig_path = index_path.with_name(index.bundle + SIGNATURE_SUFFIX)
-    signatures = split_signatures(sig_path.read_bytes()) if sig_path.exists() else []
+    sig_data = read_optional(
+        sig_path,
+        limit=limits.max_volume_signatures_bytes,
+        what="volume index signatures",
+        error=SignatureError,
+    )
+    signatures = split_signatures(sig_data or b"")
     return Media(
         f"{index_path.parent / index.bundle} ({len(index.volumes)} volumes)",
         index=index,

@@ -8,9 +8,17 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from airbundle.adapters.fsutil import atomic_output, file_lock, remove_stale_temps, write_atomic
+from airbundle.adapters.fsutil import (
+    atomic_output,
+    file_lock,
+    open_regular,
+    read_regular,
+    remove_stale_temps,
+    write_atomic,
+)
 from airbundle.adapters.images import MirrorEntries, ResolvedImage
 from airbundle.errors import FormatError, MemberDigestError, SourceError, TargetError, UsageError
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import (
@@ -30,10 +38,9 @@ def _read_index(
     root: Path, *, error: type[SourceError] | type[TargetError], limits: Limits
 ) -> list[Descriptor]:
     path = root / "index.json"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise error(f"{path}: cannot read the layout's index: {exc.strerror}") from None
+    data = read_regular(
+        path, limit=limits.max_oci_manifest_bytes, what="the layout's index", error=error
+    )
     doc = loads_strict(
         data,
         what=str(path),
@@ -41,6 +48,8 @@ def _read_index(
         max_depth=limits.max_json_depth,
         error=error,
     )
+    if isinstance(doc, dict):
+        schemas.check(schemas.OCI_MANIFEST, doc, what=str(path), error=error)
     manifests = doc.get("manifests") if isinstance(doc, dict) else None
     if not isinstance(manifests, list):
         raise error(f"{path}: not an OCI index (no manifests list)")
@@ -48,6 +57,15 @@ def _read_index(
         return [Descriptor.from_json(d, f"{path}: manifests[{i}]") for i, d in enumerate(manifests)]
     except FormatError as exc:
         raise error(exc.message) from None
+
+
+def layout_refs(root: Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Descriptor]:
+    """The layout's index.json as it is now: ref name -> descriptor."""
+    return {
+        d.annotations[REF_NAME]: d
+        for d in _read_index(root, error=TargetError, limits=limits)
+        if REF_NAME in d.annotations
+    }
 
 
 class OciLayoutSource:
@@ -98,22 +116,16 @@ class OciLayoutSource:
                 f"{self.text}: manifest {descriptor.digest} is too large ({descriptor.size} bytes)"
             )
         path = self._blob_path(descriptor.digest)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SourceError(
-                f"{self.text}: missing manifest blob {path}: {exc.strerror}"
-            ) from None
+        data = read_regular(
+            path, limit=descriptor.size, what=f"{self.text}: manifest blob", error=SourceError
+        )
         if len(data) != descriptor.size or Digest.sha256_of(data) != descriptor.digest:
             raise SourceError(f"{self.text}: blob {path} does not match its digest or size")
         return data
 
     def open_blob(self, descriptor: Descriptor) -> Iterator[bytes]:
         path = self._blob_path(descriptor.digest)
-        try:
-            fh = path.open("rb")
-        except OSError as exc:
-            raise SourceError(f"{self.text}: missing blob {path}: {exc.strerror}") from None
+        fh = open_regular(path, limit=descriptor.size, what=f"{self.text}: blob", error=SourceError)
 
         def chunks() -> Iterator[bytes]:
             with fh:
@@ -195,10 +207,20 @@ class OciLayoutTarget:
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Serialise imports into the same layout (index.json is read-modify-write)."""
-        return file_lock(self.root / ".airbundle.lock")
+        return file_lock(self.root / ".airbundle.lock", what="layout lock", error=TargetError)
 
     def locate(self, ref: ImageReference) -> str:
         return str(ref)
+
+    def published(self, ref: ImageReference) -> Digest | None:
+        """index.json's entry under the reference, if its manifest is on disk."""
+        desc = layout_refs(self.root, limits=self.limits).get(self.locate(ref))
+        if desc is None:
+            return None
+        blob = self.root / desc.digest.blob_path
+        if not blob.is_file() or blob.stat().st_size != desc.size:
+            return None
+        return desc.digest
 
     def drain(self) -> None:
         pass  # blobs are written synchronously

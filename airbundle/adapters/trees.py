@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from airbundle.adapters.fsutil import read_regular
 from airbundle.adapters.git import git_binary, run_git
 from airbundle.errors import SourceError
 from airbundle.format.imagescan import SCANNED_SUFFIXES
@@ -37,7 +38,15 @@ def folder_yaml(
                 if path.stat().st_size > limits.max_scanned_file_bytes:
                     _skip(skipped, relative, _too_large(limits))
                     continue
-                text = path.read_text("utf-8")
+                # A regular file only: a FIFO, or a link to a device, must not
+                # hang the scan or feed it forever.
+                data = read_regular(
+                    path, limit=limits.max_scanned_file_bytes, what="file", error=SourceError
+                )
+                text = data.decode("utf-8")
+            except SourceError as exc:
+                _skip(skipped, relative, f"unreadable: {exc.message}")
+                continue
             except OSError as exc:
                 _skip(skipped, relative, f"unreadable: {exc.strerror or exc}")
                 continue

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airbundle.errors import FormatError, ManifestError
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.manifest import BLOB_PREFIX, BundleManifest
 from airbundle.format.paths import check_object_id, check_ref_name, check_repo_name
-from airbundle.limits import DEFAULT_LIMITS
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 KIND = "Inventory"
 API_VERSION = "airbundle/v1"
-MAX_INVENTORY_BYTES = DEFAULT_LIMITS.max_inventory_bytes
 
 
 @dataclass
@@ -87,14 +87,15 @@ class Inventory:
         )
 
 
-def parse_inventory(data: bytes, *, source: str) -> Inventory:
+def parse_inventory(data: bytes, *, source: str, limits: Limits = DEFAULT_LIMITS) -> Inventory:
     doc = loads_strict(
         data,
         what=f"inventory {source}",
-        max_bytes=MAX_INVENTORY_BYTES,
-        max_depth=DEFAULT_LIMITS.max_flat_json_depth,
+        max_bytes=limits.max_inventory_bytes,
+        max_depth=limits.max_flat_json_depth,
         error=ManifestError,
     )
+    schemas.check(schemas.INVENTORY, doc, what=f"inventory {source}", error=ManifestError)
     try:
         return _parse(doc)
     except (KeyError, TypeError, ValueError, FormatError) as exc:

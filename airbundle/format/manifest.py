@@ -371,15 +371,24 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
         raise ManifestError(f"{where}.ref: {exc.message}") from exc
     if str(ref) != m["ref"]:
         raise ManifestError(f"{where}.ref: {m['ref']!r} is not in normalized form ({ref})")
+    digest = _digest(m["digest"], f"{where}.digest")
     source_digest = m.get("sourceDigest")
+    source = _digest(source_digest, f"{where}.sourceDigest") if source_digest else None
+    # The importer publishes the root under this name (or the source's own
+    # index, where the bundle carries it too): the name's digest must not lie.
+    carried = {digest, source} if m.get("sourceMediaType") is not None else {digest}
+    if ref.digest is not None and ref.digest not in carried:
+        raise ManifestError(
+            f"{where}.ref: {ref} names digest {ref.digest}, but the image's root is {digest}"
+        )
     return ImageEntry(
         ref=ref,
         source=m["source"],
-        digest=_digest(m["digest"], f"{where}.digest"),
+        digest=digest,
         media_type=m["mediaType"],
         size=m["size"],
         platforms=tuple(m["platforms"]),
-        source_digest=_digest(source_digest, f"{where}.sourceDigest") if source_digest else None,
+        source_digest=source,
         source_media_type=m.get("sourceMediaType"),
         source_size=m.get("sourceSize"),
     )

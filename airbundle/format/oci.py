@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airbundle.errors import InvalidOCIError
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -155,6 +156,7 @@ def parse_manifest(
     )
     if not isinstance(doc, dict):
         raise InvalidOCIError(f"{where}: not a JSON object")
+    schemas.check(schemas.OCI_MANIFEST, doc, what=where, error=InvalidOCIError)
     media_type = doc.get("mediaType") or declared_type
     if media_type is None:
         # OCI allows omitting mediaType; the shape decides.

@@ -8,13 +8,40 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from airbundle.errors import AirbundleError
+
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
 BUNDLE_SPEC = "bundle-spec.schema.json"
 BUNDLE_MANIFEST = "bundle-manifest.schema.json"
+VOLUME_INDEX = "volume-index.schema.json"
+INVENTORY = "inventory.schema.json"
+LOCK = "lock.schema.json"
+IMPORT_STATE = "import-state.schema.json"
+IMPORT_REPORT = "import-report.schema.json"
+OCI_MANIFEST = "oci-manifest.schema.json"
+DOCKER_ARCHIVE_MANIFEST = "docker-archive-manifest.schema.json"
+REGISTRY_LIST = "registry-list.schema.json"
+SIGN_JOURNAL = "sign-journal.schema.json"
 VETTING = "vetting.schema.json"
+# Every JSON document airbundle reads has one (docs/security.md, section 6).
+ALL = (
+    BUNDLE_SPEC,
+    BUNDLE_MANIFEST,
+    VOLUME_INDEX,
+    INVENTORY,
+    LOCK,
+    IMPORT_STATE,
+    IMPORT_REPORT,
+    OCI_MANIFEST,
+    DOCKER_ARCHIVE_MANIFEST,
+    REGISTRY_LIST,
+    SIGN_JOURNAL,
+    VETTING,
+)
+_MESSAGE_CHARS = 200
 
 
 @cache
@@ -25,14 +52,51 @@ def validator(name: str) -> Draft202012Validator:
     from jsonschema import Draft202012Validator
 
     text = resources.files("airbundle").joinpath("schemas", name).read_text("utf-8")
-    return Draft202012Validator(json.loads(text))
+    return Draft202012Validator(_inline_refs(json.loads(text)))
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its local `#/$defs/NAME` references replaced by their
+    definitions: the same constraints, and validation of a manifest with ten
+    layers costs 0.55 ms instead of 1.5 ms (reference resolution dominates).
+    Our schemas have no recursive definitions."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+                return walk(defs[ref[len("#/$defs/") :]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out: dict[str, Any] = walk(schema)
+    return out
 
 
 def errors(name: str, instance: Any) -> Iterator[ValidationError]:
     """Validation errors, most specific (deepest path) first, stable order."""
-    found = list(validator(name).iter_errors(instance))
+    checker = validator(name)
+    if checker.is_valid(instance):
+        return
+    found = list(checker.iter_errors(instance))
     found.sort(key=lambda e: (-len(e.absolute_path), [str(p) for p in e.absolute_path]))
     yield from found
+
+
+def check(name: str, instance: Any, *, what: str, error: type[AirbundleError]) -> None:
+    """Raise `error` naming the document and the first failing field, if any.
+
+    The validator's message quotes the offending value (repr: control
+    characters escaped); a long value is cut so the message stays one line.
+    """
+    for problem in errors(name, instance):
+        message = problem.message
+        if len(message) > _MESSAGE_CHARS:
+            message = message[:_MESSAGE_CHARS] + "..."
+        raise error(f"{what} is malformed: field {json_path(problem)}: {message}")
 
 
 def json_path(error: ValidationError) -> str:

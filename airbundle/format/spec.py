@@ -318,16 +318,3 @@ def _resolve_url(url: str, base_dir: Path) -> str:
     if ":" in head:
         return url
     return str((base_dir / url).resolve())
-
-
-def load_spec(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> BundleSpec:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"cannot read spec {path}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not UTF-8 text") from None
-    spec = parse_spec(text, source=str(path), base_dir=path.resolve().parent, limits=limits)
-    return BundleSpec(spec.name, spec.images, spec.repos, path)

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from airbundle.errors import FormatError, ManifestError, UsageError
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
-from airbundle.limits import DEFAULT_LIMITS
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 KIND = "VolumeIndex"
 API_VERSION = "airbundle/v1"
 INDEX_SUFFIX = ".volumes"
 SIGNATURE_SUFFIX = ".volumes.sig"
 MAX_VOLUMES = DEFAULT_LIMITS.max_volumes
-MAX_INDEX_BYTES = DEFAULT_LIMITS.max_volume_index_bytes
 
 GiB = 1 << 30
 PRESETS = {
@@ -104,13 +104,18 @@ class VolumeIndex:
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str) -> VolumeIndex:
+    def from_bytes(
+        cls, data: bytes, *, source: str, limits: Limits = DEFAULT_LIMITS
+    ) -> VolumeIndex:
         doc = loads_strict(
             data,
             what=f"volume index {source}",
-            max_bytes=MAX_INDEX_BYTES,
-            max_depth=DEFAULT_LIMITS.max_flat_json_depth,
+            max_bytes=limits.max_volume_index_bytes,
+            max_depth=limits.max_flat_json_depth,
             error=ManifestError,
+        )
+        schemas.check(
+            schemas.VOLUME_INDEX, doc, what=f"volume index {source}", error=ManifestError
         )
         try:
             return _parse(doc, source)

@@ -219,6 +219,7 @@ def collect_image(
         image.platforms = tuple(dict.fromkeys(found))
     except FormatError as exc:
         raise SourceError(f"{what}: {exc.message}") from None
+    check_ref_digest(image)
     return image
 
 
@@ -251,6 +252,22 @@ def _check_single_platform(
             f"manifest for {have})",
             hint=f"remove `platforms:` or ask for {have}",
         )
+
+
+def check_ref_digest(image: CollectedImage) -> None:
+    """A digest in the name an image is carried under must be the digest of the
+    root the bundle carries: the importer tags it under that name (and an OCI
+    layout's index.json records it), so any other digest would be a lie."""
+    pinned = image.ref.digest
+    # A platform subset carries the source's index too (sparse): its digest is
+    # one the importer may publish under the name.
+    carried = {image.root.digest, image.source_digest if image.source_index else None}
+    if pinned is None or pinned in carried:
+        return
+    raise SourceError(
+        f"{image.source_text}: the image is named {image.ref}, but the root it carries is "
+        f"{image.root.digest}",
+    )
 
 
 def _select(

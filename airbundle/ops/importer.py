@@ -50,10 +50,12 @@ from airbundle.format.oci import OCI_MANIFEST, parse_manifest
 from airbundle.format.paths import check_channel
 from airbundle.format.policy import ImagePolicy
 from airbundle.format.tarstream import TarMember
+from airbundle.format.text import escape
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.adapt import adapt, index_referrers, refuse_repeated_layers
 from airbundle.ops.mirrors import trust_record, with_repins, write_mirror_config
+from airbundle.ops.proof import prove_published, still_held
 from airbundle.ops.sparse import SparseIndexes
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
@@ -382,7 +384,9 @@ def import_bundle(
         now = options.at or datetime.now(UTC)
         decisions = [_decide(auth, state, options, now) for state in states]
         report.notes = list(dict.fromkeys(n for d in decisions for n in d.notes))
-        if decisions and all(d.action == "noop" for d in decisions):
+        if decisions and all(d.action == "noop" for d in decisions) and still_held(
+            manifest, targets.images, targets.gits, report, limits=options.limits
+        ):
             report.noop = True
             _record_all(stores, states, options, auth, report, now, "noop")
             return report
@@ -510,9 +514,10 @@ def base_hint(manifest: BundleManifest) -> str:
     if not manifest.base:
         return "this bundle is not incremental; was the target changed since?"
     names = ", ".join(
-        f"bundle {b.get('name')} ({b.get('id')})"
+        f"bundle {escape(str(b.get('name')))} ({escape(str(b.get('id')))})"
         if b.get("kind") == "bundle"
-        else f"the inventory of {b.get('target')} taken {b.get('created')}"
+        else f"the inventory of {escape(str(b.get('target')))} "
+        f"taken {escape(str(b.get('created')))}"
         for b in manifest.base
     )
     return (
@@ -623,6 +628,7 @@ def _publish(
         _publish_images(manifest, sinks, targets.images, report, options.limits)
     if targets.gits is not None:
         _publish_repos(manifest, targets.gits, report, force=options.force)
+    prove_published(manifest, targets.images, targets.gits, limits=options.limits)
     if targets.images is not None and targets.images.mirror_host() is not None:
         entries = targets.images.mirror_entries()
         report.mirror = trust_record(entries.trust, entries.ca_file)

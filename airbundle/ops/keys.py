@@ -7,10 +7,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.fsutil import read_regular, write_atomic
 from airbundle.errors import KeyFileError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.trust import TrustedKey, parse_trust_file
+from airbundle.limits import DEFAULT_LIMITS
 
 PASSPHRASE_ENV = "AIRBUNDLE_PASSPHRASE"
 
@@ -18,12 +19,12 @@ PASSPHRASE_ENV = "AIRBUNDLE_PASSPHRASE"
 def read_passphrase(passphrase_file: Path | None) -> bytes | None:
     """From --passphrase-file (first line) or $AIRBUNDLE_PASSPHRASE; None if neither."""
     if passphrase_file is not None:
-        try:
-            text = passphrase_file.read_bytes()
-        except OSError as exc:
-            raise KeyFileError(
-                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
-            ) from None
+        text = read_regular(
+            passphrase_file,
+            limit=DEFAULT_LIMITS.max_key_file_bytes,
+            what="passphrase file",
+            error=KeyFileError,
+        )
         return text.splitlines()[0] if text.strip() else None
     env = os.environ.get(PASSPHRASE_ENV)
     return env.encode() if env else None
@@ -47,19 +48,21 @@ def generate_key(
 
 
 def load_signing_key(path: Path, *, passphrase: bytes | None) -> Ed25519PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key {path}: {exc.strerror}") from None
+    data = read_regular(
+        path, limit=DEFAULT_LIMITS.max_key_file_bytes, what="key", error=KeyFileError
+    )
     return sshsig.load_private_key(data, passphrase=passphrase, source=str(path))
 
 
 def load_trust(paths: list[Path]) -> list[TrustedKey]:
     keys: list[TrustedKey] = []
     for path in paths:
+        data = read_regular(
+            path, limit=DEFAULT_LIMITS.max_trust_file_bytes, what="trust file", error=KeyFileError
+        )
         try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise KeyFileError(f"cannot read trust file {path}: {exc}") from None
         found = parse_trust_file(text, source=str(path))
         if not found:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
+from typing import Any
 
-from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.fsutil import read_regular, write_atomic
 from airbundle.adapters.registry.target import read_ca_file
 from airbundle.errors import FormatError, UsageError
-from airbundle.format import mirrorconfig
+from airbundle.format import mirrorconfig, schemas
 from airbundle.format.digest import Digest
+from airbundle.format.jsonutil import loads_strict
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
 from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
 from airbundle.format.reference import ImageReference
@@ -32,10 +33,24 @@ def carried_from_bundle(
     return manifest.bundle.name, images
 
 
-def carried_from_report(report: Path) -> tuple[str, list[CarriedImage]]:
+def read_report(report: Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """An import report: a regular file within its limit, strict JSON, checked
+    against schemas/import-report.schema.json before any field is used."""
+    data = read_regular(report, limit=limits.max_report_bytes, what="report", error=UsageError)
+    what = f"import report {report}"
+    doc = loads_strict(
+        data, what=what, max_bytes=limits.max_report_bytes, max_depth=8, error=UsageError
+    )
+    schemas.check(schemas.IMPORT_REPORT, doc, what=what, error=UsageError)
+    return doc  # type: ignore[no-any-return]
+
+
+def carried_from_report(
+    report: Path, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[str, list[CarriedImage]]:
     """From the JSON report `import` wrote: the mapping that actually happened."""
+    doc = read_report(report, limits=limits)
     try:
-        doc = json.loads(report.read_text("utf-8"))
         images = []
         for item in doc["images"]:
             target = ImageReference.parse(item["target"])
@@ -45,7 +60,7 @@ def carried_from_report(report: Path) -> tuple[str, list[CarriedImage]]:
                 )
             )
         images = with_repins(images, doc["images"])
-    except (OSError, ValueError, KeyError, TypeError, FormatError) as exc:
+    except (KeyError, FormatError) as exc:
         raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
     return str(doc.get("bundle_name") or "bundle"), images
 
@@ -75,14 +90,12 @@ def trust_record(trust: MirrorTrust, ca_file: Path | None) -> dict[str, object]:
 def trust_from_report(report: Path) -> tuple[MirrorTrust, Path | None] | None:
     """The trust an import report records (None for a report from before it
     was recorded): scheme, verification, and the CA file, read again now."""
+    record = read_report(report).get("mirror") or {}
     try:
-        record = json.loads(report.read_text("utf-8")).get("mirror") or {}
         scheme, verify = record["scheme"], record["verify"]
         ca_file = Path(record["ca_file"]) if record.get("ca_file") else None
     except KeyError:
         return None
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
     if not isinstance(scheme, str) or not isinstance(verify, bool):
         raise UsageError(f"{report}: its mirror record is malformed")
     ca = read_ca_file(ca_file) if ca_file is not None else None

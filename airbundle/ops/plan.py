@@ -13,8 +13,10 @@ from typing import Any
 
 from airbundle.adapters import git
 from airbundle.adapters.cache import git_mirror
+from airbundle.adapters.fsutil import read_regular
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import FormatError, SourceError, UsageError
+from airbundle.format import schemas
 from airbundle.format.archive import HEADER_SIZE, prefix_upper_bound
 from airbundle.format.digest import Digest
 from airbundle.format.inventory import Base
@@ -185,17 +187,15 @@ class Lock:
 
 
 def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read lock file {path}: {exc.strerror}") from None
+    data = read_regular(path, limit=limits.max_lock_bytes, what="lock file", error=UsageError)
     doc: Any = loads_strict(
         data,
         what=f"lock file {path}",
-        max_bytes=limits.max_spec_bytes,
+        max_bytes=limits.max_lock_bytes,
         max_depth=limits.max_flat_json_depth,
         error=UsageError,
     )
+    schemas.check(schemas.LOCK, doc, what=f"lock file {path}", error=UsageError)
     try:
         if doc["kind"] != LOCK_KIND:
             raise UsageError(f"{path} is not an airbundle lock file")

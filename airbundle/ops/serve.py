@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airbundle.adapters.fsutil import read_optional, read_regular
 from airbundle.adapters.targets import layout_path
 from airbundle.errors import TargetError, UsageError
+from airbundle.format import schemas
 from airbundle.format.distribution import parse_htpasswd
 from airbundle.format.jsonutil import loads_strict
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -146,13 +148,9 @@ def exposure_warning(listen: Listen) -> str:
 
 
 def load_users(path: Path, limits: Limits) -> dict[str, bytes]:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(limits.max_htpasswd_bytes + 1)
-    except OSError as exc:
-        raise UsageError(f"--htpasswd {path}: cannot read it: {exc.strerror}") from None
-    if len(data) > limits.max_htpasswd_bytes:
-        raise UsageError(f"--htpasswd {path}: larger than {limits.max_htpasswd_bytes} bytes")
+    data = read_regular(
+        path, limit=limits.max_htpasswd_bytes, what="--htpasswd file", error=UsageError
+    )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -216,8 +214,16 @@ def read_history(options: ServeOptions) -> tuple[list[dict[str, Any]], list[str]
         for folder in folders:
             path = StateStore(folder, target).path
             try:
-                data = path.read_bytes()
-            except OSError:
+                data = read_optional(
+                    path,
+                    limit=options.limits.max_state_bytes,
+                    what="import state",
+                    error=TargetError,
+                )
+            except TargetError as exc:
+                warnings.append(exc.message)
+                continue
+            if data is None:
                 continue
             try:
                 doc = loads_strict(
@@ -227,6 +233,7 @@ def read_history(options: ServeOptions) -> tuple[list[dict[str, Any]], list[str]
                     max_depth=options.limits.max_json_depth,
                     error=TargetError,
                 )
+                schemas.check(schemas.IMPORT_STATE, doc, what=f"{path}", error=TargetError)
             except TargetError as exc:
                 warnings.append(f"import state {path}: {exc.message}")
                 continue

@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airbundle.adapters.fsutil import file_lock, write_atomic
-from airbundle.errors import TargetError
+from airbundle.adapters.fsutil import file_lock, read_optional, write_atomic
+from airbundle.errors import StateError, TargetError
+from airbundle.format import schemas
 from airbundle.format.freshness import Accepted
-from airbundle.limits import DEFAULT_LIMITS
+from airbundle.format.jsonutil import loads_strict
+from airbundle.limits import DEFAULT_LIMITS, Limits
 
 STATE_VERSION = 1
 MAX_HISTORY = DEFAULT_LIMITS.max_state_history
+STATE_DEPTH = 8
 
 
 def default_state_dir() -> Path:
@@ -48,9 +51,10 @@ class TargetState:
 
 
 class StateStore:
-    def __init__(self, folder: Path, target: str) -> None:
+    def __init__(self, folder: Path, target: str, *, limits: Limits = DEFAULT_LIMITS) -> None:
         self.folder = folder
         self.target = target
+        self.limits = limits
         key = hashlib.sha256(target.encode()).hexdigest()[:16]
         self.path = folder / f"target-{key}.json"
         self._lock_path = folder / f"target-{key}.lock"
@@ -60,25 +64,34 @@ class StateStore:
         """Hold the target's lock; yield its current state (read under the lock)."""
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(file_lock(self._lock_path))
+                stack.enter_context(
+                    file_lock(self._lock_path, what="state lock", error=TargetError)
+                )
             except OSError as exc:
                 raise TargetError(f"cannot use state folder {self.folder}: {exc}") from None
             yield self._read()
 
     def _read(self) -> TargetState:
-        try:
-            doc = json.loads(self.path.read_text("utf-8"))
-        except FileNotFoundError:
+        data = read_optional(
+            self.path, limit=self.limits.max_state_bytes, what="import state", error=StateError
+        )
+        if data is None:
             return TargetState(self.target)
-        except (OSError, ValueError) as exc:
-            raise TargetError(
-                f"import state {self.path} is unreadable: {exc}",
-                hint="restore it from backup; deleting it forgets rollback protection",
-            ) from None
-        if doc.get("version") != STATE_VERSION or doc.get("target") != self.target:
-            raise TargetError(f"import state {self.path} is not for {self.target}")
-        accepted = {k: Accepted.from_json(v) for k, v in (doc.get("channels") or {}).items()}
-        return TargetState(self.target, accepted, list(doc.get("history") or []))
+        what = f"import state {self.path}"
+        doc = loads_strict(
+            data,
+            what=what,
+            max_bytes=self.limits.max_state_bytes,
+            max_depth=STATE_DEPTH,
+            error=StateError,
+        )
+        # Validated whole before use: a damaged state is refused, never read
+        # as an empty one (that would forget rollback protection).
+        schemas.check(schemas.IMPORT_STATE, doc, what=what, error=StateError)
+        if doc["target"] != self.target:
+            raise StateError(f"{what} is for {doc['target']!r}, not for {self.target!r}")
+        accepted = {k: Accepted.from_json(v) for k, v in doc["channels"].items()}
+        return TargetState(self.target, accepted, list(doc["history"]))
 
     def save(self, state: TargetState) -> None:
         try:

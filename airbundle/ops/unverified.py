@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from airbundle.adapters.fsutil import open_regular
 from airbundle.adapters.media import Media, open_media
 from airbundle.errors import UsageError
 from airbundle.format.archive import Prefix, read_prefix_region
@@ -29,21 +30,22 @@ class Unverified:
 def read_unverified(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Unverified:
     """The manifest of the bundle (file or volume set) at `path`, parsed but
     not authenticated."""
-    media, fh = open_first_volume(path)
+    media, fh = open_first_volume(path, limits=limits)
     with fh:
         prefix, manifest = read_manifest(fh, source=media.description, limits=limits)
         size = media.index.total_length if media.index else fh.seek(0, 2)
     return Unverified(media, prefix, manifest, size)
 
 
-def open_first_volume(path: Path, *, mode: str = "rb", purpose: str = "") -> tuple[Media, BinaryIO]:
-    """The bundle file, or a set's first volume (which holds the prefix), open."""
-    media = open_media(path)
-    try:
-        fh = media.first.open(mode)
-    except OSError as exc:
-        raise UsageError(f"cannot open bundle {media.first}{purpose}: {exc.strerror}") from None
-    return media, fh  # type: ignore[return-value]
+def open_first_volume(
+    path: Path, *, writable: bool = False, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Media, BinaryIO]:
+    """The bundle file, or a set's first volume (which holds the prefix), open
+    (for writing in place too, with `writable`). A regular file only: a FIFO or
+    a device on the media must not hang or feed a command forever."""
+    media = open_media(path, limits=limits)
+    fh = open_regular(media.first, limit=None, what="bundle", error=UsageError, writable=writable)
+    return media, fh
 
 
 def read_manifest(

@@ -20,16 +20,15 @@ Import calls `check_import` right after the bundle's signatures verified.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
-import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from airbundle.adapters.commands import CommandResult, CommandRunner
+from airbundle.adapters.fsutil import read_regular
 from airbundle.adapters.images import ReferringSource
 from airbundle.adapters.vetlayout import BlobStore, MemorySource, StoreSource
 from airbundle.errors import FormatError, PolicyError, SourceError, UsageError, VettingError
@@ -76,18 +75,9 @@ class VettingOptions:
 
 
 def _read_file(path: Path, *, limit: int, what: str) -> bytes:
-    """A regular file of at most `limit` bytes (a FIFO or a device is refused)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise PolicyError(f"cannot read {what} {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PolicyError(f"{what} {path} is not a regular file")
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise PolicyError(f"{what} {path} is larger than {limit} bytes")
-    return data
+    """A regular file of at most `limit` bytes (a FIFO or a device is refused):
+    the one capped reader, fsutil.read_regular."""
+    return read_regular(path, limit=limit, what=what, error=PolicyError)
 
 
 def load_image_policy(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> ImagePolicy:

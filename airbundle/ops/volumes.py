@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airbundle.adapters.fsutil import atomic_output, write_atomic
+from airbundle.adapters.fsutil import atomic_output, open_regular, write_atomic
 from airbundle.adapters.media import Media, VolumeWriter, open_media, volume_digest
 from airbundle.errors import IntegrityError, SignatureError, UsageError
 from airbundle.format import sshsig
@@ -98,7 +98,7 @@ def split_bundle(
     """Cut an existing bundle into volumes (no re-export); returns the index."""
     target = folder or bundle.parent
     target.mkdir(parents=True, exist_ok=True)
-    with bundle.open("rb") as fh:
+    with open_regular(bundle, limit=None, what="bundle", error=UsageError) as fh:
         header = read_file_header(fh.read(HEADER_SIZE), source=str(bundle))
         fh.seek(0)
         writer = VolumeWriter(

@@ -25,11 +25,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.registry.transport import RetryPolicy, Transport
-from airbundle.format.spec import load_spec
 from airbundle.format.trust import TrustPolicy
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy, verify_bundle
 from support.keys import KeyPair
 

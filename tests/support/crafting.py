@@ -46,11 +46,11 @@ from airbundle.format.manifest import (
     MemberEntry,
     RepoEntry,
 )
-from airbundle.format.spec import load_spec
 from airbundle.format.tarstream import BLOCK, encode_header, padding
 from airbundle.format.trust import TrustPolicy
 from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.keys import generate_key, load_signing_key, load_trust
+from airbundle.ops.specfile import load_spec
 from support.env import REPO_ROOT
 
 SAMPLES = REPO_ROOT / "samples"
@@ -386,3 +386,39 @@ def raw_header(
     header[257:265] = magic
     header[345 : 345 + len(prefix)] = prefix
     return with_checksum(header)
+
+
+# --- an interrupted `airbundle sign` ------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands for a power cut or a SIGKILL at one exact point of a run."""
+
+
+def interrupted_sign(
+    bundle: Path, key: Ed25519PrivateKey, written: int, monkeypatch: pytest.MonkeyPatch
+) -> bytes:
+    """Run the real `sign` of `bundle` until it has written `written` bytes of
+    the new prefix region in place (its journal is already on disk), then stop
+    it dead: what a crash at that moment leaves. Returns the new region."""
+    from airbundle.ops import sign as sign_module
+
+    new: list[bytes] = []
+
+    def torn_rewrite(
+        fh: io.BufferedRandom, manifest: bytes, signatures: Sequence[bytes], **kw: object
+    ) -> None:
+        fh.seek(0)
+        capacity = archive.read_file_header(fh.read(archive.HEADER_SIZE), source="t").prefix_length
+        region = archive.encode_prefix(manifest, signatures, capacity=capacity, mtime=kw["mtime"])  # type: ignore[arg-type]
+        fh.seek(archive.HEADER_SIZE)
+        fh.write(region[:written])
+        fh.flush()
+        new.append(region)
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sign_module, "rewrite_prefix", torn_rewrite)
+        with pytest.raises(Crash):
+            sign_module.sign_bundle(bundle, key)
+    return new[0]

@@ -21,7 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airbundle.adapters.fsutil import read_optional
 from airbundle.errors import AuthError
+from airbundle.limits import DEFAULT_LIMITS
 
 # The credential-helper protocol's one answer that is not an error: docker's
 # client compares the helper's output with exactly this text
@@ -154,11 +156,17 @@ def _from_entry(entry: object, source: str, host: str) -> Credentials | None:
 def lookup_credentials(host: str, files: Iterable[Path] | None = None) -> Credentials | None:
     """The first credentials found for `host`, in containers' then Docker's order."""
     for path in files if files is not None else _auth_files():
-        try:
-            doc = json.loads(path.read_text("utf-8"))
-        except FileNotFoundError:
+        data = read_optional(
+            path,
+            limit=DEFAULT_LIMITS.max_key_file_bytes,
+            what="registry credentials",
+            error=AuthError,
+        )
+        if data is None:
             continue
-        except (OSError, ValueError) as exc:
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
             raise AuthError(f"cannot read registry credentials from {path}: {exc}") from None
         if not isinstance(doc, dict):
             continue

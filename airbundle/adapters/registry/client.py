@@ -23,10 +23,12 @@ from airbundle.adapters.registry.transport import Response, Transport, retry_aft
 from airbundle.errors import (
     AirbundleError,
     AuthError,
+    FormatError,
     ResponseTooLargeError,
     TransportError,
     UploadLostError,
 )
+from airbundle.format import schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
@@ -365,6 +367,29 @@ class RegistryClient:
         response.close()
         return response.status == 200
 
+    def manifest_digest(self, repo: str, reference: str) -> Digest | None:
+        """What `reference` (a tag or a digest) resolves to in `repo` now, or None
+        if the registry does not know it: a HEAD, and a GET only when the
+        registry leaves out Docker-Content-Digest."""
+        what = f"{self.host}/{repo}:{reference}"
+        response = self.request(
+            "HEAD",
+            f"/v2/{repo}/manifests/{reference}",
+            scope=self.scope(repo),
+            headers={"Accept": MANIFEST_ACCEPT},
+            what=what,
+        )
+        response.close()
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise self._error(f"{what}: HEAD manifest: HTTP {response.status}")
+        told = response.headers.get("docker-content-digest") or ""
+        try:
+            return Digest.parse(told)
+        except FormatError:
+            return self.get_manifest(repo, reference).digest
+
     def put_manifest(self, repo: str, reference: str, media_type: str, data: bytes) -> Digest:
         what = f"push manifest {self.host}/{repo}:{reference}"
         response = self.request(
@@ -432,6 +457,8 @@ class RegistryClient:
                 max_depth=self._limits.max_json_depth,
                 error=self._error,
             )
+            if isinstance(doc, dict):
+                schemas.check(schemas.REGISTRY_LIST, doc, what=what, error=self._error)
             # distribution answers {"tags": null} for a repository without tags.
             page = (doc.get(key) or []) if isinstance(doc, dict) else None
             if not isinstance(page, list) or not all(isinstance(n, str) for n in page):

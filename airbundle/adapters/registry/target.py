@@ -229,6 +229,11 @@ class RegistryImageTarget:
         except KeyError:
             raise TargetError(f"no target repository mapped for {ref}") from None
 
+    def published(self, ref: ImageReference) -> Digest | None:
+        """A HEAD on the manifest under its tag (or digest): Docker-Content-Digest."""
+        reference = ref.tag or str(ref.digest)
+        return self.client.manifest_digest(self.locate(ref), reference)
+
     def where(self, repo: str, ref: ImageReference) -> str:
         suffix = f":{ref.tag}" if ref.tag else ""
         digest = f"@{ref.digest}" if ref.digest else ""
