@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -439,7 +440,7 @@ def _files(items: list[dict[str, Any]], where: _Where, base_dir: Path) -> tuple[
         if url is not None:
             if not url.startswith(("https://", "http://")):
                 raise where.error((*path, "url"), "files are fetched over http(s)://")
-            if name is None and not _url_base_name(url):
+            if name is None and not url_base_name(url):
                 raise where.error((*path, "name"), "the URL ends in no file name: give one")
         else:
             local = Path(item["path"])
@@ -458,10 +459,8 @@ def _files(items: list[dict[str, Any]], where: _Where, base_dir: Path) -> tuple[
     return tuple(out)
 
 
-def _url_base_name(url: str) -> str:
+def url_base_name(url: str) -> str:
     """The last segment of a URL's path (unquoted), or '' if it has none."""
-    from urllib.parse import unquote, urlsplit
-
     return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
 
 
