@@ -631,6 +631,18 @@ def import_(
             "~/.local/state/airbundle)."
         ),
     ] = None,
+    files: Annotated[
+        Path | None,
+        typer.Option("--files", help="Folder the bundle's files land in (under their names)."),
+    ] = None,
+    charts: Annotated[
+        Path | None,
+        typer.Option(
+            "--charts",
+            help="Also write the bundle's charts here as a static Helm repository "
+            "(.tgz files and index.yaml).",
+        ),
+    ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     image_policy: PolicyOpt = None,
     require_vetted: Annotated[
@@ -639,7 +651,8 @@ def import_(
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run.
+    """Verify and import a bundle into a registry / OCI layout, git, a files folder
+    and a chart repository. Safe to re-run.
 
     With --policy, every carried image is judged again, offline, under this side's
     image policy from the signatures the bundle carries, before anything is written."""
@@ -664,6 +677,8 @@ def import_(
         transport=tls.transport(),
         image_policy=_image_policy(image_policy),
         require_vetted=require_vetted,
+        files=files,
+        charts=charts,
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
@@ -687,6 +702,12 @@ def import_(
         _say(quiet, f"  {image['source']} -> {image['target']}  {image['digest']}")
     for repo in result.repos:
         _say(quiet, f"  {repo['name']} -> {repo['target']}")
+    for f in result.files:
+        _say(
+            quiet, f"  file {f['name']} -> {f['target']}" + ("" if f["written"] else " (unchanged)")
+        )
+    for c in result.charts:
+        _say(quiet, f"  chart {c['name']} {c['version']} -> {c['target']}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
 

@@ -294,7 +294,7 @@ def chart_reference(base: str, name: str, version: str) -> ImageReference:
             f"chart {name} {version}: {text!r} cannot be an OCI reference: {exc.message}",
             hint="give the chart `repository: REGISTRY/PATH` to carry it under another name",
         ) from None
-    if "/" not in base or ref.registry != base.split("/", 1)[0].lower():
+    if ref.registry != base.split("/", 1)[0].lower():
         # A base without a host ("charts") would land on Docker Hub.
         raise FormatError(
             f"chart {name} {version}: {base!r} names no registry host",

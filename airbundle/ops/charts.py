@@ -65,9 +65,11 @@ class ResolvedChart:
 class ChartPlan:
     charts: list[ResolvedChart]
     # Images the charts asked for that the spec does not list, planned like
-    # spec images (their `requested_by` says which charts).
+    # spec images (their `requested_by` says which charts), and the spec
+    # entries they were planned from (same order: vetting judges them so).
     images: list[CollectedImage]
     notes: list[str]
+    specs: list[ImageSpec] = field(default_factory=list)
 
 
 def plan_charts(spec: BundleSpec, sources: Sources, spec_images: list[CollectedImage]) -> ChartPlan:
@@ -96,7 +98,7 @@ def plan_charts(spec: BundleSpec, sources: Sources, spec_images: list[CollectedI
             for c in charts
             if any(i.ref is not None and str(i.ref) == str(planned.ref) for i in c.images)
         ]
-    return ChartPlan(charts, derived, notes)
+    return ChartPlan(charts, derived, notes, list(wanted.values()))
 
 
 def _image_spec(chart: ChartSpec, ref: ImageReference) -> ImageSpec:

@@ -39,6 +39,8 @@ from airbundle.errors import SourceError, SpecError, TargetError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
+from airbundle.format.files import FileEntry
+from airbundle.format.helm import ChartEntry
 from airbundle.format.imagescan import Carried, Finding
 from airbundle.format.inventory import Base
 from airbundle.format.manifest import (
@@ -63,6 +65,8 @@ from airbundle.format.vetting import VettingRecord
 from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
+from airbundle.ops.carried_files import PlannedFile, plan_files
+from airbundle.ops.charts import plan_charts
 from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
 from airbundle.ops.scan import carried, scan_repo, summarize
 from airbundle.ops.sources import Sources
@@ -132,19 +136,30 @@ def export_bundle(
     cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
     sources = Sources(options.transport or Transport(), options.limits, cache)
     planned = plan_images(spec, sources)
-    judged = _judge(spec, planned, sources, options.vetting)
-    images = [carried for img in planned for carried in (img, *img.referrers)]
+    charts = plan_charts(spec, sources, planned)
+    # The images charts ask for are judged and vetted like the spec's own.
+    vetted_spec = replace(spec, images=(*spec.images, *charts.specs))
+    vetted_images = [*planned, *charts.images]
+    judged = _judge(vetted_spec, vetted_images, sources, options.vetting)
+    images = [
+        carried
+        for img in [*planned, *(c.image for c in charts.charts), *charts.images]
+        for carried in (img, *img.referrers)
+    ]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(options.output)
     with _workdir(options.output) as workdir:
-        vetted = _vet(planned, judged, options, workdir, created)
+        vetted = _vet(vetted_images, judged, options, workdir, created)
         images += vetted.reports if vetted else []
+        files = plan_files(
+            spec, sources.fetcher(), scratch=workdir / "files", cache=cache, limits=options.limits
+        )
         repos = [
             _prepare_repo(r, workdir, options, reproducible=reproducible, base=base)
             for r in spec.repos
         ]
         # Lay out: the members in their order, and what the manifest will say.
-        layout = _lay_out(images, repos, base)
+        layout = _lay_out(images, repos, base, files)
         entries = _image_entries(images)
         contents = _Contents(
             _bundle_info(spec, options, created, reproducible),
@@ -153,6 +168,8 @@ def export_bundle(
             _check_images(options, repos, carried(entries, layout.draft_members())),
             tuple(base.sources),
             vetted.record if vetted else None,
+            tuple(c.entry() for c in charts.charts),
+            tuple(f.entry for f in files),
         )
         # Stream and sign.
         written = _write(layout, contents, options, created, progress)
@@ -162,7 +179,7 @@ def export_bundle(
         written.manifest,
         Digest.sha256_of(written.manifest_bytes),
         written.size,
-        tuple(subset_warnings(images) + (vetted.warnings if vetted else [])),
+        (*subset_warnings(images), *(vetted.warnings if vetted else []), *charts.notes),
         written.volumes,
     )
 
@@ -396,6 +413,8 @@ class _Layout:
     documents: dict[Digest, bytes] = field(default_factory=dict)
     blobs: list[tuple[Digest, Descriptor, CollectedImage]] = field(default_factory=list)
     repos: list[_PreparedRepo] = field(default_factory=list)
+    # Files the base does not show the far side holding (by digest).
+    files: list[PlannedFile] = field(default_factory=list)
 
     def draft_members(self) -> list[MemberEntry]:
         """The members as the manifest will list them; the digests not known
@@ -405,15 +424,24 @@ class _Layout:
             MemberEntry(f"{OCI_LAYOUT_DIR}/index.json", len(self.index), _PLACEHOLDER),
             *(MemberEntry(blob_member_path(d), len(data), d) for d, data in self.documents.items()),
             *(MemberEntry(blob_member_path(d), desc.size, d) for d, desc, _ in self.blobs),
+            *(MemberEntry(f.entry.member, f.local.size, f.local.digest) for f in self.files),
             *(MemberEntry(r.entry.member, r.member.size, _PLACEHOLDER) for r in self.repos),
         ]
 
 
-def _lay_out(images: list[CollectedImage], repos: list[_PreparedRepo], base: Base) -> _Layout:
+def _lay_out(
+    images: list[CollectedImage],
+    repos: list[_PreparedRepo],
+    base: Base,
+    files: list[PlannedFile],
+) -> _Layout:
     index = layout_index(
         [replace(img.root, annotations={REF_NAME: str(img.ref)}, raw={}) for img in images]
     )
-    layout = _Layout(index, repos=repos)
+    # A file whose content the far side already holds stays home, as a blob does.
+    layout = _Layout(
+        index, repos=repos, files=[f for f in files if f.local.digest not in base.files]
+    )
     blobs: dict[Digest, tuple[Descriptor, CollectedImage]] = {}
     for img in images:
         layout.documents.update(img.documents)
@@ -437,6 +465,8 @@ class _Contents:
     scan: ScanSummary | None
     base: tuple[dict[str, str], ...]
     vetting: VettingRecord | None = None
+    charts: tuple[ChartEntry, ...] = ()
+    files: tuple[FileEntry, ...] = ()
 
     def manifest(
         self,
@@ -454,6 +484,8 @@ class _Contents:
             self.base,
             seek_table=seek_table,
             vetting=self.vetting,
+            charts=self.charts,
+            files=self.files,
         )
 
 
@@ -494,6 +526,7 @@ def _image_entries(images: list[CollectedImage]) -> tuple[ImageEntry, ...]:
             img.source_digest,
             img.source_root.media_type if img.source_root is not None else None,
             img.source_root.size if img.source_root is not None else None,
+            tuple(dict.fromkeys(img.requested_by)),
         )
         for img in images
     )
@@ -556,6 +589,7 @@ def _write(
             threads=options.threads,
             mtime=int(created.timestamp()),
             limits=limits,
+            format_version=draft.format_version,
         )
         members = _stream(writer, layout, limits, progress)
         manifest = contents.manifest(
@@ -608,6 +642,17 @@ def _stream(
                     what=f"{img.source_text}: blob {digest}",
                 )
             )
+    for planned in layout.files:
+        local = planned.local
+        written.append(
+            writer.add_stream(
+                planned.entry.member,
+                local.size,
+                _counting(_file_chunks(local.path, limits.io_chunk_bytes), progress),
+                expected=local.digest,
+                what=f"file {local.name} ({local.path})",
+            )
+        )
     for repo in layout.repos:
         with repo.member.path.open("rb") as bfh:
             pack = itertools.chain(
@@ -619,6 +664,15 @@ def _stream(
             )
         repo.member.path.unlink()
     return [MemberEntry(w.path, w.size, w.sha256) for w in written]
+
+
+def _file_chunks(path: Path, chunk: int) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as fh:
+            while data := fh.read(chunk):
+                yield data
+    except OSError as exc:
+        raise SourceError(f"file {path}: {exc.strerror}") from None
 
 
 def _small_blob(item: tuple[Digest, Descriptor, CollectedImage], *, limit: int) -> bytes | None:
