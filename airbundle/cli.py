@@ -423,7 +423,10 @@ def export(
     _say(
         quiet,
         f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
-        f"{len(m.repos)} repo(s), {len(m.members)} members, manifest {result.manifest_digest}",
+        f"{len(m.repos)} repo(s), "
+        + (f"{len(m.charts)} chart(s), " if m.charts else "")
+        + (f"{len(m.files)} file(s), " if m.files else "")
+        + f"{len(m.members)} members, manifest {result.manifest_digest}",
     )
 
 
@@ -515,9 +518,23 @@ def inspect(
     lines.append(f"images ({len(m.images)}):")
     lines += [
         f"  {i.ref}  {i.digest}  {i.size} B  {','.join(i.platforms) or '-'}  from {i.source}"
+        + (f"  (requested by chart {', '.join(i.requested_by)})" if i.requested_by else "")
         for i in m.images
     ]
     lines += _vetting_lines(m)
+    lines.append(f"charts ({len(m.charts)}):")
+    lines += [
+        f"  {c.name} {c.version}  as {c.ref}  .tgz {c.chart_digest} {c.chart_size} B  "
+        f"from {c.source}"
+        for c in m.charts
+    ]
+    carried_files = set(m.member_index)
+    lines.append(f"files ({len(m.files)}):")
+    lines += [
+        f"  {f.name}  {f.digest}  {f.size} B{'  executable' if f.executable else ''}  from "
+        f"{f.source}" + ("" if f.member in carried_files else "  (not carried: in the base)")
+        for f in m.files
+    ]
     if m.scan is not None:
         from airbundle.format.imagescan import count_line
 
@@ -753,11 +770,15 @@ def inventory(
     repo: Annotated[
         list[str], typer.Option(help="Repo names to list (needed with a URL template).")
     ] = [],  # noqa: B006
+    files: Annotated[
+        Path | None,
+        typer.Option("--files", help="A files folder import wrote (its files' sha256)."),
+    ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the blobs and ref tips the targets already hold (no content), for
-    `export --since` on the connected side."""
+    """List the blobs, ref tips and files the targets already hold (digests only,
+    no content), for `export --since` on the connected side."""
     from airbundle.ops.inventory import take_inventory
 
     inv = take_inventory(
@@ -765,9 +786,14 @@ def inventory(
         git_target=git_target,
         repo_names=list(repo),
         transport=tls.transport(),
+        files=files,
     )
     write_atomic(output, inv.to_bytes())
-    _say(quiet, f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s)")
+    _say(
+        quiet,
+        f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s), "
+        f"{len(inv.files)} file(s)",
+    )
 
 
 @app.command("diff")
@@ -791,8 +817,16 @@ def diff_command(
     lines += [f"+ ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_added]
     lines += [f"- ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_removed]
     lines += [f"~ ref {repo} {ref}  {a[:12]} -> {b[:12]}" for repo, ref, a, b in d.refs_moved]
+    lines += [f"+ chart {n} {v}  {ref}" for n, v, ref in d.charts_added]
+    lines += [f"- chart {n} {v}  {ref}" for n, v, ref in d.charts_removed]
+    lines += [f"~ chart {n} {v}  {a} -> {b}" for n, v, a, b in d.charts_changed]
+    lines += [f"+ file {n}  {dg}" for n, dg in d.files_added]
+    lines += [f"- file {n}  {dg}" for n, dg in d.files_removed]
+    lines += [f"~ file {n}  {a} -> {b}" for n, a, b in d.files_changed]
     lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
-    typer.echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
+    typer.echo(
+        "\n".join(lines) if not d.empty else "no image, ref, chart or file changes\n" + lines[-1]
+    )
 
 
 @app.command()
@@ -841,9 +875,16 @@ def plan(
     for i in result.images:
         lines.append(
             f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
+            + (f"  (requested by chart {', '.join(i.requested_by)})" if i.requested_by else "")
         )
         if i.policy is not None:
             lines.append(f"    policy: {i.policy}")
+    lines += [
+        f"  chart {c.name} {c.version} ({c.text})  as {c.ref}  .tgz {c.digest}  "
+        f"{c.size} of {c.total} bytes" + (f", {len(c.images)} image(s)" if c.images else "")
+        for c in result.charts
+    ]
+    lines += [f"  file {f.name}  {f.digest}  {f.size} bytes" for g in result.files for f in g.files]
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
         lines.append(f"  {repo.name}: {repo.size} bytes of git history to carry")
@@ -854,6 +895,8 @@ def plan(
         f"the bundle: about {result.bundle_bytes} bytes{volumes}"
     )
     _say(quiet, "\n".join(lines))
+    for note in result.notes:
+        typer.echo(f"airbundle: note: {note}", err=True)
     if result.rejected:
         raise VettingError(
             f"the image policy {policy} would reject {len(result.rejected)} image(s): "
