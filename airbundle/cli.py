@@ -1155,10 +1155,21 @@ def serve(
     keep_source_host: Annotated[
         bool, typer.Option(help="Keep the source registry host as the first path component.")
     ] = False,
+    charts: Annotated[
+        Path | None,
+        typer.Option(
+            "--charts", help="Serve the Helm repository import --charts wrote, at /charts/."
+        ),
+    ] = None,
+    files: Annotated[
+        Path | None,
+        typer.Option("--files", help="Serve the files import --files wrote, at /files/."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Serve read-only what import wrote (an OCI layout, bare repos) or a bundle in
-    place: the OCI registry API (pull), git smart HTTP under /git/NAME.git, and a
+    """Serve read-only what import wrote (an OCI layout, bare repos, a chart repository,
+    files) or a bundle in place: the OCI registry API (pull), git smart HTTP under
+    /git/NAME.git, the charts at /charts/ (helm repo add), the files at /files/, and a
     page at /."""
     import logging
 
@@ -1184,6 +1195,8 @@ def serve(
         policy=policy,
         cache_dir=cache_dir,
         allow_expired=allow_expired,
+        charts=charts,
+        files=files,
     )
 
     def ready(url: str) -> None:

@@ -52,6 +52,9 @@ class ServeOptions:
     policy: TrustPolicy | None = field(default=None, compare=False)
     cache_dir: Path | None = None
     allow_expired: bool = False
+    # What import --charts and --files wrote, served at /charts/ and /files/.
+    charts: Path | None = None
+    files: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,12 @@ def check_options(options: ServeOptions) -> list[str]:
     layout = layout_dir(options)
     if options.bundle is not None:
         check_bundle_options(options)
-    elif layout is None and options.git is None:
+    elif (
+        layout is None and options.git is None and options.charts is None and options.files is None
+    ):
         raise UsageError(
-            "nothing to serve: give --registry oci:DIR and/or --git DIR, or --bundle BUNDLE"
+            "nothing to serve: give --registry oci:DIR, --git DIR, --charts DIR and/or "
+            "--files DIR, or --bundle BUNDLE"
         )
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -114,6 +120,11 @@ def check_options(options: ServeOptions) -> list[str]:
         warnings.append(
             f"{options.git} does not exist yet: its repos appear once an import writes them"
         )
+    for what, folder in (("charts", options.charts), ("files", options.files)):
+        if folder is not None and not folder.is_dir():
+            warnings.append(
+                f"{folder} does not exist yet: its {what} appear once an import writes them"
+            )
     listen = parse_listen(options.listen)
     if not listen.loopback and options.tls_cert is None:
         warnings.append(exposure_warning(listen))
@@ -121,9 +132,10 @@ def check_options(options: ServeOptions) -> list[str]:
 
 
 def check_bundle_options(options: ServeOptions) -> None:
-    if options.registry is not None or options.git is not None:
+    if any(x is not None for x in (options.registry, options.git, options.charts, options.files)):
         raise UsageError(
-            "--bundle serves one bundle on its own, not with --registry or --git",
+            "--bundle serves one bundle on its own, not with --registry, --git, --charts or "
+            "--files",
             hint="run one serve per source, each on its own --listen port (a client takes one "
             "mirror per name: serving a bundle and a layout under one name would need rules "
             "for which tag wins)",
@@ -208,6 +220,9 @@ def read_history(options: ServeOptions) -> tuple[list[dict[str, Any]], list[str]
         targets.append(f"images=oci:{layout}")
     if options.git is not None:
         targets.append(f"git={options.git.resolve()}")
+    for kind, folder in (("charts", options.charts), ("files", options.files)):
+        if folder is not None:
+            targets.append(f"{kind}={folder.resolve()}")
     folders = [layout / ".airbundle"] if layout is not None else []
     folders.append(default_state_dir())
     history: list[dict[str, Any]] = []
@@ -273,11 +288,20 @@ def page_data(
             }
         )
     history, warnings = read_history(options)
+    served = [store.describe()] if store.describe() else []
+    folders = []
+    for kind, folder in (("charts", options.charts), ("files", options.files)):
+        if folder is not None:
+            served.append(f"{kind} {folder.resolve()}")
+            url = f"{scheme}://{address}/{kind}/"
+            use = f"helm repo add airgap {url}" if kind == "charts" else f"curl -O {url}NAME"
+            folders.append({"path": f"/{kind}/", "url": url, "use": use})
     return {
-        "served": store.describe(),
+        "served": ", ".join(served),
         "address": address,
         "images": images,
         "repos": repos,
+        "folders": folders,
         "history": history,
         "warnings": warnings,
         **store.details(),
@@ -373,6 +397,11 @@ async def _serve(
         page=lambda: page_data(store, options, bound["address"], scheme),
         users=users,
         limits=options.limits,
+        folders={
+            prefix: folder.resolve()
+            for prefix, folder in (("charts", options.charts), ("files", options.files))
+            if folder is not None
+        },
     )
     server = Server(config)
     runner = web.AppRunner(
