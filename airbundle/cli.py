@@ -411,7 +411,8 @@ def export(
     if result.manifest.scan is not None:
         for issue in result.manifest.scan.missing:
             typer.echo(
-                f"airbundle: warning: {issue.file}:{issue.line}: image {issue.ref} is "
+                f"airbundle: warning: {issue.file}:{issue.line}: "
+                f"{'' if issue.kind.endswith('-helm') else 'image '}{issue.ref} is "
                 "referenced but not in the bundle",
                 err=True,
             )
@@ -1003,20 +1004,25 @@ def scan(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the image references in Kubernetes, kustomize, Tekton, Helm values, Flux and
-    Argo CD files (YAML and JSON), with file and line, and the files it could not read;
+    Argo CD files (YAML and JSON), and the charts Flux HelmReleases and Argo CD
+    Applications install, with file and line, and the files it could not read;
     with --bundle, only those the bundle lacks (exit 1 if any)."""
+    from airbundle.format.chartscan import missing as missing_charts
     from airbundle.format.imagescan import count_line, missing
-    from airbundle.ops.scan import carried, scan_folder
+    from airbundle.ops.scan import carried, scan_folder_all
 
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder")
-    files, found = scan_folder(path)
+    result = scan_folder_all(path)
+    files, found = result.files, result.images
     findings = [f for f in found if f.scanned]
     unscanned = [f for f in found if not f.scanned]
     shown = findings
+    charts = result.charts
     if bundle is not None:
         manifest = inspect_bundle(bundle).manifest
         shown = missing(findings, carried(manifest.images, manifest.members))
+        charts = missing_charts(result.charts, manifest.charts)
     if json_output:
         typer.echo(
             json.dumps(
@@ -1035,6 +1041,18 @@ def scan(
                         }
                         for f in shown
                     ],
+                    "chartReferences": len(result.charts),
+                    "charts": [
+                        {
+                            "chart": c.chart,
+                            "version": c.version,
+                            "repo": c.repo,
+                            "file": c.path,
+                            "line": c.line,
+                            "kind": c.kind,
+                        }
+                        for c in charts
+                    ],
                 },
                 indent=1,
             )
@@ -1043,11 +1061,16 @@ def scan(
         for f in shown:
             note = f"  ({f.problem})" if f.problem else ""
             typer.echo(f"{f.path}:{f.line}: {f.text}  [{f.kind}]{note}")
+        for c in charts:
+            typer.echo(f"{c.path}:{c.line}: {c.text}  [{c.kind}]")
         for f in unscanned:
             typer.echo(f"{f.path}: not scanned ({f.problem})")
         lacking = len(shown) if bundle is not None else None
         typer.echo(count_line(len(findings), files, lacking, len(unscanned)), err=True)
-    if bundle is not None and shown:
+        if result.charts:
+            what = "not in the bundle" if bundle is not None else "found"
+            typer.echo(f"{len(charts)} chart reference(s) {what}", err=True)
+    if bundle is not None and (shown or charts):
         raise typer.Exit(1)
 
 
@@ -1089,12 +1112,15 @@ def mirror_config(
     from airbundle.ops.mirrors import (
         carried_from_bundle,
         carried_from_report,
+        charts_from_bundle,
+        charts_from_report,
         choose_trust,
         write_mirror_config,
     )
 
     if source.suffix == ".json":
         name, images = carried_from_report(source)
+        charts = charts_from_report(source)
     else:
         if registry is None:
             raise UsageError("--registry HOST[:PORT][/PREFIX] is needed to map a bundle")
@@ -1103,10 +1129,11 @@ def mirror_config(
             RegistryLocation.parse(registry),
             MappingOptions(keep_source_host, max_nested_paths),
         )
+        charts = charts_from_bundle(source)
     trust = choose_trust(
         source, insecure=insecure, skip_tls_verify=skip_tls_verify, ca_file=ca_file
     )
-    for path in write_mirror_config(output, name, images, trust=trust, scope=scope):
+    for path in write_mirror_config(output, name, images, trust=trust, scope=scope, charts=charts):
         _say(quiet, f"wrote {path}")
 
 

@@ -41,7 +41,7 @@ from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bou
 from airbundle.format.digest import Digest
 from airbundle.format.files import FileEntry
 from airbundle.format.helm import ChartEntry
-from airbundle.format.imagescan import Carried, Finding
+from airbundle.format.imagescan import Carried
 from airbundle.format.inventory import Base
 from airbundle.format.manifest import (
     OCI_LAYOUT_DIR,
@@ -68,7 +68,7 @@ from airbundle.ops.base import load_bases
 from airbundle.ops.carried_files import PlannedFile, plan_files
 from airbundle.ops.charts import plan_charts
 from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
-from airbundle.ops.scan import carried, scan_repo, summarize
+from airbundle.ops.scan import ScanResult, carried, scan_repo_all, summarize
 from airbundle.ops.sources import Sources
 from airbundle.ops.vetting import (
     Judged,
@@ -165,7 +165,12 @@ def export_bundle(
             _bundle_info(spec, options, created, reproducible),
             entries,
             tuple(r.entry for r in repos),
-            _check_images(options, repos, carried(entries, layout.draft_members())),
+            _check_images(
+                options,
+                repos,
+                carried(entries, layout.draft_members()),
+                [c.entry() for c in charts.charts],
+            ),
             tuple(base.sources),
             vetted.record if vetted else None,
             tuple(c.entry() for c in charts.charts),
@@ -259,7 +264,7 @@ class _PreparedRepo:
     spec: RepoSpec
     member: _GitMember
     entry: RepoEntry
-    scanned: tuple[int, list[Finding]] = (0, [])
+    scanned: ScanResult = field(default_factory=ScanResult)
 
 
 def _prepare_repo(
@@ -295,10 +300,10 @@ def _prepare_repo(
             head=head,
             prerequisites=member.heads.prerequisites,
         )
-        scanned = (0, list[Finding]())
+        scanned = ScanResult()
         if options.check_images:
             refs_carried = [r.name for r in entry.refs]
-            scanned = scan_repo(spec.name, bare, refs_carried, limits=options.limits)
+            scanned = scan_repo_all(spec.name, bare, refs_carried, limits=options.limits)
         return _PreparedRepo(spec, member, entry, scanned)
 
 
@@ -533,15 +538,19 @@ def _image_entries(images: list[CollectedImage]) -> tuple[ImageEntry, ...]:
 
 
 def _check_images(
-    options: ExportOptions, repos: list[_PreparedRepo], bundle: Carried
+    options: ExportOptions,
+    repos: list[_PreparedRepo],
+    bundle: Carried,
+    charts: list[ChartEntry],
 ) -> ScanSummary | None:
-    """With --check-images: the image references in the carried repositories
-    that the bundle lacks (with --strict, any is an error)."""
+    """With --check-images: the image and chart references in the carried
+    repositories that the bundle lacks (with --strict, any is an error)."""
     if not options.check_images:
         return None
-    files = sum(r.scanned[0] for r in repos)
-    findings = [f for r in repos for f in r.scanned[1]]
-    scan = summarize(files, findings, bundle)
+    files = sum(r.scanned.files for r in repos)
+    findings = [f for r in repos for f in r.scanned.images]
+    chart_findings = [f for r in repos for f in r.scanned.charts]
+    scan = summarize(files, findings, bundle, chart_findings, charts)
     if options.strict and scan.missing:
         shown = "; ".join(f"{m.ref} ({m.file}:{m.line})" for m in scan.missing[:20])
         more = f" and {len(scan.missing) - 20} more" if len(scan.missing) > 20 else ""

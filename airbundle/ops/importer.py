@@ -47,6 +47,7 @@ from airbundle.format.manifest import (
     format_time,
 )
 from airbundle.format.mapping import MappingOptions
+from airbundle.format.mirrorconfig import CarriedChart
 from airbundle.format.oci import OCI_MANIFEST, parse_manifest
 from airbundle.format.paths import check_channel
 from airbundle.format.policy import ImagePolicy
@@ -659,6 +660,10 @@ def _publish(
     if targets.files is not None:
         targets.files.publish()
         report.files = targets.files.report()
+    report.charts = [
+        {"name": c.name, "version": c.version, "ref": str(c.ref), "digest": str(c.chart_digest)}
+        for c in manifest.charts
+    ]
     if targets.charts is not None and manifest.charts:
         assert targets.images is not None and sinks.documents is not None
         targets.charts.publish(manifest, sinks.documents.data, targets.images)
@@ -675,6 +680,7 @@ def _publish(
                 with_repins(entries.images, report.images),
                 trust=entries.trust,
                 scope=options.mirror_scope,
+                charts=[CarriedChart(c.name, c.version, c.ref) for c in manifest.charts],
             )
     report_path = options.report
     folder = targets.images.report_folder() if targets.images is not None else None

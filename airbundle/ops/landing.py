@@ -202,6 +202,7 @@ class ChartsLanding:
                     {
                         "name": chart.name,
                         "version": chart.version,
+                        "ref": str(chart.ref),
                         "digest": str(chart.chart_digest),
                         "target": str(self.root / name),
                     }

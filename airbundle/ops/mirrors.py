@@ -12,7 +12,7 @@ from airbundle.errors import FormatError, UsageError
 from airbundle.format import mirrorconfig
 from airbundle.format.digest import Digest
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
-from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
+from airbundle.format.mirrorconfig import CarriedChart, CarriedImage, MirrorTrust
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.unverified import read_unverified
@@ -30,6 +30,23 @@ def carried_from_bundle(
     mapping = map_images([i.ref for i in manifest.images], location, options)
     images = [CarriedImage(ref, location.host, repo) for ref, repo in mapping.items()]
     return manifest.bundle.name, images
+
+
+def charts_from_bundle(bundle: Path, *, limits: Limits = DEFAULT_LIMITS) -> list[CarriedChart]:
+    manifest = read_unverified(bundle, limits=limits).manifest
+    return [CarriedChart(c.name, c.version, c.ref) for c in manifest.charts]
+
+
+def charts_from_report(report: Path) -> list[CarriedChart]:
+    """The charts an import report lists (a report of an import before charts: none)."""
+    try:
+        doc = json.loads(report.read_text("utf-8"))
+        return [
+            CarriedChart(str(c["name"]), str(c["version"]), ImageReference.parse(c["ref"]))
+            for c in doc.get("charts", [])
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, FormatError) as exc:
+        raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
 
 
 def carried_from_report(report: Path) -> tuple[str, list[CarriedImage]]:
@@ -114,6 +131,7 @@ def write_mirror_config(
     insecure: bool = False,
     trust: MirrorTrust | None = None,
     scope: str = "repository",
+    charts: list[CarriedChart] | None = None,
 ) -> list[Path]:
     """Every file for `images`; `trust` says how clients reach the mirror
     (`insecure` alone: plain HTTP)."""
@@ -128,6 +146,8 @@ def write_mirror_config(
         trust=trust,
         repositories=repositories,
         repins=[i for i in images if i.repin is not None],
+        charts=charts or (),
+        images=images,
     )
     written = []
     for name, text in sorted(files.items()):
