@@ -236,7 +236,8 @@ def parse_spec(
         # carry nothing: almost always a spec that lost its content.
         raise SpecError(
             f"{source}: the spec carries nothing: add entries under "
-            + " or ".join(f"{s}:" for s in CONTENT_SECTIONS)
+            + ", ".join(f"{s}:" for s in CONTENT_SECTIONS[:-1])
+            + f" or {CONTENT_SECTIONS[-1]}:"
         )
     charts = tuple(
         _chart(item, ("charts", i), where, base_dir) for i, item in enumerate(doc.get("charts", []))
