@@ -279,3 +279,36 @@ def test_serve_answers_the_files_at_files(
         assert serve.get("/files/../files.yaml").status == 404
         ranged = serve.get("/files/tools/README", headers={"Range": "bytes=1-3"})
         assert (ranged.status, ranged.body) == (206, b"ool")
+
+
+def test_the_manual_verification_script_checks_the_samples_with_a_chart_and_a_file(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    """docs/manual-verification.sh, without airbundle, on samples/spec-all.yaml:
+    the chart is an image skopeo copies, the file a member sha256sum checks."""
+    from conftest import REPO_ROOT
+
+    for tool in ("zstd", "ssh-keygen", "skopeo", "git"):
+        require_tool(tool)
+    spec = sample_tree / "spec-all.yaml"
+    spec.write_bytes((REPO_ROOT / "samples" / "spec-all.yaml").read_bytes())
+    result = export(spec, tmp_path / "all.airbundle", signing_key)
+    assert result.manifest.format_version == 2 and len(result.manifest.charts) == 1
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO_ROOT / "docs" / "manual-verification.sh"),
+            str(result.path),
+            str(signing_key.public),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "== image registry.example.com/charts/hello:0.1.0" in proc.stdout
+    assert (out / "unpacked" / "files" / "docs" / "hello.txt").read_bytes() == (
+        sample_tree / "files" / "hello.txt"
+    ).read_bytes()
