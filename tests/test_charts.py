@@ -359,3 +359,16 @@ def test_serve_answers_helm_at_charts(
         assert hashlib.sha256(got.body).hexdigest() == entry["digest"]
         assert serve.get("/charts/.airbundle-tmp-x").status == 404
         assert serve.get("/charts/index.yaml", method="PUT", body=b"x").status == 405
+        # What `helm pull oci://HOST/stable/podinfo --version 6.5.3` asks (oras: the
+        # manifest by tag with Helm's accepted types, then config and chart layer).
+        accept = "application/vnd.oci.image.manifest.v1+json"
+        manifest = serve.get("/v2/stable/podinfo/manifests/6.5.3", headers={"Accept": accept})
+        assert manifest.status == 200
+        assert manifest.headers["content-type"] == accept
+        doc = json.loads(manifest.body)
+        assert doc["config"]["mediaType"] == HELM_CONFIG
+        assert doc["layers"][0]["mediaType"] == HELM_CHART
+        layer = serve.get(f"/v2/stable/podinfo/blobs/{doc['layers'][0]['digest']}")
+        assert layer.body == charts["6.5.3"]
+        config = json.loads(serve.get(f"/v2/stable/podinfo/blobs/{doc['config']['digest']}").body)
+        assert (config["name"], config["version"]) == ("podinfo", "6.5.3")
