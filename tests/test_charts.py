@@ -268,6 +268,7 @@ def test_a_chart_folder_is_packaged_reproducibly(signing_key: KeyPair, tmp_path:
         ("version", "no version of the chart", "ChartNotFoundError"),
         ("garbage", "not a Helm repository index", "ChartRepositoryError"),
         ("chart", "has no chart 'absent'", "ChartNotFoundError"),
+        ("lies", "serves other 1.0.0 as podinfo 1.0.0", "ChartRepositoryError"),
     ],
 )
 def test_a_chart_that_cannot_be_had_fails_the_export_and_writes_nothing(
@@ -288,6 +289,11 @@ def test_a_chart_that_cannot_be_had_fails_the_export_and_writes_nothing(
         repo, version = f"{server.url}/junk", "1.0.0"
     if case == "chart":
         chart, version = "absent", "1.0.0"
+    if case == "lies":  # the index lists podinfo 1.0.0; the file is another chart
+        write_repository(
+            tmp_path / "repo" / "liar", [("podinfo", "1.0.0", make_chart("other", "1.0.0"))]
+        )
+        repo, version = f"{server.url}/liar", "1.0.0"
     spec = spec_file(
         tmp_path, f"charts:\n  - repo: {repo}\n    name: {chart}\n    version: {version}\n"
     )
