@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -312,3 +313,46 @@ def test_the_manual_verification_script_checks_the_samples_with_a_chart_and_a_fi
     assert (out / "unpacked" / "files" / "docs" / "hello.txt").read_bytes() == (
         sample_tree / "files" / "hello.txt"
     ).read_bytes()
+
+
+def test_inspect_and_diff_show_charts_and_files(
+    sample_tree: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    """inspect lists the chart, the file and which chart asked for an image; diff
+    names a chart version added and a file changed."""
+    from conftest import REPO_ROOT
+
+    tree = tmp_path / "samples"
+    shutil.copytree(sample_tree, tree, symlinks=True)  # this test edits the chart
+    spec = tree / "spec-all.yaml"
+    spec.write_bytes((REPO_ROOT / "samples" / "spec-all.yaml").read_bytes())
+    first = export(spec, tmp_path / "1.airbundle", signing_key)
+    inspect = subprocess.run(
+        [*AIRBUNDLE, "inspect", str(first.path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "charts (1):\n  hello 0.1.0  as registry.example.com/charts/hello:0.1.0" in inspect
+    assert "files (1):\n  docs/hello.txt  sha256:" in inspect
+    assert "(requested by chart registry.example.com/charts/hello:0.1.0)" in inspect
+    doc = json.loads(
+        subprocess.run(
+            [*AIRBUNDLE, "inspect", "--json", str(first.path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert (doc["formatVersion"], [c["name"] for c in doc["charts"]]) == (2, ["hello"])
+    # Next week: the chart moves to 0.2.0 and the file changes.
+    chart = tree / "charts" / "hello" / "Chart.yaml"
+    chart.write_text(chart.read_text().replace("version: 0.1.0", "version: 0.2.0"))
+    (tree / "files" / "hello.txt").write_text("hello again\n")
+    second = export(spec, tmp_path / "2.airbundle", signing_key)
+    diff = subprocess.run(
+        [*AIRBUNDLE, "diff", str(first.path), str(second.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "+ chart hello 0.2.0  registry.example.com/charts/hello:0.2.0" in diff
+    assert "- chart hello 0.1.0  registry.example.com/charts/hello:0.1.0" in diff
+    assert "~ file docs/hello.txt  sha256:e7df4247" in diff
