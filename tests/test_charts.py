@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ image:
 @pytest.fixture
 def chart_repo(
     tmp_path: Path, registry: Registry, hello_layout: Path
-) -> tuple[StaticHttp, dict[str, bytes]]:
+) -> Iterator[tuple[StaticHttp, dict[str, bytes]]]:
     """A Helm repository on loopback with podinfo 6.5.3, 6.5.4, 6.6.0-rc.1 and 7.0.0;
     6.5.4's values name an image in `registry` (tag left to appVersion)."""
     push_oci_layout(registry, hello_layout, "1.0", "team/hello:1.0")
