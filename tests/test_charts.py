@@ -122,7 +122,35 @@ def test_a_chart_from_an_http_repository_lands_as_an_oci_chart_and_in_a_static_r
         tmp_path,
         registry=f"{target_registry.host}/mirror",
         charts=tmp_path / "far" / "charts",
+        emit_mirror_config=tmp_path / "far" / "mirrors",
+        report=tmp_path / "far" / "report.json",
     )
+    # Mirror configuration lists the chart for kustomize where import put it.
+    helm_charts = yaml.safe_load(
+        (tmp_path / "far" / "mirrors" / "kustomize" / "helmcharts.yaml").read_text()
+    )
+    assert helm_charts["helmCharts"] == [
+        {
+            "name": "podinfo",
+            "repo": f"oci://{target_registry.host}/mirror/stable",
+            "version": "6.5.4",
+        }
+    ]
+    # ... and so does mirror-config from the import report, later.
+    subprocess.run(
+        [
+            *AIRBUNDLE,
+            "mirror-config",
+            str(tmp_path / "far" / "report.json"),
+            "-o",
+            str(tmp_path / "m2"),
+            "-q",
+        ],
+        check=True,
+    )
+    # (the report does not say the registry speaks plain HTTP: only the comment differs)
+    from_report = yaml.safe_load((tmp_path / "m2" / "kustomize" / "helmcharts.yaml").read_text())
+    assert from_report == helm_charts
     # The registry holds an OCI chart Helm pulls: Helm's media types, the .tgz as the
     # layer, where `helm pull oci://TARGET/mirror/stable/podinfo --version 6.5.4` looks
     # (the mapping drops the source host unless --keep-source-host).
