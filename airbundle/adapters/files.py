@@ -178,29 +178,29 @@ class SafeFolder:
         finally:
             os.close(fd)
 
-    def digest_of(self, name: str) -> tuple[Digest, bool] | None:
-        """The sha256 and executable bit of the regular file at `name`; None if
-        there is none (absent, a link, a folder)."""
+    def holds(self, name: str, size: int, digest: Digest) -> bool:
+        """Whether `name` is a regular file of exactly `size` bytes of `digest`
+        (the size is compared first: a changed file is rarely hashed)."""
         check_file_name(name, error=TargetError)
         parts = name.split("/")
         try:
             with self._folder(parts[:-1], create=False) as folder:
                 if folder is None:
-                    return None
+                    return False
                 try:
                     fd = os.open(parts[-1], _READ_FLAGS, dir_fd=folder)
                 except OSError:
-                    return None
-                with os.fdopen(fd, "rb") as fh:
-                    info = os.fstat(fh.fileno())
-                    if not stat.S_ISREG(info.st_mode):
-                        return None
-                    h = hashlib.sha256()
-                    while data := fh.read(self.limits.io_chunk_bytes):
-                        h.update(data)
-                    return Digest.from_hasher(h), bool(info.st_mode & 0o111)
+                    return False
         except TargetError:
-            return None
+            return False
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                return False
+            h = hashlib.sha256()
+            while data := fh.read(self.limits.io_chunk_bytes):
+                h.update(data)
+        return Digest.from_hasher(h) == digest
 
     def stage(
         self, name: str, size: int, digest: Digest, chunks: Iterable[bytes], *, executable: bool

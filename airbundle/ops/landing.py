@@ -69,8 +69,7 @@ class FilesLanding:
         absent = [f for f in self.manifest.files if f.member not in carried]
         elsewhere: dict[Digest, str] | None = None
         for entry in absent:
-            have = self.folder.digest_of(entry.name)
-            if have is not None and have[0] == entry.digest:
+            if self.folder.holds(entry.name, entry.size, entry.digest):
                 continue
             if elsewhere is None:
                 elsewhere = self.folder.digests()
@@ -87,8 +86,7 @@ class FilesLanding:
         """A file member as it streams past: kept if new or changed (under a
         temporary name), else left to drain."""
         carried = self.by_member[entry.path]
-        have = self.folder.digest_of(carried.name)
-        if have is not None and have[0] == carried.digest:
+        if self.folder.holds(carried.name, carried.size, carried.digest):
             self.present.append(carried.name)
             return
         self.staged.append(
@@ -191,8 +189,7 @@ class ChartsLanding:
                         f"{entry['name']} {entry['version']}"
                     )
                 name = helm.archive_name(chart.name, chart.version)
-                have = self.folder.digest_of(name)
-                if have is None or have[0] != chart.chart_digest:
+                if not self.folder.holds(name, chart.chart_size, chart.chart_digest):
                     chunks = _checked(target.read_blob(repo, layer.digest, layer.size), layer, name)
                     staged.append(
                         self.folder.stage(name, layer.size, layer.digest, chunks, executable=False)
@@ -239,14 +236,17 @@ class ChartsLanding:
         return parsed.blobs[0], layers[0]
 
     def _existing(self) -> list[dict[str, Any]]:
-        have = self.folder.digest_of(INDEX_NAME)
-        if have is None:
-            return []
+        """The entries of the index.yaml an earlier import wrote (none if absent)."""
         data = b""
-        for chunk in self.folder.read(INDEX_NAME):
-            data += chunk
-            if len(data) > self.limits.max_chart_index_bytes:
-                raise TargetError(f"{self.root / INDEX_NAME}: larger than the limit")
+        try:
+            for chunk in self.folder.read(INDEX_NAME):
+                data += chunk
+                if len(data) > self.limits.max_chart_index_bytes:
+                    raise TargetError(f"{self.root / INDEX_NAME}: larger than the limit")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise TargetError(f"{self.root / INDEX_NAME}: cannot read it: {exc.strerror}") from None
         try:
             return helm.read_index_entries(
                 data.decode("utf-8"), where=str(self.root / INDEX_NAME), limits=self.limits
@@ -260,9 +260,8 @@ class ChartsLanding:
 
     def _write_index(self, entries: list[dict[str, Any]], generated: str) -> None:
         data = helm.render_index(entries, generated)
-        have = self.folder.digest_of(INDEX_NAME)
         digest = Digest.sha256_of(data)
-        if have is not None and have[0] == digest:
+        if self.folder.holds(INDEX_NAME, len(data), digest):
             return
         self.folder.commit(
             self.folder.stage(INDEX_NAME, len(data), digest, [data], executable=False)
