@@ -308,3 +308,47 @@ def test_packaging_is_deterministic_and_helmignore_applies() -> None:
     assert sorted(members) == ["a/Chart.yaml", "a/run.sh"]
     assert members["a/run.sh"].mode == 0o755 and members["a/Chart.yaml"].mtime == 0
     assert helm.read_chart_archive(one, where="a.tgz").meta.version == "0.1.0"
+
+
+def _reference_versions(text: str, chart: str) -> list[tuple[str, tuple[str, ...]]]:
+    """What a plain full YAML load says the chart's versions are."""
+    doc = yaml.safe_load(text)
+    return [(str(e["version"]), tuple(e["urls"])) for e in (doc["entries"].get(chart) or [])]
+
+
+LAYOUTS = {
+    "helm": INDEX,
+    "four spaces, comments, a block scalar": """\
+apiVersion: v1
+# a comment
+entries:
+    other:
+    -   name: other
+        description: |
+            podinfo:
+            - not an entry
+        version: 1.0.0
+        urls: [other.tgz]
+
+    # podinfo's entries
+    podinfo:
+    -   name: podinfo
+        version: 6.5.4
+        urls:
+        - podinfo-6.5.4.tgz
+generated: now
+""",
+    "quoted key": 'apiVersion: v1\nentries:\n  "podinfo":\n  - {version: 1.0.0, urls: [a.tgz]}\n',
+    "flow style": 'apiVersion: v1\nentries: {podinfo: [{version: 2.0.0, urls: ["b.tgz"]}]}\n',
+    "absent": "apiVersion: v1\nentries:\n  other:\n  - {version: 1.0.0, urls: [a.tgz]}\n",
+    "anchored": (
+        "apiVersion: v1\nentries:\n  podinfo: &p\n  - {version: 3.0.0, urls: [c.tgz]}\n  copy: *p\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_reading_one_charts_lines_gives_what_the_whole_document_says(layout: str) -> None:
+    text = LAYOUTS[layout]
+    got = helm.parse_index_versions(text, "podinfo", where="index.yaml")
+    assert [(v.version, v.urls) for v in got] == _reference_versions(text, "podinfo")

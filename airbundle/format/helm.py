@@ -551,9 +551,15 @@ def parse_index_versions(
     text: str, chart: str, *, where: str, limits: Limits = DEFAULT_LIMITS
 ) -> list[IndexVersion]:
     """The versions of `chart` an index.yaml lists. Only that chart's entries
-    are read (an index may list thousands of charts)."""
+    are read (an index may list thousands of charts): in the layout `helm repo
+    index` writes, only their lines are parsed; otherwise the whole document."""
+    block = _chart_block(text, chart)
+    if block == "":
+        return []  # laid out as helm writes it, and no line names the chart
     # Only this chart's entries are walked, so only they are measured.
-    doc = yamlsafe.fields(yamlsafe.compose(text, where, max_nodes=None))
+    doc = yamlsafe.fields(yamlsafe.compose(block or text, where, max_nodes=None))
+    if block is not None and yamlsafe.fields(doc.get("entries")).get(chart) is None:
+        doc = yamlsafe.fields(yamlsafe.compose(text, where, max_nodes=None))
     entries = doc.get("entries")
     if not isinstance(entries, yaml.MappingNode) or yamlsafe.text(doc.get("apiVersion")) is None:
         raise FormatError(f"{where}: not a Helm repository index (no apiVersion and entries)")
@@ -581,6 +587,36 @@ def parse_index_versions(
             )
         )
     return out
+
+
+_TOP_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9]*):", re.M)
+
+
+def _chart_block(text: str, chart: str) -> str | None:
+    """`apiVersion`, and `entries` with only `chart`'s lines, cut out of an index
+    in the layout `helm repo index` writes (top-level keys at column 0, chart
+    names one indentation in, each followed by its list); "" when in that
+    layout no line at that indentation names the chart (quoted or not); None
+    when the text is laid out otherwise (then the whole document is parsed).
+    Composing 40 MB of YAML takes a minute; the one chart's lines, milliseconds."""
+    api = re.search(r"^apiVersion:[^\n]*$", text, re.M)
+    start = re.search(r"^entries:[ \t]*$", text, re.M)
+    if api is None or start is None:
+        return None
+    body = start.end() + 1
+    first = re.compile(r"^( +)[^ #\n-][^\n]*$", re.M).search(text, body)
+    if first is None:
+        return None
+    indent = first.group(1)
+    key = re.compile(rf"^{indent}{re.escape(chart)}:[ \t]*$", re.M).search(text, body)
+    if key is None:
+        named = re.compile(rf"^{indent}([\"']?){re.escape(chart)}\1[ \t]*:", re.M)
+        return None if named.search(text, body) else ""
+    # The chart's list ends at the next line indented less, or as much but not
+    # as a list item (the next chart name, or a top-level key).
+    end = re.compile(rf"^(?!{indent} |{indent}- |[ \t]*(#|$))", re.M).search(text, key.end() + 1)
+    stop = end.start() if end is not None else len(text)
+    return f"{api.group(0)}\nentries:\n{text[key.start() : stop]}"
 
 
 def _index_digest(text: str | None, where: str) -> Digest | None:
