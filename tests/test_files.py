@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from chart_support import StaticHttp, sha256
-from conftest import AIRBUNDLE, KeyPair, require_tool
+from conftest import AIRBUNDLE, KeyPair, make_key, require_tool
 from serve_support import Serve
 
 from airbundle.errors import (
@@ -32,6 +32,7 @@ from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
 from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
 
 
@@ -260,6 +261,13 @@ def test_the_format_version_is_2_exactly_when_a_bundle_carries_files(
     forged.write_bytes(bytes(data))
     with pytest.raises(ArchiveError, match="upgrade airbundle"):
         verify_bundle(forged, load_policy(load_trust([signing_key.public]), 1))
+    # Co-signing rewrites the prefix only: the version stays 2, both signatures verify.
+    reviewer = make_key(tmp_path / "keys", "review")
+    sign_bundle(with_files.path, load_signing_key(reviewer.private, passphrase=None))
+    assert header_version(with_files.path) == 2
+    verify_bundle(
+        with_files.path, load_policy(load_trust([signing_key.public, reviewer.public]), 2)
+    )
 
 
 def test_serve_answers_the_files_at_files(
