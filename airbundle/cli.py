@@ -880,11 +880,13 @@ def plan(
         )
         if i.policy is not None:
             lines.append(f"    policy: {i.policy}")
-    lines += [
-        f"  chart {c.name} {c.version} ({c.text})  as {c.ref}  .tgz {c.digest}  "
-        f"{c.size} of {c.total} bytes" + (f", {len(c.images)} image(s)" if c.images else "")
-        for c in result.charts
-    ]
+    for c in result.charts:
+        lines.append(
+            f"  chart {c.name} {c.version} ({c.text})  as {c.ref}  .tgz {c.digest}  "
+            f"{c.size} of {c.total} bytes" + (f", {len(c.images)} image(s)" if c.images else "")
+        )
+        if c.policy is not None:
+            lines.append(f"    policy: {c.policy}")
     lines += [f"  file {f.name}  {f.digest}  {f.size} bytes" for g in result.files for f in g.files]
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]

@@ -47,6 +47,20 @@ class ResolvedChart:
     source_text: str  # recorded in the manifest (credentials removed)
     images: list[helm.ChartImage] = field(default_factory=list)  # with `images: true`
     notes: list[str] = field(default_factory=list)
+    # Where its signatures may be found: the registry reference of an oci://
+    # chart; None for a chart from an HTTP repository or disk (none anywhere).
+    registry_ref: ImageReference | None = None
+
+    def image_spec(self) -> ImageSpec:
+        """The chart as an image entry, for the image policy and vet commands
+        (which judge and vet every artifact the bundle carries)."""
+        source = (
+            SourceRef("docker", reference=self.registry_ref)
+            if self.registry_ref is not None
+            else SourceRef("oci", path=self.spec.path, ref=self.spec.text)
+        )
+        text = f"chart {self.ref} ({self.spec.text})"
+        return ImageSpec(source, text, self.ref, None, self.spec.line)
 
     def entry(self) -> helm.ChartEntry:
         return helm.ChartEntry(
@@ -70,6 +84,13 @@ class ChartPlan:
     images: list[CollectedImage]
     notes: list[str]
     specs: list[ImageSpec] = field(default_factory=list)
+
+    def judged(self) -> tuple[list[ImageSpec], list[CollectedImage]]:
+        """What the image policy and vet commands see of the charts: each chart
+        (an OCI artifact) and each image a chart asks for, spec entry and image
+        in the same order."""
+        specs = [*(c.image_spec() for c in self.charts), *self.specs]
+        return specs, [*(c.image for c in self.charts), *self.images]
 
 
 def plan_charts(spec: BundleSpec, sources: Sources, spec_images: list[CollectedImage]) -> ChartPlan:
@@ -227,7 +248,14 @@ def _from_registry(item: ChartSpec, sources: Sources) -> ResolvedChart:
         except FormatError as exc:
             raise UsageError(exc.message, hint=exc.hint) from None
     chart = ResolvedChart(
-        item, archive.meta, image.ref, image, layer.digest, layer.size, str(reference)
+        item,
+        archive.meta,
+        image.ref,
+        image,
+        layer.digest,
+        layer.size,
+        str(reference),
+        registry_ref=reference,
     )
     _find_images(chart, archive, sources.limits)
     return chart

@@ -137,9 +137,11 @@ def export_bundle(
     sources = Sources(options.transport or Transport(), options.limits, cache)
     planned = plan_images(spec, sources)
     charts = plan_charts(spec, sources, planned)
-    # The images charts ask for are judged and vetted like the spec's own.
-    vetted_spec = replace(spec, images=(*spec.images, *charts.specs))
-    vetted_images = [*planned, *charts.images]
+    # Charts, and the images they ask for, are judged and vetted like the
+    # spec's own images: the far side judges every image the bundle carries.
+    chart_specs, chart_images = charts.judged()
+    vetted_spec = replace(spec, images=(*spec.images, *chart_specs))
+    vetted_images = [*planned, *chart_images]
     judged = _judge(vetted_spec, vetted_images, sources, options.vetting)
     images = [
         carried

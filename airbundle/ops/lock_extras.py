@@ -32,6 +32,9 @@ class PlannedChart:
     total: int
     # With `images: true`: the images it asks for (ref, digest); else None.
     images: tuple[tuple[str, str], ...] | None = None
+    # With --policy: the verdict on the chart as an OCI artifact; None without.
+    policy: str | None = None
+    accepted: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,12 @@ class PlannedFiles:
 
 
 def planned_chart(
-    chart: ResolvedChart, size: int, total: int, digests: dict[str, str]
+    chart: ResolvedChart,
+    size: int,
+    total: int,
+    digests: dict[str, str],
+    policy: str | None = None,
+    accepted: bool = True,
 ) -> PlannedChart:
     """`digests`: the root digest of every image carried, by reference."""
     images = None
@@ -66,6 +74,8 @@ def planned_chart(
         size,
         total,
         images,
+        policy,
+        accepted,
     )
 
 

@@ -87,9 +87,12 @@ class Plan:
     notes: tuple[str, ...] = ()
 
     @property
-    def rejected(self) -> tuple[PlannedImage, ...]:
-        """The images the image policy would reject (export would stop)."""
-        return tuple(i for i in self.images if not i.accepted)
+    def rejected(self) -> tuple[PlannedImage | PlannedChart, ...]:
+        """The images and charts the image policy would reject (export would stop)."""
+        return (
+            *(i for i in self.images if not i.accepted),
+            *(c for c in self.charts if not c.accepted),
+        )
 
     def lock_bytes(self) -> bytes:
         doc = {
@@ -170,12 +173,13 @@ def make_plan(
     sources = Sources(transport or Transport(), limits)
     images = plan_images(spec, sources)
     charts = plan_charts(spec, sources, images)
+    chart_specs, chart_images = charts.judged()
     # Manifests and signature payloads only: nothing is downloaded in full. The
     # images charts ask for are judged like the spec's own.
     judged = (
         judge_images(
-            replace(spec, images=(*spec.images, *charts.specs)),
-            [*images, *charts.images],
+            replace(spec, images=(*spec.images, *chart_specs)),
+            [*images, *chart_images],
             sources,
             policy,
         )
@@ -208,11 +212,13 @@ def make_plan(
         )
     planned_charts = []
     digests = {str(i.ref): str(i.root.digest) for i in [*images, *charts.images]}
-    for chart in charts.charts:
+    for n, chart in enumerate(charts.charts, start=len(spec.images)):
         size, total = tally.image(chart.image)
         carried += size
-        planned_charts.append(planned_chart(chart, size, total, digests))
-    for n, image in enumerate(charts.images, start=len(spec.images)):
+        verdict = (judged[n].describe(), judged[n].verdict.accepted) if judged else (None, True)
+        planned_charts.append(planned_chart(chart, size, total, digests, *verdict))
+    after_charts = len(spec.images) + len(charts.charts)
+    for n, image in enumerate(charts.images, start=after_charts):
         size, total = tally.image(image)
         carried += size
         planned.append(
