@@ -132,10 +132,14 @@ def check_options(options: ServeOptions) -> list[str]:
 
 
 def check_bundle_options(options: ServeOptions) -> None:
-    if any(x is not None for x in (options.registry, options.git, options.charts, options.files)):
+    if options.charts is not None or options.files is not None:
         raise UsageError(
-            "--bundle serves one bundle on its own, not with --registry, --git, --charts or "
-            "--files",
+            "--bundle serves a bundle's images and repos, not --charts or --files folders",
+            hint="serve the folders import wrote with another serve, on its own --listen port",
+        )
+    if options.registry is not None or options.git is not None:
+        raise UsageError(
+            "--bundle serves one bundle on its own, not with --registry or --git",
             hint="run one serve per source, each on its own --listen port (a client takes one "
             "mirror per name: serving a bundle and a layout under one name would need rules "
             "for which tag wins)",
