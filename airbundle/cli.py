@@ -428,7 +428,8 @@ def export(
     if result.manifest.scan is not None:
         for issue in result.manifest.scan.missing:
             _echo(
-                f"airbundle: warning: {issue.file}:{issue.line}: image {issue.ref} is "
+                f"airbundle: warning: {issue.file}:{issue.line}: "
+                f"{'' if issue.kind.endswith('-helm') else 'image '}{issue.ref} is "
                 "referenced but not in the bundle",
                 err=True,
             )
@@ -440,7 +441,10 @@ def export(
     _say(
         quiet,
         f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
-        f"{len(m.repos)} repo(s), {len(m.members)} members, manifest {result.manifest_digest}",
+        f"{len(m.repos)} repo(s), "
+        + (f"{len(m.charts)} chart(s), " if m.charts else "")
+        + (f"{len(m.files)} file(s), " if m.files else "")
+        + f"{len(m.members)} members, manifest {result.manifest_digest}",
     )
 
 
@@ -533,9 +537,23 @@ def inspect(
     lines += [
         f"  {i.ref}  {i.digest}  {i.size} B  {escape(','.join(i.platforms)) or '-'}  "
         f"from {escape(i.source)}"
+        + (f"  (requested by chart {escape(', '.join(i.requested_by))})" if i.requested_by else "")
         for i in m.images
     ]
     lines += _vetting_lines(m)
+    lines.append(f"charts ({len(m.charts)}):")
+    lines += [
+        f"  {c.name} {c.version}  as {c.ref}  .tgz {c.chart_digest} {c.chart_size} B  "
+        f"from {c.source}"
+        for c in m.charts
+    ]
+    carried_files = set(m.member_index)
+    lines.append(f"files ({len(m.files)}):")
+    lines += [
+        f"  {f.name}  {f.digest}  {f.size} B{'  executable' if f.executable else ''}  from "
+        f"{f.source}" + ("" if f.member in carried_files else "  (not carried: in the base)")
+        for f in m.files
+    ]
     if m.scan is not None:
         from airbundle.format.imagescan import count_line
 
@@ -654,6 +672,18 @@ def import_(
             "~/.local/state/airbundle)."
         ),
     ] = None,
+    files: Annotated[
+        Path | None,
+        typer.Option("--files", help="Folder the bundle's files land in (under their names)."),
+    ] = None,
+    charts: Annotated[
+        Path | None,
+        typer.Option(
+            "--charts",
+            help="Also write the bundle's charts here as a static Helm repository "
+            "(.tgz files and index.yaml).",
+        ),
+    ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     image_policy: PolicyOpt = None,
     require_vetted: Annotated[
@@ -662,7 +692,8 @@ def import_(
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Verify and import a bundle into a registry / OCI layout and git. Safe to re-run.
+    """Verify and import a bundle into a registry / OCI layout, git, a files folder
+    and a chart repository. Safe to re-run.
 
     With --policy, every carried image is judged again, offline, under this side's
     image policy from the signatures the bundle carries, before anything is written."""
@@ -687,6 +718,8 @@ def import_(
         transport=tls.transport(),
         image_policy=_image_policy(image_policy),
         require_vetted=require_vetted,
+        files=files,
+        charts=charts,
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
@@ -710,6 +743,15 @@ def import_(
         _say(quiet, f"  {escape(image['source'])} -> {escape(image['target'])}  {image['digest']}")
     for repo in result.repos:
         _say(quiet, f"  {escape(str(repo['name']))} -> {escape(str(repo['target']))}")
+    for f in result.files:
+        _say(
+            quiet,
+            f"  file {escape(str(f['name']))} -> {escape(str(f['target']))}"
+            + ("" if f["written"] else " (unchanged)"),
+        )
+    for c in result.charts:
+        name, version = escape(str(c["name"])), escape(str(c["version"]))
+        _say(quiet, f"  chart {name} {version} -> {escape(str(c['target']))}")
     if result.report_path:
         _say(quiet, f"report: {result.report_path}")
 
@@ -755,11 +797,15 @@ def inventory(
     repo: Annotated[
         list[str], typer.Option(help="Repo names to list (needed with a URL template).")
     ] = [],  # noqa: B006
+    files: Annotated[
+        Path | None,
+        typer.Option("--files", help="A files folder import wrote (its files' sha256)."),
+    ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the blobs and ref tips the targets already hold (no content), for
-    `export --since` on the connected side."""
+    """List the blobs, ref tips and files the targets already hold (digests only,
+    no content), for `export --since` on the connected side."""
     from airbundle.ops.inventory import take_inventory
 
     inv = take_inventory(
@@ -767,9 +813,14 @@ def inventory(
         git_target=git_target,
         repo_names=list(repo),
         transport=tls.transport(),
+        files=files,
     )
     write_atomic(output, inv.to_bytes())
-    _say(quiet, f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s)")
+    _say(
+        quiet,
+        f"wrote {output}: {len(inv.blobs)} blob(s), {len(inv.repos)} repo(s), "
+        f"{len(inv.files)} file(s)",
+    )
 
 
 @app.command("diff")
@@ -793,8 +844,16 @@ def diff_command(
     lines += [f"+ ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_added]
     lines += [f"- ref {repo} {ref}  {oid}" for repo, ref, oid in d.refs_removed]
     lines += [f"~ ref {repo} {ref}  {a[:12]} -> {b[:12]}" for repo, ref, a, b in d.refs_moved]
+    lines += [f"+ chart {n} {v}  {ref}" for n, v, ref in d.charts_added]
+    lines += [f"- chart {n} {v}  {ref}" for n, v, ref in d.charts_removed]
+    lines += [f"~ chart {n} {v}  {a} -> {b}" for n, v, a, b in d.charts_changed]
+    lines += [f"+ file {n}  {dg}" for n, dg in d.files_added]
+    lines += [f"- file {n}  {dg}" for n, dg in d.files_removed]
+    lines += [f"~ file {n}  {a} -> {b}" for n, a, b in d.files_changed]
     lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
-    _echo("\n".join(lines) if not d.empty else "no image or ref changes\n" + lines[-1])
+    _echo(
+        "\n".join(lines) if not d.empty else "no image, ref, chart or file changes\n" + lines[-1]
+    )
 
 
 @app.command()
@@ -843,9 +902,18 @@ def plan(
     for i in result.images:
         lines.append(
             f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
+            + (f"  (requested by chart {', '.join(i.requested_by)})" if i.requested_by else "")
         )
         if i.policy is not None:
             lines.append(f"    policy: {i.policy}")
+    for c in result.charts:
+        lines.append(
+            f"  chart {c.name} {c.version} ({c.text})  as {c.ref}  .tgz {c.digest}  "
+            f"{c.size} of {c.total} bytes" + (f", {len(c.images)} image(s)" if c.images else "")
+        )
+        if c.policy is not None:
+            lines.append(f"    policy: {c.policy}")
+    lines += [f"  file {f.name}  {f.digest}  {f.size} bytes" for g in result.files for f in g.files]
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
         lines.append(f"  {repo.name}: {repo.size} bytes of git history to carry")
@@ -856,6 +924,8 @@ def plan(
         f"the bundle: about {result.bundle_bytes} bytes{volumes}"
     )
     _say(quiet, "\n".join(lines))
+    for note in result.notes:
+        _echo(f"airbundle: note: {note}", err=True)
     if result.rejected:
         raise VettingError(
             f"the image policy {policy} would reject {len(result.rejected)} image(s): "
@@ -962,20 +1032,25 @@ def scan(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the image references in Kubernetes, kustomize, Tekton, Helm values, Flux and
-    Argo CD files (YAML and JSON), with file and line, and the files it could not read;
+    Argo CD files (YAML and JSON), and the charts Flux HelmReleases and Argo CD
+    Applications install, with file and line, and the files it could not read;
     with --bundle, only those the bundle lacks (exit 1 if any)."""
+    from airbundle.format.chartscan import missing as missing_charts
     from airbundle.format.imagescan import count_line, missing
-    from airbundle.ops.scan import carried, scan_folder
+    from airbundle.ops.scan import carried, scan_folder_all
 
     if not path.is_dir():
         raise UsageError(f"{path} is not a folder")
-    files, found = scan_folder(path)
+    result = scan_folder_all(path)
+    files, found = result.files, result.images
     findings = [f for f in found if f.scanned]
     unscanned = [f for f in found if not f.scanned]
     shown = findings
+    charts = result.charts
     if bundle is not None:
         manifest = inspect_bundle(bundle).manifest
         shown = missing(findings, carried(manifest.images, manifest.members))
+        charts = missing_charts(result.charts, manifest.charts)
     if json_output:
         _echo(
             json.dumps(
@@ -994,6 +1069,18 @@ def scan(
                         }
                         for f in shown
                     ],
+                    "chartReferences": len(result.charts),
+                    "charts": [
+                        {
+                            "chart": c.chart,
+                            "version": c.version,
+                            "repo": c.repo,
+                            "file": c.path,
+                            "line": c.line,
+                            "kind": c.kind,
+                        }
+                        for c in charts
+                    ],
                 },
                 indent=1,
             )
@@ -1002,11 +1089,16 @@ def scan(
         for f in shown:
             note = f"  ({escape(f.problem)})" if f.problem else ""
             _echo(f"{escape(f.path)}:{f.line}: {escape(f.text)}  [{escape(f.kind)}]{note}")
+        for c in charts:
+            _echo(f"{escape(c.path)}:{c.line}: {escape(c.text)}  [{escape(c.kind)}]")
         for f in unscanned:
             _echo(f"{escape(f.path)}: not scanned ({escape(str(f.problem))})")
         lacking = len(shown) if bundle is not None else None
         _echo(count_line(len(findings), files, lacking, len(unscanned)), err=True)
-    if bundle is not None and shown:
+        if result.charts:
+            what = "not in the bundle" if bundle is not None else "found"
+            _echo(f"{len(charts)} chart reference(s) {what}", err=True)
+    if bundle is not None and (shown or charts):
         raise typer.Exit(1)
 
 
@@ -1048,12 +1140,15 @@ def mirror_config(
     from airbundle.ops.mirrors import (
         carried_from_bundle,
         carried_from_report,
+        charts_from_bundle,
+        charts_from_report,
         choose_trust,
         write_mirror_config,
     )
 
     if source.suffix == ".json":
         name, images = carried_from_report(source)
+        charts = charts_from_report(source)
     else:
         if registry is None:
             raise UsageError("--registry HOST[:PORT][/PREFIX] is needed to map a bundle")
@@ -1062,10 +1157,11 @@ def mirror_config(
             RegistryLocation.parse(registry),
             MappingOptions(keep_source_host, max_nested_paths),
         )
+        charts = charts_from_bundle(source)
     trust = choose_trust(
         source, insecure=insecure, skip_tls_verify=skip_tls_verify, ca_file=ca_file
     )
-    for path in write_mirror_config(output, name, images, trust=trust, scope=scope):
+    for path in write_mirror_config(output, name, images, trust=trust, scope=scope, charts=charts):
         _say(quiet, f"wrote {path}")
 
 
@@ -1114,10 +1210,21 @@ def serve(
     keep_source_host: Annotated[
         bool, typer.Option(help="Keep the source registry host as the first path component.")
     ] = False,
+    charts: Annotated[
+        Path | None,
+        typer.Option(
+            "--charts", help="Serve the Helm repository import --charts wrote, at /charts/."
+        ),
+    ] = None,
+    files: Annotated[
+        Path | None,
+        typer.Option("--files", help="Serve the files import --files wrote, at /files/."),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Serve read-only what import wrote (an OCI layout, bare repos) or a bundle in
-    place: the OCI registry API (pull), git smart HTTP under /git/NAME.git, and a
+    """Serve read-only what import wrote (an OCI layout, bare repos, a chart repository,
+    files) or a bundle in place: the OCI registry API (pull), git smart HTTP under
+    /git/NAME.git, the charts at /charts/ (helm repo add), the files at /files/, and a
     page at /."""
 
     from airbundle.ops.serve import ServeOptions, prepare, run
@@ -1143,6 +1250,8 @@ def serve(
         policy=policy,
         cache_dir=cache_dir,
         allow_expired=allow_expired,
+        charts=charts,
+        files=files,
     )
 
     def ready(url: str) -> None:

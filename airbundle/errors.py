@@ -33,6 +33,9 @@ message text: messages are for people and may change.
     │   └── InvalidOCIError       an OCI descriptor, manifest or index
     ├── KeyFileError          (exit 2) a key or trust file cannot be read
     ├── SourceError           (exit 3) an image or repo source failed
+    │   ├── ChartNotFoundError    no chart, or no version of it, matches the spec
+    │   ├── ChartRepositoryError  a chart repository answered no index or no chart
+    │   └── PinMismatchError      content differs from its sha256 pin or the lock
     ├── TargetError           (exit 3) a registry or git target failed
     │   ├── RefUpdateError        a ref would move non-fast-forward
     │   ├── UploadLostError       a blob upload must start again from the bundle
@@ -163,6 +166,18 @@ class SignatureCheckError(VettingError):
 
 class SourceError(AirbundleError):
     exit_code = EXIT_IO
+
+
+class ChartNotFoundError(SourceError):
+    """The chart, or a version of it matching the spec, is not in its repository."""
+
+
+class ChartRepositoryError(SourceError):
+    """A chart repository answered something that is not an index or a chart."""
+
+
+class PinMismatchError(SourceError):
+    """Content fetched for the spec is not what its sha256 pin (or the lock) says."""
 
 
 class TargetError(AirbundleError):

@@ -79,6 +79,24 @@ class Limits:
     vet_workers: int = 2
     max_vet_report_bytes: int = 1 << 20
     max_vet_stderr_bytes: int = 8 << 10
+    # -- charts and files -----------------------------------------------------------
+    # A packaged chart (.tgz) is held in memory; what it unpacks to, its entries
+    # and its nested dependency charts are bounded too (a gzip bomb, a tar of a
+    # million files, charts vendored in charts vendored in ...).
+    max_chart_bytes: int = 64 << 20
+    max_chart_unpacked_bytes: int = 256 << 20
+    max_chart_entries: int = 20_000
+    max_chart_depth: int = 4
+    # YAML values, aliases expanded, in a Chart.yaml, a values.yaml, one chart's
+    # entries in a repository index, or the index.yaml import writes.
+    max_chart_yaml_nodes: int = 1_000_000
+    max_chart_index_nodes: int = 5_000_000
+    # A chart repository's index.yaml (some list every version of thousands of charts).
+    max_chart_index_bytes: int = 128 << 20
+    # Redirects followed by one HTTP download (a chart, a file by URL).
+    max_redirects: int = 5
+    # Files carried from one `files:` folder.
+    max_folder_files: int = 100_000
     # -- answers from servers -----------------------------------------------------
     # A registry's repository or tag listing: names asked for per page, and
     # the most bytes one page may take.

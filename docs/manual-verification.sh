@@ -182,7 +182,10 @@ not_regular=$(grep -v '^-' listing.txt || true)
 dups=$(LC_ALL=C sort names.txt | uniq -d)
 [ -z "$dups" ] || die "member names that occur twice: $dups"
 NAME_RE='^(airbundle/manifest\.json|airbundle/signatures/[0-9]{2}\.sig|images/oci-layout|images/index\.json|images/blobs/sha256/[0-9a-f]{64}|repos/[A-Za-z0-9][A-Za-z0-9._-]*\.bundle)$'
-odd=$(grep -Ev "$NAME_RE" names.txt || true)
+# Carried files (format version 2): files/NAME, NAME relative, no empty, '.' or '..' part.
+FILE_PART='([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)'
+FILE_RE="^files/$FILE_PART(/$FILE_PART)*\$"
+odd=$(grep -Ev "$NAME_RE" names.txt | grep -Ev "$FILE_RE" || true)
 [ -z "$odd" ] || die "unexpected member names: $odd"
 
 # --- 2. extract --------------------------------------------------------------
@@ -210,7 +213,11 @@ done
 # --- 4. members against the signed manifest ---------------------------------
 say "checking every member against the manifest"
 [ "$(manifest_field apiVersion)" = airbundle/v1 ] || die "manifest apiVersion is not airbundle/v1"
-[ "$(manifest_field formatVersion)" = 1 ] || die "bundle format version is not 1"
+case "$(manifest_field formatVersion)" in
+  1) ! grep -q '^files/' names.txt || die "a format version 1 bundle carries files/ members" ;;
+  2) ;;  # a bundle that carries files (incremental: possibly none of them)
+  *) die "bundle format version is not 1 or 2" ;;
+esac
 manifest_sums > SHA256SUMS
 grep -v '^airbundle/' names.txt | LC_ALL=C sort > content.txt || true
 cut -c 67- SHA256SUMS | LC_ALL=C sort > listed.txt
@@ -265,4 +272,6 @@ while read -r name head; do
 done < <(manifest_repos)
 
 say "OK: $BUNDLE checked; $(wc -l < SHA256SUMS) members match the signed manifest"
-if [ $# -eq 3 ]; then echo "unpacked in $WORK (images: image-N/, repos: repos/NAME.git)"; fi
+if [ $# -eq 3 ]; then
+  echo "unpacked in $WORK (images: image-N/, repos: repos/NAME.git, files: unpacked/files/)"
+fi

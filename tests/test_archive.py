@@ -791,8 +791,10 @@ def test_file_header_checks() -> None:
     with pytest.raises(ArchiveError, match=r"x: not an airbundle file"):
         parse_file_header(b"\0" * HEADER_SIZE, source="x")
     future = bytearray(raw[:HEADER_SIZE])
-    future[18:20] = (2).to_bytes(2, "little")  # format version
-    with pytest.raises(ArchiveError, match=r"x: bundle format version 2 is not supported"):
+    future[18:20] = (2).to_bytes(2, "little")  # format version 2: a bundle with files
+    assert parse_file_header(bytes(future), source="x") == parse_file_header(raw, source="x")
+    future[18:20] = (3).to_bytes(2, "little")
+    with pytest.raises(ArchiveError, match=r"x: bundle format version 3 is not supported"):
         parse_file_header(bytes(future), source="x")
 
 

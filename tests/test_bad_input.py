@@ -130,7 +130,9 @@ def test_a_spec_that_carries_nothing_is_an_error(tmp_path: Path, body: str) -> N
     error = spec_error(
         tmp_path, "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: e}\n" + body
     )
-    assert error.message.endswith("the spec carries nothing: add entries under images: or repos:")
+    assert error.message.endswith(
+        "the spec carries nothing: add entries under images:, repos:, charts: or files:"
+    )
 
 
 def test_a_repo_url_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

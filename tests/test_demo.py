@@ -77,5 +77,19 @@ def test_demo_exports_verifies_and_imports_the_samples(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "refs/heads/main" in refs
+    # The chart and the file went through as well.
+    assert (checkout / "airgap" / "files" / "docs" / "hello.txt").read_bytes() == (
+        checkout / "samples" / "files" / "hello.txt"
+    ).read_bytes()
+    index = (checkout / "airgap" / "charts" / "index.yaml").read_text()
+    assert (
+        "hello-0.1.0.tgz" in index
+        and (checkout / "airgap" / "charts" / "hello-0.1.0.tgz").is_file()
+    )
+    assert (
+        "registry.example.com/charts/hello:0.1.0"
+        in (checkout / "airgap" / "images" / "index.json").read_text()
+    )
+    assert "./airgap/charts" in proc.stdout and "hello.txt" in proc.stdout
     # The closing hint suggests only what the demo installed.
     assert "skopeo" not in proc.stdout

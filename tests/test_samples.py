@@ -70,7 +70,7 @@ def tree(root: Path) -> dict[str, bytes]:
 # --- reproducibility -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("sub", ["layouts", "saved"])
+@pytest.mark.parametrize("sub", ["layouts", "saved", "charts", "files"])
 def test_committed_outputs_are_reproduced_byte_for_byte(fresh: Path, sub: str) -> None:
     committed, regenerated = tree(SAMPLES / sub), tree(fresh / sub)
     assert committed, f"samples/{sub} is empty: run python3 samples/make_samples.py"

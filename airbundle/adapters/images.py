@@ -172,6 +172,11 @@ class ImageTarget(Protocol):
         """Wait until every blob written so far is stored (background uploads)."""
         ...
 
+    def read_blob(self, repo: str, digest: Digest, size: int) -> Iterator[bytes]:
+        """The bytes of a blob the target holds (a chart an incremental bundle
+        left out, for import --charts); the caller checks size and digest."""
+        ...
+
     def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
         """Store a manifest or index by digest (children before parents)."""
         ...

@@ -254,6 +254,18 @@ class OciLayoutTarget:
         except OSError as exc:
             raise TargetError(f"{self.describe()}: cannot write blob {digest}: {exc}") from None
 
+    def read_blob(self, repo: str, digest: Digest, size: int) -> Iterator[bytes]:
+        path = self.root / digest.blob_path
+        try:
+            fh = path.open("rb")
+        except OSError as exc:
+            raise TargetError(
+                f"{self.describe()}: cannot read blob {digest}: {exc.strerror}"
+            ) from None
+        with fh:
+            while chunk := fh.read(self.limits.io_chunk_bytes):
+                yield chunk
+
     def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
         if not self.has_blob(digest):
             self.write_blob(digest, len(data), [data])

@@ -19,7 +19,8 @@ import select
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from aiohttp import web
 from airbundle.adapters.content import Blob, ContentStore, FileSpan
 from airbundle.adapters.git_serve import CgiRequest, http_backend, is_push
 from airbundle.adapters.serve_page import render_html
+from airbundle.adapters.serve_static import folder_handler
 from airbundle.errors import AirbundleError
 from airbundle.format import distribution as dist
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -45,6 +47,8 @@ class AppConfig:
     users: dict[str, bytes] | None = None  # htpasswd: user -> bcrypt hash
     realm: str = "airbundle"
     limits: Limits = DEFAULT_LIMITS
+    # Read-only folders by URL prefix: "charts" (import --charts), "files".
+    folders: dict[str, Path] = field(default_factory=dict)
 
 
 class Authenticator:
@@ -261,6 +265,10 @@ class Server:
         app.router.add_route("*", "/v2", self.registry)
         app.router.add_route("*", "/v2/{tail:.*}", self.registry)
         app.router.add_route("*", "/git/{tail:.*}", self.git)
+        for prefix, root in self.config.folders.items():
+            handler = folder_handler(root, prefix)
+            app.router.add_route("*", f"/{prefix}", handler)
+            app.router.add_route("*", f"/{prefix}/{{tail:.*}}", handler)
         app.router.add_get("/", self.page)
         return app
 

@@ -67,6 +67,19 @@ def _repos(repos: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _folders(folders: list[dict[str, Any]]) -> list[str]:
+    if not folders:
+        return []
+    rows = ["<h2>Charts and files</h2>", '<table id="folders"><tr><th>path</th><th>use</th></tr>']
+    for folder in folders:
+        rows.append(
+            f'<tr><td><a href="{_e(folder["path"])}">{_e(folder["path"])}</a></td>'
+            f"<td><code>{_e(folder['use'])}</code></td></tr>"
+        )
+    rows.append("</table>")
+    return rows
+
+
 def _history(history: list[dict[str, Any]]) -> list[str]:
     rows = [
         "<h2>Import history</h2>",
@@ -140,6 +153,7 @@ def render_html(data: dict[str, Any]) -> str:
         parts += _bundle(data["bundle"])
     parts += _images(data["images"])
     parts += _repos(data["repos"])
+    parts += _folders(data.get("folders", []))
     if "bundle" not in data:
         parts += _history(data["history"])
     parts.append("</body></html>")

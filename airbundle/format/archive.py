@@ -46,6 +46,9 @@ from airbundle.format.tarstream import BLOCK, REGULAR, TarMember, TarReader, enc
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
 FORMAT_VERSION = 1
+# Version 2: a bundle that carries files (a member kind version 1 refuses);
+# the header and the manifest's formatVersion always agree.
+FORMAT_VERSIONS = (1, 2)
 MANIFEST_PATH = "airbundle/manifest.json"
 SIGNATURE_DIR = "airbundle/signatures/"
 
@@ -75,11 +78,14 @@ class FileHeader:
     # when the last frame is cut short, so this is what catches a bundle that
     # lost its last bytes (or gained some) in transit.
     total_length: int
+    version: int = FORMAT_VERSION
 
 
-def _encode_file_header(prefix_length: int, total_length: int) -> bytes:
+def _encode_file_header(
+    prefix_length: int, total_length: int, version: int = FORMAT_VERSION
+) -> bytes:
     return _HEADER_STRUCT.pack(
-        _HEADER_MAGIC, HEADER_SIZE - 8, _HEADER_ID, FORMAT_VERSION, 0, prefix_length, total_length
+        _HEADER_MAGIC, HEADER_SIZE - 8, _HEADER_ID, version, 0, prefix_length, total_length
     )
 
 
@@ -99,17 +105,18 @@ def read_file_header(data: bytes, *, source: str) -> FileHeader:
         raise ArchiveError(f"{source}: not an airbundle file (no airbundle header)")
     if _flags != 0:
         raise ArchiveError(f"{source}: unknown header flags {_flags:#x}; upgrade airbundle")
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise ArchiveError(
             f"{source}: bundle format version {version} is not supported "
-            f"(this airbundle reads version {FORMAT_VERSION}); upgrade airbundle"
+            f"(this airbundle reads versions {', '.join(map(str, FORMAT_VERSIONS))}); "
+            "upgrade airbundle"
         )
     if total < HEADER_SIZE + prefix_length:
         raise ArchiveError(
             f"{source}: the header declares no complete bundle (the export that wrote it "
             "did not finish)"
         )
-    return FileHeader(int(prefix_length), int(total))
+    return FileHeader(int(prefix_length), int(total), int(version))
 
 
 def _prefix_tar(manifest: bytes, signatures: Sequence[bytes], mtime: int) -> bytes:
@@ -322,6 +329,7 @@ class BundleWriter:
         threads: int = -1,
         mtime: int = 0,
         limits: Limits = DEFAULT_LIMITS,
+        format_version: int = FORMAT_VERSION,
     ) -> None:
         if not 0 < limits.seek_frame_bytes <= MAX_ENTRY_VALUE - 2 * BLOCK:
             raise ValueError(f"seek_frame_bytes {limits.seek_frame_bytes} out of range")
@@ -330,7 +338,8 @@ class BundleWriter:
         self._capacity = prefix_capacity
         self._mtime = mtime
         self._limits = limits
-        out.write(_encode_file_header(prefix_capacity, 0))
+        self._version = format_version
+        out.write(_encode_file_header(prefix_capacity, 0, format_version))
         out.write(b"\0" * prefix_capacity)
         workers = threads if threads > 0 else (os.cpu_count() or 1)
         self._frames = _FrameWriter(out, level=level, workers=workers)
@@ -480,7 +489,7 @@ class BundleWriter:
         end = self._out.tell()
         prefix = encode_prefix(manifest, signatures, capacity=self._capacity, mtime=self._mtime)
         self._out.seek(self._start)
-        self._out.write(_encode_file_header(self._capacity, end - self._start))
+        self._out.write(_encode_file_header(self._capacity, end - self._start, self._version))
         self._out.write(prefix)
         self._out.seek(end)
 
@@ -492,6 +501,8 @@ class Prefix:
     manifest: bytes
     signatures: tuple[tuple[str, bytes], ...]
     prefix_length: int
+    # The header's format version, which the manifest's formatVersion must equal.
+    format_version: int = FORMAT_VERSION
 
 
 class BundleReader:
@@ -515,6 +526,7 @@ class BundleReader:
         self._limits = limits
         header = read_file_header(raw.read(HEADER_SIZE), source=source)
         self.prefix_length = header.prefix_length
+        self.format_version = header.version
         self.total_length = header.total_length
         actual = None  # a pipe or a volume set: checked at the end of the stream
         if whole_file:
@@ -588,7 +600,7 @@ class BundleReader:
                 f"tar stream, but the manifest and signatures end at {content_start}"
             )
         self._prefix_read = True
-        return Prefix(manifest, tuple(signatures), self.prefix_length)
+        return Prefix(manifest, tuple(signatures), self.prefix_length, self.format_version)
 
     def _next_header(self) -> TarMember | None:
         try:

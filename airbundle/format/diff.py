@@ -17,6 +17,13 @@ class BundleDiff:
     refs_moved: list[tuple[str, str, str, str]] = field(default_factory=list)  # repo, ref, old, new
     new_blob_bytes: int = 0  # bytes of blobs in B that A did not carry
     new_blobs: int = 0
+    charts_added: list[tuple[str, str, str]] = field(default_factory=list)  # name, version, ref
+    charts_removed: list[tuple[str, str, str]] = field(default_factory=list)
+    # name, version: the same chart version with other content (rebuilt, or the source lied)
+    charts_changed: list[tuple[str, str, str, str]] = field(default_factory=list)  # +old, new
+    files_added: list[tuple[str, str]] = field(default_factory=list)  # name, digest
+    files_removed: list[tuple[str, str]] = field(default_factory=list)
+    files_changed: list[tuple[str, str, str]] = field(default_factory=list)  # name, old, new
 
     @property
     def empty(self) -> bool:
@@ -28,6 +35,12 @@ class BundleDiff:
                 self.refs_added,
                 self.refs_removed,
                 self.refs_moved,
+                self.charts_added,
+                self.charts_removed,
+                self.charts_changed,
+                self.files_added,
+                self.files_removed,
+                self.files_changed,
             )
         )
 
@@ -52,9 +65,39 @@ def diff(a: BundleManifest, b: BundleManifest) -> BundleDiff:
     for key in sorted(old_refs.keys() & new_refs.keys()):
         if old_refs[key] != new_refs[key]:
             out.refs_moved.append((*key, old_refs[key], new_refs[key]))
+    _charts(a, b, out)
+    _files(a, b, out)
     old_blobs = {m.digest for m in a.members if m.path.startswith(BLOB_PREFIX)}
     for m in b.members:
         if m.path.startswith(BLOB_PREFIX) and m.digest not in old_blobs:
             out.new_blobs += 1
             out.new_blob_bytes += m.size
     return out
+
+
+def _charts(a: BundleManifest, b: BundleManifest, out: BundleDiff) -> None:
+    """Charts by name and version (a new version is an added chart, as Helm
+    keeps every version); the same version with another .tgz is changed."""
+    old = {(c.name, c.version): c for c in a.charts}
+    new = {(c.name, c.version): c for c in b.charts}
+    for key in sorted(new.keys() - old.keys()):
+        out.charts_added.append((*key, str(new[key].ref)))
+    for key in sorted(old.keys() - new.keys()):
+        out.charts_removed.append((*key, str(old[key].ref)))
+    for key in sorted(old.keys() & new.keys()):
+        if old[key].chart_digest != new[key].chart_digest:
+            out.charts_changed.append(
+                (*key, str(old[key].chart_digest), str(new[key].chart_digest))
+            )
+
+
+def _files(a: BundleManifest, b: BundleManifest, out: BundleDiff) -> None:
+    old = {f.name: str(f.digest) for f in a.files}
+    new = {f.name: str(f.digest) for f in b.files}
+    for name in sorted(new.keys() - old.keys()):
+        out.files_added.append((name, new[name]))
+    for name in sorted(old.keys() - new.keys()):
+        out.files_removed.append((name, old[name]))
+    for name in sorted(old.keys() & new.keys()):
+        if old[name] != new[name]:
+            out.files_changed.append((name, old[name], new[name]))

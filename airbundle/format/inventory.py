@@ -15,6 +15,7 @@ from typing import Any
 from airbundle.errors import FormatError, ManifestError
 from airbundle.format import schemas
 from airbundle.format.digest import Digest
+from airbundle.format.files import FILE_PREFIX
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.manifest import BLOB_PREFIX, BundleManifest
 from airbundle.format.paths import check_object_id, check_ref_name, check_repo_name
@@ -31,9 +32,12 @@ class Base:
     blobs: set[Digest] = field(default_factory=set)
     repos: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> ref -> oid
     sources: list[dict[str, str]] = field(default_factory=list)  # recorded in the manifest
+    # Digests of files the far side's files folder holds (import --files).
+    files: set[Digest] = field(default_factory=set)
 
     def merge(self, other: Base) -> None:
         self.blobs |= other.blobs
+        self.files |= other.files
         for name, refs in other.repos.items():
             self.repos.setdefault(name, {}).update(refs)
         self.sources += other.sources
@@ -44,6 +48,7 @@ class Base:
 
 def base_from_manifest(manifest: BundleManifest, manifest_digest: Digest) -> Base:
     blobs = {m.digest for m in manifest.members if m.path.startswith(BLOB_PREFIX)}
+    files = {m.digest for m in manifest.members if m.path.startswith(FILE_PREFIX)}
     repos = {r.name: {ref.name: ref.target for ref in r.refs} for r in manifest.repos}
     source = {
         "kind": "bundle",
@@ -51,7 +56,7 @@ def base_from_manifest(manifest: BundleManifest, manifest_digest: Digest) -> Bas
         "id": manifest.bundle.id,
         "manifestDigest": str(manifest_digest),
     }
-    return Base(blobs, repos, [source])
+    return Base(blobs, repos, [source], files)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class Inventory:
     target: str
     blobs: tuple[Digest, ...]
     repos: dict[str, dict[str, str]]
+    # The sha256 of every file in the files folder (import --files), if one was named.
+    files: tuple[Digest, ...] = ()
 
     def to_bytes(self) -> bytes:
         doc = {
@@ -69,6 +76,7 @@ class Inventory:
             "target": self.target,
             "blobs": sorted(str(d) for d in self.blobs),
             "repos": {n: dict(sorted(r.items())) for n, r in sorted(self.repos.items())},
+            **({"files": sorted(str(d) for d in self.files)} if self.files else {}),
         }
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
@@ -84,6 +92,7 @@ class Inventory:
                     "digest": str(digest),
                 }
             ],
+            set(self.files),
         )
 
 
@@ -113,4 +122,5 @@ def _parse(doc: Any) -> Inventory:
             check_ref_name(r, error=ManifestError): check_object_id(o, error=ManifestError)
             for r, o in refs.items()
         }
-    return Inventory(str(doc.get("created", "")), str(doc.get("target", "")), blobs, repos)
+    files = tuple(Digest.parse(d) for d in doc.get("files", []))
+    return Inventory(str(doc.get("created", "")), str(doc.get("target", "")), blobs, repos, files)

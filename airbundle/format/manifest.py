@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from airbundle.errors import FormatError, ManifestError
 from airbundle.format import schemas
+from airbundle.format.chartentry import ChartEntry
 from airbundle.format.digest import Digest
+from airbundle.format.files import FILE_PREFIX, FileEntry, check_file_name
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.paths import (
     check_member_path,
@@ -33,6 +35,10 @@ if TYPE_CHECKING:  # loaded when a manifest carries vetting evidence (serve star
 API_VERSION = "airbundle/v1"
 KIND = "BundleManifest"
 FORMAT_VERSION = 1
+# A bundle that carries files (a member kind version 1 readers refuse) is
+# version 2; every other bundle stays version 1 (docs/bundle-format.md).
+FILES_FORMAT_VERSION = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, FILES_FORMAT_VERSION)
 OCI_LAYOUT_DIR = "images"
 BLOB_PREFIX = f"{OCI_LAYOUT_DIR}/blobs/sha256/"
 REPO_DIR = "repos"
@@ -80,6 +86,8 @@ class ImageEntry:
     # sparse index: only the chosen platforms' manifests travel with it).
     source_media_type: str | None = None
     source_size: int | None = None
+    # The charts (their refs) whose `images: true` added this image.
+    requested_by: tuple[str, ...] = ()
 
     @property
     def carries_source_index(self) -> bool:
@@ -175,6 +183,13 @@ class BundleManifest:
     # --vet-command): docs/bundle-format.md, format/vetting.py.
     vetting: VettingRecord | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # Helm charts (each also an images[] entry: an OCI artifact) and files.
+    charts: tuple[ChartEntry, ...] = ()
+    files: tuple[FileEntry, ...] = ()
+
+    @property
+    def format_version(self) -> int:
+        return FILES_FORMAT_VERSION if self.files else FORMAT_VERSION
 
     @cached_property
     def member_index(self) -> dict[str, MemberEntry]:
@@ -189,7 +204,7 @@ class BundleManifest:
         return {
             "apiVersion": API_VERSION,
             "kind": KIND,
-            "formatVersion": FORMAT_VERSION,
+            "formatVersion": self.format_version,
             "bundle": {
                 "name": b.name,
                 "id": b.id,
@@ -208,6 +223,8 @@ class BundleManifest:
             **({"base": [dict(b) for b in self.base]} if self.base else {}),
             **({"seekTable": _seek_table_json(self.seek_table)} if self.seek_table else {}),
             **({"vetting": self.vetting.to_json()} if self.vetting is not None else {}),
+            **({"charts": [c.to_json() for c in self.charts]} if self.charts else {}),
+            **({"files": [f.to_json() for f in self.files]} if self.files else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -283,6 +300,8 @@ def _image_json(i: ImageEntry) -> dict[str, Any]:
     if i.source_media_type is not None and i.source_size is not None:
         out["sourceMediaType"] = i.source_media_type
         out["sourceSize"] = i.source_size
+    if i.requested_by:
+        out["requestedBy"] = list(i.requested_by)
     return out
 
 
@@ -320,8 +339,16 @@ def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
         seek_table=_seek_table(doc.get("seekTable")),
         vetting=_vetting(doc["vetting"]) if "vetting" in doc else None,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
+        charts=tuple(_chart(i, c) for i, c in enumerate(doc.get("charts", []))),
+        files=tuple(_file(i, f) for i, f in enumerate(doc.get("files", []))),
     )
+    if doc["formatVersion"] != manifest.format_version:
+        raise ManifestError(
+            f"bundle manifest: formatVersion {doc['formatVersion']} but the bundle "
+            + ("carries files (version 2)" if manifest.files else "carries no files (version 1)")
+        )
     _check_consistency(manifest)
+    _check_charts_and_files(manifest)
     return manifest
 
 
@@ -337,6 +364,8 @@ _KNOWN = {
     "base",
     "seekTable",
     "vetting",
+    "charts",
+    "files",
 }
 
 
@@ -348,11 +377,13 @@ def _member(i: int, m: dict[str, Any]) -> MemberEntry:
         named = _digest("sha256:" + path[len(BLOB_PREFIX) :], f"{where}.path")
         if named != digest:
             raise ManifestError(f"{where}: blob {path!r} is listed with digest {digest}")
+    elif path.startswith(FILE_PREFIX):
+        check_file_name(path[len(FILE_PREFIX) :], error=ManifestError)
     elif not (
         path in (f"{OCI_LAYOUT_DIR}/oci-layout", f"{OCI_LAYOUT_DIR}/index.json")
         or path.startswith(f"{REPO_DIR}/")
     ):
-        raise ManifestError(f"{where}: member path {path!r} is outside images/ and repos/")
+        raise ManifestError(f"{where}: member path {path!r} is outside images/, repos/ and files/")
     return MemberEntry(path, m["size"], digest)
 
 
@@ -381,6 +412,7 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
         raise ManifestError(
             f"{where}.ref: {ref} names digest {ref.digest}, but the image's root is {digest}"
         )
+    requested = tuple(m.get("requestedBy", ()))
     return ImageEntry(
         ref=ref,
         source=m["source"],
@@ -391,6 +423,7 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
         source_digest=source,
         source_media_type=m.get("sourceMediaType"),
         source_size=m.get("sourceSize"),
+        requested_by=requested,
     )
 
 
@@ -462,3 +495,54 @@ def _vetting(doc: Any) -> VettingRecord:
     from airbundle.format.vetting import VettingRecord
 
     return VettingRecord.from_json(doc)
+
+
+def _chart(i: int, c: dict[str, Any]) -> ChartEntry:
+    try:
+        return ChartEntry.from_json(c, f"charts[{i}]")
+    except FormatError as exc:
+        raise ManifestError(f"bundle manifest: {exc.message}") from None
+
+
+def _file(i: int, f: dict[str, Any]) -> FileEntry:
+    where = f"files[{i}]"
+    name = check_file_name(f["name"], error=ManifestError)
+    return FileEntry(
+        name, f["size"], _digest(f["digest"], f"{where}.digest"), f["source"], f["executable"]
+    )
+
+
+def _check_charts_and_files(m: BundleManifest) -> None:
+    """Each chart travels as one of the images; each carried file member is
+    listed in `files` with its size and digest (a file whose member is absent
+    is one an incremental bundle leaves to the target, as a blob)."""
+    images = {i.ref: i for i in m.images}
+    charts: set[tuple[str, str]] = set()
+    for i, chart in enumerate(m.charts):
+        image = images.get(chart.ref)
+        if image is None or image.digest != chart.digest:
+            raise ManifestError(
+                f"charts[{i}] ({chart.name} {chart.version}): {chart.ref}@{chart.digest} is not "
+                "one of the bundle's images"
+            )
+        if (chart.name, chart.version) in charts:
+            raise ManifestError(f"charts[{i}]: chart {chart.name} {chart.version} is listed twice")
+        charts.add((chart.name, chart.version))
+    files = {f.name: f for f in m.files}
+    if len(files) != len(m.files):
+        raise ManifestError("bundle manifest lists a file twice")
+    paths = set(m.member_index)
+    for name in files:
+        # A file may not sit where another file's folder is.
+        parent = name.rsplit("/", 1)[0] if "/" in name else None
+        while parent is not None:
+            if parent in files:
+                raise ManifestError(f"files: {parent!r} is both a file and a folder")
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+    for path in paths:
+        if not path.startswith(FILE_PREFIX):
+            continue
+        entry = files.get(path[len(FILE_PREFIX) :])
+        member = m.member_index[path]
+        if entry is None or (entry.size, entry.digest) != (member.size, member.digest):
+            raise ManifestError(f"member {path!r} is not listed in files with its size and digest")

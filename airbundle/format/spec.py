@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from airbundle.errors import FormatError, SpecError
 from airbundle.format import schemas
 from airbundle.format.digest import Digest
+from airbundle.format.files import check_file_name
 from airbundle.format.oci import Platform
 from airbundle.format.paths import check_ref_pattern, check_repo_name
 from airbundle.format.reference import ImageReference
@@ -76,12 +78,56 @@ class RepoSpec:
     pinned: tuple[tuple[str, str], ...] | None = None
 
 
+ChartKind = Literal["repo", "oci", "path"]
+
+
+@dataclass(frozen=True)
+class ChartPin:
+    """A lock file's pin of a chart: the version chosen, the .tgz's digest, and
+    for `images: true` exactly the images (text, digest) it carries."""
+
+    version: str
+    digest: Digest
+    images: tuple[tuple[str, Digest], ...] | None = None
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    kind: ChartKind
+    text: str  # the entry's identity, as written: the lock file's key
+    line: int
+    repo: str | None = None  # repo: the repository URL as written
+    name: str | None = None  # repo: the chart's name
+    version: str | None = None  # repo, oci: exact or a range; None: the newest release
+    reference: ImageReference | None = None  # oci: the repository (tag: the version if given)
+    tagged: bool = False  # oci: the ref named a tag
+    path: Path | None = None  # path: a folder or a .tgz
+    repository: str | None = None  # carried under REPOSITORY/NAME:VERSION
+    images: bool = False
+    pinned: ChartPin | None = None
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    text: str  # the path or URL as written: the lock file's key
+    line: int
+    path: Path | None = None
+    url: str | None = None
+    sha256: Digest | None = None
+    name: str | None = None
+    executable: bool | None = None
+    # Set from a lock file: every file of the entry (name -> digest).
+    pinned: tuple[tuple[str, Digest], ...] | None = None
+
+
 @dataclass(frozen=True)
 class BundleSpec:
     name: str
     images: tuple[ImageSpec, ...]
     repos: tuple[RepoSpec, ...]
     path: Path | None = None
+    charts: tuple[ChartSpec, ...] = ()
+    files: tuple[FileSpec, ...] = ()
 
 
 def parse_source(text: str, *, base_dir: Path) -> SourceRef:
@@ -172,7 +218,7 @@ def _field(path: tuple[str | int, ...]) -> str:
 
 
 # The spec's sections that carry content; a spec must fill at least one.
-CONTENT_SECTIONS = ("images", "repos")
+CONTENT_SECTIONS = ("images", "repos", "charts", "files")
 
 
 def parse_spec(
@@ -190,9 +236,14 @@ def parse_spec(
         # carry nothing: almost always a spec that lost its content.
         raise SpecError(
             f"{source}: the spec carries nothing: add entries under "
-            + " or ".join(f"{s}:" for s in CONTENT_SECTIONS)
+            + ", ".join(f"{s}:" for s in CONTENT_SECTIONS[:-1])
+            + f" or {CONTENT_SECTIONS[-1]}:"
         )
-    return BundleSpec(doc["metadata"]["name"], images, repos)
+    charts = tuple(
+        _chart(item, ("charts", i), where, base_dir) for i, item in enumerate(doc.get("charts", []))
+    )
+    files = _files(doc.get("files", []), where, base_dir)
+    return BundleSpec(doc["metadata"]["name"], images, repos, None, charts, files)
 
 
 def _compose(text: str, source: str, limits: Limits) -> tuple[_Builder, Any]:
@@ -304,6 +355,114 @@ def _repos(items: list[dict[str, Any]], where: _Where, base_dir: Path) -> tuple[
             )
         )
     return tuple(repos)
+
+
+_CHART_SOURCES = ("repo", "ref", "path")
+
+
+def _chart(
+    item: dict[str, Any], path: tuple[str | int, ...], where: _Where, base_dir: Path
+) -> ChartSpec:
+    """One `charts:` entry: exactly one of repo (with name), ref (oci://) or path."""
+    given = [k for k in _CHART_SOURCES if k in item]
+    if len(given) != 1:
+        raise where.error(path, "a chart needs exactly one of repo (with name), ref or path")
+    kind = given[0]
+    common: dict[str, Any] = {
+        "line": where.line(path),
+        "repository": item.get("repository"),
+        "images": bool(item.get("images", False)),
+        "version": item.get("version"),
+    }
+    if kind != "repo" and "name" in item:
+        raise where.error((*path, "name"), "name goes with repo (the chart's name there)")
+    if kind == "repo":
+        if "name" not in item:
+            raise where.error(path, "a chart from repo needs the chart's name")
+        url = item["repo"]
+        if not url.startswith(("https://", "http://")):
+            raise where.error((*path, "repo"), "an HTTP chart repository is an http(s):// URL")
+        text = f"{url} {item['name']} {item.get('version', '*')}"
+        return ChartSpec("repo", text, repo=url, name=item["name"], **common)
+    if kind == "ref":
+        return _oci_chart(item, path, where, common)
+    if "version" in item:
+        raise where.error((*path, "version"), "a chart from path has the version of its Chart.yaml")
+    local = Path(item["path"])
+    return ChartSpec(
+        "path", item["path"], path=local if local.is_absolute() else base_dir / local, **common
+    )
+
+
+def _oci_chart(
+    item: dict[str, Any], path: tuple[str | int, ...], where: _Where, common: dict[str, Any]
+) -> ChartSpec:
+    text = item["ref"]
+    if not text.startswith("oci://"):
+        raise where.error(
+            (*path, "ref"), "a chart in a registry is oci://REGISTRY/PATH/NAME[:VERSION]"
+        )
+    body = text.removeprefix("oci://")
+    last = body.rsplit("/", 1)[-1]
+    if "@" in last:
+        raise where.error((*path, "ref"), "name the chart by version (tag), not by digest")
+    tagged = ":" in last
+    if tagged and common["version"] is not None:
+        raise where.error((*path, "version"), "the ref already names a version")
+    try:
+        reference = ImageReference.parse(body)
+    except FormatError as exc:
+        raise where.error((*path, "ref"), exc.message) from None
+    if "/" not in body or reference.registry != body.split("/", 1)[0].lower():
+        raise where.error((*path, "ref"), "oci:// needs a registry host and a repository")
+    key = text if tagged else f"{text} {common['version'] or '*'}"
+    return ChartSpec("oci", key, reference=reference, tagged=tagged, **common)
+
+
+def _files(items: list[dict[str, Any]], where: _Where, base_dir: Path) -> tuple[FileSpec, ...]:
+    out = []
+    for i, item in enumerate(items):
+        path = ("files", i)
+        given = [k for k in ("path", "url") if k in item]
+        if len(given) != 1:
+            raise where.error(path, "a file needs exactly one of path or url")
+        name = item.get("name")
+        if name is not None:
+            try:
+                check_file_name(name, error=SpecError)
+            except SpecError as exc:
+                raise where.error((*path, "name"), exc.message) from None
+        digest = None
+        if "sha256" in item:
+            hex_part = item["sha256"].removeprefix("sha256:")
+            digest = Digest("sha256", hex_part)
+        local = None
+        url = item.get("url")
+        if url is not None:
+            if not url.startswith(("https://", "http://")):
+                raise where.error((*path, "url"), "files are fetched over http(s)://")
+            if name is None and not url_base_name(url):
+                raise where.error((*path, "name"), "the URL ends in no file name: give one")
+        else:
+            local = Path(item["path"])
+            local = local if local.is_absolute() else base_dir / local
+        out.append(
+            FileSpec(
+                url or item["path"],
+                where.line(path),
+                path=local,
+                url=url,
+                sha256=digest,
+                name=name,
+                executable=item.get("executable"),
+            )
+        )
+    return tuple(out)
+
+
+def url_base_name(url: str) -> str:
+    """The last segment of a URL's path (unquoted), or '' if it has none."""
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
 
 
 def _resolve_url(url: str, base_dir: Path) -> str:

@@ -69,6 +69,15 @@ def _split_name(path: str) -> tuple[bytes, bytes]:
     raise ValueError(f"member path too long for ustar: {path!r}")
 
 
+def ustar_fits(path: str) -> bool:
+    """Whether a plain ustar header can hold `path` (no PAX headers are written)."""
+    try:
+        _split_name(path)
+    except ValueError:
+        return False
+    return True
+
+
 def encode_header(path: str, size: int, *, kind: str = REGULAR, mtime: int = 0) -> bytes:
     """One 512-byte ustar header, deterministic for the same arguments."""
     name, prefix = _split_name(path if kind == REGULAR else path.rstrip("/") + "/")

@@ -42,6 +42,8 @@ class CollectedImage:
     blobs: list[Descriptor] = field(default_factory=list)
     # Artifacts that refer to this image (signatures, SBOMs), when asked for.
     referrers: list[CollectedImage] = field(default_factory=list)
+    # The charts (their refs) whose `images: true` asked for this image.
+    requested_by: list[str] = field(default_factory=list)
 
 
 def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:

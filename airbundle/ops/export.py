@@ -39,7 +39,9 @@ from airbundle.errors import SourceError, SpecError, TargetError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, BundleWriter, prefix_upper_bound
 from airbundle.format.digest import Digest
-from airbundle.format.imagescan import Carried, Finding
+from airbundle.format.files import FileEntry
+from airbundle.format.helm import ChartEntry
+from airbundle.format.imagescan import Carried
 from airbundle.format.inventory import Base
 from airbundle.format.manifest import (
     OCI_LAYOUT_DIR,
@@ -63,8 +65,10 @@ from airbundle.format.vetting import VettingRecord
 from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
+from airbundle.ops.carried_files import PlannedFile, plan_files
+from airbundle.ops.charts import plan_charts
 from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
-from airbundle.ops.scan import carried, scan_repo, summarize
+from airbundle.ops.scan import ScanResult, carried, scan_repo_all, summarize
 from airbundle.ops.sources import Sources
 from airbundle.ops.vetting import (
     Judged,
@@ -132,27 +136,47 @@ def export_bundle(
     cache = BlobCache(options.cache_dir) if options.cache_dir is not None else None
     sources = Sources(options.transport or Transport(), options.limits, cache)
     planned = plan_images(spec, sources)
-    judged = _judge(spec, planned, sources, options.vetting)
-    images = [carried for img in planned for carried in (img, *img.referrers)]
+    charts = plan_charts(spec, sources, planned)
+    # Charts, and the images they ask for, are judged and vetted like the
+    # spec's own images: the far side judges every image the bundle carries.
+    chart_specs, chart_images = charts.judged()
+    vetted_spec = replace(spec, images=(*spec.images, *chart_specs))
+    vetted_images = [*planned, *chart_images]
+    judged = _judge(vetted_spec, vetted_images, sources, options.vetting)
+    images = [
+        carried
+        for img in [*planned, *(c.image for c in charts.charts), *charts.images]
+        for carried in (img, *img.referrers)
+    ]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(options.output)
     with _workdir(options.output) as workdir:
-        vetted = _vet(planned, judged, options, workdir, created)
+        vetted = _vet(vetted_images, judged, options, workdir, created)
         images += vetted.reports if vetted else []
+        files = plan_files(
+            spec, sources.fetcher(), scratch=workdir / "files", cache=cache, limits=options.limits
+        )
         repos = [
             _prepare_repo(r, workdir, options, reproducible=reproducible, base=base)
             for r in spec.repos
         ]
         # Lay out: the members in their order, and what the manifest will say.
-        layout = _lay_out(images, repos, base)
+        layout = _lay_out(images, repos, base, files)
         entries = _image_entries(images)
         contents = _Contents(
             _bundle_info(spec, options, created, reproducible),
             entries,
             tuple(r.entry for r in repos),
-            _check_images(options, repos, carried(entries, layout.draft_members())),
+            _check_images(
+                options,
+                repos,
+                carried(entries, layout.draft_members()),
+                [c.entry() for c in charts.charts],
+            ),
             tuple(base.sources),
             vetted.record if vetted else None,
+            tuple(c.entry() for c in charts.charts),
+            tuple(f.entry for f in files),
         )
         # Stream and sign.
         written = _write(layout, contents, options, created, progress)
@@ -162,7 +186,7 @@ def export_bundle(
         written.manifest,
         Digest.sha256_of(written.manifest_bytes),
         written.size,
-        tuple(subset_warnings(images) + (vetted.warnings if vetted else [])),
+        (*subset_warnings(images), *(vetted.warnings if vetted else []), *charts.notes),
         written.volumes,
     )
 
@@ -242,7 +266,7 @@ class _PreparedRepo:
     spec: RepoSpec
     member: _GitMember
     entry: RepoEntry
-    scanned: tuple[int, list[Finding]] = (0, [])
+    scanned: ScanResult = field(default_factory=ScanResult)
 
 
 def _prepare_repo(
@@ -278,10 +302,10 @@ def _prepare_repo(
             head=head,
             prerequisites=member.heads.prerequisites,
         )
-        scanned = (0, list[Finding]())
+        scanned = ScanResult()
         if options.check_images:
             refs_carried = [r.name for r in entry.refs]
-            scanned = scan_repo(spec.name, bare, refs_carried, limits=options.limits)
+            scanned = scan_repo_all(spec.name, bare, refs_carried, limits=options.limits)
         return _PreparedRepo(spec, member, entry, scanned)
 
 
@@ -396,6 +420,8 @@ class _Layout:
     documents: dict[Digest, bytes] = field(default_factory=dict)
     blobs: list[tuple[Digest, Descriptor, CollectedImage]] = field(default_factory=list)
     repos: list[_PreparedRepo] = field(default_factory=list)
+    # Files the base does not show the far side holding (by digest).
+    files: list[PlannedFile] = field(default_factory=list)
 
     def draft_members(self) -> list[MemberEntry]:
         """The members as the manifest will list them; the digests not known
@@ -405,15 +431,24 @@ class _Layout:
             MemberEntry(f"{OCI_LAYOUT_DIR}/index.json", len(self.index), _PLACEHOLDER),
             *(MemberEntry(blob_member_path(d), len(data), d) for d, data in self.documents.items()),
             *(MemberEntry(blob_member_path(d), desc.size, d) for d, desc, _ in self.blobs),
+            *(MemberEntry(f.entry.member, f.local.size, f.local.digest) for f in self.files),
             *(MemberEntry(r.entry.member, r.member.size, _PLACEHOLDER) for r in self.repos),
         ]
 
 
-def _lay_out(images: list[CollectedImage], repos: list[_PreparedRepo], base: Base) -> _Layout:
+def _lay_out(
+    images: list[CollectedImage],
+    repos: list[_PreparedRepo],
+    base: Base,
+    files: list[PlannedFile],
+) -> _Layout:
     index = layout_index(
         [replace(img.root, annotations={REF_NAME: str(img.ref)}, raw={}) for img in images]
     )
-    layout = _Layout(index, repos=repos)
+    # A file whose content the far side already holds stays home, as a blob does.
+    layout = _Layout(
+        index, repos=repos, files=[f for f in files if f.local.digest not in base.files]
+    )
     blobs: dict[Digest, tuple[Descriptor, CollectedImage]] = {}
     for img in images:
         layout.documents.update(img.documents)
@@ -437,6 +472,8 @@ class _Contents:
     scan: ScanSummary | None
     base: tuple[dict[str, str], ...]
     vetting: VettingRecord | None = None
+    charts: tuple[ChartEntry, ...] = ()
+    files: tuple[FileEntry, ...] = ()
 
     def manifest(
         self,
@@ -454,6 +491,8 @@ class _Contents:
             self.base,
             seek_table=seek_table,
             vetting=self.vetting,
+            charts=self.charts,
+            files=self.files,
         )
 
 
@@ -494,21 +533,26 @@ def _image_entries(images: list[CollectedImage]) -> tuple[ImageEntry, ...]:
             img.source_digest,
             img.source_root.media_type if img.source_root is not None else None,
             img.source_root.size if img.source_root is not None else None,
+            tuple(dict.fromkeys(img.requested_by)),
         )
         for img in images
     )
 
 
 def _check_images(
-    options: ExportOptions, repos: list[_PreparedRepo], bundle: Carried
+    options: ExportOptions,
+    repos: list[_PreparedRepo],
+    bundle: Carried,
+    charts: list[ChartEntry],
 ) -> ScanSummary | None:
-    """With --check-images: the image references in the carried repositories
-    that the bundle lacks (with --strict, any is an error)."""
+    """With --check-images: the image and chart references in the carried
+    repositories that the bundle lacks (with --strict, any is an error)."""
     if not options.check_images:
         return None
-    files = sum(r.scanned[0] for r in repos)
-    findings = [f for r in repos for f in r.scanned[1]]
-    scan = summarize(files, findings, bundle)
+    files = sum(r.scanned.files for r in repos)
+    findings = [f for r in repos for f in r.scanned.images]
+    chart_findings = [f for r in repos for f in r.scanned.charts]
+    scan = summarize(files, findings, bundle, chart_findings, charts)
     if options.strict and scan.missing:
         shown = "; ".join(f"{m.ref} ({m.file}:{m.line})" for m in scan.missing[:20])
         more = f" and {len(scan.missing) - 20} more" if len(scan.missing) > 20 else ""
@@ -556,6 +600,7 @@ def _write(
             threads=options.threads,
             mtime=int(created.timestamp()),
             limits=limits,
+            format_version=draft.format_version,
         )
         members = _stream(writer, layout, limits, progress)
         manifest = contents.manifest(
@@ -608,6 +653,17 @@ def _stream(
                     what=f"{img.source_text}: blob {digest}",
                 )
             )
+    for planned in layout.files:
+        local = planned.local
+        written.append(
+            writer.add_stream(
+                planned.entry.member,
+                local.size,
+                _counting(_file_chunks(local.path, limits.io_chunk_bytes), progress),
+                expected=local.digest,
+                what=f"file {local.name} ({local.path})",
+            )
+        )
     for repo in layout.repos:
         with repo.member.path.open("rb") as bfh:
             pack = itertools.chain(
@@ -619,6 +675,15 @@ def _stream(
             )
         repo.member.path.unlink()
     return [MemberEntry(w.path, w.size, w.sha256) for w in written]
+
+
+def _file_chunks(path: Path, chunk: int) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as fh:
+            while data := fh.read(chunk):
+                yield data
+    except OSError as exc:
+        raise SourceError(f"file {path}: {exc.strerror}") from None
 
 
 def _small_blob(item: tuple[Digest, Descriptor, CollectedImage], *, limit: int) -> bytes | None:

@@ -36,6 +36,7 @@ from airbundle.errors import (
 )
 from airbundle.format.archive import BundleReader
 from airbundle.format.digest import Digest
+from airbundle.format.files import FILE_PREFIX
 from airbundle.format.freshness import Accepted, Decision, decide, trust_set_id
 from airbundle.format.manifest import (
     BLOB_PREFIX,
@@ -46,6 +47,7 @@ from airbundle.format.manifest import (
     format_time,
 )
 from airbundle.format.mapping import MappingOptions
+from airbundle.format.mirrorconfig import CarriedChart
 from airbundle.format.oci import OCI_MANIFEST, parse_manifest
 from airbundle.format.paths import check_channel
 from airbundle.format.policy import ImagePolicy
@@ -54,6 +56,7 @@ from airbundle.format.text import escape
 from airbundle.format.trust import TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.adapt import adapt, index_referrers, refuse_repeated_layers
+from airbundle.ops.landing import ChartsLanding, FilesLanding
 from airbundle.ops.mirrors import trust_record, with_repins, write_mirror_config
 from airbundle.ops.proof import prove_published, still_held
 from airbundle.ops.sparse import SparseIndexes
@@ -99,6 +102,10 @@ class ImportOptions:
     require_vetted: bool = False
     at: datetime | None = None
     limits: Limits = DEFAULT_LIMITS
+    # --files DIR: where carried files land; --charts DIR: a static Helm
+    # repository written from the carried charts (besides --registry).
+    files: Path | None = None
+    charts: Path | None = None
 
 
 @dataclass
@@ -111,6 +118,8 @@ class ImportReport:
     blobs_present: int = 0
     images: list[dict[str, str]] = field(default_factory=list)
     repos: list[dict[str, object]] = field(default_factory=list)
+    files: list[dict[str, object]] = field(default_factory=list)
+    charts: list[dict[str, object]] = field(default_factory=list)
     report_path: str | None = None
     sequence: int = 0
     channel: str = ""
@@ -144,6 +153,8 @@ class _Targets:
     named_gits: GitTarget | None
     carries_images: bool
     carries_repos: bool
+    files: FilesLanding | None = None
+    charts: ChartsLanding | None = None
 
     @property
     def images(self) -> ImageTarget | None:
@@ -164,6 +175,9 @@ class _Targets:
             stores.append(StateStore(folder, self.named_images.state_key()))
         if self.named_gits is not None:
             stores.append(StateStore(state_dir or default_state_dir(), self.named_gits.state_key()))
+        for landing in (self.files, self.charts):
+            if landing is not None:
+                stores.append(StateStore(state_dir or default_state_dir(), landing.state_key()))
         return sorted(stores, key=lambda store: str(store.path))
 
     def close(self) -> None:
@@ -203,7 +217,18 @@ def _open_targets(manifest: BundleManifest, options: ImportOptions) -> _Targets:
             f"the bundle carries {len(manifest.repos)} repo(s): say where they go with "
             "--git DIR or --git 'URL/{name}.git'"
         )
-    return _Targets(images, gits, bool(manifest.images), bool(manifest.repos))
+    if manifest.files and options.files is None:
+        raise UsageError(
+            f"the bundle carries {len(manifest.files)} file(s): say where they go with --files DIR"
+        )
+    return _Targets(
+        images,
+        gits,
+        bool(manifest.images),
+        bool(manifest.repos),
+        FilesLanding(options.files, manifest, options.limits) if options.files else None,
+        ChartsLanding(options.charts, options.limits) if options.charts else None,
+    )
 
 
 class _Documents:
@@ -276,7 +301,9 @@ class _Sinks:
         manifest: BundleManifest,
         report: ImportReport,
         limits: Limits,
+        files: FilesLanding | None = None,
     ) -> None:
+        self.files = files
         self.target = target
         self.scratch = scratch
         self.report = report
@@ -345,6 +372,9 @@ class _Sinks:
                 )
                 return  # stream_members still drains and verifies the bytes
             self.report.blobs_written += 1
+        elif entry.path.startswith(FILE_PREFIX):
+            assert self.files is not None
+            self.files.sink(entry, chunks)
         elif entry.path in self.repos:
             assert self.scratch is not None
             repo = self.repos[entry.path]
@@ -393,7 +423,7 @@ def import_bundle(
         scratch = _prepare(stack, manifest, targets)
         _adapt(manifest, targets, options, report)
         # Stream phase, then publish phase; nothing visible moves before the last.
-        sinks = _Sinks(targets.images, scratch, manifest, report, options.limits)
+        sinks = _Sinks(targets.images, scratch, manifest, report, options.limits, targets.files)
         with _cleanup_on_failure(manifest, targets):
             stream_members(reader, manifest, sinks, progress=progress)
             if sinks.resend:
@@ -453,6 +483,10 @@ def _prepare(
     scratch folder git bundles are spooled to (None if the bundle has none)."""
     if targets.gits is not None:
         _check_prerequisites(manifest, targets.gits)
+    if targets.files is not None:
+        targets.files.prepare(base_hint(manifest))
+    if targets.charts is not None and manifest.charts:
+        targets.charts.prepare()
     if targets.images is not None:
         stack.enter_context(targets.images.locked())
         targets.images.prepare()
@@ -467,6 +501,8 @@ def _cleanup_on_failure(manifest: BundleManifest, targets: _Targets) -> Iterator
     try:
         yield
     except BaseException:
+        if targets.files is not None:
+            targets.files.discard()
         if targets.images is not None:
             # Let background uploads settle before reporting the failure.
             with contextlib.suppress(Exception):
@@ -626,6 +662,17 @@ def _publish(
         _stage_repos(manifest, sinks.staged, targets.gits, force=options.force)
     if targets.images is not None:
         _publish_images(manifest, sinks, targets.images, report, options.limits)
+    if targets.files is not None:
+        targets.files.publish()
+        report.files = targets.files.report()
+    report.charts = [
+        {"name": c.name, "version": c.version, "ref": str(c.ref), "digest": str(c.chart_digest)}
+        for c in manifest.charts
+    ]
+    if targets.charts is not None and manifest.charts:
+        assert targets.images is not None and sinks.documents is not None
+        targets.charts.publish(manifest, sinks.documents.data, targets.images)
+        report.charts = list(targets.charts.charts)
     if targets.gits is not None:
         _publish_repos(manifest, targets.gits, report, force=options.force)
     prove_published(manifest, targets.images, targets.gits, limits=options.limits)
@@ -639,6 +686,7 @@ def _publish(
                 with_repins(entries.images, report.images),
                 trust=entries.trust,
                 scope=options.mirror_scope,
+                charts=[CarriedChart(c.name, c.version, c.ref) for c in manifest.charts],
             )
     report_path = options.report
     folder = targets.images.report_folder() if targets.images is not None else None

@@ -13,7 +13,7 @@ from airbundle.format import mirrorconfig, schemas
 from airbundle.format.digest import Digest
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.mapping import MappingOptions, RegistryLocation, map_images
-from airbundle.format.mirrorconfig import CarriedImage, MirrorTrust
+from airbundle.format.mirrorconfig import CarriedChart, CarriedImage, MirrorTrust
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.unverified import read_unverified
@@ -43,6 +43,23 @@ def read_report(report: Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, A
     )
     schemas.check(schemas.IMPORT_REPORT, doc, what=what, error=UsageError)
     return doc  # type: ignore[no-any-return]
+
+
+def charts_from_bundle(bundle: Path, *, limits: Limits = DEFAULT_LIMITS) -> list[CarriedChart]:
+    manifest = read_unverified(bundle, limits=limits).manifest
+    return [CarriedChart(c.name, c.version, c.ref) for c in manifest.charts]
+
+
+def charts_from_report(report: Path, *, limits: Limits = DEFAULT_LIMITS) -> list[CarriedChart]:
+    """The charts an import report lists (a report of an import before charts: none)."""
+    doc = read_report(report, limits=limits)
+    try:
+        return [
+            CarriedChart(str(c["name"]), str(c["version"]), ImageReference.parse(c["ref"]))
+            for c in doc.get("charts", [])
+        ]
+    except (KeyError, TypeError, FormatError) as exc:
+        raise UsageError(f"{report}: not an airbundle import report ({exc})") from None
 
 
 def carried_from_report(
@@ -127,6 +144,7 @@ def write_mirror_config(
     insecure: bool = False,
     trust: MirrorTrust | None = None,
     scope: str = "repository",
+    charts: list[CarriedChart] | None = None,
 ) -> list[Path]:
     """Every file for `images`; `trust` says how clients reach the mirror
     (`insecure` alone: plain HTTP)."""
@@ -141,6 +159,8 @@ def write_mirror_config(
         trust=trust,
         repositories=repositories,
         repins=[i for i in images if i.repin is not None],
+        charts=charts or (),
+        images=images,
     )
     written = []
     for name, text in sorted(files.items()):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airbundle.adapters import git
+from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.cache import git_mirror
 from airbundle.adapters.fsutil import read_regular
 from airbundle.adapters.registry.transport import Transport
@@ -23,11 +24,22 @@ from airbundle.format.inventory import Base
 from airbundle.format.jsonutil import loads_strict
 from airbundle.format.paths import check_object_id, check_ref_name
 from airbundle.format.policy import ImagePolicy
-from airbundle.format.spec import BundleSpec, ImageSpec, RepoSpec, SourceRef
+from airbundle.format.spec import BundleSpec, ChartPin, ImageSpec, RepoSpec, SourceRef
 from airbundle.format.tarstream import BLOCK, padding
 from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
-from airbundle.ops.collect import plan_images
+from airbundle.ops.carried_files import plan_files
+from airbundle.ops.charts import plan_charts
+from airbundle.ops.collect import CollectedImage, plan_images
+from airbundle.ops.lock_extras import (
+    PlannedChart,
+    PlannedFiles,
+    apply_lock_extras,
+    lock_json,
+    planned_chart,
+    planned_files,
+    read_lock_extras,
+)
 from airbundle.ops.sources import Sources
 from airbundle.ops.vetting import judge_images
 
@@ -48,6 +60,10 @@ class PlannedImage:
     # With --policy: the verdict (scope, signers or reasons); None without.
     policy: str | None = None
     accepted: bool = True
+    # The charts whose `images: true` asked for it (such an image is pinned
+    # in the lock under its chart, not as a spec image).
+    requested_by: tuple[str, ...] = ()
+    from_chart: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,18 +84,25 @@ class Plan:
     # tar framing, the header and the reserved prefix (before compression,
     # which gains nothing on layers and packs).
     bundle_bytes: int = 0
+    charts: tuple[PlannedChart, ...] = ()
+    files: tuple[PlannedFiles, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
-    def rejected(self) -> tuple[PlannedImage, ...]:
-        """The images the image policy would reject (export would stop)."""
-        return tuple(i for i in self.images if not i.accepted)
+    def rejected(self) -> tuple[PlannedImage | PlannedChart, ...]:
+        """The images and charts the image policy would reject (export would stop)."""
+        return (
+            *(i for i in self.images if not i.accepted),
+            *(c for c in self.charts if not c.accepted),
+        )
 
     def lock_bytes(self) -> bytes:
         doc = {
             "apiVersion": "airbundle/v1",
             "kind": LOCK_KIND,
-            "images": [_lock_image(i) for i in self.images],
+            "images": [_lock_image(i) for i in self.images if not i.from_chart],
             "repos": [{"name": r.name, "refs": dict(sorted(r.refs.items()))} for r in self.repos],
+            **lock_json(self.charts, self.files),
         }
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
@@ -107,6 +130,37 @@ def _member_bytes(size: int) -> int:
     return BLOCK + size + padding(size)
 
 
+@dataclass
+class _Tally:
+    """What the bundle carries so far: digests seen, bytes with tar framing, members."""
+
+    base: Base
+    seen: set[Digest] = field(default_factory=set)
+    framed: int = 0  # the members with their tar headers and padding
+    members: int = 0
+
+    def member(self, size: int) -> None:
+        self.framed += _member_bytes(size)
+        self.members += 1
+
+    def image(self, image: CollectedImage) -> tuple[int, int]:
+        """Bytes carried for the image (and its referrers), and its whole size."""
+        total = size = 0
+        for part in (image, *image.referrers):
+            total += sum(b.size for b in part.blobs) + sum(len(d) for d in part.documents.values())
+            for digest, data in part.documents.items():
+                if digest not in self.seen:
+                    size += len(data)
+                    self.member(len(data))
+                    self.seen.add(digest)
+            for blob in part.blobs:
+                if blob.digest not in self.base.blobs and blob.digest not in self.seen:
+                    size += blob.size
+                    self.member(blob.size)
+                    self.seen.add(blob.digest)
+        return size, total
+
+
 def make_plan(
     spec: BundleSpec,
     *,
@@ -120,29 +174,25 @@ def make_plan(
     base = load_bases(since, limits=limits)
     sources = Sources(transport or Transport(), limits)
     images = plan_images(spec, sources)
-    # Manifests and signature payloads only: nothing is downloaded in full.
-    judged = judge_images(spec, images, sources, policy) if policy is not None else None
+    charts = plan_charts(spec, sources, images)
+    chart_specs, chart_images = charts.judged()
+    # Manifests and signature payloads only: nothing is downloaded in full. The
+    # images charts ask for are judged like the spec's own.
+    judged = (
+        judge_images(
+            replace(spec, images=(*spec.images, *chart_specs)),
+            [*images, *chart_images],
+            sources,
+            policy,
+        )
+        if policy is not None
+        else None
+    )
     planned = []
-    seen: set[Digest] = set()
+    tally = _Tally(base)
     carried = 0
-    framed = 0  # the same members with their tar headers and padding
-    members = 0
     for n, (item, image) in enumerate(zip(spec.images, images, strict=True)):
-        total = size = 0
-        for part in (image, *image.referrers):
-            total += sum(b.size for b in part.blobs) + sum(len(d) for d in part.documents.values())
-            for digest, data in part.documents.items():
-                if digest not in seen:
-                    size += len(data)
-                    framed += _member_bytes(len(data))
-                    members += 1
-                    seen.add(digest)
-            for blob in part.blobs:
-                if blob.digest not in base.blobs and blob.digest not in seen:
-                    size += blob.size
-                    framed += _member_bytes(blob.size)
-                    members += 1
-                    seen.add(blob.digest)
+        size, total = tally.image(image)
         carried += size
         planned.append(
             PlannedImage(
@@ -159,23 +209,71 @@ def make_plan(
                 else None,
                 judged[n].describe() if judged else None,
                 judged[n].verdict.accepted if judged else True,
+                tuple(dict.fromkeys(image.requested_by)),
+            )
+        )
+    planned_charts = []
+    digests = {str(i.ref): str(i.root.digest) for i in [*images, *charts.images]}
+    for n, chart in enumerate(charts.charts, start=len(spec.images)):
+        size, total = tally.image(chart.image)
+        carried += size
+        verdict = (judged[n].describe(), judged[n].verdict.accepted) if judged else (None, True)
+        planned_charts.append(planned_chart(chart, size, total, digests, *verdict))
+    after_charts = len(spec.images) + len(charts.charts)
+    for n, image in enumerate(charts.images, start=after_charts):
+        size, total = tally.image(image)
+        carried += size
+        planned.append(
+            PlannedImage(
+                image.source_text,
+                str(image.ref),
+                str(image.source_digest or image.root.digest),
+                image.platforms,
+                size,
+                total,
+                policy=judged[n].describe() if judged else None,
+                accepted=judged[n].verdict.accepted if judged else True,
+                requested_by=tuple(dict.fromkeys(image.requested_by)),
+                from_chart=True,
             )
         )
     with tempfile.TemporaryDirectory(prefix="airbundle-plan-") as scratch:
+        cache = BlobCache(cache_dir) if cache_dir is not None else None
+        files = planned_files(
+            plan_files(spec, sources.fetcher(), scratch=Path(scratch), cache=cache, limits=limits)
+        )
         repos = tuple(_plan_repo(r, base, cache_dir, Path(scratch)) for r in spec.repos)
+    for group in files:
+        for f in group.files:
+            if f.digest not in base.files:
+                tally.member(f.size)
     for repo in repos:
         # A bundle header line per ref (about 100 bytes), then the pack.
-        framed += _member_bytes(repo.size + 100 * len(repo.refs) + 20)
-        members += 1
-    framed += 2 * _member_bytes(512)  # images/oci-layout and images/index.json
+        tally.member(repo.size + 100 * len(repo.refs) + 20)
+    tally.member(512)  # images/oci-layout
+    tally.member(512)  # images/index.json
     # A manifest entry is about 160 bytes per member, 300 per image, 120 per ref.
-    manifest = 2048 + 160 * members + 300 * len(planned) + 120 * sum(len(r.refs) for r in repos)
+    manifest = (
+        2048
+        + 160 * tally.members
+        + 300 * (len(planned) + len(planned_charts))
+        + 120 * sum(len(r.refs) for r in repos)
+    )
     prefix = prefix_upper_bound(
         manifest, limits.reserved_signatures, limits.reserved_signature_bytes
     )
-    total_bytes = HEADER_SIZE + prefix + framed + 2 * BLOCK
+    total_bytes = HEADER_SIZE + prefix + tally.framed + 2 * BLOCK
     volumes = math.ceil(total_bytes / split_size) if split_size else None
-    return Plan(tuple(planned), repos, carried, volumes, total_bytes)
+    return Plan(
+        tuple(planned),
+        repos,
+        carried,
+        volumes,
+        total_bytes,
+        tuple(planned_charts),
+        files,
+        tuple(charts.notes),
+    )
 
 
 @dataclass(frozen=True)
@@ -184,6 +282,9 @@ class Lock:
     repos: dict[str, dict[str, str]]
     # spec text -> the referrers pinned for it (images with `referrers: true`)
     referrers: dict[str, tuple[tuple[Digest, str | None], ...]] = field(default_factory=dict)
+    # chart spec text -> its pin; file spec text -> its files (name, digest)
+    charts: dict[str, ChartPin] = field(default_factory=dict)
+    files: dict[str, tuple[tuple[str, Digest], ...]] = field(default_factory=dict)
 
 
 def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
@@ -221,9 +322,10 @@ def read_lock(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Lock:
             }
             for r in doc["repos"]
         }
-    except (KeyError, TypeError, FormatError) as exc:
+        charts, files = read_lock_extras(doc)
+    except (KeyError, TypeError, AttributeError, FormatError) as exc:
         raise UsageError(f"lock file {path} is malformed: {exc}") from None
-    return Lock(images, repos, referrers)
+    return Lock(images, repos, referrers, charts, files)
 
 
 # The tags referrers are found under: the OCI fallback tag and cosign's. A lock
@@ -265,4 +367,6 @@ def apply_lock(spec: BundleSpec, lock: Lock) -> BundleSpec:
         if refs is None:
             raise UsageError(f"repo {repo.name!r} is not in the lock file")
         repos.append(replace(repo, refs=tuple(sorted(refs)), pinned=tuple(sorted(refs.items()))))
-    return replace(spec, images=tuple(images), repos=tuple(repos))
+    return apply_lock_extras(
+        replace(spec, images=tuple(images), repos=tuple(repos)), lock.charts, lock.files
+    )

@@ -54,6 +54,9 @@ class ServeOptions:
     policy: TrustPolicy | None = field(default=None, compare=False)
     cache_dir: Path | None = None
     allow_expired: bool = False
+    # What import --charts and --files wrote, served at /charts/ and /files/.
+    charts: Path | None = None
+    files: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,12 @@ def check_options(options: ServeOptions) -> list[str]:
     layout = layout_dir(options)
     if options.bundle is not None:
         check_bundle_options(options)
-    elif layout is None and options.git is None:
+    elif (
+        layout is None and options.git is None and options.charts is None and options.files is None
+    ):
         raise UsageError(
-            "nothing to serve: give --registry oci:DIR and/or --git DIR, or --bundle BUNDLE"
+            "nothing to serve: give --registry oci:DIR, --git DIR, --charts DIR and/or "
+            "--files DIR, or --bundle BUNDLE"
         )
     if (options.tls_cert is None) != (options.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -116,6 +122,11 @@ def check_options(options: ServeOptions) -> list[str]:
         warnings.append(
             f"{options.git} does not exist yet: its repos appear once an import writes them"
         )
+    for what, folder in (("charts", options.charts), ("files", options.files)):
+        if folder is not None and not folder.is_dir():
+            warnings.append(
+                f"{folder} does not exist yet: its {what} appear once an import writes them"
+            )
     listen = parse_listen(options.listen)
     if not listen.loopback and options.tls_cert is None:
         warnings.append(exposure_warning(listen))
@@ -123,6 +134,11 @@ def check_options(options: ServeOptions) -> list[str]:
 
 
 def check_bundle_options(options: ServeOptions) -> None:
+    if options.charts is not None or options.files is not None:
+        raise UsageError(
+            "--bundle serves a bundle's images and repos, not --charts or --files folders",
+            hint="serve the folders import wrote with another serve, on its own --listen port",
+        )
     if options.registry is not None or options.git is not None:
         raise UsageError(
             "--bundle serves one bundle on its own, not with --registry or --git",
@@ -206,6 +222,9 @@ def read_history(options: ServeOptions) -> tuple[list[dict[str, Any]], list[str]
         targets.append(f"images=oci:{layout}")
     if options.git is not None:
         targets.append(f"git={options.git.resolve()}")
+    for kind, folder in (("charts", options.charts), ("files", options.files)):
+        if folder is not None:
+            targets.append(f"{kind}={folder.resolve()}")
     folders = [layout / ".airbundle"] if layout is not None else []
     folders.append(default_state_dir())
     history: list[dict[str, Any]] = []
@@ -280,11 +299,20 @@ def page_data(
             }
         )
     history, warnings = read_history(options)
+    served = [store.describe()] if store.describe() else []
+    folders = []
+    for kind, folder in (("charts", options.charts), ("files", options.files)):
+        if folder is not None:
+            served.append(f"{kind} {folder.resolve()}")
+            url = f"{scheme}://{address}/{kind}/"
+            use = f"helm repo add airgap {url}" if kind == "charts" else f"curl -O {url}NAME"
+            folders.append({"path": f"/{kind}/", "url": url, "use": use})
     return {
-        "served": store.describe(),
+        "served": ", ".join(served),
         "address": address,
         "images": images,
         "repos": repos,
+        "folders": folders,
         "history": history,
         "warnings": warnings,
         **store.details(),
@@ -380,6 +408,11 @@ async def _serve(
         page=lambda: page_data(store, options, bound["address"], scheme),
         users=users,
         limits=options.limits,
+        folders={
+            prefix: folder.resolve()
+            for prefix, folder in (("charts", options.charts), ("files", options.files))
+            if folder is not None
+        },
     )
     server = Server(config)
     runner = web.AppRunner(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.docker_archive import DockerArchiveSource
+from airbundle.adapters.httpfetch import HttpFetcher
 from airbundle.adapters.images import ImageSource, ReferringSource
 from airbundle.adapters.oci_layout import OciLayoutSource
 from airbundle.adapters.registry.client import RegistryClient
@@ -25,6 +26,14 @@ class Sources:
     limits: Limits = DEFAULT_LIMITS
     cache: BlobCache | None = None
     _clients: dict[str, RegistryClient] = field(default_factory=dict)
+    _fetcher: HttpFetcher | None = None
+
+    def fetcher(self) -> HttpFetcher:
+        """Plain HTTP(S) downloads (chart repositories, files by URL) with the
+        registries' transport: the same proxies, CA, client certificate."""
+        if self._fetcher is None:
+            self._fetcher = HttpFetcher(self.transport, self.limits)
+        return self._fetcher
 
     def client(self, registry: str) -> RegistryClient:
         host = api_host(registry)

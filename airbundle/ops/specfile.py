@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from airbundle.adapters.fsutil import read_regular
@@ -17,4 +18,4 @@ def load_spec(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> BundleSpec:
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not UTF-8 text") from None
     spec = parse_spec(text, source=str(path), base_dir=path.resolve().parent, limits=limits)
-    return BundleSpec(spec.name, spec.images, spec.repos, path)
+    return replace(spec, path=path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from airbundle.errors import (
     ArchiveError,
+    ManifestError,
     MemberDigestError,
     SignatureError,
     TruncatedError,
@@ -97,6 +98,11 @@ def authenticate(
     )
     # Only now, with the bytes authenticated, is the manifest parsed.
     manifest = BundleManifest.from_bytes(prefix.manifest, limits=limits)
+    if manifest.format_version != prefix.format_version:
+        raise ManifestError(
+            f"{source}: the header says format version {prefix.format_version}, the signed "
+            f"manifest {manifest.format_version}"
+        )
     return Authenticated(
         manifest, prefix.manifest, Digest.sha256_of(prefix.manifest), tuple(signers), reports
     )

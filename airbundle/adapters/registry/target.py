@@ -350,6 +350,9 @@ class RegistryImageTarget:
                 )
             self._known(digest, repo)
 
+    def read_blob(self, repo: str, digest: Digest, size: int) -> Iterator[bytes]:
+        return self.client.blob_chunks(repo, digest, size)
+
     def put_manifest(self, repo: str, digest: Digest, media_type: str, data: bytes) -> None:
         if self.client.manifest_exists(repo, digest):
             return
