@@ -34,6 +34,7 @@ from support.charts import (
     write_repository,
 )
 from support.env import AIRBUNDLE
+from support.integration import starts_servers
 from support.keys import KeyPair
 from support.registry import Registry
 from support.serve import Serve
@@ -70,6 +71,7 @@ image:
 
 
 @pytest.fixture
+@starts_servers
 def chart_repo(
     tmp_path: Path, registry: Registry, hello_layout: Path
 ) -> Iterator[tuple[StaticHttp, dict[str, bytes]]]:
@@ -372,6 +374,7 @@ def test_an_incremental_bundle_lands_a_chart_it_left_out_from_the_registry(
     assert (tmp_path / "charts" / "podinfo-6.5.4.tgz").read_bytes() == charts["6.5.4"]
 
 
+@pytest.mark.integration
 def test_serve_answers_helm_at_charts(
     chart_repo: tuple[StaticHttp, dict[str, bytes]], signing_key: KeyPair, tmp_path: Path
 ) -> None:

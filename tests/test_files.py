@@ -85,6 +85,7 @@ def sources(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.integration
 def test_files_by_path_and_by_url_land_verified(
     sources: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
@@ -175,6 +176,7 @@ def test_file_names_that_would_leave_the_folder_are_refused(tmp_path: Path) -> N
             load_spec(spec)
 
 
+@pytest.mark.integration
 def test_a_wrong_sha256_pin_fails_the_export_and_writes_nothing(
     sources: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
@@ -271,6 +273,7 @@ def test_the_format_version_is_2_exactly_when_a_bundle_carries_files(
     )
 
 
+@pytest.mark.integration
 def test_serve_answers_the_files_at_files(
     sources: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
