@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from airbundle import __version__
-from airbundle.adapters.fsutil import write_atomic
-from airbundle.adapters.media import open_media
 from airbundle.errors import (
     EXIT_IO,
     EXIT_USAGE,
@@ -32,14 +30,6 @@ from airbundle.errors import (
     IntegrityError,
     UsageError,
 )
-from airbundle.format.manifest import format_time
-from airbundle.format.spec import load_spec
-from airbundle.format.volumes import parse_size
-from airbundle.ops import keys as keyops
-from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.sign import sign_bundle
-from airbundle.ops.verify import load_policy, verify_bundle
-from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -220,6 +210,8 @@ def _image_policy(path: Path | None) -> ImagePolicy | None:
 
 def _signing_keys(paths: list[Path], passphrase_file: Path | None) -> tuple[Ed25519PrivateKey, ...]:
     """Every --key, decrypted with --passphrase-file or $AIRBUNDLE_PASSPHRASE."""
+    from airbundle.ops import keys as keyops
+
     passphrase = keyops.read_passphrase(passphrase_file)
     return tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in paths)
 
@@ -372,6 +364,8 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
+    from airbundle.format.spec import load_spec
+    from airbundle.format.volumes import parse_size
     from airbundle.ops.export import ExportOptions, export_bundle
     from airbundle.ops.plan import apply_lock, read_lock
     from airbundle.ops.vetting import VettingOptions, parse_command
@@ -440,6 +434,12 @@ def verify(
     BUNDLE is a bundle file, a volume index (NAME.volumes) or a folder holding
     one: the whole set is checked. Given a single volume (NAME.003), only that
     volume is checked against the signed index."""
+    from airbundle.adapters.media import open_media
+    from airbundle.format.manifest import format_time
+    from airbundle.ops import keys as keyops
+    from airbundle.ops.verify import load_policy, verify_bundle
+    from airbundle.ops.volumes import check_one_volume
+
     policy = load_policy(keyops.load_trust(trust), threshold)
     if _VOLUME_FILE.fullmatch(bundle.name) and open_media(bundle).index is not None:
         check = check_one_volume(bundle, policy)
@@ -491,6 +491,9 @@ def inspect(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show what a bundle holds (reads only its manifest; does not verify trust)."""
+    from airbundle.format.manifest import format_time
+    from airbundle.ops.inspect import inspect_bundle
+
     info = inspect_bundle(bundle)
     if json_output:
         typer.echo(json.dumps(info.to_json(), indent=1))
@@ -642,7 +645,9 @@ def import_(
 
     With --policy, every carried image is judged again, offline, under this side's
     image policy from the signatures the bundle carries, before anything is written."""
+    from airbundle.ops import keys as keyops
     from airbundle.ops.importer import ImportOptions, import_bundle
+    from airbundle.ops.verify import load_policy
 
     policy = load_policy(keyops.load_trust(trust), threshold)
     options = ImportOptions(
@@ -736,6 +741,7 @@ def inventory(
 ) -> None:
     """List the blobs and ref tips the targets already hold (no content), for
     `export --since` on the connected side."""
+    from airbundle.adapters.fsutil import write_atomic
     from airbundle.ops.inventory import take_inventory
 
     inv = take_inventory(
@@ -758,6 +764,7 @@ def diff_command(
     """Images added, removed and updated (tags moving to new digests), repo refs
     moved, and the new bytes: what a reviewer reads before approving."""
     from airbundle.format.diff import diff
+    from airbundle.ops.inspect import inspect_bundle
 
     d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
     if json_output:
@@ -801,7 +808,10 @@ def plan(
     export that follows fetches only what moved. With --policy, each image's verdict
     (from manifests and signatures only); if one is rejected, no lock is written
     and the exit code is 1."""
+    from airbundle.adapters.fsutil import write_atomic
     from airbundle.errors import VettingError
+    from airbundle.format.spec import load_spec
+    from airbundle.format.volumes import parse_size
     from airbundle.ops.plan import make_plan
 
     loaded = load_spec(spec)
@@ -892,6 +902,9 @@ def split(
     quiet: QuietOpt = False,
 ) -> None:
     """Cut an existing bundle into media-sized volumes plus a signed index (no re-export)."""
+    from airbundle.format.volumes import parse_size
+    from airbundle.ops.volumes import split_bundle
+
     keys = _signing_keys(key, passphrase_file)
     index = split_bundle(bundle, parse_size(size), keys, folder=output)
     _say(quiet, f"wrote {index} and its volumes")
@@ -905,6 +918,8 @@ def join(
     quiet: QuietOpt = False,
 ) -> None:
     """Join a volume set back into one bundle file, checking every volume."""
+    from airbundle.ops.volumes import join_volumes
+
     _say(quiet, f"wrote {join_volumes(index, output)}")
 
 
@@ -917,6 +932,8 @@ def sign(
     quiet: QuietOpt = False,
 ) -> None:
     """Add an approval signature (co-sign) without rewriting the bundle's content."""
+    from airbundle.ops.sign import sign_bundle
+
     (private,) = _signing_keys([key], passphrase_file)
     result = sign_bundle(bundle, private)
     if result.added:
@@ -940,6 +957,7 @@ def scan(
     Argo CD files (YAML and JSON), with file and line, and the files it could not read;
     with --bundle, only those the bundle lacks (exit 1 if any)."""
     from airbundle.format.imagescan import count_line, missing
+    from airbundle.ops.inspect import inspect_bundle
     from airbundle.ops.scan import carried, scan_folder
 
     if not path.is_dir():
@@ -1141,6 +1159,8 @@ def key_generate(
     force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
 ) -> None:
     """Generate an Ed25519 signing key in OpenSSH format."""
+    from airbundle.ops import keys as keyops
+
     public = keyops.generate_key(
         path, passphrase=keyops.read_passphrase(passphrase_file), comment=comment, force=force
     )

@@ -106,7 +106,7 @@ class Limits:
     # (verify, import: ops/sections.py); import has `import_streams` blob
     # uploads in flight. Measured in docs/performance.md.
     read_workers: int = _CORES
-    parallel_read_min_bytes: int = 0
+    parallel_read_min_bytes: int = 16 << 20
     import_streams: int = 3
     # A blob below this goes up in one PUT; twice this of a streamed upload is
     # held in memory for a resend.

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airbundle.errors import FormatError, ManifestError
 from airbundle.format import schemas
@@ -25,8 +25,12 @@ from airbundle.format.paths import (
     check_repo_name,
 )
 from airbundle.format.reference import ImageReference
-from airbundle.format.vetting import VettingRecord
 from airbundle.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    # Loaded when a manifest carries vetting evidence: the policy judge is
+    # not needed to read any other (start-up of verify, docs/performance.md).
+    from airbundle.format.vetting import VettingRecord
 
 API_VERSION = "airbundle/v1"
 KIND = "BundleManifest"
@@ -316,7 +320,7 @@ def _from_json(doc: dict[str, Any], limits: Limits) -> BundleManifest:
         scan=_scan(doc.get("scan")),
         base=tuple(dict(b) for b in doc.get("base", [])),
         seek_table=_seek_table(doc.get("seekTable")),
-        vetting=VettingRecord.from_json(doc["vetting"]) if "vetting" in doc else None,
+        vetting=_vetting(doc["vetting"]) if "vetting" in doc else None,
         extra={k: v for k, v in doc.items() if k not in _KNOWN},
     )
     _check_consistency(manifest)
@@ -445,3 +449,9 @@ def _check_consistency(m: BundleManifest) -> None:
         ref_names = [r.name for r in repo.refs]
         if len(set(ref_names)) != len(ref_names):
             raise ManifestError(f"repo {repo.name!r} lists a ref twice")
+
+
+def _vetting(doc: Any) -> VettingRecord:
+    from airbundle.format.vetting import VettingRecord
+
+    return VettingRecord.from_json(doc)
