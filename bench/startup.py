@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         doc: dict[str, Any] = {"reps": args.reps, "commands": {}}
         base = samples["python -c pass"]
         for name, rows in samples.items():
-            entry = {
+            entry: dict[str, Any] = {
                 "wall_s": _stats([r["wall"] for r in rows]),
                 "cpu_s": _stats([r["cpu"] for r in rows]),
                 "load": _stats([r["load"] for r in rows]),
