@@ -129,8 +129,22 @@ class VolumeReader:
 class _PositionalStream:
     def __init__(self, volumes: VolumeReader, offset: int, end: int) -> None:
         self._volumes = volumes
+        self._start = offset
         self._pos = offset
         self._end = end
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int) -> int:
+        """Back to an offset already read (FrameStream reads a block's start again)."""
+        if not self._start <= offset <= self._end:
+            raise ValueError(f"offset {offset} outside [{self._start}, {self._end}]")
+        self._pos = offset
+        return offset
 
     def read(self, n: int = -1) -> bytes:
         left = self._end - self._pos
