@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from airbundle import __version__
-from airbundle.adapters.fsutil import write_atomic
-from airbundle.adapters.media import open_media
 from airbundle.errors import (
     EXIT_IO,
     EXIT_USAGE,
@@ -33,14 +31,7 @@ from airbundle.errors import (
     IntegrityError,
     UsageError,
 )
-from airbundle.format.manifest import format_time
 from airbundle.format.text import escape
-from airbundle.format.volumes import parse_size
-from airbundle.ops import keys as keyops
-from airbundle.ops.inspect import inspect_bundle
-from airbundle.ops.sign import sign_bundle
-from airbundle.ops.verify import load_policy, verify_bundle
-from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -236,6 +227,8 @@ def _image_policy(path: Path | None) -> ImagePolicy | None:
 
 def _signing_keys(paths: list[Path], passphrase_file: Path | None) -> tuple[Ed25519PrivateKey, ...]:
     """Every --key, decrypted with --passphrase-file or $AIRBUNDLE_PASSPHRASE."""
+    from airbundle.ops import keys as keyops
+
     passphrase = keyops.read_passphrase(passphrase_file)
     return tuple(keyops.load_signing_key(k, passphrase=passphrase) for k in paths)
 
@@ -388,6 +381,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
+    from airbundle.format.volumes import parse_size
     from airbundle.ops.export import ExportOptions, export_bundle
     from airbundle.ops.plan import apply_lock, read_lock
     from airbundle.ops.vetting import VettingOptions, parse_command
@@ -462,6 +456,12 @@ def verify(
     BUNDLE is a bundle file, a volume index (NAME.volumes) or a folder holding
     one: the whole set is checked. Given a single volume (NAME.003), only that
     volume is checked against the signed index."""
+    from airbundle.adapters.media import open_media
+    from airbundle.format.manifest import format_time
+    from airbundle.ops import keys as keyops
+    from airbundle.ops.verify import load_policy, verify_bundle
+    from airbundle.ops.volumes import check_one_volume
+
     policy = load_policy(keyops.load_trust(trust), threshold)
     if _VOLUME_FILE.fullmatch(bundle.name) and open_media(bundle).index is not None:
         check = check_one_volume(bundle, policy)
@@ -513,6 +513,9 @@ def inspect(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show what a bundle holds (reads only its manifest; does not verify trust)."""
+    from airbundle.format.manifest import format_time
+    from airbundle.ops.inspect import inspect_bundle
+
     info = inspect_bundle(bundle)
     if json_output:
         _echo(json.dumps(info.to_json(), indent=1))
@@ -697,7 +700,9 @@ def import_(
 
     With --policy, every carried image is judged again, offline, under this side's
     image policy from the signatures the bundle carries, before anything is written."""
+    from airbundle.ops import keys as keyops
     from airbundle.ops.importer import ImportOptions, import_bundle
+    from airbundle.ops.verify import load_policy
 
     policy = load_policy(keyops.load_trust(trust), threshold)
     options = ImportOptions(
@@ -806,6 +811,7 @@ def inventory(
 ) -> None:
     """List the blobs, ref tips and files the targets already hold (digests only,
     no content), for `export --since` on the connected side."""
+    from airbundle.adapters.fsutil import write_atomic
     from airbundle.ops.inventory import take_inventory
 
     inv = take_inventory(
@@ -833,6 +839,7 @@ def diff_command(
     """Images added, removed and updated (tags moving to new digests), repo refs
     moved, and the new bytes: what a reviewer reads before approving."""
     from airbundle.format.diff import diff
+    from airbundle.ops.inspect import inspect_bundle
 
     d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
     if json_output:
@@ -884,7 +891,9 @@ def plan(
     export that follows fetches only what moved. With --policy, each image's verdict
     (from manifests and signatures only); if one is rejected, no lock is written
     and the exit code is 1."""
+    from airbundle.adapters.fsutil import write_atomic
     from airbundle.errors import VettingError
+    from airbundle.format.volumes import parse_size
     from airbundle.ops.plan import make_plan
     from airbundle.ops.specfile import load_spec  # yaml: not loaded for serve
 
@@ -987,6 +996,9 @@ def split(
     quiet: QuietOpt = False,
 ) -> None:
     """Cut an existing bundle into media-sized volumes plus a signed index (no re-export)."""
+    from airbundle.format.volumes import parse_size
+    from airbundle.ops.volumes import split_bundle
+
     keys = _signing_keys(key, passphrase_file)
     index = split_bundle(bundle, parse_size(size), keys, folder=output)
     _say(quiet, f"wrote {index} and its volumes")
@@ -1000,6 +1012,8 @@ def join(
     quiet: QuietOpt = False,
 ) -> None:
     """Join a volume set back into one bundle file, checking every volume."""
+    from airbundle.ops.volumes import join_volumes
+
     _say(quiet, f"wrote {join_volumes(index, output)}")
 
 
@@ -1012,6 +1026,8 @@ def sign(
     quiet: QuietOpt = False,
 ) -> None:
     """Add an approval signature (co-sign) without rewriting the bundle's content."""
+    from airbundle.ops.sign import sign_bundle
+
     (private,) = _signing_keys([key], passphrase_file)
     result = sign_bundle(bundle, private)
     if result.added:
@@ -1037,6 +1053,7 @@ def scan(
     with --bundle, only those the bundle lacks (exit 1 if any)."""
     from airbundle.format.chartscan import missing as missing_charts
     from airbundle.format.imagescan import count_line, missing
+    from airbundle.ops.inspect import inspect_bundle
     from airbundle.ops.scan import carried, scan_folder_all
 
     if not path.is_dir():
@@ -1237,7 +1254,12 @@ def serve(
     )
     if bundle is None and (trust or threshold != 1 or cache_dir or allow_expired):
         raise UsageError("--trust, --threshold, --cache-dir and --allow-expired go with --bundle")
-    policy = load_policy(keyops.load_trust(trust), threshold) if bundle is not None else None
+    policy = None
+    if bundle is not None:
+        from airbundle.ops import keys as keyops
+        from airbundle.ops.verify import load_policy
+
+        policy = load_policy(keyops.load_trust(trust), threshold)
     options = ServeOptions(
         registry=registry,
         git=git_dir,
@@ -1305,6 +1327,8 @@ def key_generate(
     force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
 ) -> None:
     """Generate an Ed25519 signing key in OpenSSH format."""
+    from airbundle.ops import keys as keyops
+
     public = keyops.generate_key(
         path, passphrase=keyops.read_passphrase(passphrase_file), comment=comment, force=force
     )

@@ -6,7 +6,12 @@ what the CLI uses (no command-line option changes them).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+# Threads that read a bundle in parallel: one per core, at most 8 (sha256 and
+# zstd each keep one core busy).
+_CORES = max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,13 @@ class Limits:
     async_upload_bytes: int = 1 << 20
     async_uploads: int = 4
     prefetch_chunks: int = 4
+    # A bundle with a signed seek table, of at least `parallel_read_min_bytes`,
+    # is read by `read_workers` threads in sections from their own offsets
+    # (verify, import: ops/sections.py); import has `import_streams` blob
+    # uploads in flight. Measured in docs/performance.md.
+    read_workers: int = _CORES
+    parallel_read_min_bytes: int = 16 << 20
+    import_streams: int = 3
     # A blob below this goes up in one PUT; twice this of a streamed upload is
     # held in memory for a resend.
     upload_buffer_bytes: int = 8 << 20

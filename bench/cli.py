@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder")
     p.add_argument(
+        "--no-sync-peer",
+        action="store_true",
+        help="leave out the second peer (skopeo sync + tar | zstd) of the shared and small sets",
+    )
+    p.add_argument(
         "--code",
         default=None,
         metavar="HASH",
@@ -107,7 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     try:
         data = ensure_data(plan, cache, env, log)
-        bench = Bench(plan, data, cache, work, env, reps, args.groups, log, args.timeout)
+        bench = Bench(
+            plan,
+            data,
+            cache,
+            work,
+            env,
+            reps,
+            args.groups,
+            log,
+            args.timeout,
+            peers=frozenset() if args.no_sync_peer else frozenset({"sync"}),
+        )
         with bench.sources():
             bench.run()
         doc = {

@@ -20,6 +20,10 @@ _SINGLE_SPLIT = (0.30, 0.22, 0.16, 0.12, 0.08, 0.06, 0.04, 0.02)
 class LayerPlan:
     key: str  # unique per distinct layer; shared layers share their key (and bytes)
     size: int  # target compressed (gzip) size in bytes
+    # "text": tar of pseudo-words, gzip -6 (realistic, ~20 MiB/s to make);
+    # "random": a gzip magic then random bytes (as incompressible and stored
+    # the same way by both sides; ~1 GiB/s to make: for the scale sets).
+    kind: str = "text"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class ImagePlan:
 class GitPlan:
     commits: int
     history_bytes: int  # total size of the generated (incompressible) blobs
+    # "random": one file of random bytes replaced per commit, linear history.
+    # "text": a source tree of small text files, a few edited per commit, topic
+    # branches merged back, annotated tags: hundreds of thousands of small
+    # objects, as real histories have (history_bytes is then ignored).
+    shape: str = "random"
 
 
 @dataclass(frozen=True)
@@ -55,28 +64,38 @@ class SizePlan:
 
         plan = asdict(self)
         plan.pop("reps")  # the data does not depend on it (dd_mib and probe_mib are in)
+        # Fields added later, at their defaults, leave earlier caches valid.
+        for images in ("single", "shared", "small"):
+            for image in plan[images]:
+                for layer in image["layers"]:
+                    if layer["kind"] == "text":
+                        del layer["kind"]
+        if plan["git"]["shape"] == "random":
+            del plan["git"]["shape"]
         doc = {"version": BENCH_VERSION, "plan": plan}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _single(total: int, layers: int) -> tuple[ImagePlan, ...]:
+def _single(total: int, layers: int, kind: str = "text") -> tuple[ImagePlan, ...]:
     split = _SINGLE_SPLIT[:layers]
     scale = sum(split)
-    plans = tuple(LayerPlan(f"single-{i}", int(total * f / scale)) for i, f in enumerate(split))
+    plans = tuple(
+        LayerPlan(f"single-{i}", int(total * f / scale), kind) for i, f in enumerate(split)
+    )
     return (ImagePlan("bench/single/app", "1.0", "app", plans),)
 
 
-def _shared(per_image: int, images: int) -> tuple[ImagePlan, ...]:
+def _shared(per_image: int, images: int, kind: str = "text") -> tuple[ImagePlan, ...]:
     """Two base layers shared by every image (5/8 of each image), then two of its own."""
     base = (
-        LayerPlan("shared-base-0", per_image * 3 // 8),
-        LayerPlan("shared-base-1", per_image * 2 // 8),
+        LayerPlan("shared-base-0", per_image * 3 // 8, kind),
+        LayerPlan("shared-base-1", per_image * 2 // 8, kind),
     )
     out = []
     for i in range(images):
         own = (
-            LayerPlan(f"shared-app{i:02d}-0", per_image * 2 // 8),
-            LayerPlan(f"shared-app{i:02d}-1", per_image * 1 // 8),
+            LayerPlan(f"shared-app{i:02d}-0", per_image * 2 // 8, kind),
+            LayerPlan(f"shared-app{i:02d}-1", per_image * 1 // 8, kind),
         )
         out.append(ImagePlan(f"bench/shared/app-{i:02d}", "1.0", f"app-{i:02d}", base + own))
     return tuple(out)
@@ -89,7 +108,14 @@ def _small(images: int) -> tuple[ImagePlan, ...]:
         layers = tuple(
             LayerPlan(f"small-svc{i:03d}-{k}", rng.randrange(90 * KiB, 110 * KiB)) for k in range(3)
         )
-        out.append(ImagePlan(f"bench/small/svc-{i:03d}", "1.0", f"svc-{i:03d}", layers))
+        out.append(
+            ImagePlan(
+                f"bench/small/svc-{i:04d}" if images > 999 else f"bench/small/svc-{i:03d}",
+                "1.0",
+                f"svc-{i:03d}",
+                layers,
+            )
+        )
     return tuple(out)
 
 
@@ -125,3 +151,17 @@ SIZES: dict[str, SizePlan] = {
         probe_mib=256,
     ),
 }
+# Scale (issue 14): a 1 GiB image and a shared set of 20 images of 1 GiB each
+# (20 GiB referenced, 8.1 GiB unique), both of random layers so that RSS and
+# time per GiB compare like with like; 2,000 small images; a history of
+# realistic shape. Not part of `full`: it needs ~50 GB of disk and ~1 h.
+SIZES["scale"] = SizePlan(
+    "scale",
+    single=_single(1 * GiB, 8, "random"),
+    shared=_shared(1 * GiB, 20, "random"),
+    small=_small(2_000),
+    git=GitPlan(40_000, 0, "text"),
+    reps=2,
+    dd_mib=2048,
+    probe_mib=256,
+)

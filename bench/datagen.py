@@ -87,11 +87,37 @@ def _tar_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
 
 
-def make_layer(blob_dir: str, key: str, size: int) -> tuple[str, int, str]:
+def make_random_layer(blob_dir: str, key: str, size: int) -> tuple[str, int, str]:
+    """A blob of exactly ``size`` bytes: a gzip magic, then seeded random bytes
+    (stored raw by airbundle, incompressible for zstd, as gzip layers are; the
+    diff_id is made up: nobody unpacks these)."""
+    rng = random.Random(f"layer:{key}")  # noqa: S311 - seeded data
+    blob_hash = hashlib.sha256()
+    tmp = Path(blob_dir) / f".tmp-{key}"
+    with tmp.open("wb") as out:
+        left = size
+        first = True
+        while left:
+            n = min(left, 4 * MiB)
+            data = rng.randbytes(n)
+            if first:
+                data = b"\x1f\x8b" + data[2:]
+                first = False
+            out.write(data)
+            blob_hash.update(data)
+            left -= n
+    digest = blob_hash.hexdigest()
+    tmp.rename(Path(blob_dir) / digest)
+    return digest, size, hashlib.sha256(f"diff:{key}".encode()).hexdigest()
+
+
+def make_layer(blob_dir: str, key: str, size: int, kind: str = "text") -> tuple[str, int, str]:
     """Write one gzip layer of about ``size`` compressed bytes into ``blob_dir``.
 
     Returns (sha256 hex of the blob, blob size, sha256 hex of the tar = diff_id).
     """
+    if kind == "random":
+        return make_random_layer(blob_dir, key, size)
     pool = text_pool()
     rng = random.Random(f"layer:{key}")  # noqa: S311 - seeded data
     file_size = max(4 * KiB, min(MiB, (size * 3 // 8) // 512 * 512))
@@ -200,11 +226,13 @@ def _write_layout(
 def build_layouts(plan: SizePlan, root: Path, log: Log) -> dict[str, Any]:
     """Generate every layer (in parallel, largest first), then each dataset's layout."""
     jobs: dict[tuple[str, str], int] = {}
+    kinds: dict[tuple[str, str], str] = {}
     for name, images in plan.image_sets().items():
         (root / name / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         for image in images:
             for layer in image.layers:
                 jobs[(name, layer.key)] = layer.size
+                kinds[(name, layer.key)] = layer.kind
     total = sum(jobs.values())
     log(f"generating {len(jobs)} gzip layers, {total / MiB:.1f} MiB compressed")
     start = time.monotonic()
@@ -212,7 +240,9 @@ def build_layouts(plan: SizePlan, root: Path, log: Log) -> dict[str, Any]:
     text_pool()  # built once here; forked workers inherit it
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=get_context("fork")) as pool:
         futures = {
-            k: pool.submit(make_layer, str(root / k[0] / "blobs" / "sha256"), k[1], jobs[k])
+            k: pool.submit(
+                make_layer, str(root / k[0] / "blobs" / "sha256"), k[1], jobs[k], kinds[k]
+            )
             for k in order
         }
         results = {k: f.result() for k, f in futures.items()}
@@ -237,6 +267,126 @@ def _git(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Complete
 
 
 def build_git(plan: GitPlan, repo: Path, env: dict[str, str], log: Log) -> dict[str, Any]:
+    if plan.shape == "text":
+        return build_text_git(plan, repo, env, log)
+    return build_random_git(plan, repo, env, log)
+
+
+def _source_line(rng: random.Random, vocab: list[str]) -> str:
+    indent = "    " * rng.choice((0, 1, 1, 2, 2, 3))
+    return indent + " ".join(rng.choices(vocab, k=rng.randrange(2, 11)))
+
+
+def build_text_git(plan: GitPlan, repo: Path, env: dict[str, str], log: Log) -> dict[str, Any]:
+    """A history shaped like a real project's: 4,000 small text files in 200
+    folders two levels deep; each commit edits 1 to 5 files (a few lines
+    changed, added or removed); every 25 commits a topic branch of 2 to 6
+    commits is merged back with a merge commit; an annotated tag every 400
+    commits; five release branches kept. Made by git fast-import, repacked
+    once (deltas, as a server's pack holds them), cached."""
+    start = time.monotonic()
+    _git(["init", "-q", "--bare", "-b", "main", str(repo)], env)
+    proc = subprocess.Popen(
+        ["git", "fast-import", "--quiet", "--done"],
+        cwd=repo,
+        env=env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    w = proc.stdin.write
+    rng = random.Random("bench-git-text-history")  # noqa: S311 - seeded data
+    vocab = text_pool()[: 256 * KiB].decode("ascii", "replace").split()[:5000]
+    files: dict[str, list[str]] = {}
+    for d in range(200):
+        for f in range(20):
+            path = f"src/m{d // 20:02d}/p{d:03d}/f{f:02d}.py"
+            files[path] = [_source_line(rng, vocab) for _ in range(rng.randrange(10, 80))]
+    paths = sorted(files)
+    who = "Bench <bench@airbundle.invalid>"
+    epoch = 1_600_000_000
+    mark = 0
+    clock = 0
+
+    def data(blob: bytes) -> None:
+        w(f"data {len(blob)}\n".encode() + blob + b"\n")
+
+    def edit(commit_paths: list[str]) -> None:
+        for path in commit_paths:
+            lines = files[path]
+            for _ in range(rng.randrange(1, 4)):
+                at = rng.randrange(len(lines) + 1)
+                op = rng.random()
+                if op < 0.5 and lines:
+                    lines[min(at, len(lines) - 1)] = _source_line(rng, vocab)
+                elif op < 0.8 or len(lines) < 5:
+                    lines.insert(at, _source_line(rng, vocab))
+                else:
+                    del lines[min(at, len(lines) - 1)]
+            w(f"M 100644 inline {path}\n".encode())
+            data(("\n".join(lines) + "\n").encode())
+
+    def commit(ref: str, parents: list[str], msg: str, changed: list[str]) -> int:
+        nonlocal mark, clock
+        mark += 1
+        clock += 60
+        w(f"commit {ref}\nmark :{mark}\n".encode())
+        w(f"committer {who} {epoch + clock} +0000\n".encode())
+        data(msg.encode())
+        for i, parent in enumerate(parents):
+            w(f"{'from' if i == 0 else 'merge'} {parent}\n".encode())
+        if mark == 1:
+            for path in paths:
+                w(f"M 100644 inline {path}\n".encode())
+                data(("\n".join(files[path]) + "\n").encode())
+        edit(changed)
+        return mark
+
+    def pick() -> list[str]:
+        return rng.sample(paths, rng.randrange(1, 6))
+
+    main = commit("refs/heads/main", [], "initial import", [])
+    made = 1
+    tags = 0
+    rounds = 0
+    while made < plan.commits:
+        rounds += 1
+        if rounds % 20 == 0:
+            topic = f"refs/heads/topic-{made}"
+            tip = main
+            for j in range(rng.randrange(2, 7)):
+                tip = commit(topic, [f":{tip}"], f"topic {made} step {j}", pick())
+                made += 1
+            main = commit("refs/heads/main", [f":{main}", f":{tip}"], f"Merge topic {made}", [])
+            w(f"reset {topic}\nfrom 0000000000000000000000000000000000000000\n\n".encode())
+        else:
+            main = commit("refs/heads/main", [f":{main}"], f"change {made}", pick())
+        made += 1
+        if made // 400 > tags:
+            tags = made // 400
+            msg = f"release {tags}\n".encode()
+            w(f"tag v{tags}.0\nfrom :{main}\ntagger {who} {epoch + clock} +0000\n".encode())
+            data(msg)
+            if tags % (plan.commits // 400 // 5 or 1) == 0:
+                w(f"reset refs/heads/release-{tags}\nfrom :{main}\n\n".encode())
+    w(b"done\n")
+    proc.stdin.close()
+    err = proc.stderr.read() if proc.stderr else b""
+    if proc.wait() != 0:
+        raise RuntimeError(f"git fast-import failed: {err.decode(errors='replace')}")
+    _git(["repack", "-a", "-d", "-q", "--window=10", "--depth=50"], env, cwd=repo)
+    refs = _git(["for-each-ref", "--format=%(refname)"], env, cwd=repo).stdout.split()
+    count = _git(["count-objects", "-v"], env, cwd=repo).stdout.decode()
+    objects = int(next(x for x in count.splitlines() if x.startswith("in-pack:")).split()[1])
+    pack_bytes = sum(p.stat().st_size for p in (repo / "objects" / "pack").glob("*.pack"))
+    log(
+        f"git history (text): {made} commits, {objects} objects, {len(refs)} refs, pack "
+        f"{pack_bytes / MiB:.1f} MiB in {time.monotonic() - start:.1f}s"
+    )
+    return {"commits": made, "objects": objects, "refs": len(refs), "pack_bytes": pack_bytes}
+
+
+def build_random_git(plan: GitPlan, repo: Path, env: dict[str, str], log: Log) -> dict[str, Any]:
     """A bare repository: ``plan.commits`` commits on main, each replacing one of
     1024 files with fresh random bytes; annotated tags every tenth of the way and
     three short release branches."""

@@ -103,6 +103,35 @@ def table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def spread(rows: list[dict[str, Any]]) -> str:
+    """min / median / max per side, CPU medians, the second peer, load per sample."""
+    head = (
+        "| step | dataset | airbundle min / median / max s | peer min / median / max s | "
+        "skopeo sync peer min / median / max s | ratio to sync | airbundle CPU s | "
+        "load average per sample (airbundle; peer) |\n|---|---|---|---|---|---:|---|---|\n"
+    )
+
+    def mmm(side: dict[str, Any] | None) -> str:
+        if not side or side.get("median_s") is None:
+            return "—"
+        return f"{side['min_s']:.3f} / {side['median_s']:.3f} / {side['max_s']:.3f}"
+
+    lines = []
+    for r in rows:
+        ab, peer = r["airbundle"], r["peer"]
+        loads = (
+            ", ".join(f"{v:.1f}" for v in ab["load1"])
+            + "; "
+            + ", ".join(f"{v:.1f}" for v in peer["load1"])
+        )
+        lines.append(
+            f"| {r['step']} | {r['dataset']} | {mmm(ab)} | {mmm(peer)} | "
+            f"{mmm(r.get('sync_peer'))} | {_f(r.get('ratio_sync'))} | "
+            f"{', '.join(f'{c:.2f}' for c in ab.get('cpu_s', []))} | {loads} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     code = doc["airbundle_code"]
@@ -119,6 +148,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "shows the throughput ratio (higher is better); fraction of physical limit = the "
         "machine's floor for the step / airbundle's time (1.0 = as fast as the hardware).\n",
         table(doc["rows"]),
+        "\nEvery sample (the machine is shared: the load average is 2 cores' queue):\n",
+        spread(doc["rows"]),
         f"\nairbundle start-up alone (`airbundle --version`, part of every airbundle time "
         f"above): {doc['airbundle_startup'].get('median_s', 0):.2f} s, "
         f"{doc['airbundle_startup'].get('peak_rss_mib', 0):.1f} MiB.\n",

@@ -36,7 +36,7 @@ from airbundle.format.frameindex import FrameIndex
 from airbundle.format.framestream import FrameStream
 from airbundle.format.manifest import BundleManifest
 from airbundle.format.seektable import FrameMap, MemberPlace, member_places
-from airbundle.format.tarstream import BLOCK, decode_header
+from airbundle.format.tarstream import BLOCK, REGULAR, TarReader, decode_header
 from airbundle.format.trust import TrustedKey
 from airbundle.format.zstdframes import (
     BLOCK_HEADER,
@@ -135,8 +135,22 @@ class VolumeReader:
 class _PositionalStream:
     def __init__(self, volumes: VolumeReader, offset: int, end: int) -> None:
         self._volumes = volumes
+        self._start = offset
         self._pos = offset
         self._end = end
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int) -> int:
+        """Back to an offset already read (FrameStream reads a block's start again)."""
+        if not self._start <= offset <= self._end:
+            raise ValueError(f"offset {offset} outside [{self._start}, {self._end}]")
+        self._pos = offset
+        return offset
 
     def read(self, n: int = -1) -> bytes:
         left = self._end - self._pos
@@ -216,7 +230,8 @@ class BundleAccess:
         self._entries = [(f.size, f.length) for f in frames.frames]
         self._content_end = frames.compressed_end
         self.members: dict[str, MemberInfo] = {}
-        for place in member_places(manifest.members):
+        self.places = member_places(manifest.members)
+        for place in self.places:
             at = place.data if place.entry.size else place.header
             k = frames.index_at(at)
             self.members[place.entry.path] = MemberInfo(
@@ -380,6 +395,68 @@ class BundleAccess:
                 f"({end - offset} bytes holding {produced}; the table says {size} holding {length})"
             )
         return blocks
+
+    def section(self, first: int, stop: int) -> Iterator[tuple[MemberInfo, Iterator[bytes]]]:
+        """Members [first, stop) of the signed list, in order, read as the
+        sequential reader reads the whole content: their frames decoded in
+        full and checked against the table (sizes, zstd checksums), each tar
+        header naming the listed member with its size, zero padding; the last
+        section also reads the end-of-archive marker. Sections that together
+        cover every member cover every byte of the content region, so they can
+        be read in parallel (each from its own offset) with nothing left
+        unread. Only for a signed seek table (each member starts a frame).
+
+        Yields each member with an iterator of its data, which the caller must
+        exhaust (or stop using the section) before the next is yielded; the
+        bytes are not yet checked against the member's sha256."""
+        if not self.frames_signed:
+            raise ValueError("sections need a signed seek table")
+        if not 0 <= first < stop <= len(self.places):
+            raise ValueError(f"section [{first}, {stop}) outside {len(self.places)} members")
+        frames = self.frames.frames
+        # From the first frame starting at the first header (an empty frame
+        # there too) to the first starting at the next section's.
+        k0 = 0 if first == 0 else bisect.bisect_left(self.frames.starts, self.places[first].header)
+        last = stop == len(self.places)
+        if last:
+            k1, end = len(frames), self._content_end
+        else:
+            k1 = bisect.bisect_left(self.frames.starts, self.places[stop].header)
+            end = frames[k1].offset
+        stream = FrameStream(
+            self.volumes.stream(frames[k0].offset, end),  # type: ignore[arg-type]
+            start=frames[k0].offset,
+            limits=self._limits,
+            source=self.source,
+            end=end,
+            expected=self._entries[k0:k1],
+        )
+        tar = TarReader(
+            stream,  # type: ignore[arg-type]
+            max_path_length=self._limits.max_path_length,
+            source=self.source,
+            stop_at_eof=not last,
+        )
+        for place in self.places[first:stop]:
+            member = tar.next()
+            entry = place.entry
+            if (
+                member is None
+                or (member.path, member.size, member.kind) != (entry.path, entry.size, REGULAR)
+                or member.offset != place.header - self.places[first].header
+            ):
+                found = "the end" if member is None else f"{member.path!r} ({member.size} bytes)"
+                raise ArchiveError(
+                    f"{self.source}: at tar offset {place.header} the content holds {found}, "
+                    f"not {entry.path!r} ({entry.size} bytes) as the signed manifest lists it"
+                )
+            yield self.members[entry.path], tar.iter_data(self._limits.io_chunk_bytes)
+            tar.skip_data()
+        if tar.next() is not None or len(stream.frames) != 2 * (k1 - k0):
+            raise ArchiveError(
+                f"{self.source}: the frames of members {first} to {stop - 1} hold more than "
+                "those members"
+            )
 
     def verify_member(self, path: str) -> None:
         """Hash the member in full against the signed manifest; raises

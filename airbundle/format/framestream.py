@@ -116,6 +116,9 @@ class FrameStream:
         self.frames: array[int] = array("Q")
         self.prefix_output: int | None = None  # bytes the prefix frame decodes to
         self._frame_start = start
+        # A file or a positional reader whose position is `start`: the input can
+        # be read again from any offset already read (see _fill).
+        self._rewind = _seekable_at(raw, start)
 
     # --- what the reader of the stream sees -----------------------------------------
 
@@ -168,12 +171,19 @@ class FrameStream:
         have = self._available()
         if have >= n:
             return have
-        # What is left is at most a block: joining it with the next read is the
-        # only copy of the input.
-        parts: list[bytes | memoryview] = [memoryview(self._buf)[self._i :]] if have else []
         want = max(n - have, self._limits.io_chunk_bytes)
         if self._end is not None:
             want = min(want, self._end - self._read_to)
+        if have and self._rewind and want > 0:
+            # What is left is at most a block: read it again with the next
+            # chunk (from the page cache) rather than copy the chunk to join it.
+            self._raw.seek(self._read_to - have)
+            self._read_to -= have
+            want += have
+            have = 0
+            self._buf, self._i = b"", 0
+        # Else what is left is joined with the next read: its only copy.
+        parts: list[bytes | memoryview] = [memoryview(self._buf)[self._i :]] if have else []
         while have < n and want > 0:
             chunk = self._raw.read(want)
             if not chunk:
@@ -512,6 +522,13 @@ class FrameStream:
             )
         self.frames.append(size)
         self.frames.append(output)
+
+
+def _seekable_at(raw: BinaryIO, start: int) -> bool:
+    try:
+        return bool(raw.seekable()) and raw.tell() == start
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 @dataclass

@@ -29,7 +29,9 @@ from airbundle.format.paths import (
 from airbundle.format.reference import ImageReference
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
-if TYPE_CHECKING:  # loaded when a manifest carries vetting evidence (serve starts faster)
+if TYPE_CHECKING:
+    # Loaded when a manifest carries vetting evidence: the policy judge is
+    # not needed to read any other (start-up of verify, docs/performance.md).
     from airbundle.format.vetting import VettingRecord
 
 API_VERSION = "airbundle/v1"

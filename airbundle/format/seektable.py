@@ -195,3 +195,26 @@ def check_layout(
                 f"{source}: member {place.entry.path!r} does not start a zstd frame "
                 f"(tar offset {place.header})"
             )
+
+
+def plan_sections(places: Sequence[MemberPlace], parts: int) -> list[tuple[int, int]]:
+    """Cut the members into contiguous sections of about 1/parts of the
+    content each (a member larger than that alone), for readers that start at
+    their own offsets; largest first, so that a pool of readers ends together
+    (longest-processing-time order)."""
+    if not places:
+        return []
+    total = places[-1].next
+    target = max(1, total // max(1, parts))
+    sections = []
+    first = 0
+    for i, place in enumerate(places):
+        if i > first and place.next - places[first].header > target:
+            sections.append((first, i))  # this member would overshoot: it starts the next
+            first = i
+        if place.next - places[first].header >= target:
+            sections.append((first, i + 1))
+            first = i + 1
+    if first < len(places):
+        sections.append((first, len(places)))
+    return sorted(sections, key=lambda s: (places[s[0]].header - places[s[1] - 1].next, s[0]))

@@ -62,7 +62,59 @@ def open_bundle_access(
     every member; with `cache_dir`, the index is kept there and later opens
     skip the pass. Raises like `verify` on anything that is not authentic.
     """
-    media = open_media(path)
+    return open_authenticated(
+        open_media(path),
+        path,
+        policy,
+        at=at,
+        cache_dir=cache_dir,
+        progress=progress,
+        limits=limits,
+    )[0]
+
+
+def open_authenticated(
+    media: Media,
+    path: Path,
+    policy: TrustPolicy,
+    *,
+    at: datetime | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[BundleAccess, Authenticated]:
+    """open_bundle_access on media already found, with the authenticated
+    manifest (signers and signature reports, for verify's report)."""
+    access, auth = _open(media, path, policy, at, cache_dir, progress, limits, signed_only=False)
+    assert access is not None
+    return access, auth
+
+
+def open_signed(
+    media: Media,
+    path: Path,
+    policy: TrustPolicy,
+    *,
+    at: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[BundleAccess | None, Authenticated]:
+    """Random access for verify and import when the bundle declares a signed
+    seek table; None with the authenticated manifest when it does not (read it
+    front to back instead: an old bundle may hold folder entries)."""
+    return _open(media, path, policy, at, None, None, limits, signed_only=True)
+
+
+def _open(
+    media: Media,
+    path: Path,
+    policy: TrustPolicy,
+    at: datetime | None,
+    cache_dir: Path | None,
+    progress: Progress | None,
+    limits: Limits,
+    *,
+    signed_only: bool,
+) -> tuple[BundleAccess | None, Authenticated]:
     authenticate_index(media, policy, at=at)
     media.check_present()
     volumes = VolumeReader(_parts(media), source=media.description)
@@ -80,13 +132,16 @@ def open_bundle_access(
         auth = authenticate(prefix, policy, source=source, at=at, limits=limits)
         manifest = auth.manifest
         verified: frozenset[str] = frozenset()
+        if manifest.seek_table is None and signed_only:
+            volumes.close()
+            return None, auth
         if manifest.seek_table is not None:
             frames = _signed_frames(volumes, manifest, content_offset, limits)
         else:
             frames, verified = _indexed_frames(
                 path, policy, auth, volumes, content_offset, cache_dir, progress, at, limits
             )
-        return BundleAccess(
+        access = BundleAccess(
             volumes,
             manifest=manifest,
             manifest_digest=auth.manifest_digest,
@@ -96,6 +151,7 @@ def open_bundle_access(
             signers=auth.signers,
             limits=limits,
         )
+        return access, auth
     except BaseException:
         volumes.close()
         raise

@@ -13,22 +13,27 @@ present, so an interrupted import completes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from airbundle.adapters.bundleaccess import BundleAccess, MemberInfo
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, write_atomic
 from airbundle.adapters.git_targets import GitTarget
 from airbundle.adapters.images import ImageTarget
+from airbundle.adapters.media import open_media
 from airbundle.adapters.pipeline import parallel
 from airbundle.adapters.registry.transport import Transport
 from airbundle.adapters.targets import open_git_target, open_image_target
 from airbundle.errors import (
     ArchiveError,
     FormatError,
+    IntegrityError,
     RefUpdateError,
     TargetError,
     UploadLostError,
@@ -316,14 +321,22 @@ class _Sinks:
         # Blobs whose upload failed past what could be resent in the same
         # request (member path -> target repositories): read again, once.
         self.resend: dict[str, list[str]] = {}
+        # Several members are taken at once when the bundle is read in place.
+        self._lock = threading.Lock()
+        self._base_lock = threading.Lock()
 
     def check_base(self) -> None:
         """Once every manifest has been read, and before any blob is written:
         each blob an image needs but the bundle does not carry must already be
         in the target (an incremental bundle's base)."""
-        if self._base_checked or self.target is None or self.documents is None:
-            return
-        self._base_checked = True
+        with self._base_lock:
+            if self._base_checked or self.target is None or self.documents is None:
+                return
+            self._check_base()
+            self._base_checked = True
+
+    def _check_base(self) -> None:
+        assert self.target is not None and self.documents is not None
         docs = self.documents
         self.target.warm({d: sorted(r) for d, r in docs.blob_repos.items()})
         unread = [d for d in docs.expected if d not in docs.data]
@@ -343,35 +356,59 @@ class _Sinks:
                     hint=base_hint(self.manifest),
                 )
 
+    def is_document(self, entry: MemberEntry) -> bool:
+        docs = self.documents
+        return (
+            entry.path.startswith(BLOB_PREFIX)
+            and docs is not None
+            and docs.is_document(entry.digest)
+        )
+
+    def add_document(self, entry: MemberEntry, data: Callable[[], bytes]) -> None:
+        assert self.documents is not None
+        if entry.size > self.limits.max_oci_manifest_bytes:
+            raise ArchiveError(f"manifest {entry.digest} is {entry.size} bytes, too large")
+        self.documents.add(entry.digest, data())  # data() raises if the digest is wrong
+
+    def blob_repos(self, entry: MemberEntry) -> list[str]:
+        assert self.documents is not None
+        repos = sorted(self.documents.blob_repos.get(entry.digest, ()))
+        if not repos:
+            raise ArchiveError(
+                f"{entry.path}: blob is not referenced by any image in the bundle, or comes "
+                "before the manifests that reference it"
+            )
+        return repos
+
     def __call__(self, member: TarMember, entry: MemberEntry, chunks: Iterator[bytes]) -> None:
+        if self.is_document(entry):
+            self.add_document(entry, lambda: b"".join(chunks))
+            return
+        self.take(entry, chunks)
+
+    def take(self, entry: MemberEntry, chunks: Iterator[bytes]) -> bool:
+        """A blob to the image target or a git bundle to scratch; False when
+        its upload was lost past what memory held (read it again)."""
         if entry.path.startswith(BLOB_PREFIX):
-            assert self.target is not None and self.documents is not None
-            docs = self.documents
-            if docs.is_document(entry.digest):
-                if entry.size > self.limits.max_oci_manifest_bytes:
-                    raise ArchiveError(f"manifest {entry.digest} is {entry.size} bytes, too large")
-                docs.add(entry.digest, b"".join(chunks))  # chunks raise if the digest is wrong
-                return
+            assert self.target is not None
             self.check_base()
-            repos = sorted(docs.blob_repos.get(entry.digest, ()))
-            if not repos:
-                raise ArchiveError(
-                    f"{entry.path}: blob is not referenced by any image in the bundle, or comes "
-                    "before the manifests that reference it"
-                )
+            repos = self.blob_repos(entry)
             if self.target.has_blob(entry.digest, repos):
-                self.report.blobs_present += 1
-                return  # stream_members still drains and verifies the bytes
+                with self._lock:
+                    self.report.blobs_present += 1
+                return True  # the reader still drains and verifies the bytes
             try:
                 self.target.write_blob(entry.digest, entry.size, chunks, repos)
             except UploadLostError:
-                self.resend[entry.path] = repos
-                self.report.notes.append(
-                    f"{self.target.describe()}: the upload of {entry.digest} to "
-                    f"{', '.join(repos)} was lost mid-blob; it was read again from the bundle"
-                )
-                return  # stream_members still drains and verifies the bytes
-            self.report.blobs_written += 1
+                with self._lock:
+                    self.resend[entry.path] = repos
+                    self.report.notes.append(
+                        f"{self.target.describe()}: the upload of {entry.digest} to "
+                        f"{', '.join(repos)} was lost mid-blob; it was read again from the bundle"
+                    )
+                return False  # the reader still drains and verifies the bytes
+            with self._lock:
+                self.report.blobs_written += 1
         elif entry.path.startswith(FILE_PREFIX):
             assert self.files is not None
             self.files.sink(entry, chunks)
@@ -383,6 +420,7 @@ class _Sinks:
                 for chunk in chunks:
                     fh.write(chunk)
             self.staged[repo.name] = path
+        return True
 
 
 def import_bundle(
@@ -391,18 +429,10 @@ def import_bundle(
     check_channel(options.channel, error=UsageError)
     report = ImportReport(bundle=str(path))
     with contextlib.ExitStack() as stack:
-        media, fh = stack.enter_context(opened_bundle(path, options.policy, at=options.at))
-        reader = BundleReader(fh, source=media.description, limits=options.limits)
-        auth = authenticate(
-            reader.read_prefix(),
-            options.policy,
-            source=media.description,
-            at=options.at,
-            limits=options.limits,
-        )
+        access, auth, reader = _open_bundle(stack, path, options)
         report.describe(auth)
         manifest = auth.manifest
-        _check_vetting(manifest, options, report, media.description)
+        _check_vetting(manifest, options, report, access.source if access else _source(reader))
         if not options.allow_other_refs:
             _check_ref_namespaces(manifest)
         # Preflight: targets named and able to take what the bundle carries.
@@ -425,13 +455,100 @@ def import_bundle(
         # Stream phase, then publish phase; nothing visible moves before the last.
         sinks = _Sinks(targets.images, scratch, manifest, report, options.limits, targets.files)
         with _cleanup_on_failure(manifest, targets):
-            stream_members(reader, manifest, sinks, progress=progress)
-            if sinks.resend:
-                assert targets.images is not None
-                _resend(path, options, auth, targets.images, sinks.resend, report, progress)
+            if access is not None:
+                _take_in_place(access, sinks, options.limits, progress)
+            else:
+                assert reader is not None
+                stream_members(reader, manifest, sinks, progress=progress)
+                if sinks.resend:
+                    assert targets.images is not None
+                    _resend(path, options, auth, targets.images, sinks.resend, report, progress)
             _publish(auth, sinks, targets, options, report)
             _record_all(stores, states, options, auth, report, now, "import")
     return report
+
+
+def _source(reader: BundleReader | None) -> str:
+    assert reader is not None
+    return reader.source
+
+
+def _open_bundle(
+    stack: contextlib.ExitStack, path: Path, options: ImportOptions
+) -> tuple[BundleAccess | None, Authenticated, BundleReader | None]:
+    """Authenticated, and open for reading members at their own offsets when
+    the bundle has a signed seek table and is a file or volume set (several
+    blobs in flight: ops/sections.py); else open for one front-to-back pass.
+    A bundle the random-access opening finds damaged is read front to back,
+    whose error names the damage (and which refuses it before any write)."""
+    if options.limits.import_streams > 1:
+        from airbundle.ops.sections import in_place, media_size
+
+        media = open_media(path)
+        if media_size(media) is not None:
+            inner = contextlib.ExitStack()
+            try:
+                access, auth = inner.enter_context(
+                    in_place(media, path, options.policy, at=options.at, limits=options.limits)
+                )
+            except IntegrityError:
+                inner.close()
+            else:
+                stack.push(inner)
+                if access is not None:
+                    return access, auth, None
+    media, fh = stack.enter_context(opened_bundle(path, options.policy, at=options.at))
+    reader = BundleReader(fh, source=media.description, limits=options.limits)
+    auth = authenticate(
+        reader.read_prefix(),
+        options.policy,
+        source=media.description,
+        at=options.at,
+        limits=options.limits,
+    )
+    return None, auth, reader
+
+
+def _take_in_place(
+    access: BundleAccess, sinks: _Sinks, limits: Limits, progress: Progress | None
+) -> None:
+    """The stream phase over a bundle read in place: the manifests and indexes
+    first (each checked against its digest as it is read), then every member
+    in sections, `limits.import_streams` at once (ops/sections.py): each blob's
+    upload is finished only after its last byte matched the signed digest; a
+    lost upload is read again at once, from its own offset."""
+    from airbundle.ops.sections import checked, read_sections, read_verified
+
+    members = access.manifest.members
+    for entry in members:
+        if sinks.is_document(entry):
+            sinks.add_document(entry, functools.partial(read_verified, access, entry.path))
+    documents = {e.path for e in members if sinks.is_document(e)}
+    taken = [e for e in members if e.path not in documents]
+    if sinks.target is not None and sinks.documents is not None:
+        sinks.check_base()
+        for entry in taken:  # every blob accounted for before the first is written
+            if entry.path.startswith(BLOB_PREFIX):
+                sinks.blob_repos(entry)
+
+    def work(info: MemberInfo, chunks: Iterator[bytes]) -> None:
+        entry = info.place.entry
+        if entry.path in documents:
+            return  # read and checked above; the section checks it again
+        if not sinks.take(entry, chunks):
+            for _ in chunks:
+                pass
+            # Lost past what memory held: this member again, from its offset.
+            reader = access.open_member(entry.path)
+            again = checked(
+                iter(lambda: reader.read(limits.io_chunk_bytes), b""), info, access.source
+            )
+            assert sinks.target is not None
+            sinks.target.write_blob(entry.digest, entry.size, again, sinks.resend[entry.path])
+            with sinks._lock:
+                sinks.report.blobs_written += 1
+
+    read_sections(access, work, workers=limits.import_streams, progress=progress)
 
 
 def _check_vetting(

@@ -238,9 +238,28 @@ def verify_bundle(
     progress: Progress | None = None,
     at: datetime | None = None,
 ) -> VerifyResult:
+    """Signatures, then every member. A bundle with a signed seek table, on a
+    regular file or a volume set and at least `Limits.parallel_read_min_bytes`,
+    is read in sections by `Limits.read_workers` threads (ops/sections.py);
+    any other, front to back."""
+    verdict = None
+    if limits.read_workers > 1:
+        # Imported here: a small bundle's verify need not load it.
+        from airbundle.ops.sections import DamagedInPlace, verify_in_place
+
+        try:
+            found = verify_in_place(path, policy, limits=limits, progress=progress, at=at)
+        except DamagedInPlace as damaged:
+            verdict = damaged.verdict  # read again front to back, for its own error
+        else:
+            if found is not None:
+                manifest = found.manifest
+                return VerifyResult(path, found, len(manifest.members), manifest.total_size)
     with opened_bundle(path, policy, at=at) as (media, fh):
         source = media.description
         reader = BundleReader(fh, source=source, limits=limits)
         auth = authenticate(reader.read_prefix(), policy, source=source, at=at, limits=limits)
         stream_members(reader, auth.manifest, progress=progress)
+    if verdict is not None:
+        raise verdict
     return VerifyResult(path, auth, len(auth.manifest.members), auth.manifest.total_size)
