@@ -913,6 +913,8 @@ def plan(
             f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
             + (f"  (requested by chart {', '.join(i.requested_by)})" if i.requested_by else "")
         )
+        if i.subset_digest is not None:
+            lines.append(f"    carries subset index {i.subset_digest} beside it")
         if i.policy is not None:
             lines.append(f"    policy: {i.policy}")
     for c in result.charts:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from airbundle.errors import SourceError, UsageError
+from airbundle.errors import EXIT_USAGE, SourceError, UsageError
 from airbundle.ops.export import ExportOptions, export_bundle
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
 from airbundle.ops.specfile import load_spec
+from support.env import AIRBUNDLE
 from support.keys import KeyPair
 from support.registry import Registry
 from support.skopeo import push_oci_layout
@@ -120,6 +121,36 @@ def test_a_locked_platform_subset_exports(
     (image,) = result.manifest.images
     assert str(image.source_digest) == plan.images[0].digest
     assert image.platforms == ("linux/arm64",)
+    # plan said what the bundle carries for the subset, and why, once: the
+    # export of the reviewed (locked) spec does not repeat it.
+    assert plan.images[0].subset_digest == str(image.digest) != plan.images[0].digest
+    assert [n for n in plan.notes if "travels as it is (sparse)" in n]
+    assert not [w for w in result.warnings if "travels as it is (sparse)" in w]
+    unlocked = export_bundle(
+        load_spec(spec), ExportOptions(output=tmp_path / "c.airbundle", keys=key)
+    )
+    assert [w for w in unlocked.warnings if "travels as it is (sparse)" in w]
+
+
+def test_export_refuses_an_output_folder_that_does_not_exist(
+    hello_layout: Path, signing_key: KeyPair, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {name: p}\n"
+        f"images:\n  - ref: oci:{hello_layout}:0.9\n"
+    )
+    out = tmp_path / "typo" / "deeper" / "b.airbundle"
+    proc = subprocess.run(
+        [*AIRBUNDLE, "export", str(spec), "-o", str(out), "--key", str(signing_key.private)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert f"{out.parent} is not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "typo").exists()
 
 
 def test_plan_estimates_the_whole_bundle_git_history_included(

@@ -64,7 +64,12 @@ def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
     return images
 
 
-def subset_warnings(images: list[CollectedImage]) -> list[str]:
+def subset_warnings(
+    images: list[CollectedImage], reviewed: frozenset[str] = frozenset()
+) -> list[str]:
+    """What a platform subset means for pins, once per image: by `plan`, and
+    by `export` for the images no lock file pinned (`reviewed`: the spec
+    texts a lock pinned, whose plan already said it)."""
     return [
         f"{img.source_text}: carrying {', '.join(img.platforms)} only: the source index "
         f"{img.source_digest} travels as it is (sparse) beside a subset index "
@@ -72,7 +77,7 @@ def subset_warnings(images: list[CollectedImage]) -> list[str]:
         "target takes a sparse index (an OCI layout, serve, `airbundle probe` says for a "
         f"registry), elsewhere the import tags {img.root.digest} and says so"
         for img in images
-        if img.source_digest is not None
+        if img.source_digest is not None and img.source_text not in reviewed
     ]
 
 

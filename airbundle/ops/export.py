@@ -148,7 +148,6 @@ def export_bundle(
         for img in [*planned, *(c.image for c in charts.charts), *charts.images]
         for carried in (img, *img.referrers)
     ]
-    options.output.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(options.output)
     with _workdir(options.output) as workdir:
         vetted = _vet(vetted_images, judged, options, workdir, created)
@@ -186,7 +185,11 @@ def export_bundle(
         written.manifest,
         Digest.sha256_of(written.manifest_bytes),
         written.size,
-        (*subset_warnings(images), *(vetted.warnings if vetted else []), *charts.notes),
+        (
+            *subset_warnings(images, _locked(spec)),
+            *(vetted.warnings if vetted else []),
+            *charts.notes,
+        ),
         written.volumes,
     )
 
@@ -203,10 +206,21 @@ def _existing_outputs(out: Path) -> list[Path]:
     return [p for p in dict.fromkeys(found) if p.exists()]
 
 
+def _locked(spec: BundleSpec) -> frozenset[str]:
+    """The spec's images a lock file pinned: `plan` has shown what they carry."""
+    return frozenset(i.text for i in spec.images if i.pinned is not None)
+
+
 def _check_output(out: Path, *, force: bool) -> list[Path]:
     """Refuse to write over an existing bundle without --force (it may be the
     one already imported); return what --force will replace once the new
     bundle is complete."""
+    if not out.parent.is_dir():
+        # A typo in -o must not scatter bundles into a new tree of folders.
+        raise UsageError(
+            f"{out.parent} is not a folder",
+            hint="create it first, or choose an -o in an existing folder",
+        )
     existing = _existing_outputs(out)
     if existing and not force:
         raise UsageError(

@@ -30,7 +30,7 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
 from airbundle.ops.carried_files import plan_files
 from airbundle.ops.charts import plan_charts
-from airbundle.ops.collect import CollectedImage, plan_images
+from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
 from airbundle.ops.lock_extras import (
     PlannedChart,
     PlannedFiles,
@@ -64,6 +64,9 @@ class PlannedImage:
     # in the lock under its chart, not as a spec image).
     requested_by: tuple[str, ...] = ()
     from_chart: bool = False
+    # A platform subset: the index the bundle carries for it (`digest` is the
+    # source's, what the lock pins and the registry knows); None otherwise.
+    subset_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ def make_plan(
                 judged[n].describe() if judged else None,
                 judged[n].verdict.accepted if judged else True,
                 tuple(dict.fromkeys(image.requested_by)),
+                subset_digest=str(image.root.digest) if image.source_digest else None,
             )
         )
     planned_charts = []
@@ -235,6 +239,7 @@ def make_plan(
                 accepted=judged[n].verdict.accepted if judged else True,
                 requested_by=tuple(dict.fromkeys(image.requested_by)),
                 from_chart=True,
+                subset_digest=str(image.root.digest) if image.source_digest else None,
             )
         )
     with tempfile.TemporaryDirectory(prefix="airbundle-plan-") as scratch:
@@ -272,7 +277,9 @@ def make_plan(
         total_bytes,
         tuple(planned_charts),
         files,
-        tuple(charts.notes),
+        # Said here, where the spec is reviewed; export repeats it only for
+        # images no lock file pins.
+        (*subset_warnings([*images, *charts.images]), *charts.notes),
     )
 
 

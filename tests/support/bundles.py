@@ -98,7 +98,9 @@ def signing_keys(*keys: KeyPair | Ed25519PrivateKey) -> tuple[Ed25519PrivateKey,
 def export(
     spec: Path, out: Path, *keys: KeyPair | Ed25519PrivateKey, **options: Any
 ) -> ExportResult:
-    """Export the spec file ``spec`` to ``out``, signed by every key in ``keys``."""
+    """Export the spec file ``spec`` to ``out`` (its folder created: export
+    itself refuses a missing one), signed by every key in ``keys``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     opts = ExportOptions(output=out, keys=signing_keys(*keys), **options)
     return export_bundle(load_spec(spec), opts)
 
