@@ -389,6 +389,7 @@ def export_text_spec(env: World, tmp_path: Path, images: str, repos: str = "") -
     spec.parent.mkdir()
     spec.write_text(text.replace("ROOT", str(env.root)), "utf-8")
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     export_bundle(load_spec(spec), export_options(out, env.key))
     return out
 
@@ -458,6 +459,7 @@ def test_source_blob_that_lies_leaves_no_output(env: World, tmp_path: Path) -> N
         "utf-8",
     )
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     out.parent.mkdir()
     out.write_bytes(b"an older bundle")
     with pytest.raises(SourceError) as info:

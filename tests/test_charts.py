@@ -52,6 +52,7 @@ def spec_file(folder: Path, body: str, name: str = "charts") -> Path:
 
 def export(spec: Path, out: Path, key: KeyPair, **options: object) -> ExportResult:
     keys = (load_signing_key(key.private, passphrase=None),)
+    out.parent.mkdir(parents=True, exist_ok=True)
     return export_bundle(load_spec(spec), ExportOptions(output=out, keys=keys, **options))  # type: ignore[arg-type]
 
 
@@ -331,6 +332,7 @@ def test_a_chart_that_cannot_be_had_fails_the_export_and_writes_nothing(
         tmp_path, f"charts:\n  - repo: {repo}\n    name: {chart}\n    version: {version}\n"
     )
     out = tmp_path / "out" / "x.airbundle"
+    out.parent.mkdir(exist_ok=True)
     proc = subprocess.run(
         [*AIRBUNDLE, "export", str(spec), "-o", str(out), "--key", str(signing_key.private)],
         capture_output=True,

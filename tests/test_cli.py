@@ -153,10 +153,11 @@ def test_spec_error_exits_2_and_writes_nothing(env: World, tmp_path: Path) -> No
     spec = tmp_path / "spec.yaml"
     spec.write_text(env.spec.read_text("utf-8").replace("kind: BundleSpec", "kind: Spec"))
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     proc = cli("export", spec, "-o", out, "--key", env.key_path)
     assert proc.returncode == EXIT_USAGE
     assert error_line(proc) == f"{spec}:2: field kind: 'BundleSpec' was expected\n"
-    assert not out.parent.exists()
+    assert list(out.parent.iterdir()) == []
 
 
 def test_missing_trust_exits_2(env: World) -> None:
@@ -209,12 +210,13 @@ def test_missing_source_exits_3_and_writes_nothing(env: World, tmp_path: Path) -
         "images:\n  - ref: oci:nowhere/layout:1.0\n    name: r.example/x:1\n"
     )
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     proc = cli("export", spec, "-o", out, "--key", env.key_path)
     assert proc.returncode == EXIT_IO
     message = error_line(proc)
     assert message.startswith("oci:nowhere/layout:1.0: ")
     assert "is not an OCI image layout" in message
-    assert not out.parent.exists()
+    assert list(out.parent.iterdir()) == []
 
 
 def test_missing_bundle_file_exits_2(env: World, tmp_path: Path) -> None:
@@ -372,17 +374,18 @@ def test_key_generate_with_passphrase_makes_an_encrypted_key(env: World, tmp_pat
     assert wrong.returncode != 0  # encrypted: no key without the passphrase
 
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     proc = cli("export", env.spec, "-o", out, "--key", key)
     assert proc.returncode == EXIT_USAGE
     assert error_line(proc) == f"{key} is encrypted and a passphrase is needed\n"
-    assert not out.parent.exists()
+    assert list(out.parent.iterdir()) == []
 
     passfile = tmp_path / "pass.txt"
     passfile.write_text("wrong\n")
     proc = cli("export", env.spec, "-o", out, "--key", key, "--passphrase-file", passfile)
     assert proc.returncode == EXIT_USAGE
     assert error_line(proc) == f"wrong passphrase for {key}\n"
-    assert not out.parent.exists()
+    assert list(out.parent.iterdir()) == []
 
     proc = cli(
         "export", env.spec, "-o", out, "--key", key, "-q", AIRBUNDLE_PASSPHRASE="s3cret pass"

@@ -365,6 +365,7 @@ def test_cli_with_relative_paths_from_another_folder(sample_tree: Path, tmp_path
     cli = [sys.executable, "-m", "airbundle"]
     run(*cli, "key", "generate", "k", cwd=work)
     spec = os.path.relpath(sample_tree / "spec.yaml", work)
+    (work / "out").mkdir()
     run(*cli, "export", spec, "-o", "out/b.airbundle", "--key", "k", cwd=work)
     run(*cli, "verify", "out/b.airbundle", "--trust", "k.pub", cwd=work)
     run(

@@ -285,6 +285,7 @@ def test_export_resumes_a_blob_cut_mid_body_with_range(
     layer = big_layer(big_layout)
     source_proxy.add("GET", f"/blobs/{layer}$", action)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     cut = action.after
     assert cut is not None
 
@@ -318,6 +319,7 @@ def test_export_resumes_from_the_start_when_the_server_ignores_range(
     source_proxy.add("GET", f"/blobs/{layer}$", CutBody(2 * IO_CHUNK, reset=True, pause=0.3))
     source_proxy.add("GET", f"/blobs/{layer}$", IgnoreRange(), nth=2)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
 
     export(
         spec_for(tmp_path, source_proxy.host, "team/big:1.0"),
@@ -347,6 +349,7 @@ def test_export_survives_a_manifest_cut_mid_body(
 ) -> None:
     source_proxy.add("GET", r"/manifests/1\.0$", action)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
 
     export(
         spec_for(tmp_path, source_proxy.host, "team/hello:1.0"),
@@ -371,6 +374,7 @@ def test_export_reports_a_persistently_cut_manifest_as_a_source_error(
     # A child manifest, fetched by digest, this time.
     source_proxy.add("GET", r"/v2/team/hello/manifests/sha256:", action, times=None)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
 
     with pytest.raises(SourceError) as caught:
         export(
@@ -409,6 +413,7 @@ def test_export_survives_one_transient_fault_on_a_blob(
     layer = max(layers, key=lambda d: layers[d])
     source_proxy.add("GET", f"/blobs/{layer}$", action)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     start = time.monotonic()
 
     export(
@@ -436,6 +441,7 @@ def test_export_honours_retry_after_on_429(
     source_proxy.add("GET", r"/manifests/1\.0$", Respond(429, {"Retry-After": "1"}), nth=1, times=1)
     source_proxy.add("GET", BLOB_GET, Respond(429, {"Retry-After": "1"}), nth=2, times=1)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
 
     export(
         spec_for(tmp_path, source_proxy.host, "team/hello:1.0"),
@@ -482,6 +488,7 @@ def test_export_fails_cleanly_when_a_blob_fault_persists(
     layer = max(layers, key=lambda d: layers[d])
     source_proxy.add("GET", f"/blobs/{layer}$", action, times=None)
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     spec = spec_for(tmp_path, source_proxy.host, "team/hello:1.0")
 
     with pytest.raises(SourceError) as caught:
@@ -508,6 +515,7 @@ def test_cli_reports_a_persistent_fault_as_one_line(
     source_proxy.add("GET", f"/blobs/{layer}$", Respond(503), times=None)
     monkeypatch.setattr(cli.RegistryOptions, "transport", lambda _self: fast_transport())
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     spec = spec_for(tmp_path, source_proxy.host, "team/hello:1.0")
 
     with pytest.raises(SystemExit) as caught:
@@ -830,6 +838,7 @@ def test_sigkill_mid_export_leaves_no_bundle_and_a_rerun_succeeds(
 ) -> None:
     source_proxy.delay = 0.15
     out = tmp_path / "out" / "b.airbundle"
+    out.parent.mkdir(exist_ok=True)
     spec = spec_for(tmp_path, source_proxy.host, *IMAGES)
     argv = airbundle_argv("export", spec, "-o", out, "--key", signing_key.private,
                           "--no-cache", "-q")  # fmt: skip
@@ -888,7 +897,7 @@ def disk_full_export(
                               "--no-cache", "--force", "-q")  # fmt: skip
 
     steps = [
-        {"argv": exporting(disk / "a" / "out.airbundle")},
+        {"mkdir": str(disk / "a"), "argv": exporting(disk / "a" / "out.airbundle")},
         {"place": [str(previous), str(disk / "b" / "out.airbundle")],
          "argv": exporting(disk / "b" / "out.airbundle")},
     ]  # fmt: skip

@@ -48,6 +48,7 @@ def spec_file(folder: Path, body: str, name: str = "files") -> Path:
 
 def export(spec: Path, out: Path, key: KeyPair, **options: object) -> ExportResult:
     keys = (load_signing_key(key.private, passphrase=None),)
+    out.parent.mkdir(parents=True, exist_ok=True)
     return export_bundle(load_spec(spec), ExportOptions(output=out, keys=keys, **options))  # type: ignore[arg-type]
 
 
@@ -185,6 +186,8 @@ def test_a_wrong_sha256_pin_fails_the_export_and_writes_nothing(
             sources, f"files:\n  - url: {web.url}/tool.tar.gz\n    sha256: sha256:{'0' * 64}\n"
         )
         out = tmp_path / "out" / "p.airbundle"
+        out.parent.mkdir()
+        out.parent.mkdir(exist_ok=True)
         proc = subprocess.run(
             [*AIRBUNDLE, "export", str(spec), "-o", str(out), "--key", str(signing_key.private)],
             capture_output=True,

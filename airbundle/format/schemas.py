@@ -9,6 +9,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from airbundle.errors import AirbundleError
+from airbundle.format.text import escape
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -103,5 +104,9 @@ def json_path(error: ValidationError) -> str:
     """A readable path to the failing field: images[2].ref"""
     out = ""
     for part in error.absolute_path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:  # a key from the document: shown escaped, one line whatever it holds
+            name = escape(str(part))
+            out += f".{name}" if out else name
     return out or "(top level)"

@@ -130,6 +130,7 @@ def world(factory: pytest.TempPathFactory) -> World:
     other = load_signing_key(keys / "other", passphrase=None)
     spec = root / SPEC_NAME
     out = base / "bundle" / "samples.airbundle"
+    out.parent.mkdir()
     result = export_bundle(load_spec(spec), export_options(out, key))
     out.chmod(0o444)  # shared by every test: copy it before changing it
     _CACHE["world"] = World(

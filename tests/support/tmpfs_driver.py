@@ -1,7 +1,8 @@
 """Run inside the namespace by :func:`support.tmpfs.on_small_tmpfs` (not imported):
 ``python tmpfs_driver.py ROOT STEPS_JSON``.
 
-Each step may place a file (``"place": [src, dest]``) and run a command
+Each step may make a folder (``"mkdir": dest``), place a file
+(``"place": [src, dest]``) and run a command
 (``"argv": [...]``); the result of each carries the command's exit status and
 output, and every entry under ROOT (``"dir"`` or the file's sha256). The results,
 a JSON list, are the last line printed.
@@ -20,6 +21,8 @@ from typing import Any
 
 def run_step(root: Path, step: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if "mkdir" in step:
+        Path(step["mkdir"]).mkdir(parents=True, exist_ok=True)
     if "place" in step:
         src, dest = step["place"]
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
