@@ -459,7 +459,6 @@ def test_source_blob_that_lies_leaves_no_output(env: World, tmp_path: Path) -> N
         "utf-8",
     )
     out = tmp_path / "out" / "b.airbundle"
-    out.parent.mkdir(exist_ok=True)
     out.parent.mkdir()
     out.write_bytes(b"an older bundle")
     with pytest.raises(SourceError) as info:

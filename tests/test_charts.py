@@ -17,12 +17,12 @@ import pytest
 import yaml
 
 from airbundle.errors import ChartNotFoundError, ChartRepositoryError, PinMismatchError
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
-from airbundle.ops.keys import load_signing_key, load_trust
+from airbundle.ops.export import ExportOptions, export_bundle
+from airbundle.ops.keys import load_signing_key
 from airbundle.ops.plan import apply_lock, make_plan, read_lock
 from airbundle.ops.specfile import load_spec
-from airbundle.ops.verify import load_policy
+from support.bundles import export, spec_with
+from support.bundles import import_with_state as import_
 from support.charts import (
     HELM_CHART,
     HELM_CONFIG,
@@ -42,26 +42,7 @@ from support.skopeo import push_oci_layout, skopeo_raw_manifest
 
 
 def spec_file(folder: Path, body: str, name: str = "charts") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(
-        f"apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {{name: {name}}}\n{body}"
-    )
-    return path
-
-
-def export(spec: Path, out: Path, key: KeyPair, **options: object) -> ExportResult:
-    keys = (load_signing_key(key.private, passphrase=None),)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return export_bundle(load_spec(spec), ExportOptions(output=out, keys=keys, **options))  # type: ignore[arg-type]
-
-
-def import_(bundle: Path, key: KeyPair, tmp: Path, **options: object) -> ImportReport:
-    policy = load_policy(load_trust([key.public]), 1)
-    return import_bundle(
-        bundle,
-        ImportOptions(policy=policy, state_dir=tmp / "state", **options),  # type: ignore[arg-type]
-    )
+    return spec_with(folder, body, name)
 
 
 VALUES = """\

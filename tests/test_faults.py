@@ -896,7 +896,7 @@ def disk_full_export(
         return airbundle_argv("export", big, "-o", dest, "--key", signing_key.private,
                               "--no-cache", "--force", "-q")  # fmt: skip
 
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"mkdir": str(disk / "a"), "argv": exporting(disk / "a" / "out.airbundle")},
         {"place": [str(previous), str(disk / "b" / "out.airbundle")],
          "argv": exporting(disk / "b" / "out.airbundle")},

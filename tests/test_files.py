@@ -24,13 +24,13 @@ from airbundle.errors import (
 )
 from airbundle.format.archive import HEADER_SIZE
 from airbundle.format.files import sha256sums
-from airbundle.ops.export import ExportOptions, ExportResult, export_bundle
-from airbundle.ops.importer import ImportOptions, ImportReport, import_bundle
 from airbundle.ops.inventory import take_inventory
 from airbundle.ops.keys import load_signing_key, load_trust
 from airbundle.ops.sign import sign_bundle
 from airbundle.ops.specfile import load_spec
 from airbundle.ops.verify import load_policy, verify_bundle
+from support.bundles import export, spec_with
+from support.bundles import import_with_state as import_
 from support.charts import StaticHttp, sha256
 from support.env import AIRBUNDLE, require_tool
 from support.keys import KeyPair, make_key
@@ -38,26 +38,7 @@ from support.serve import Serve
 
 
 def spec_file(folder: Path, body: str, name: str = "files") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(
-        f"apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {{name: {name}}}\n{body}"
-    )
-    return path
-
-
-def export(spec: Path, out: Path, key: KeyPair, **options: object) -> ExportResult:
-    keys = (load_signing_key(key.private, passphrase=None),)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return export_bundle(load_spec(spec), ExportOptions(output=out, keys=keys, **options))  # type: ignore[arg-type]
-
-
-def import_(bundle: Path, key: KeyPair, tmp: Path, **options: object) -> ImportReport:
-    policy = load_policy(load_trust([key.public]), 1)
-    return import_bundle(
-        bundle,
-        ImportOptions(policy=policy, state_dir=tmp / "state", **options),  # type: ignore[arg-type]
-    )
+    return spec_with(folder, body, name)
 
 
 def sha256sum_check(folder: Path, sums: bytes) -> str:

@@ -87,6 +87,17 @@ def write_spec(
     return path
 
 
+def spec_with(folder: Path, body: str, name: str) -> Path:
+    """``folder/NAME.yaml``: a BundleSpec named ``name`` whose sections are the YAML
+    text ``body`` (as a user writes them: charts and files read best as text)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"apiVersion: airbundle/v1\nkind: BundleSpec\nmetadata: {{name: {name}}}\n{body}"
+    )
+    return path
+
+
 def signing_keys(*keys: KeyPair | Ed25519PrivateKey) -> tuple[Ed25519PrivateKey, ...]:
     """Private keys, loaded from key pairs' files (unencrypted) or given as they are."""
     return tuple(
@@ -129,6 +140,11 @@ def import_(bundle: Path, trust: KeyPair | TrustPolicy, **options: Any) -> Impor
     """Import ``bundle`` trusting ``trust`` (one key pair, or a whole policy)."""
     policy = trust if isinstance(trust, TrustPolicy) else trust_policy(trust)
     return import_bundle(bundle, ImportOptions(policy=policy, **options))
+
+
+def import_with_state(bundle: Path, key: KeyPair, tmp: Path, **options: Any) -> ImportReport:
+    """Import ``bundle`` trusting ``key``, its import state kept in ``tmp/state``."""
+    return import_(bundle, key, state_dir=tmp / "state", **options)
 
 
 def verified_digests(bundle: Path, key: KeyPair) -> dict[str, str]:

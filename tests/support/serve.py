@@ -19,6 +19,8 @@ READY = re.compile(r"serving on (https?://\S+)")
 class Serve(Server):
     """`airbundle serve ARGS --listen 127.0.0.1:0`; `.url` once it listens."""
 
+    what = "airbundle serve"
+
     def __init__(
         self,
         args: Sequence[str],
@@ -33,14 +35,18 @@ class Serve(Server):
         argv = [*AIRBUNDLE, "serve", *args]
         if "--listen" not in args:
             argv += ["--listen", "127.0.0.1:0"]
-        self.process = Process(argv, self.log, env=clean_env(env))
+        self.process = Process(self.wrap(argv), self.log, env=clean_env(env))
         self._on_stop(self.process.stop)
         self.url = ""
         try:
-            self.process.wait_ready(self._ready, timeout, "airbundle serve")
+            self.process.wait_ready(self._ready, timeout, self.what)
         except ServerError:
             self.stop()
             raise
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The command line that runs `argv` (a subclass runs it somewhere else)."""
+        return argv
 
     def _ready(self) -> bool:
         match = READY.search(self.log.read_text(errors="replace"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,11 +24,9 @@ from airbundle.format.trust import TrustPolicy
 from airbundle.ops.access import open_bundle_access
 from airbundle.ops.keys import load_trust
 from support.crafting import make_manifest, write_bundle
-from support.env import AIRBUNDLE, clean_env, require_tool
+from support.env import clean_env, require_tool
 from support.integration import starting
-from support.net import http_request
-from support.process import Process, Server, ServerError
-from support.serve import READY
+from support.serve import Serve
 
 MiB = 1 << 20
 
@@ -134,8 +131,10 @@ def read_only(folder: Path, argv: Sequence[str]) -> list[str]:
     ]
 
 
-class ServeReadOnly(Server):
+class ServeReadOnly(Serve):
     """`airbundle serve ARGS --listen 127.0.0.1:0` with `media` mounted read-only."""
+
+    what = "airbundle serve (read-only media)"
 
     def __init__(
         self,
@@ -146,34 +145,11 @@ class ServeReadOnly(Server):
         env: Mapping[str, str] | None = None,
         timeout: float = 60.0,
     ) -> None:
-        super().__init__()
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log = workdir / f"serve-{time.monotonic_ns()}.log"
-        argv = read_only(media, [*AIRBUNDLE, "serve", *args, "--listen", "127.0.0.1:0"])
-        self.process = Process(argv, self.log, env=clean_env(env))
-        self._on_stop(self.process.stop)
-        self.url = ""
-        try:
-            self.process.wait_ready(self._ready, timeout, "airbundle serve (read-only media)")
-        except ServerError:
-            self.stop()
-            raise
+        self.media = media
+        super().__init__(args, workdir, env=env, timeout=timeout)
 
-    def _ready(self) -> bool:
-        match = READY.search(self.log.read_text(errors="replace"))
-        if match:
-            self.url = match.group(1)
-        return bool(match)
-
-    @property
-    def host(self) -> str:
-        return self.url.split("://", 1)[1]
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return http_request(self.url + path, **kwargs)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+    def wrap(self, argv: list[str]) -> list[str]:
+        return read_only(self.media, argv)
 
 
 def run_read_only(folder: Path, *argv: str) -> subprocess.CompletedProcess[str]:
