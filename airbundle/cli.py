@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from typer.models import CommandFunctionType
 
 from airbundle import __version__
 from airbundle.errors import (
@@ -33,12 +34,13 @@ from airbundle.errors import (
     UsageError,
 )
 from airbundle.format.text import escape
+from airbundle.format.units import human_size
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from airbundle.adapters.registry.transport import Transport
-    from airbundle.format.manifest import BundleManifest
+    from airbundle.format.manifest import BundleManifest, ImageEntry
     from airbundle.format.policy import ImagePolicy
 
 # Commands import what they need when they run: the registry client (urllib3,
@@ -78,9 +80,11 @@ class _Command(typer.core.TyperCommand):
 class _Typer(typer.Typer):
     """Every command of the app (and its sub-apps) is a `_Command`."""
 
-    def command(self, *args: Any, **kwargs: Any) -> Any:
+    def command(
+        self, name: str | None = None, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
         kwargs.setdefault("cls", _Command)
-        return super().command(*args, **kwargs)
+        return super().command(name, **kwargs)
 
 
 app = _Typer(
@@ -132,8 +136,23 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+class _Bar:
+    """A progress bar as the ops layer sees it: called with bytes done; its
+    total may become known only once the work is planned (export)."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def __call__(self, n: int) -> None:
+        self._bar.update(n)
+
+    def set_total(self, total: int) -> None:
+        self._bar.total = total
+        self._bar.refresh()
+
+
 @contextmanager
-def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[_Bar | None]:
     if quiet or _state["quiet"] or not sys.stderr.isatty():
         yield None
         return
@@ -148,7 +167,7 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[i
         file=sys.stderr,
         leave=False,
     ) as bar:
-        yield bar.update
+        yield _Bar(bar)
 
 
 def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
@@ -540,7 +559,12 @@ def export(
         vetting=vetting,
     )
     with _progress(None, "export", quiet) as progress:
-        result = export_bundle(loaded, options, progress=progress)
+        result = export_bundle(
+            loaded,
+            options,
+            progress=progress,
+            on_total=progress.set_total if progress is not None else None,
+        )
     for warning in result.warnings:
         _warn(warning)
     if result.manifest.scan is not None:
@@ -555,12 +579,23 @@ def export(
     m = result.manifest
     _say(
         quiet,
-        f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
+        f"wrote {_written(result.path, result.volumes, result.size)}: {len(m.images)} image(s), "
         f"{len(m.repos)} repo(s), "
         + (f"{len(m.charts)} chart(s), " if m.charts else "")
         + (f"{len(m.files)} file(s), " if m.files else "")
         + f"{len(m.members)} members, manifest {result.manifest_digest}",
     )
+
+
+def _written(path: Path, volumes: tuple[Path, ...], size: int) -> str:
+    """`NAME.airbundle (26.3 MiB)`, or for a volume set `4 volumes
+    NAME.airbundle.001…004 (3.2 GiB) + NAME.airbundle.volumes`."""
+    if not volumes:
+        return f"{path} ({human_size(size)})"
+    first, last = volumes[0], volumes[-1]
+    names = str(first) if len(volumes) == 1 else f"{first}…{last.suffix.lstrip('.')}"
+    count = f"{len(volumes)} volume{'s' if len(volumes) > 1 else ''}"
+    return f"{count} {names} ({human_size(size)}) + {path.name}"
 
 
 @app.command()
@@ -578,6 +613,42 @@ def verify(
     holds. BUNDLE is a bundle file, a volume index (NAME.volumes) or a folder holding
     one: the whole set is checked. Given a single volume (NAME.003), only that
     volume is checked against the signed index."""
+    try:
+        _verify(bundle, trust, threshold, json_output, quiet)
+    except (AirbundleError, OSError) as exc:
+        if json_output:
+            _echo(json.dumps(_failure_report(bundle, exc), indent=1))
+        raise
+
+
+def _failure_report(bundle: Path, exc: AirbundleError | OSError) -> dict[str, Any]:
+    """verify --json when the answer is no: what failed, as fields, with the
+    exit code the command ends with (the same line still goes to stderr)."""
+    if isinstance(exc, AirbundleError):
+        error: dict[str, Any] = {
+            "kind": type(exc).__name__,
+            "exitCode": exc.exit_code,
+            "message": exc.message,
+            "hint": exc.hint,
+            "member": exc.member,
+            "volumes": list(exc.volumes),
+        }
+    else:
+        error = {
+            "kind": "OSError",
+            "exitCode": EXIT_IO,
+            "message": exc.strerror or str(exc),
+            "hint": None,
+            "member": None,
+            "volumes": [],
+            "file": exc.filename,
+        }
+    return {"ok": False, "bundle": str(bundle), "error": error}
+
+
+def _verify(
+    bundle: Path, trust: list[Path], threshold: int, json_output: bool, quiet: bool
+) -> None:
     from airbundle.adapters.media import open_media
     from airbundle.format.manifest import format_time
     from airbundle.ops import keys as keyops
@@ -591,7 +662,11 @@ def verify(
             raise IntegrityError(
                 f"volume {check.name} is damaged: {check.problem}",
                 hint="copy it again from the original media",
+                volumes=(check.name,),
             )
+        if json_output:
+            _echo(json.dumps({"ok": True, "bundle": str(bundle), "volume": check.name}, indent=1))
+            return
         _say(quiet, f"OK volume {check.name} matches the signed volume index")
         return
     size = bundle.stat().st_size if bundle.is_file() else None
@@ -622,7 +697,7 @@ def verify(
     signers = ", ".join(s.public_key.fingerprint for s in auth.signers)
     _say(
         quiet,
-        f"OK {bundle}: {result.members} members, {result.bytes} bytes verified; "
+        f"OK {bundle}: {result.members} members, {human_size(result.bytes)} verified; "
         f"signed by {signers}",
     )
 
@@ -652,7 +727,7 @@ def inspect(
         f"created   {format_time(b.created)}  by {escape(b.tool)}",
         f"channel   {b.channel}  sequence {b.sequence}  expires "
         f"{format_time(b.expires) if b.expires else 'never'}",
-        f"size      {info.file_size} bytes on disk, {m.total_size} bytes of content, "
+        f"size      {human_size(info.file_size)} on disk, {human_size(m.total_size)} of content, "
         f"{len(m.members)} members",
         "signatures (validity only; trust is checked by verify --trust):",
     ]
@@ -663,7 +738,7 @@ def inspect(
     ]
     lines.append(f"images ({len(m.images)}):")
     lines += [
-        f"  {i.ref}  {i.digest}  {i.size} B  {escape(','.join(i.platforms)) or '-'}  "
+        f"  {i.ref}  {i.digest}  {_image_size(i)}  {escape(','.join(i.platforms)) or '-'}  "
         f"from {escape(i.source)}"
         + (f"  (requested by chart {escape(', '.join(i.requested_by))})" if i.requested_by else "")
         for i in m.images
@@ -671,15 +746,17 @@ def inspect(
     lines += _vetting_lines(m)
     lines.append(f"charts ({len(m.charts)}):")
     lines += [
-        f"  {c.name} {c.version}  as {c.ref}  .tgz {c.chart_digest} {c.chart_size} B  "
+        f"  {c.name} {c.version}  as {c.ref}  .tgz {c.chart_digest} {human_size(c.chart_size)}  "
         f"from {c.source}"
         for c in m.charts
     ]
     carried_files = set(m.member_index)
     lines.append(f"files ({len(m.files)}):")
     lines += [
-        f"  {f.name}  {f.digest}  {f.size} B{'  executable' if f.executable else ''}  from "
-        f"{f.source}" + ("" if f.member in carried_files else "  (not carried: in the base)")
+        f"  {f.name}  {f.digest}  {human_size(f.size)}"
+        + ("  executable" if f.executable else "")
+        + f"  from {f.source}"
+        + ("" if f.member in carried_files else "  (not carried: in the base)")
         for f in m.files
     ]
     if m.scan is not None:
@@ -701,6 +778,12 @@ def inspect(
         lines.append(f"  {r.name}  from {escape(r.url)}")
         lines += [f"    {ref.name}  {ref.target}" for ref in r.refs]
     _echo("\n".join(lines))
+
+
+def _image_size(image: ImageEntry) -> str:
+    """inspect's size column: the whole image, which bundles from before
+    `totalSize` do not record (their root manifest's size would mislead)."""
+    return human_size(image.total_size) if image.total_size is not None else "?"
 
 
 def _vetting_lines(m: BundleManifest) -> list[str]:
@@ -725,8 +808,8 @@ def _vetting_lines(m: BundleManifest) -> list[str]:
             )
             lines.append(f"    signature {s.where}: {how}")
         for v in e.vets:
-            cut = f", cut from {v.output_bytes} bytes" if v.truncated else ""
-            size = f"{v.report_size} bytes{cut}"
+            cut = f", cut from {human_size(v.output_bytes)}" if v.truncated else ""
+            size = f"{human_size(v.report_size)}{cut}"
             lines.append(f"    vet {v.command}: {v.outcome()}, report {v.report} ({size})")
     return lines
 
@@ -1009,7 +1092,7 @@ def diff_command(
 
     d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
     if json_output:
-        _echo(json.dumps(dataclasses.asdict(d), indent=1))
+        _echo(json.dumps(d.to_json(), indent=1))
         return
     lines = [f"+ image {ref}  {dg}" for ref, dg in d.images_added]
     lines += [f"- image {ref}  {dg}" for ref, dg in d.images_removed]
@@ -1023,7 +1106,7 @@ def diff_command(
     lines += [f"+ file {n}  {dg}" for n, dg in d.files_added]
     lines += [f"- file {n}  {dg}" for n, dg in d.files_removed]
     lines += [f"~ file {n}  {a} -> {b}" for n, a, b in d.files_changed]
-    lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
+    lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {human_size(d.new_blob_bytes)}")
     _echo("\n".join(lines) if not d.empty else "no image, ref, chart or file changes\n" + lines[-1])
 
 
@@ -1084,7 +1167,8 @@ def plan(
     lines = []
     for i in result.images:
         lines.append(
-            f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
+            f"  {i.ref}  {i.digest}  {human_size(i.size)} of {human_size(i.total)}  "
+            f"{','.join(i.platforms) or '-'}"
             + (f"  (requested by chart {', '.join(i.requested_by)})" if i.requested_by else "")
         )
         if i.policy is not None:
@@ -1092,19 +1176,26 @@ def plan(
     for c in result.charts:
         lines.append(
             f"  chart {c.name} {c.version} ({c.text})  as {c.ref}  .tgz {c.digest}  "
-            f"{c.size} of {c.total} bytes" + (f", {len(c.images)} image(s)" if c.images else "")
+            f"{human_size(c.size)} of {human_size(c.total)}"
+            + (f", {len(c.images)} image(s)" if c.images else "")
         )
         if c.policy is not None:
             lines.append(f"    policy: {c.policy}")
-    lines += [f"  file {f.name}  {f.digest}  {f.size} bytes" for g in result.files for f in g.files]
+    lines += [
+        f"  file {f.name}  {f.digest}  {human_size(f.size)}" for g in result.files for f in g.files
+    ]
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
-        lines.append(f"  {repo.name}: {repo.size} bytes of git history to carry")
-    volumes = f", {result.volumes} volume(s) of {size} bytes" if result.volumes else ""
+        lines.append(f"  {repo.name}: {human_size(repo.size)} of git history to carry")
+    volumes = (
+        f", {result.volumes} volume(s) of {human_size(size)}"
+        if result.volumes and size is not None
+        else ""
+    )
     history = sum(r.size for r in result.repos)
     lines.append(
-        f"images: {result.image_bytes} bytes, git history: {history} bytes; "
-        f"the bundle: about {result.bundle_bytes} bytes{volumes}"
+        f"images: {human_size(result.image_bytes)}, git history: {human_size(history)}; "
+        f"the bundle: about {human_size(result.bundle_bytes)}{volumes}"
     )
     _say(quiet, "\n".join(lines))
     for note in result.notes:
@@ -1583,7 +1674,10 @@ def cache_prune(
     cache = BlobCache(cache_dir or default_cache_dir())
     seconds = parse_duration(older_than).total_seconds() if older_than else None
     result = cache.prune(older_than=seconds)
-    _say(quiet, f"removed {result.removed} blob(s), {result.freed} bytes; kept {result.kept}")
+    _say(
+        quiet,
+        f"removed {result.removed} blob(s), {human_size(result.freed)}; kept {result.kept}",
+    )
 
 
 @key_app.command("generate")
