@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+import typer.core
+from typer.models import CommandFunctionType
 
 from airbundle import __version__
 from airbundle.errors import (
@@ -32,18 +35,60 @@ from airbundle.errors import (
     UsageError,
 )
 from airbundle.format.text import escape
+from airbundle.format.units import human_size
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from airbundle.adapters.registry.transport import Transport
-    from airbundle.format.manifest import BundleManifest
+    from airbundle.format.manifest import BundleManifest, ImageEntry
     from airbundle.format.policy import ImagePolicy
 
 # Commands import what they need when they run: the registry client (urllib3,
 # ssl) and the export/import pipelines are not loaded for `verify` or `--help`.
 
-app = typer.Typer(
+# What --help shows for an option whose declaration names no placeholder (typer
+# would show <path>, <int range>): one a person reads, by the value's type.
+_METAVARS = {"path": "PATH", "int": "N", "int range": "N", "float": "NUMBER", "str": "TEXT"}
+
+
+class _Command(typer.core.TyperCommand):
+    """Help a person reads: arguments as SPEC, not {spec}; every option's value
+    with a placeholder (KEY, DIR, N), never typer's <int range> or <list[Path]>."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.metavar is not None:
+                continue
+            if isinstance(param, typer.core.TyperArgument):
+                param.metavar = (param.name or "").upper()
+            elif not getattr(param, "is_flag", False):
+                name = param.type.name
+                param.metavar = _METAVARS.get(name, name.upper().replace(" ", "-"))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = (param.metavar or "") + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces += param.get_usage_pieces(ctx)
+        return pieces
+
+
+class _Typer(typer.Typer):
+    """Every command of the app (and its sub-apps) is a `_Command`."""
+
+    def command(
+        self, name: str | None = None, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        kwargs.setdefault("cls", _Command)
+        return super().command(name, **kwargs)
+
+
+app = _Typer(
     name="airbundle",
     help="Carry container images and Git repositories across an air gap: "
     "export a signed bundle, verify it anywhere, import it offline.",
@@ -53,9 +98,9 @@ app = typer.Typer(
     # Help texts contain [OPTIONAL] syntax that rich would read as markup.
     rich_markup_mode=None,
 )
-key_app = typer.Typer(help="Manage signing keys.", no_args_is_help=True)
+key_app = _Typer(help="Manage signing keys.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
-cache_app = typer.Typer(
+cache_app = _Typer(
     help="Manage the export cache (git mirrors, registry blobs).", no_args_is_help=True
 )
 app.add_typer(cache_app, name="cache")
@@ -92,8 +137,23 @@ def _errors_to_exit(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+class _Bar:
+    """A progress bar as the ops layer sees it: called with bytes done; its
+    total may become known only once the work is planned (export)."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def __call__(self, n: int) -> None:
+        self._bar.update(n)
+
+    def set_total(self, total: int) -> None:
+        self._bar.total = total
+        self._bar.refresh()
+
+
 @contextmanager
-def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[_Bar | None]:
     if quiet or _state["quiet"] or not sys.stderr.isatty():
         yield None
         return
@@ -108,7 +168,7 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[Callable[[i
         file=sys.stderr,
         leave=False,
     ) as bar:
-        yield bar.update
+        yield _Bar(bar)
 
 
 def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
@@ -132,9 +192,25 @@ class _EscapingFormatter(logging.Formatter):
         return escape(super().format(record), lines=True)
 
 
-def _say(quiet: bool, text: str) -> None:
+def _say(quiet: bool, text: str, *, err: bool = False) -> None:
     if not (quiet or _state["quiet"]):
-        _echo(text)
+        _echo(text, err=err)
+
+
+def _warn(text: str, *, label: str = "warning") -> None:
+    """A warning or a note: on stderr, and not at all under -q (errors only)."""
+    if not _state["quiet"]:
+        _echo(f"airbundle: {label}: {text}", err=True)
+
+
+def _go_quiet(value: bool) -> bool:
+    """-q, before or after the command name: errors only. Python warnings
+    (urllib3's InsecureRequestWarning for an --insecure-registry host) are
+    filtered out, serve logs errors only; stderr itself stays open for errors."""
+    if value:
+        _state["quiet"] = True
+        warnings.simplefilter("ignore")
+    return value
 
 
 def _version(value: bool) -> None:
@@ -162,7 +238,8 @@ def _main(
     ] = False,
 ) -> None:
     _state["verbose"] = verbose
-    _state["quiet"] = quiet
+    _state["quiet"] = False  # main() may run more than once in a process
+    _go_quiet(quiet)
 
 
 _VOLUME_FILE = re.compile(r".+\.\d{3}")
@@ -180,33 +257,54 @@ def parse_duration(text: str) -> timedelta:
 NestedOpt = Annotated[
     int | None,
     typer.Option(
+        metavar="N",
         help="For registries that limit nesting: at most this many path components "
-        "(the rest joined with '-')."
+        "(the rest joined with '-').",
     ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="Print nothing but errors (and what the command is asked for).",
+        callback=_go_quiet,
+    ),
+]
 TrustOpt = Annotated[
     list[Path],
     typer.Option(
-        "--trust", help="Trusted public key file or OpenSSH allowed_signers file (repeatable)."
+        "--trust",
+        metavar="KEY",
+        help="Trusted public key file or OpenSSH allowed_signers file (repeatable).",
     ),
 ]
 ThresholdOpt = Annotated[
-    int, typer.Option("--threshold", help="Distinct trusted signatures required.")
+    int, typer.Option("--threshold", metavar="N", help="Distinct trusted signatures required.")
 ]
 PassOpt = Annotated[
     Path | None,
     typer.Option(
         "--passphrase-file",
+        metavar="FILE",
         help="File whose first line is the key's passphrase (or set AIRBUNDLE_PASSPHRASE).",
     ),
 ]
 
 
+BundleArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="BUNDLE",
+        help="A bundle: its file, a volume set's NAME.volumes file, or the folder holding the set.",
+    ),
+]
+
 PolicyOpt = Annotated[
     Path | None,
     typer.Option(
         "--policy",
+        metavar="FILE",
         help="Image policy (containers-policy.json): every image must satisfy the scope "
         "that applies (reject, sigstoreSigned with keyPath/keyData, ...).",
     ),
@@ -250,6 +348,12 @@ class RegistryOptions:
             ca = Path(os.environ["SSL_CERT_FILE"])
         if self.cert_key is not None and self.cert is None:
             raise UsageError("--cert-key needs --cert")
+        if self.insecure and not _state["quiet"]:
+            from urllib3.exceptions import InsecureRequestWarning
+
+            # urllib3 warns on every request to a host without verified TLS
+            # (65 lines for one import); the host was named on purpose: once each.
+            warnings.filterwarnings("once", category=InsecureRequestWarning)
         return Transport(TLSConfig(ca, self.cert, self.cert_key, frozenset(self.insecure)))
 
 
@@ -259,23 +363,34 @@ NO_REGISTRY_OPTIONS = RegistryOptions()
 CaOpt = Annotated[
     Path | None,
     typer.Option(
-        "--ca-file", help="CA bundle for registry TLS (default: system CAs, or SSL_CERT_FILE)."
+        "--ca-file",
+        metavar="FILE",
+        help="CA bundle for registry TLS (default: system CAs, or SSL_CERT_FILE).",
     ),
 ]
-CertOpt = Annotated[Path | None, typer.Option("--cert", help="TLS client certificate (PEM).")]
-CertKeyOpt = Annotated[Path | None, typer.Option("--cert-key", help="TLS client key (PEM).")]
+CertOpt = Annotated[
+    Path | None, typer.Option("--cert", metavar="FILE", help="TLS client certificate (PEM).")
+]
+CertKeyOpt = Annotated[
+    Path | None, typer.Option("--cert-key", metavar="FILE", help="TLS client key (PEM).")
+]
 InsecureOpt = Annotated[
     list[str],
     typer.Option(
         "--insecure-registry",
+        metavar="HOST[:PORT]",
         help="Allow plain HTTP / unverified TLS for HOST[:PORT] (repeatable).",
     ),
 ]
 CacheDirOpt = Annotated[
     Path | None,
-    typer.Option(help="Cache of git mirrors and registry blobs (default: ~/.cache/airbundle)."),
+    typer.Option(
+        metavar="DIR", help="Cache of git mirrors and registry blobs (default: ~/.cache/airbundle)."
+    ),
 ]
-NoCacheOpt = Annotated[bool, typer.Option(help="Fetch repos into scratch space.")]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Fetch repos into scratch space, not the cache.")
+]
 
 # The options a RegistryOptions parameter stands for, in the order --help shows them.
 _REGISTRY_PARAMETERS: tuple[tuple[str, Any, Any], ...] = (
@@ -321,62 +436,91 @@ def _registry_options(func: Callable[..., R]) -> Callable[..., R]:
 @_errors_to_exit
 @_registry_options
 def export(
-    spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
+    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="Bundle spec (YAML).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Bundle file to write.")
+    ],
     key: Annotated[
-        list[Path], typer.Option("--key", help="Signing key (OpenSSH ed25519); repeatable.")
+        list[Path],
+        typer.Option("--key", metavar="KEY", help="Signing key (OpenSSH ed25519); repeatable."),
     ],
     passphrase_file: PassOpt = None,
-    level: Annotated[int, typer.Option(help="zstd compression level (1-19).", min=1, max=19)] = 3,
-    threads: Annotated[int, typer.Option(help="Compression threads (-1: one per core).")] = -1,
+    level: Annotated[
+        int, typer.Option(metavar="1-19", help="zstd compression level.", min=1, max=19)
+    ] = 3,
+    threads: Annotated[
+        int, typer.Option(metavar="N", help="Compression threads (-1: one per core).")
+    ] = -1,
     channel: Annotated[
-        str, typer.Option(help="Release channel recorded in the manifest.")
+        str, typer.Option(metavar="NAME", help="Release channel recorded in the manifest.")
     ] = "default",
     sequence: Annotated[
         int | None, typer.Option(help="Sequence number (default: creation time).")
     ] = None,
-    expires: Annotated[str | None, typer.Option(help="Expiry after creation, e.g. 30d.")] = None,
+    expires: Annotated[
+        str | None, typer.Option(metavar="DURATION", help="Expiry after creation, e.g. 30d.")
+    ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     check_images: Annotated[
-        bool, typer.Option(help="Scan the carried repos for image references the bundle lacks.")
+        bool,
+        typer.Option(
+            "--check-images", help="Scan the carried repos for image references the bundle lacks."
+        ),
     ] = False,
     strict: Annotated[
-        bool, typer.Option(help="With --check-images: fail if any referenced image is missing.")
+        bool,
+        typer.Option(
+            "--strict", help="With --check-images: fail if any referenced image is missing."
+        ),
     ] = False,
     split_size: Annotated[
         str | None,
-        typer.Option(help="Cut into volumes of this size: 4GiB, 700MB, or fat32, dvd, bd25, bd50."),
+        typer.Option(
+            metavar="SIZE",
+            help="Cut into volumes of this size: 4GiB, 700MB, or fat32, dvd, bd25, bd50.",
+        ),
     ] = None,
     lock: Annotated[
         Path | None,
-        typer.Option(help="Export exactly the digests and commits pinned by `airbundle plan`."),
+        typer.Option(
+            metavar="LOCK",
+            help="Export exactly the digests and commits pinned by `airbundle plan`.",
+        ),
     ] = None,
     since: Annotated[
         list[Path],
         typer.Option(
+            metavar="BUNDLE",
             help="Incremental: leave out what this earlier bundle (or its manifest.json, or an "
-            "inventory from the other side) shows is already there. Repeatable."
+            "inventory from the other side) shows is already there. Repeatable.",
         ),
     ] = [],  # noqa: B006
     force: Annotated[
-        bool, typer.Option(help="Replace an existing bundle or volume set of that name.")
+        bool, typer.Option("--force", help="Replace an existing bundle or volume set of that name.")
     ] = False,
     policy: PolicyOpt = None,
     vet_command: Annotated[
         list[str],
         typer.Option(
+            metavar="COMMAND",
             help="Run this command on every image ({layout}: an OCI layout of just that image, "
             "{ref}, {digest}; no shell unless you write one); exit 0 passes, its stdout is "
-            "carried as the image's report. Repeatable."
+            "carried as the image's report. Repeatable.",
         ),
     ] = [],  # noqa: B006
     vet_warn: Annotated[
-        bool, typer.Option(help="A failing vet command is recorded and warned about, not fatal.")
+        bool,
+        typer.Option(
+            "--vet-warn", help="A failing vet command is recorded and warned about, not fatal."
+        ),
     ] = False,
     vet_timeout: Annotated[
-        str, typer.Option(help="A vet command still running after this fails, e.g. 10m.")
+        str,
+        typer.Option(
+            metavar="DURATION", help="A vet command still running after this fails, e.g. 10m."
+        ),
     ] = "30m",
     quiet: QuietOpt = False,
 ) -> None:
@@ -416,25 +560,27 @@ def export(
         vetting=vetting,
     )
     with _progress(None, "export", quiet) as progress:
-        result = export_bundle(loaded, options, progress=progress)
+        result = export_bundle(
+            loaded,
+            options,
+            progress=progress,
+            on_total=progress.set_total if progress is not None else None,
+        )
     for warning in result.warnings:
-        _echo(f"airbundle: warning: {warning}", err=True)
+        _warn(warning)
     if result.manifest.scan is not None:
         for issue in result.manifest.scan.missing:
-            _echo(
-                f"airbundle: warning: {issue.file}:{issue.line}: "
+            _warn(
+                f"{issue.file}:{issue.line}: "
                 f"{'' if issue.kind.endswith('-helm') else 'image '}{issue.ref} is "
-                "referenced but not in the bundle",
-                err=True,
+                "referenced but not in the bundle"
             )
         for unread in result.manifest.scan.not_scanned:
-            _echo(
-                f"airbundle: warning: {unread.file}: not scanned ({unread.reason})", err=True
-            )
+            _warn(f"{unread.file}: not scanned ({unread.reason})")
     m = result.manifest
     _say(
         quiet,
-        f"wrote {result.path} ({result.size} bytes): {len(m.images)} image(s), "
+        f"wrote {_written(result.path, result.volumes, result.size)}: {len(m.images)} image(s), "
         f"{len(m.repos)} repo(s), "
         + (f"{len(m.charts)} chart(s), " if m.charts else "")
         + (f"{len(m.files)} file(s), " if m.files else "")
@@ -442,20 +588,68 @@ def export(
     )
 
 
+def _written(path: Path, volumes: tuple[Path, ...], size: int) -> str:
+    """`NAME.airbundle (26.3 MiB)`, or for a volume set `4 volumes
+    NAME.airbundle.001…004 (3.2 GiB) + NAME.airbundle.volumes`."""
+    if not volumes:
+        return f"{path} ({human_size(size)})"
+    first, last = volumes[0], volumes[-1]
+    names = str(first) if len(volumes) == 1 else f"{first}…{last.suffix.lstrip('.')}"
+    count = f"{len(volumes)} volume{'s' if len(volumes) > 1 else ''}"
+    return f"{count} {names} ({human_size(size)}) + {path.name}"
+
+
 @app.command()
 @_errors_to_exit
 def verify(
-    bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
+    bundle: BundleArg,
     trust: TrustOpt,
     threshold: ThresholdOpt = 1,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check signatures, then every member's size and digest. Exit 0 only if all holds.
+    """Check a bundle's signatures and every member.
 
-    BUNDLE is a bundle file, a volume index (NAME.volumes) or a folder holding
+    Signatures first, then every member's size and digest; exit 0 only if all
+    holds. BUNDLE is a bundle file, a volume index (NAME.volumes) or a folder holding
     one: the whole set is checked. Given a single volume (NAME.003), only that
     volume is checked against the signed index."""
+    try:
+        _verify(bundle, trust, threshold, json_output, quiet)
+    except (AirbundleError, OSError) as exc:
+        if json_output:
+            _echo(json.dumps(_failure_report(bundle, exc), indent=1))
+        raise
+
+
+def _failure_report(bundle: Path, exc: AirbundleError | OSError) -> dict[str, Any]:
+    """verify --json when the answer is no: what failed, as fields, with the
+    exit code the command ends with (the same line still goes to stderr)."""
+    if isinstance(exc, AirbundleError):
+        error: dict[str, Any] = {
+            "kind": type(exc).__name__,
+            "exitCode": exc.exit_code,
+            "message": exc.message,
+            "hint": exc.hint,
+            "member": exc.member,
+            "volumes": list(exc.volumes),
+        }
+    else:
+        error = {
+            "kind": "OSError",
+            "exitCode": EXIT_IO,
+            "message": exc.strerror or str(exc),
+            "hint": None,
+            "member": None,
+            "volumes": [],
+            "file": exc.filename,
+        }
+    return {"ok": False, "bundle": str(bundle), "error": error}
+
+
+def _verify(
+    bundle: Path, trust: list[Path], threshold: int, json_output: bool, quiet: bool
+) -> None:
     from airbundle.adapters.media import open_media
     from airbundle.format.manifest import format_time
     from airbundle.ops import keys as keyops
@@ -469,7 +663,11 @@ def verify(
             raise IntegrityError(
                 f"volume {check.name} is damaged: {check.problem}",
                 hint="copy it again from the original media",
+                volumes=(check.name,),
             )
+        if json_output:
+            _echo(json.dumps({"ok": True, "bundle": str(bundle), "volume": check.name}, indent=1))
+            return
         _say(quiet, f"OK volume {check.name} matches the signed volume index")
         return
     size = bundle.stat().st_size if bundle.is_file() else None
@@ -493,15 +691,14 @@ def verify(
         return
     expires = auth.manifest.bundle.expires
     if expires is not None and expires < datetime.now(UTC):
-        _echo(
-            f"airbundle: warning: the bundle expired on {format_time(expires)}; "
-            "import will refuse it without --allow-expired",
-            err=True,
+        _warn(
+            f"the bundle expired on {format_time(expires)}; "
+            "import will refuse it without --allow-expired"
         )
     signers = ", ".join(s.public_key.fingerprint for s in auth.signers)
     _say(
         quiet,
-        f"OK {bundle}: {result.members} members, {result.bytes} bytes verified; "
+        f"OK {bundle}: {result.members} members, {human_size(result.bytes)} verified; "
         f"signed by {signers}",
     )
 
@@ -509,10 +706,14 @@ def verify(
 @app.command()
 @_errors_to_exit
 def inspect(
-    bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
+    bundle: BundleArg,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Show what a bundle holds (reads only its manifest; does not verify trust)."""
+    """Show what a bundle holds.
+
+    Reads only its manifest; checks that the signatures are valid, not whether
+    they are trusted (verify --trust does)."""
     from airbundle.format.manifest import format_time
     from airbundle.ops.inspect import inspect_bundle
 
@@ -527,7 +728,7 @@ def inspect(
         f"created   {format_time(b.created)}  by {escape(b.tool)}",
         f"channel   {b.channel}  sequence {b.sequence}  expires "
         f"{format_time(b.expires) if b.expires else 'never'}",
-        f"size      {info.file_size} bytes on disk, {m.total_size} bytes of content, "
+        f"size      {human_size(info.file_size)} on disk, {human_size(m.total_size)} of content, "
         f"{len(m.members)} members",
         "signatures (validity only; trust is checked by verify --trust):",
     ]
@@ -538,7 +739,7 @@ def inspect(
     ]
     lines.append(f"images ({len(m.images)}):")
     lines += [
-        f"  {i.ref}  {i.digest}  {i.size} B  {escape(','.join(i.platforms)) or '-'}  "
+        f"  {i.ref}  {i.digest}  {_image_size(i)}  {escape(','.join(i.platforms)) or '-'}  "
         f"from {escape(i.source)}"
         + (f"  (requested by chart {escape(', '.join(i.requested_by))})" if i.requested_by else "")
         for i in m.images
@@ -546,15 +747,17 @@ def inspect(
     lines += _vetting_lines(m)
     lines.append(f"charts ({len(m.charts)}):")
     lines += [
-        f"  {c.name} {c.version}  as {c.ref}  .tgz {c.chart_digest} {c.chart_size} B  "
+        f"  {c.name} {c.version}  as {c.ref}  .tgz {c.chart_digest} {human_size(c.chart_size)}  "
         f"from {c.source}"
         for c in m.charts
     ]
     carried_files = set(m.member_index)
     lines.append(f"files ({len(m.files)}):")
     lines += [
-        f"  {f.name}  {f.digest}  {f.size} B{'  executable' if f.executable else ''}  from "
-        f"{f.source}" + ("" if f.member in carried_files else "  (not carried: in the base)")
+        f"  {f.name}  {f.digest}  {human_size(f.size)}"
+        + ("  executable" if f.executable else "")
+        + f"  from {f.source}"
+        + ("" if f.member in carried_files else "  (not carried: in the base)")
         for f in m.files
     ]
     if m.scan is not None:
@@ -576,6 +779,12 @@ def inspect(
         lines.append(f"  {r.name}  from {escape(r.url)}")
         lines += [f"    {ref.name}  {ref.target}" for ref in r.refs]
     _echo("\n".join(lines))
+
+
+def _image_size(image: ImageEntry) -> str:
+    """inspect's size column: the whole image, which bundles from before
+    `totalSize` do not record (their root manifest's size would mislead)."""
+    return human_size(image.total_size) if image.total_size is not None else "?"
 
 
 def _vetting_lines(m: BundleManifest) -> list[str]:
@@ -600,8 +809,8 @@ def _vetting_lines(m: BundleManifest) -> list[str]:
             )
             lines.append(f"    signature {s.where}: {how}")
         for v in e.vets:
-            cut = f", cut from {v.output_bytes} bytes" if v.truncated else ""
-            size = f"{v.report_size} bytes{cut}"
+            cut = f", cut from {human_size(v.output_bytes)}" if v.truncated else ""
+            size = f"{human_size(v.report_size)}{cut}"
             lines.append(f"    vet {v.command}: {v.outcome()}, report {v.report} ({size})")
     return lines
 
@@ -610,79 +819,97 @@ def _vetting_lines(m: BundleManifest) -> list[str]:
 @_errors_to_exit
 @_registry_options
 def import_(
-    bundle: Annotated[Path, typer.Argument(help="Bundle file.")],
+    bundle: BundleArg,
     trust: TrustOpt,
     registry: Annotated[
         str | None,
         typer.Option(
-            help="Image target: HOST[:PORT][/PREFIX] (a registry) or oci:DIR (an OCI layout)."
+            metavar="TARGET",
+            help="Image target: HOST[:PORT][/PREFIX] (a registry) or oci:DIR (an OCI layout).",
         ),
     ] = None,
     git_target: Annotated[
         str | None,
         typer.Option(
             "--git",
+            metavar="TARGET",
             help="Repo target: a folder of bare repos, or a URL template with {name}, "
             "e.g. git://host/{name}.git",
         ),
     ] = None,
     threshold: ThresholdOpt = 1,
-    force: Annotated[bool, typer.Option(help="Allow refs to move non-fast-forward.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow refs to move non-fast-forward.")
+    ] = False,
     max_nested_paths: NestedOpt = None,
     keep_source_host: Annotated[
         bool,
         typer.Option(
-            help="Keep the source registry host as the first path component in the target."
+            "--keep-source-host",
+            help="Keep the source registry host as the first path component in the target.",
         ),
     ] = False,
     report: Annotated[
-        Path | None, typer.Option(help="Write the import report (JSON) here.")
+        Path | None, typer.Option(metavar="FILE", help="Write the import report (JSON) here.")
     ] = None,
     channel: Annotated[
         str,
         typer.Option(
-            help="The channel this target takes bundles from; a bundle for another is refused."
+            metavar="NAME",
+            help="The channel this target takes bundles from; a bundle for another is refused.",
         ),
     ] = "default",
     allow_expired: Annotated[
         bool,
         typer.Option(
-            help="Import even if the bundle has expired (recorded in the state's history)."
+            "--allow-expired",
+            help="Import even if the bundle has expired (recorded in the state's history).",
         ),
     ] = False,
     allow_rollback: Annotated[
         bool,
         typer.Option(
-            help="Import even if older than the last import (recorded in the state's history)."
+            "--allow-rollback",
+            help="Import even if older than the last import (recorded in the state's history).",
         ),
     ] = False,
     emit_mirror_config: Annotated[
         Path | None,
         typer.Option(
-            help="Write mirror configuration for the imported repositories into this folder."
+            metavar="DIR",
+            help="Write mirror configuration for the imported repositories into this folder.",
         ),
     ] = None,
     mirror_scope: Annotated[
-        str, typer.Option(help="Mirror entries per 'repository' or per upstream 'registry'.")
+        str,
+        typer.Option(
+            metavar="repository|registry",
+            help="Mirror entries per repository or per upstream registry.",
+        ),
     ] = "repository",
     allow_other_refs: Annotated[
-        bool, typer.Option(help="Also move refs outside refs/heads and refs/tags.")
+        bool,
+        typer.Option("--allow-other-refs", help="Also move refs outside refs/heads and refs/tags."),
     ] = False,
     state_dir: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="Where the import state lives (default: inside an oci: target, else "
-            "~/.local/state/airbundle)."
+            "~/.local/state/airbundle).",
         ),
     ] = None,
     files: Annotated[
         Path | None,
-        typer.Option("--files", help="Folder the bundle's files land in (under their names)."),
+        typer.Option(
+            "--files", metavar="DIR", help="Folder the bundle's files land in (under their names)."
+        ),
     ] = None,
     charts: Annotated[
         Path | None,
         typer.Option(
             "--charts",
+            metavar="DIR",
             help="Also write the bundle's charts here as a static Helm repository "
             "(.tgz files and index.yaml).",
         ),
@@ -691,12 +918,15 @@ def import_(
     image_policy: PolicyOpt = None,
     require_vetted: Annotated[
         bool,
-        typer.Option(help="Refuse the bundle if an image lacks a passing vet record."),
+        typer.Option(
+            "--require-vetted", help="Refuse the bundle if an image lacks a passing vet record."
+        ),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Verify and import a bundle into a registry / OCI layout, git, a files folder
-    and a chart repository. Safe to re-run.
+    """Verify a bundle and import it (safe to re-run).
+
+    Into a registry or an OCI layout, git, a files folder and a chart repository.
 
     With --policy, every carried image is judged again, offline, under this side's
     image policy from the signatures the bundle carries, before anything is written."""
@@ -730,7 +960,7 @@ def import_(
     with _progress(size, "import", quiet) as progress:
         result = import_bundle(bundle, options, progress=progress)
     for note in result.notes:
-        _echo(f"airbundle: WARNING: {note}", err=True)
+        _warn(note, label="WARNING")
     if result.noop:
         _say(
             quiet,
@@ -766,14 +996,18 @@ def import_(
 @_registry_options
 def probe(
     registry: Annotated[
-        str, typer.Option(help="The registry to ask: HOST[:PORT][/PREFIX], as for import.")
+        str,
+        typer.Option(metavar="HOST[:PORT][/PREFIX]", help="The registry to ask, as for import."),
     ],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Ask a registry what it accepts (push-to-create, nested paths, sparse indexes,
-    the referrers API, a layer listed twice) with throw-away pushes in
-    PREFIX/airbundle-probe; import asks the same before it pushes."""
+    """Ask a registry what it accepts.
+
+    Push-to-create, nested paths, sparse indexes, the referrers API, a layer
+    listed twice: found out with throw-away pushes in PREFIX/airbundle-probe.
+    import asks the same before it pushes."""
     from airbundle.ops.probe import probe_registry
 
     result = probe_registry(registry, transport=tls.transport())
@@ -782,35 +1016,45 @@ def probe(
         return
     _echo(result.describe())
     for line in result.cleanup:
-        _echo(f"  note: {line}")
+        _say(quiet, f"  note: {line}")
 
 
 @app.command()
 @_errors_to_exit
 @_registry_options
 def inventory(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Inventory file to write.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Inventory file to write.")
+    ],
     registry: Annotated[
-        str | None, typer.Option(help="Image target: HOST[:PORT][/PREFIX] or oci:DIR.")
+        str | None,
+        typer.Option(metavar="TARGET", help="Image target: HOST[:PORT][/PREFIX] or oci:DIR."),
     ] = None,
     git_target: Annotated[
         str | None,
         typer.Option(
-            "--git", help="Repo target: a folder of bare repos or a URL template with {name}."
+            "--git",
+            metavar="TARGET",
+            help="Repo target: a folder of bare repos or a URL template with {name}.",
         ),
     ] = None,
     repo: Annotated[
-        list[str], typer.Option(help="Repo names to list (needed with a URL template).")
+        list[str],
+        typer.Option(metavar="NAME", help="Repo names to list (needed with a URL template)."),
     ] = [],  # noqa: B006
     files: Annotated[
         Path | None,
-        typer.Option("--files", help="A files folder import wrote (its files' sha256)."),
+        typer.Option(
+            "--files", metavar="DIR", help="A files folder import wrote (its files' sha256)."
+        ),
     ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the blobs, ref tips and files the targets already hold (digests only,
-    no content), for `export --since` on the connected side."""
+    """List what the targets hold, for `export --since`.
+
+    The blobs, ref tips and files the targets already hold (digests only, no
+    content), to carry back to the connected side."""
     from airbundle.adapters.fsutil import write_atomic
     from airbundle.ops.inventory import take_inventory
 
@@ -832,18 +1076,24 @@ def inventory(
 @app.command("diff")
 @_errors_to_exit
 def diff_command(
-    old: Annotated[Path, typer.Argument(help="The earlier bundle.")],
-    new: Annotated[Path, typer.Argument(help="The later bundle.")],
+    old: Annotated[
+        Path, typer.Argument(metavar="OLD", help="The earlier bundle (as for inspect).")
+    ],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The later bundle.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Images added, removed and updated (tags moving to new digests), repo refs
-    moved, and the new bytes: what a reviewer reads before approving."""
+    """Show what changed between two bundles.
+
+    Images added, removed and updated (tags moving to new digests), repo refs
+    moved, charts and files, and the new bytes: what a reviewer reads before
+    approving."""
     from airbundle.format.diff import diff
     from airbundle.ops.inspect import inspect_bundle
 
     d = diff(inspect_bundle(old).manifest, inspect_bundle(new).manifest)
     if json_output:
-        _echo(json.dumps(dataclasses.asdict(d), indent=1))
+        _echo(json.dumps(d.to_json(), indent=1))
         return
     lines = [f"+ image {ref}  {dg}" for ref, dg in d.images_added]
     lines += [f"- image {ref}  {dg}" for ref, dg in d.images_removed]
@@ -857,35 +1107,43 @@ def diff_command(
     lines += [f"+ file {n}  {dg}" for n, dg in d.files_added]
     lines += [f"- file {n}  {dg}" for n, dg in d.files_removed]
     lines += [f"~ file {n}  {a} -> {b}" for n, a, b in d.files_changed]
-    lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {d.new_blob_bytes} bytes")
-    _echo(
-        "\n".join(lines) if not d.empty else "no image, ref, chart or file changes\n" + lines[-1]
-    )
+    lines.append(f"{d.new_blobs} blob(s) not in the earlier bundle, {human_size(d.new_blob_bytes)}")
+    _echo("\n".join(lines) if not d.empty else "no image, ref, chart or file changes\n" + lines[-1])
 
 
 @app.command()
 @_errors_to_exit
 @_registry_options
 def plan(
-    spec: Annotated[Path, typer.Argument(help="Bundle spec (YAML).")],
+    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="Bundle spec (YAML).")],
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Lock file to write (default: SPEC.lock beside the spec)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Lock file to write (default: SPEC.lock beside the spec).",
         ),
     ] = None,
     since: Annotated[
         list[Path],
-        typer.Option(help="Plan an incremental export on top of this bundle or inventory."),
+        typer.Option(
+            metavar="BUNDLE",
+            help="Plan an incremental export on top of this bundle or inventory.",
+        ),
     ] = [],  # noqa: B006
-    split_size: Annotated[str | None, typer.Option(help="Estimate volumes of this size.")] = None,
+    split_size: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="Estimate volumes of this size.")
+    ] = None,
     tls: RegistryOptions = NO_REGISTRY_OPTIONS,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     policy: PolicyOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Resolve every reference to a digest and commit, show what would be carried
+    """Resolve a spec, show the bundle's size, write a lock.
+
+    Resolve every reference to a digest and commit, show what would be carried
     and how big, and write a lock file that `export --lock` reproduces. Repos are
     fetched into the export's git cache, so their history can be measured and the
     export that follows fetches only what moved. With --policy, each image's verdict
@@ -910,7 +1168,8 @@ def plan(
     lines = []
     for i in result.images:
         lines.append(
-            f"  {i.ref}  {i.digest}  {i.size} of {i.total} bytes  {','.join(i.platforms) or '-'}"
+            f"  {i.ref}  {i.digest}  {human_size(i.size)} of {human_size(i.total)}  "
+            f"{','.join(i.platforms) or '-'}"
             + (f"  (requested by chart {', '.join(i.requested_by)})" if i.requested_by else "")
         )
         if i.subset_digest is not None:
@@ -920,23 +1179,30 @@ def plan(
     for c in result.charts:
         lines.append(
             f"  chart {c.name} {c.version} ({c.text})  as {c.ref}  .tgz {c.digest}  "
-            f"{c.size} of {c.total} bytes" + (f", {len(c.images)} image(s)" if c.images else "")
+            f"{human_size(c.size)} of {human_size(c.total)}"
+            + (f", {len(c.images)} image(s)" if c.images else "")
         )
         if c.policy is not None:
             lines.append(f"    policy: {c.policy}")
-    lines += [f"  file {f.name}  {f.digest}  {f.size} bytes" for g in result.files for f in g.files]
+    lines += [
+        f"  file {f.name}  {f.digest}  {human_size(f.size)}" for g in result.files for f in g.files
+    ]
     for repo in result.repos:
         lines += [f"  {repo.name} {ref}  {oid}" for ref, oid in sorted(repo.refs.items())]
-        lines.append(f"  {repo.name}: {repo.size} bytes of git history to carry")
-    volumes = f", {result.volumes} volume(s) of {size} bytes" if result.volumes else ""
+        lines.append(f"  {repo.name}: {human_size(repo.size)} of git history to carry")
+    volumes = (
+        f", {result.volumes} volume(s) of {human_size(size)}"
+        if result.volumes and size is not None
+        else ""
+    )
     history = sum(r.size for r in result.repos)
     lines.append(
-        f"images: {result.image_bytes} bytes, git history: {history} bytes; "
-        f"the bundle: about {result.bundle_bytes} bytes{volumes}"
+        f"images: {human_size(result.image_bytes)}, git history: {human_size(history)}; "
+        f"the bundle: about {human_size(result.bundle_bytes)}{volumes}"
     )
     _say(quiet, "\n".join(lines))
     for note in result.notes:
-        _echo(f"airbundle: note: {note}", err=True)
+        _warn(note, label="note")
     if result.rejected:
         raise VettingError(
             f"the image policy {policy} would reject {len(result.rejected)} image(s): "
@@ -951,24 +1217,38 @@ def plan(
 @app.command()
 @_errors_to_exit
 def kit(
-    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the kit.")],
-    key: Annotated[list[Path], typer.Option("--key", help="Key(s) to sign SHA256SUMS.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="New folder for the kit.")
+    ],
+    key: Annotated[
+        list[Path], typer.Option("--key", metavar="KEY", help="Key(s) to sign SHA256SUMS.")
+    ],
     python_version: Annotated[
         str | None,
-        typer.Option(help="The disconnected host's Python, e.g. 3.11 (default: this one)."),
+        typer.Option(
+            metavar="X.Y", help="The disconnected host's Python, e.g. 3.11 (default: this one)."
+        ),
     ] = None,
     platform: Annotated[
-        list[str], typer.Option(help="Wheel platform tags, e.g. manylinux2014_x86_64 (repeatable).")
+        list[str],
+        typer.Option(
+            metavar="TAG", help="Wheel platform tags, e.g. manylinux2014_x86_64 (repeatable)."
+        ),
     ] = [],  # noqa: B006
     wheelhouse: Annotated[
         Path | None,
-        typer.Option(help="Take dependency wheels from this folder instead of the package index."),
+        typer.Option(
+            metavar="DIR",
+            help="Take dependency wheels from this folder instead of the package index.",
+        ),
     ] = None,
     passphrase_file: PassOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write an offline installer for airbundle and its dependencies (wheels,
-    signed SHA256SUMS, INSTALL.txt) to carry along with the bundles."""
+    """Write an offline installer for airbundle.
+
+    airbundle and its dependencies as wheels, a signed SHA256SUMS and
+    INSTALL.txt, to carry along with the bundles."""
     from airbundle.ops.kit import build_kit, check_python_version
 
     keys = _signing_keys(key, passphrase_file)
@@ -985,19 +1265,33 @@ def kit(
 @app.command()
 @_errors_to_exit
 def split(
-    bundle: Annotated[Path, typer.Argument(help="Bundle file to cut into volumes.")],
-    size: Annotated[
-        str, typer.Option("--size", help="Volume size: 4GiB, 700MB, or fat32, dvd, bd25, bd50.")
+    bundle: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="Bundle file to cut into volumes.")
     ],
-    key: Annotated[list[Path], typer.Option("--key", help="Key(s) to sign the volume index.")],
+    size: Annotated[
+        str,
+        typer.Option(
+            "--size", metavar="SIZE", help="Volume size: 4GiB, 700MB, or fat32, dvd, bd25, bd50."
+        ),
+    ],
+    key: Annotated[
+        list[Path], typer.Option("--key", metavar="KEY", help="Key(s) to sign the volume index.")
+    ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Folder for the volumes (default: beside the bundle)."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Folder for the volumes (default: beside the bundle).",
+        ),
     ] = None,
     passphrase_file: PassOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Cut an existing bundle into media-sized volumes plus a signed index (no re-export)."""
+    """Cut a bundle into volumes plus a signed index.
+
+    Media-sized volumes of an existing bundle, without exporting again."""
     from airbundle.format.volumes import parse_size
     from airbundle.ops.volumes import split_bundle
 
@@ -1009,11 +1303,17 @@ def split(
 @app.command()
 @_errors_to_exit
 def join(
-    index: Annotated[Path, typer.Argument(help="Volume index (NAME.volumes) or its folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle file to write.")],
+    index: Annotated[
+        Path, typer.Argument(metavar="INDEX", help="Volume index (NAME.volumes) or its folder.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Bundle file to write.")
+    ],
     quiet: QuietOpt = False,
 ) -> None:
-    """Join a volume set back into one bundle file, checking every volume."""
+    """Join a volume set back into one bundle file.
+
+    Every volume is checked against the signed index."""
     from airbundle.ops.volumes import join_volumes
 
     _say(quiet, f"wrote {join_volumes(index, output)}")
@@ -1022,12 +1322,16 @@ def join(
 @app.command()
 @_errors_to_exit
 def sign(
-    bundle: Annotated[Path, typer.Argument(help="Bundle file to approve.")],
-    key: Annotated[Path, typer.Option("--key", help="Your signing key (OpenSSH ed25519).")],
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle file to approve.")],
+    key: Annotated[
+        Path, typer.Option("--key", metavar="KEY", help="Your signing key (OpenSSH ed25519).")
+    ],
     passphrase_file: PassOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Add an approval signature (co-sign) without rewriting the bundle's content."""
+    """Add an approval signature (co-sign).
+
+    The bundle's content is not rewritten."""
     from airbundle.ops.sign import sign_bundle
 
     (private,) = _signing_keys([key], passphrase_file)
@@ -1043,13 +1347,19 @@ def sign(
 @app.command()
 @_errors_to_exit
 def scan(
-    path: Annotated[Path, typer.Argument(help="A folder of manifests (a git working tree).")],
+    path: Annotated[
+        Path, typer.Argument(metavar="DIR", help="A folder of manifests (a git working tree).")
+    ],
     bundle: Annotated[
-        Path | None, typer.Option(help="Report only references this bundle does not carry.")
+        Path | None,
+        typer.Option(metavar="BUNDLE", help="Report only references this bundle does not carry."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """List the image references in Kubernetes, kustomize, Tekton, Helm values, Flux and
+    """List the image and chart references in a folder.
+
+    The image references in Kubernetes, kustomize, Tekton, Helm values, Flux and
     Argo CD files (YAML and JSON), and the charts Flux HelmReleases and Argo CD
     Applications install, with file and line, and the files it could not read;
     with --bundle, only those the bundle lacks (exit 1 if any)."""
@@ -1113,10 +1423,10 @@ def scan(
         for f in unscanned:
             _echo(f"{escape(f.path)}: not scanned ({escape(str(f.problem))})")
         lacking = len(shown) if bundle is not None else None
-        _echo(count_line(len(findings), files, lacking, len(unscanned)), err=True)
+        _say(quiet, count_line(len(findings), files, lacking, len(unscanned)), err=True)
         if result.charts:
             what = "not in the bundle" if bundle is not None else "found"
-            _echo(f"{len(charts)} chart reference(s) {what}", err=True)
+            _say(quiet, f"{len(charts)} chart reference(s) {what}", err=True)
     if bundle is not None and (shown or charts):
         raise typer.Exit(1)
 
@@ -1124,35 +1434,58 @@ def scan(
 @app.command("mirror-config")
 @_errors_to_exit
 def mirror_config(
-    source: Annotated[Path, typer.Argument(help="A bundle, or the JSON report of an import.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write into.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SOURCE", help="A bundle (as for inspect), or the JSON report of an import."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder to write into.")
+    ],
     registry: Annotated[
         str | None,
         typer.Option(
-            help="The mirror: HOST[:PORT][/PREFIX] (needed for a bundle, not for a report)."
+            metavar="HOST[:PORT][/PREFIX]",
+            help="The mirror (needed for a bundle, not for a report).",
         ),
     ] = None,
     max_nested_paths: NestedOpt = None,
     keep_source_host: Annotated[
-        bool, typer.Option(help="The import kept the source host as first path component.")
+        bool,
+        typer.Option(
+            "--keep-source-host", help="The import kept the source host as first path component."
+        ),
     ] = False,
-    insecure: Annotated[bool, typer.Option(help="The mirror speaks plain HTTP.")] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="The mirror speaks plain HTTP.")
+    ] = False,
     skip_tls_verify: Annotated[
         bool,
-        typer.Option(help="The mirror speaks HTTPS with a certificate clients cannot verify."),
+        typer.Option(
+            "--skip-tls-verify",
+            help="The mirror speaks HTTPS with a certificate clients cannot verify.",
+        ),
     ] = False,
     ca_file: Annotated[
         Path | None,
         typer.Option(
-            "--ca-file", help="The CA (PEM) that signed the mirror's certificate, for clients."
+            "--ca-file",
+            metavar="FILE",
+            help="The CA (PEM) that signed the mirror's certificate, for clients.",
         ),
     ] = None,
     scope: Annotated[
-        str, typer.Option(help="Entries per 'repository' or per upstream 'registry'.")
+        str,
+        typer.Option(
+            metavar="repository|registry", help="Entries per repository or per upstream registry."
+        ),
     ] = "repository",
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate registries.conf, OpenShift IDMS/ITMS/ICSP (and the cluster's trust of
+    """Write the mirror configuration for clients.
+
+    registries.conf, OpenShift IDMS/ITMS/ICSP (and the cluster's trust of
     the mirror), containerd hosts.toml, certs.d and kustomize images for what a bundle
     carries (or an import put somewhere)."""
     from airbundle.format.mapping import MappingOptions, RegistryLocation
@@ -1188,60 +1521,84 @@ def mirror_config(
 @_errors_to_exit
 def serve(
     registry: Annotated[
-        str | None, typer.Option(help="Serve the images import wrote here: oci:DIR.")
+        str | None,
+        typer.Option(metavar="oci:DIR", help="Serve the images import wrote into this OCI layout."),
     ] = None,
     git_dir: Annotated[
-        Path | None, typer.Option("--git", help="Serve the bare repos import wrote here.")
+        Path | None,
+        typer.Option("--git", metavar="DIR", help="Serve the bare repos import wrote here."),
     ] = None,
     bundle: Annotated[
         Path | None,
         typer.Option(
+            metavar="BUNDLE",
             help="Serve a bundle in place, without extracting it: a bundle file, a volume "
-            "set's .volumes file or its folder (read-only media welcome)."
+            "set's .volumes file or its folder (read-only media welcome).",
         ),
     ] = None,
     trust: Annotated[
         list[Path],
         typer.Option(
-            help="For --bundle: trusted public key file or allowed_signers file (repeatable)."
+            metavar="KEY",
+            help="For --bundle: trusted public key file or allowed_signers file (repeatable).",
         ),
     ] = [],  # noqa: B006 - typer needs a literal default
     threshold: ThresholdOpt = 1,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="For --bundle: a small writable folder for frame indexes of old bundles and "
-            "git repos (default: ~/.cache/airbundle/serve)."
+            "git repos (default: ~/.cache/airbundle/serve).",
         ),
     ] = None,
     allow_expired: Annotated[
-        bool, typer.Option(help="For --bundle: serve it even if it has expired (logged).")
+        bool,
+        typer.Option(
+            "--allow-expired", help="For --bundle: serve it even if it has expired (logged)."
+        ),
     ] = False,
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:5000",
-    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate.")] = (
-        None
-    ),
-    tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
+    listen: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="Address to listen on.")
+    ] = "127.0.0.1:5000",
+    tls_cert: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Serve HTTPS with this certificate.")
+    ] = (None),
+    tls_key: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="The certificate's private key.")
+    ] = None,
     htpasswd: Annotated[
         Path | None,
-        typer.Option(help="Require Basic auth for registry and git (bcrypt lines, htpasswd -B)."),
+        typer.Option(
+            metavar="FILE",
+            help="Require Basic auth for registry and git (bcrypt lines, htpasswd -B).",
+        ),
     ] = None,
     keep_source_host: Annotated[
-        bool, typer.Option(help="Keep the source registry host as the first path component.")
+        bool,
+        typer.Option(
+            "--keep-source-host", help="Keep the source registry host as the first path component."
+        ),
     ] = False,
     charts: Annotated[
         Path | None,
         typer.Option(
-            "--charts", help="Serve the Helm repository import --charts wrote, at /charts/."
+            "--charts",
+            metavar="DIR",
+            help="Serve the Helm repository import --charts wrote, at /charts/.",
         ),
     ] = None,
     files: Annotated[
         Path | None,
-        typer.Option("--files", help="Serve the files import --files wrote, at /files/."),
+        typer.Option(
+            "--files", metavar="DIR", help="Serve the files import --files wrote, at /files/."
+        ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Serve read-only what import wrote (an OCI layout, bare repos, a chart repository,
+    """Serve images, repos, charts and files read-only.
+
+    What import wrote (an OCI layout, bare repos, a chart repository,
     files) or a bundle in place: the OCI registry API (pull), git smart HTTP under
     /git/NAME.git, the charts at /charts/ (helm repo add), the files at /files/, and a
     page at /."""
@@ -1251,7 +1608,7 @@ def serve(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_EscapingFormatter("airbundle serve: %(message)s"))
     logging.basicConfig(
-        level=logging.WARNING if quiet or _state["quiet"] else logging.INFO,
+        level=logging.ERROR if quiet or _state["quiet"] else logging.INFO,
         handlers=[handler],
     )
     if bundle is None and (trust or threshold != 1 or cache_dir or allow_expired):
@@ -1302,31 +1659,42 @@ def cache_prune(
     older_than: Annotated[
         str | None,
         typer.Option(
-            help="Keep blobs used more recently than this, e.g. 30d (default: remove all)."
+            metavar="DURATION",
+            help="Keep blobs used more recently than this, e.g. 30d (default: remove all).",
         ),
     ] = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="The cache (default: ~/.cache/airbundle).")
+        Path | None, typer.Option(metavar="DIR", help="The cache (default: ~/.cache/airbundle).")
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Remove cached registry blobs (git mirrors are kept: they make re-exports cheap)."""
+    """Remove cached registry blobs.
+
+    git mirrors are kept: they make re-exports cheap."""
     from airbundle.adapters.blobcache import BlobCache
     from airbundle.adapters.cache import default_cache_dir
 
     cache = BlobCache(cache_dir or default_cache_dir())
     seconds = parse_duration(older_than).total_seconds() if older_than else None
     result = cache.prune(older_than=seconds)
-    _say(quiet, f"removed {result.removed} blob(s), {result.freed} bytes; kept {result.kept}")
+    _say(
+        quiet,
+        f"removed {result.removed} blob(s), {human_size(result.freed)}; kept {result.kept}",
+    )
 
 
 @key_app.command("generate")
 @_errors_to_exit
 def key_generate(
-    path: Annotated[Path, typer.Argument(help="Private key file to write (PATH.pub beside it).")],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="Private key file to write (PATH.pub beside it).")
+    ],
     passphrase_file: PassOpt = None,
-    comment: Annotated[str, typer.Option(help="Comment stored in the public key.")] = "airbundle",
-    force: Annotated[bool, typer.Option(help="Overwrite existing key files.")] = False,
+    comment: Annotated[
+        str, typer.Option(metavar="TEXT", help="Comment stored in the public key.")
+    ] = "airbundle",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing key files.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate an Ed25519 signing key in OpenSSH format."""
     from airbundle.ops import keys as keyops
@@ -1334,7 +1702,7 @@ def key_generate(
     public = keyops.generate_key(
         path, passphrase=keyops.read_passphrase(passphrase_file), comment=comment, force=force
     )
-    _say(False, f"wrote {path} and {path}.pub ({public.fingerprint})")
+    _say(quiet, f"wrote {path} and {path}.pub ({public.fingerprint})")
 
 
 _GLOBAL_FLAGS = frozenset({"-v", "--verbose"})

@@ -6,7 +6,8 @@ do about it in :meth:`AirbundleError.diagnostics`. The CLI catches the base
 class in one place and exits with :attr:`AirbundleError.exit_code`.
 
 Code that decides on an error looks at its class, or at the facts it carries
-(:attr:`AirbundleError.status`, :attr:`AirbundleError.codes`), never at its
+(:attr:`AirbundleError.status`, :attr:`AirbundleError.codes`,
+:attr:`AirbundleError.member`, :attr:`AirbundleError.volumes`), never at its
 message text: messages are for people and may change.
 
 ::
@@ -69,6 +70,8 @@ class AirbundleError(Exception):
         hint: str | None = None,
         status: int | None = None,
         codes: tuple[str, ...] = (),
+        member: str | None = None,
+        volumes: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -78,6 +81,10 @@ class AirbundleError(Exception):
         self.status = status
         # The registry's error codes from that answer (MANIFEST_UNKNOWN, DENIED...).
         self.codes = codes
+        # The bundle member at fault, and the volumes of a set found damaged,
+        # where known (verify --json reports them as fields).
+        self.member = member
+        self.volumes = volumes
 
     def diagnostics(self) -> str:
         """The message, followed by advice a user can act on, if any."""

@@ -270,4 +270,4 @@ def test_diff_names_updated_images_and_moved_refs(
             check=True,
         ).stdout
     )
-    assert doc["images_updated"][0][0] == "registry.example.com/team/hello:0.9"
+    assert doc["images"]["updated"][0]["ref"] == "registry.example.com/team/hello:0.9"

@@ -448,7 +448,8 @@ class BundleAccess:
                 found = "the end" if member is None else f"{member.path!r} ({member.size} bytes)"
                 raise ArchiveError(
                     f"{self.source}: at tar offset {place.header} the content holds {found}, "
-                    f"not {entry.path!r} ({entry.size} bytes) as the signed manifest lists it"
+                    f"not {entry.path!r} ({entry.size} bytes) as the signed manifest lists it",
+                    member=entry.path,
                 )
             yield self.members[entry.path], tar.iter_data(self._limits.io_chunk_bytes)
             tar.skip_data()
@@ -470,7 +471,8 @@ class BundleAccess:
         if h.hexdigest() != info.digest.hex:
             raise MemberDigestError(
                 f"{self.source}: member {path!r} is corrupt or was tampered with: its content "
-                f"has digest sha256:{h.hexdigest()}, the signed manifest says {info.digest}"
+                f"has digest sha256:{h.hexdigest()}, the signed manifest says {info.digest}",
+                member=path,
             )
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from airbundle.format.units import human_size
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin-bottom:2em}
@@ -14,15 +16,6 @@ td,th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left;vertical-al
 code{font-size:.9em}
 .warn{color:#a40}
 """
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _e(value: object) -> str:
@@ -40,7 +33,7 @@ def _images(images: list[dict[str, Any]]) -> list[str]:
             f"<tr><td><code>{_e(image['pull'])}</code></td><td>{_e(image['source'])}</td>"
             f"<td><code title=\"{_e(image['digest'])}\">{_e(image['digest'][:19])}</code></td>"
             f"<td>{_e(', '.join(image['platforms']) or '-')}</td>"
-            f"<td>{_e(_size(image['size']))}</td></tr>"
+            f"<td>{_e(human_size(image['size']))}</td></tr>"
         )
     if not images:
         rows.append('<tr><td colspan="5">no images</td></tr>')

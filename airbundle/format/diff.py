@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from airbundle.format.manifest import BLOB_PREFIX, BundleManifest
 
@@ -43,6 +44,41 @@ class BundleDiff:
                 self.files_changed,
             )
         )
+
+
+    def to_json(self) -> dict[str, Any]:
+        """diff --json: every change an object with named fields, grouped by kind."""
+        return {
+            "images": {
+                "added": [{"ref": r, "digest": d} for r, d in self.images_added],
+                "removed": [{"ref": r, "digest": d} for r, d in self.images_removed],
+                "updated": [{"ref": r, "from": a, "to": b} for r, a, b in self.images_updated],
+            },
+            "refs": {
+                "added": [{"repo": p, "ref": r, "commit": c} for p, r, c in self.refs_added],
+                "removed": [{"repo": p, "ref": r, "commit": c} for p, r, c in self.refs_removed],
+                "moved": [
+                    {"repo": p, "ref": r, "from": a, "to": b} for p, r, a, b in self.refs_moved
+                ],
+            },
+            "charts": {
+                "added": [{"name": n, "version": v, "ref": r} for n, v, r in self.charts_added],
+                "removed": [
+                    {"name": n, "version": v, "ref": r} for n, v, r in self.charts_removed
+                ],
+                "changed": [
+                    {"name": n, "version": v, "from": a, "to": b}
+                    for n, v, a, b in self.charts_changed
+                ],
+            },
+            "files": {
+                "added": [{"name": n, "digest": d} for n, d in self.files_added],
+                "removed": [{"name": n, "digest": d} for n, d in self.files_removed],
+                "changed": [{"name": n, "from": a, "to": b} for n, a, b in self.files_changed],
+            },
+            "newBlobs": self.new_blobs,
+            "newBlobBytes": self.new_blob_bytes,
+        }
 
 
 def diff(a: BundleManifest, b: BundleManifest) -> BundleDiff:

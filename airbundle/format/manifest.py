@@ -90,6 +90,10 @@ class ImageEntry:
     source_size: int | None = None
     # The charts (their refs) whose `images: true` added this image.
     requested_by: tuple[str, ...] = ()
+    # The whole image: every manifest, index and config and every layer of the
+    # platforms carried, each blob once (whether or not the base held it);
+    # None in bundles written before the field.
+    total_size: int | None = None
 
     @property
     def carries_source_index(self) -> bool:
@@ -304,6 +308,8 @@ def _image_json(i: ImageEntry) -> dict[str, Any]:
         out["sourceSize"] = i.source_size
     if i.requested_by:
         out["requestedBy"] = list(i.requested_by)
+    if i.total_size is not None:
+        out["totalSize"] = i.total_size
     return out
 
 
@@ -415,6 +421,11 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
             f"{where}.ref: {ref} names digest {ref.digest}, but the image's root is {digest}"
         )
     requested = tuple(m.get("requestedBy", ()))
+    total = m.get("totalSize")
+    if total is not None and total < m["size"]:
+        raise ManifestError(
+            f"{where}.totalSize: {total} is less than the root manifest's own size ({m['size']})"
+        )
     return ImageEntry(
         ref=ref,
         source=m["source"],
@@ -426,6 +437,7 @@ def _image(i: int, m: dict[str, Any]) -> ImageEntry:
         source_media_type=m.get("sourceMediaType"),
         source_size=m.get("sourceSize"),
         requested_by=requested,
+        total_size=total,
     )
 
 

@@ -46,6 +46,12 @@ class CollectedImage:
     requested_by: list[str] = field(default_factory=list)
 
 
+def total_size(image: CollectedImage) -> int:
+    """The image's whole size: its documents and every config and layer, each
+    once (platforms share layers); its referrers are images of their own."""
+    return sum(len(d) for d in image.documents.values()) + sum(b.size for b in image.blobs)
+
+
 def plan_images(spec: BundleSpec, sources: Sources) -> list[CollectedImage]:
     """Resolve every image and fetch its manifests; round trips overlap in a
     bounded pool (hundreds of small images are latency-bound, not byte-bound)."""

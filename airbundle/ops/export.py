@@ -67,7 +67,7 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
 from airbundle.ops.carried_files import PlannedFile, plan_files
 from airbundle.ops.charts import plan_charts
-from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
+from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings, total_size
 from airbundle.ops.scan import ScanResult, carried, scan_repo_all, summarize
 from airbundle.ops.sources import Sources
 from airbundle.ops.vetting import (
@@ -123,8 +123,14 @@ class ExportResult:
 
 
 def export_bundle(
-    spec: BundleSpec, options: ExportOptions, *, progress: Progress | None = None
+    spec: BundleSpec,
+    options: ExportOptions,
+    *,
+    progress: Progress | None = None,
+    on_total: Progress | None = None,
 ) -> ExportResult:
+    """`progress` is called with the bytes of each blob, file and git bundle
+    chunk streamed; `on_total` once before streaming, with what they add up to."""
     if not options.keys:
         raise UsageError("export needs a signing key (--key)")
     check_channel(options.channel, error=UsageError)
@@ -178,6 +184,8 @@ def export_bundle(
             tuple(f.entry for f in files),
         )
         # Stream and sign.
+        if on_total is not None:
+            on_total(layout.streamed_bytes())
         written = _write(layout, contents, options, created, progress)
     _drop_replaced(replaced, keep=written.path, volumes=written.volumes)
     return ExportResult(
@@ -449,6 +457,15 @@ class _Layout:
             *(MemberEntry(r.entry.member, r.member.size, _PLACEHOLDER) for r in self.repos),
         ]
 
+    def streamed_bytes(self) -> int:
+        """What `_stream` reports as progress: blobs, files and git bundles
+        (the documents are small and already in memory)."""
+        return (
+            sum(desc.size for _, desc, _ in self.blobs)
+            + sum(f.local.size for f in self.files)
+            + sum(r.member.size for r in self.repos)
+        )
+
 
 def _lay_out(
     images: list[CollectedImage],
@@ -548,6 +565,7 @@ def _image_entries(images: list[CollectedImage]) -> tuple[ImageEntry, ...]:
             img.source_root.media_type if img.source_root is not None else None,
             img.source_root.size if img.source_root is not None else None,
             tuple(dict.fromkeys(img.requested_by)),
+            total_size(img),
         )
         for img in images
     )

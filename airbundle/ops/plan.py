@@ -30,7 +30,7 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.base import load_bases
 from airbundle.ops.carried_files import plan_files
 from airbundle.ops.charts import plan_charts
-from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings
+from airbundle.ops.collect import CollectedImage, plan_images, subset_warnings, total_size
 from airbundle.ops.lock_extras import (
     PlannedChart,
     PlannedFiles,
@@ -150,7 +150,7 @@ class _Tally:
         """Bytes carried for the image (and its referrers), and its whole size."""
         total = size = 0
         for part in (image, *image.referrers):
-            total += sum(b.size for b in part.blobs) + sum(len(d) for d in part.documents.values())
+            total += total_size(part)
             for digest, data in part.documents.items():
                 if digest not in self.seen:
                     size += len(data)

@@ -84,7 +84,8 @@ def checked(
     if got != info.size or h.hexdigest() != info.digest.hex:
         raise MemberDigestError(
             f"{source}: member {info.path!r} is corrupt or was tampered with: its content "
-            f"has digest sha256:{h.hexdigest()}, the signed manifest says {info.digest}"
+            f"has digest sha256:{h.hexdigest()}, the signed manifest says {info.digest}",
+            member=info.path,
         )
 
 

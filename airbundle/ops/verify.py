@@ -126,7 +126,8 @@ def _verified_chunks(
         raise MemberDigestError(
             f"{reader.source}: member {entry.path!r} is corrupt or was tampered with: "
             f"its content has digest sha256:{h.hexdigest()}, "
-            f"the signed manifest says {entry.digest}"
+            f"the signed manifest says {entry.digest}",
+            member=entry.path,
         )
 
 
@@ -186,20 +187,25 @@ def stream_members(
         entry = expected.get(member.path)
         if entry is None:
             raise ArchiveError(
-                f"{reader.source}: member {member.path!r} is not listed in the signed manifest"
+                f"{reader.source}: member {member.path!r} is not listed in the signed manifest",
+                member=member.path,
             )
         if member.path in seen:
-            raise ArchiveError(f"{reader.source}: member {member.path!r} appears twice")
+            raise ArchiveError(
+                f"{reader.source}: member {member.path!r} appears twice", member=member.path
+            )
         if ordered and manifest.members[len(seen)].path != member.path:
             raise ArchiveError(
                 f"{reader.source}: member {member.path!r} is out of order: the signed manifest "
-                f"lists {manifest.members[len(seen)].path!r} there"
+                f"lists {manifest.members[len(seen)].path!r} there",
+                member=member.path,
             )
         seen.add(member.path)
         if member.size != entry.size:
             raise MemberDigestError(
                 f"{reader.source}: member {member.path!r} has {member.size} bytes in the archive, "
-                f"the signed manifest says {entry.size}"
+                f"the signed manifest says {entry.size}",
+                member=member.path,
             )
         chunks = _verified_chunks(reader, entry, progress)
         sink(member, entry, chunks)
@@ -211,7 +217,8 @@ def stream_members(
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise TruncatedError(
             f"{reader.source}: member {missing[0]!r}{more} listed in the manifest "
-            "is missing from the archive"
+            "is missing from the archive",
+            member=missing[0],
         )
     reader.check_layout()
 

@@ -61,6 +61,8 @@ def name_corrupt_volumes(media: Media, exc: IntegrityError) -> IntegrityError:
     return type(exc)(
         f"{exc.message}; damaged volume(s): {', '.join(bad)}",
         hint="copy those volumes again from the original media",
+        member=exc.member,
+        volumes=tuple(bad),
     )
 
 

@@ -14,6 +14,8 @@ Where the tests run
                                 ``require_tool`` with install hints, hermetic and
                                 clean environments (no credentials, proxies, GIT_*)
     :mod:`support.keys`         ``KeyPair``, ``make_key``
+    :mod:`support.cli`          ``run`` (the CLI as a subprocess, 80 columns), ``run_on_a_terminal``
+                                (stderr on a pty), ``command_tree`` (every command, from --help)
 
 pytest wiring
     :mod:`support.plugin`       hooks: no skips, the ``integration`` marker, PATH
