@@ -497,6 +497,9 @@ class RepairingVolumes:
                 scratch.unlink(missing_ok=True)
             raise
         if fh is not None:
+            if volume == 0:
+                fh.seek(0)
+                fh.write(self._prefix_copy(rebuild))  # the code saw zeros there
             fh.close()
         return hashed.digest(), scratch
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import random
 import shutil
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -102,7 +105,7 @@ def judge_encode(k: int, m: int, shards: Sequence[bytes]) -> list[bytes]:
 class ParitySet:
     folder: Path
     base: str  # NAME.airbundle
-    index: dict[str, object]  # the index as JSON
+    index: dict[str, Any]  # the index as JSON
     originals: dict[str, bytes]  # every volume's bytes as written
 
     @property
@@ -110,10 +113,10 @@ class ParitySet:
         return self.folder / f"{self.base}.volumes"
 
     def data_names(self) -> list[str]:
-        return [v["name"] for v in self.index["volumes"]]  # type: ignore[index,attr-defined]
+        return [v["name"] for v in self.index["volumes"]]
 
     def parity_names(self) -> list[str]:
-        return [v["name"] for v in self.index["parity"]["volumes"]]  # type: ignore[index]
+        return [v["name"] for v in self.index["parity"]["volumes"]]
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -125,7 +128,7 @@ class ParitySet:
 
 def random_members(total: int, seed: int) -> list[tuple[str, bytes]]:
     """Incompressible blobs adding up to about `total` bytes (zstd keeps them raw)."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 (test data)
     sizes = [total // 3, total // 4, total // 6, total - total // 3 - total // 4 - total // 6]
     return [
         ("images/oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
@@ -143,6 +146,7 @@ def parity_set(
     parity: int | float,
     seed: int = 1,
     name: str = "set.airbundle",
+    label: str = "parity",
 ) -> ParitySet:
     """A crafted bundle of about `content` random bytes, split into volumes of
     `volume` bytes with `parity` parity volumes."""
@@ -151,12 +155,57 @@ def parity_set(
     work.mkdir(exist_ok=True)
     members = random_members(content, seed)
     bundle = write_bundle(
-        work / name, make_manifest(members, name=f"parity-{seed}"), [], members, keys=[key]
+        work / name, make_manifest(members, name=f"{label}-{seed}"), [], members, keys=[key]
     )
     index = split_bundle(bundle, volume, (key,), folder=folder, parity=parity)
     doc = json.loads(index.read_bytes())
     names = [v["name"] for v in doc["volumes"]] + [v["name"] for v in doc["parity"]["volumes"]]
     return ParitySet(folder, name, doc, {n: (folder / n).read_bytes() for n in names})
+
+
+def layer_layout(root: Path, size: int) -> Path:
+    """An OCI layout with one incompressible layer of about `size` bytes
+    (several volumes' worth), tagged 1."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes, media_type: str) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        data = hashlib.shake_256(b"airbundle volumes").digest(size)
+        info = tarfile.TarInfo("data.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer = blob(buf.getvalue(), "application/vnd.oci.image.layer.v1.tar")
+    config = blob(
+        json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+            }
+        ).encode(),
+        "application/vnd.oci.image.config.v1+json",
+    )
+    manifest = blob(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config,
+                "layers": [layer],
+            }
+        ).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    manifest["annotations"] = {"org.opencontainers.image.ref.name": "1"}
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    return root
 
 
 # --- damage ----------------------------------------------------------------------------
@@ -167,7 +216,7 @@ DAMAGE = ("delete", "truncate", "zero", "flip")
 def damage(path: Path, how: str, *, seed: int = 0) -> None:
     """What happens to a file on media: gone, cut short, a run of zeros (a
     bad sector read as nothing), one bit flipped."""
-    rng = random.Random(f"{path.name}{how}{seed}")
+    rng = random.Random(f"{path.name}{how}{seed}")  # noqa: S311 (test data)
     if how == "delete":
         path.unlink()
         return
