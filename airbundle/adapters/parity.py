@@ -619,24 +619,64 @@ def repair_set(
     kernel: Kernel | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> RepairResult:
-    """Every data and parity volume checked; the bad ones rebuilt in one pass
-    from k whole ones, checked against the signed index, and written into
-    `output` (atomically: a volume appears only once it is right)."""
+    """The bad volumes rebuilt in one pass from k others, checked against the
+    signed index, and written into `output` (atomically: a volume appears
+    only once it is right). Every volume ends up checked: those the rebuild
+    did not read by their sha256, those it read by the rebuilt volumes
+    matching the index (each rebuilt byte depends on every source's byte at
+    that offset: the inverse of a Cauchy matrix has no zero), and if they do
+    not, each source by its sha256 before another try."""
     layout = Layout(folder, index)
     total = layout.k + layout.m
     bad = {s: p for s in range(total) if (p := size_problem(layout, s)) is not None}
     if len(bad) > layout.m:
         raise unrecoverable(layout, description, bad)
-    for s in range(total):
-        if s not in bad and (problem := check_shard(layout, s)) is not None:
+    # Nothing missing: a full check finds what is damaged. Else the volumes
+    # the rebuild will not read are checked now, the others by the rebuild.
+    present = [s for s in range(total) if s not in bad]
+    to_check = present if not bad else present[layout.k :]
+    for s in to_check:
+        if (problem := check_shard(layout, s)) is not None:
             bad[s] = problem
     if len(bad) > layout.m:
         raise unrecoverable(layout, description, bad)
     if not bad:
         return RepairResult({}, total)
-    output.mkdir(parents=True, exist_ok=True)
-    sources = [s for s in range(total) if s not in bad][: layout.k]
-    wanted = sorted(bad)
+    checked = set(to_check)
+    while True:
+        sources = [s for s in range(total) if s not in bad][: layout.k]
+        try:
+            _repair_pass(layout, description, sources, sorted(bad), output, kernel, limits)
+        except _MismatchError:
+            unchecked = [s for s in sources if s not in checked]
+            if not unchecked:
+                raise IntegrityError(
+                    f"{description}: volumes rebuilt from parity do not match the signed "
+                    "index although every volume they were rebuilt from does"
+                ) from None
+            for s in unchecked:
+                checked.add(s)
+                if (problem := check_shard(layout, s)) is not None:
+                    bad[s] = problem
+            if len(bad) > layout.m:
+                raise unrecoverable(layout, description, bad) from None
+            continue
+        return RepairResult({layout.entry(s).name: bad[s] for s in sorted(bad)}, total - len(bad))
+
+
+class _MismatchError(Exception):
+    """A rebuilt volume does not match the signed index (a source is damaged)."""
+
+
+def _repair_pass(
+    layout: Layout,
+    description: str,
+    sources: list[int],
+    wanted: list[int],
+    output: Path,
+    kernel: Kernel | None,
+    limits: Limits,
+) -> None:
     fds: dict[int, int] = {}
 
     def fd(shard: int) -> int:
@@ -646,6 +686,7 @@ def repair_set(
 
     temps = {s: output / f"{TEMP_MARK}{layout.entry(s).name}.part" for s in wanted}
     try:
+        output.mkdir(parents=True, exist_ok=True)
         _write_rebuilt(layout, sources, wanted, fd, temps, kernel or load_kernel(), limits)
         for s in wanted:
             temps[s].replace(output / layout.entry(s).name)
@@ -665,7 +706,6 @@ def repair_set(
             os.close(f)
         for temp in temps.values():
             temp.unlink(missing_ok=True)
-    return RepairResult({layout.entry(s).name: bad[s] for s in wanted}, total - len(wanted))
 
 
 def _write_rebuilt(
@@ -704,11 +744,8 @@ def _write_rebuilt(
         for s in wanted:
             files[s].flush()
             os.fsync(files[s].fileno())
-    for s in wanted:
-        if hashes[s].digest() != layout.entry(s).digest:
-            raise IntegrityError(
-                f"{layout.entry(s).name} rebuilt from parity does not match the signed index"
-            )
+    if any(hashes[s].digest() != layout.entry(s).digest for s in wanted):
+        raise _MismatchError
 
 
 def refresh_prefix_copies(layout: Layout) -> list[str]:
