@@ -4,6 +4,7 @@ index, judged by an independent implementation (support/parity.py)."""
 from __future__ import annotations
 
 import itertools
+import re
 import json
 import os
 import random
@@ -173,7 +174,7 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("shardSize", 999, "parity.shardSize"),
     ("shardSize", -1, "parity.shardSize"),
     ("volumes", [], "parity.volumes"),
-    ("extra", 1, "parity has unknown field 'extra'"),
+    ("extra", 1, "parity: Additional properties are not allowed ('extra'"),
 ]
 
 
@@ -181,7 +182,7 @@ BROKEN: list[tuple[str, Any, str]] = [
 def test_a_bad_parity_field_is_refused_by_name(field: str, value: Any, named: str) -> None:
     doc = _doc()
     doc["parity"][field] = value
-    with pytest.raises(ManifestError, match=named.replace(".", r"\.")):
+    with pytest.raises(ManifestError, match=re.escape(named)):
         VolumeIndex.from_bytes(json.dumps(doc).encode(), source="t")
 
 
@@ -192,7 +193,7 @@ ENTRY_BROKEN: list[tuple[str, Any, str]] = [
     ("coveredFrom", 0, "must cover"),
     ("digest", "sha256:zz", "digest"),
     ("digest", 5, "digest"),
-    ("more", 1, "unknown field"),
+    ("more", 1, "'more' was unexpected"),
 ]
 
 
