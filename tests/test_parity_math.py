@@ -4,10 +4,10 @@ index, judged by an independent implementation (support/parity.py)."""
 from __future__ import annotations
 
 import itertools
-import re
 import json
 import os
 import random
+import re
 from typing import Any
 
 import pytest
