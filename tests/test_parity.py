@@ -369,6 +369,7 @@ def test_export_with_parity_percent_writes_parity_and_lists_it_in_the_signed_ind
     spec: Path, key_pair: KeyPair, tmp_path: Path
 ) -> None:
     out = tmp_path / "media" / "p.airbundle"
+    out.parent.mkdir()
     proc = subprocess.run(
         [
             *AIRBUNDLE,
