@@ -192,6 +192,17 @@ class _EscapingFormatter(logging.Formatter):
         return escape(super().format(record), lines=True)
 
 
+def _scratch_folder(given: Path | None) -> Path | None:
+    """--scratch: an existing folder we may write in (checked before the import starts)."""
+    if given is None:
+        return None
+    if not given.is_dir():
+        raise UsageError(f"--scratch {given}: no such folder")
+    if not os.access(given, os.W_OK | os.X_OK):
+        raise UsageError(f"--scratch {given}: the folder is not writable")
+    return given
+
+
 def _say(quiet: bool, text: str, *, err: bool = False) -> None:
     if not (quiet or _state["quiet"]):
         _echo(text, err=err)
@@ -242,7 +253,15 @@ def _main(
     _go_quiet(quiet)
 
 
-_VOLUME_FILE = re.compile(r".+\.\d{3}")
+_VOLUME_FILE = re.compile(r".+\.(\d{3}|p\d{2})")
+ParityOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Also write this many parity volumes (NAME.p01...), or a percentage of the "
+        "data volumes such as 10% (rounded up): any that many lost or damaged volumes "
+        "can be rebuilt."
+    ),
+]
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -482,6 +501,7 @@ def export(
             help="Cut into volumes of this size: 4GiB, 700MB, or fat32, dvd, bd25, bd50.",
         ),
     ] = None,
+    parity: ParityOpt = None,
     lock: Annotated[
         Path | None,
         typer.Option(
@@ -525,7 +545,7 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Build a signed bundle from a spec."""
-    from airbundle.format.volumes import parse_size
+    from airbundle.format.volumes import parse_parity, parse_size
     from airbundle.ops.export import ExportOptions, export_bundle
     from airbundle.ops.plan import apply_lock, read_lock
     from airbundle.ops.vetting import VettingOptions, parse_command
@@ -555,6 +575,7 @@ def export(
         check_images=check_images or strict,
         strict=strict,
         split_size=parse_size(split_size) if split_size else None,
+        parity=parse_parity(parity) if parity else None,
         since=tuple(since),
         force=force,
         vetting=vetting,
@@ -654,7 +675,7 @@ def _verify(
     from airbundle.format.manifest import format_time
     from airbundle.ops import keys as keyops
     from airbundle.ops.verify import load_policy, verify_bundle
-    from airbundle.ops.volumes import check_one_volume
+    from airbundle.ops.volumes import check_one_volume, rebuilt_notes
 
     policy = load_policy(keyops.load_trust(trust), threshold)
     if _VOLUME_FILE.fullmatch(bundle.name) and open_media(bundle).index is not None:
@@ -662,7 +683,8 @@ def _verify(
         if not check.ok:
             raise IntegrityError(
                 f"volume {check.name} is damaged: {check.problem}",
-                hint="copy it again from the original media",
+                hint="copy it again from the original media, or rebuild it with "
+                "`airbundle repair` if the set has parity volumes",
                 volumes=(check.name,),
             )
         if json_output:
@@ -684,6 +706,8 @@ def _verify(
                     "members": result.members,
                     "bytes": result.bytes,
                     "signers": [s.public_key.fingerprint for s in auth.signers],
+                    "rebuiltFromParity": result.rebuilt,
+                    "damagedParity": result.parity_damaged,
                 },
                 indent=1,
             )
@@ -696,9 +720,22 @@ def _verify(
             "import will refuse it without --allow-expired"
         )
     signers = ", ".join(s.public_key.fingerprint for s in auth.signers)
+    for note in rebuilt_notes(result.rebuilt):
+        _echo(f"airbundle: WARNING: {note}", err=True)
+    for name, problem in sorted(result.parity_damaged.items()):
+        _echo(
+            f"airbundle: WARNING: parity volume {name} is "
+            f"{'missing' if problem == 'missing' else 'damaged: ' + problem}",
+            err=True,
+        )
+    if result.rebuilt or result.parity_damaged:
+        _echo(
+            "airbundle: run `airbundle repair` to write the lost volumes again", err=True
+        )
+    rebuilt = f" ({len(result.rebuilt)} volume(s) rebuilt from parity)" if result.rebuilt else ""
     _say(
         quiet,
-        f"OK {bundle}: {result.members} members, {human_size(result.bytes)} verified; "
+        f"OK {bundle}: {result.members} members, {human_size(result.bytes)} verified{rebuilt}; "
         f"signed by {signers}",
     )
 
@@ -922,6 +959,13 @@ def import_(
             "--require-vetted", help="Refuse the bundle if an image lacks a passing vet record."
         ),
     ] = False,
+    scratch: Annotated[
+        Path | None,
+        typer.Option(
+            help="A volume set with parity missing volumes: rebuild them into this folder "
+            "(default: rebuilt on the fly as they are read, nothing written)."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Verify a bundle and import it (safe to re-run).
@@ -955,6 +999,7 @@ def import_(
         require_vetted=require_vetted,
         files=files,
         charts=charts,
+        scratch=_scratch_folder(scratch),
     )
     size = bundle.stat().st_size if bundle.is_file() else None
     with _progress(size, "import", quiet) as progress:
@@ -1287,17 +1332,58 @@ def split(
         ),
     ] = None,
     passphrase_file: PassOpt = None,
+    parity: ParityOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Cut a bundle into volumes plus a signed index.
 
     Media-sized volumes of an existing bundle, without exporting again."""
-    from airbundle.format.volumes import parse_size
+    from airbundle.format.volumes import parse_parity, parse_size
     from airbundle.ops.volumes import split_bundle
 
     keys = _signing_keys(key, passphrase_file)
-    index = split_bundle(bundle, parse_size(size), keys, folder=output)
+    index = split_bundle(
+        bundle,
+        parse_size(size),
+        keys,
+        folder=output,
+        parity=parse_parity(parity) if parity else None,
+    )
     _say(quiet, f"wrote {index} and its volumes")
+
+
+@app.command()
+@_errors_to_exit
+def repair(
+    volume_set: Annotated[
+        Path, typer.Argument(help="Volume index (NAME.volumes), one of its volumes, or its folder.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the rebuilt volumes.")
+    ],
+    trust: TrustOpt,
+    threshold: ThresholdOpt = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rebuild the missing or damaged volumes of a set with parity volumes, byte for byte.
+
+    Every volume is checked against the signed index; those that fail are
+    rebuilt from the others and written into OUTPUT only once they match it."""
+    from airbundle.ops import keys as keyops
+    from airbundle.ops.verify import load_policy
+    from airbundle.ops.volumes import repair_volumes
+
+    policy = load_policy(keyops.load_trust(trust), threshold)
+    result = repair_volumes(volume_set, output, policy)
+    if not result.written:
+        _say(quiet, f"OK {volume_set}: all {result.whole} volumes match the signed index")
+        return
+    for name, problem in sorted(result.written.items()):
+        _say(quiet, f"rebuilt {output / name} (it was {problem})")
+    _say(
+        quiet,
+        f"wrote {len(result.written)} volume(s) into {output}, each matching the signed index",
+    )
 
 
 @app.command()

@@ -48,6 +48,9 @@ class Limits:
     max_volume_index_bytes: int = 4 * 1024 * 1024
     max_volumes: int = 9999
     max_volume_index_signatures: int = 64
+    # Parity volumes are named NAME.p01 to NAME.p99; the code (GF(2^8))
+    # allows at most 256 data and parity volumes together.
+    max_parity_volumes: int = 99
     # An inventory lists every blob of a target.
     max_inventory_bytes: int = 256 * 1024 * 1024
     # The import state keeps this many history entries.
@@ -142,6 +145,13 @@ class Limits:
     read_workers: int = _CORES
     parallel_read_min_bytes: int = 16 << 20
     import_streams: int = 3
+    # Parity: each volume is read and written in stripes of at most
+    # `parity_stripe_bytes`, all of a set's stripes together in at most
+    # `parity_memory_bytes` (peak memory stays flat whatever the volume size);
+    # a reader keeps this many rebuilt stripes for the next reads.
+    parity_stripe_bytes: int = 4 << 20
+    parity_memory_bytes: int = 32 << 20
+    parity_cached_stripes: int = 4
     # A blob below this goes up in one PUT; twice this of a streamed upload is
     # held in memory for a resend.
     upload_buffer_bytes: int = 8 << 20

@@ -3,12 +3,9 @@ and join without re-export."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,59 +18,16 @@ from airbundle.ops.volumes import check_one_volume, join_volumes, split_bundle
 from support.bundles import export, import_, repo_entry, trust_policy, write_spec
 from support.env import AIRBUNDLE
 from support.keys import KeyPair
+from support.parity import layer_layout
 
 VOLUME = 150_000
 EPOCH = 1_700_000_000  # every export at one time: the same bytes each run
 
 
-def _layout(root: Path) -> Path:
-    """An OCI layout with one ~500 KB incompressible layer (several volumes' worth)."""
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes, media_type: str) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        data = hashlib.shake_256(b"airbundle volumes").digest(500_000)
-        info = tarfile.TarInfo("data.bin")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    layer = blob(buf.getvalue(), "application/vnd.oci.image.layer.v1.tar")
-    config = blob(
-        json.dumps(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
-            }
-        ).encode(),
-        "application/vnd.oci.image.config.v1+json",
-    )
-    manifest = blob(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": config,
-                "layers": [layer],
-            }
-        ).encode(),
-        "application/vnd.oci.image.manifest.v1+json",
-    )
-    manifest["annotations"] = {"org.opencontainers.image.ref.name": "1"}
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
-    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    return root
-
-
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory, sample_tree: Path) -> Path:
     root = tmp_path_factory.mktemp("vol-src")
-    _layout(root / "layout")
+    layer_layout(root / "layout", 500_000)
     return write_spec(
         root / "spec.yaml",
         {"ref": "oci:layout:1", "name": "example.com/big:1"},

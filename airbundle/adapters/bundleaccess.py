@@ -29,6 +29,7 @@ from pathlib import Path
 
 from airbundle.adapters.content import FileSpan
 from airbundle.adapters.fsutil import write_atomic
+from airbundle.adapters.parity import RepairingVolumes
 from airbundle.errors import ArchiveError, MemberDigestError, TruncatedError
 from airbundle.format.archive import RAW_MEMBER_MIN
 from airbundle.format.digest import Digest
@@ -53,10 +54,21 @@ from airbundle.limits import DEFAULT_LIMITS, Limits
 class VolumeReader:
     """Positional reads across the parts of a bundle (one file, or its volumes
     in order), each opened read-only on first use. Safe to share between
-    threads: every read names its offset."""
+    threads: every read names its offset.
 
-    def __init__(self, parts: Sequence[tuple[Path, int]], *, source: str) -> None:
+    With `repair` (a set with parity volumes), every read goes through it: a
+    volume is checked before its first byte is used, and one missing or
+    damaged is rebuilt from parity."""
+
+    def __init__(
+        self,
+        parts: Sequence[tuple[Path, int]],
+        *,
+        source: str,
+        repair: RepairingVolumes | None = None,
+    ) -> None:
         self.source = source
+        self._repair = repair
         self._paths = [p for p, _ in parts]
         self._sizes = [s for _, s in parts]
         self._starts = [0]
@@ -71,8 +83,15 @@ class VolumeReader:
 
     @property
     def paths(self) -> tuple[Path, ...]:
-        """The parts, in order."""
-        return tuple(self._paths)
+        """The parts found on the media, in order (not those a set's parity rebuilds)."""
+        if self._repair is None:
+            return tuple(self._paths)
+        repair = self._repair
+        return tuple(p for k, p in enumerate(self._paths) if repair.present(k))
+
+    def on_media(self, path: Path) -> bool:
+        """The part's bytes are its file's (sendfile may read them): not rebuilt."""
+        return self._repair is None or self._repair.on_media(self._paths.index(path))
 
     def _fd(self, k: int) -> int:
         with self._lock:
@@ -108,6 +127,10 @@ class VolumeReader:
         """Exactly `length` bytes from `offset`, across volume boundaries."""
         parts = []
         for span in self.spans(offset, length):
+            if self._repair is not None:
+                k = self._paths.index(span.path)
+                parts.append(self._repair.pread(k, span.offset, span.length))
+                continue
             fd = self._fd(self._paths.index(span.path))
             got = 0
             while got < span.length:
@@ -130,6 +153,8 @@ class VolumeReader:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+        if self._repair is not None:
+            self._repair.close()
 
 
 class _PositionalStream:
@@ -354,6 +379,8 @@ class BundleAccess:
                 pos += length
             start = min(frame.end, end)
             k += 1
+        if not all(self.volumes.on_media(span.path) for span in out):
+            return None  # rebuilt from parity: read (and decode) through open_member
         return tuple(out)
 
     def _raw_blocks(self, offset: int, size: int, length: int) -> list[tuple[int, int]] | None:

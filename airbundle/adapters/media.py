@@ -26,6 +26,7 @@ from airbundle.adapters.fsutil import (
     read_optional,
     read_regular,
 )
+from airbundle.adapters.parity import RepairingStream, RepairingVolumes, encode_parity
 from airbundle.errors import (
     AirbundleError,
     ArchiveError,
@@ -34,12 +35,14 @@ from airbundle.errors import (
     TruncatedError,
     UsageError,
 )
+from airbundle.format import erasure
 from airbundle.format.digest import Digest
 from airbundle.format.volumes import (
     INDEX_SUFFIX,
     SIGNATURE_SUFFIX,
     VolumeEntry,
     VolumeIndex,
+    parity_count,
     volume_name,
 )
 from airbundle.limits import DEFAULT_LIMITS, Limits
@@ -53,7 +56,15 @@ class VolumeWriter:
     names until `commit`). Only the first volume's start may be rewritten
     (the bundle's reserved prefix), and that range is not hashed."""
 
-    def __init__(self, folder: Path, base: str, volume_size: int, *, unhashed: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        base: str,
+        volume_size: int,
+        *,
+        unhashed: int,
+        parity: int | float | None = None,
+    ) -> None:
         if volume_size <= unhashed:
             raise UsageError(
                 f"volume size {volume_size} is too small: the first volume must hold the "
@@ -63,6 +74,8 @@ class VolumeWriter:
         self.base = base
         self.volume_size = volume_size
         self.unhashed = unhashed
+        # Parity volumes to write at commit: a count, or a fraction of the data volumes.
+        self.parity = parity
         self._files: list[BinaryIO] = []
         self._temps: list[Path] = []
         self._hashes: list[hashlib._Hash] = []
@@ -73,6 +86,14 @@ class VolumeWriter:
 
     def _open_next(self) -> None:
         number = len(self._files) + 1
+        if self.parity is not None and number + parity_count(self.parity, number) > (
+            erasure.MAX_SHARDS
+        ):
+            raise UsageError(
+                f"volume {number} with {parity_count(self.parity, number)} parity volumes: "
+                f"parity covers at most {erasure.MAX_SHARDS} volumes in all",
+                hint="use larger volumes (--split-size) or fewer parity volumes",
+            )
         path = self.folder / f"{TEMP_MARK}{self.base}.{number:03d}.part"
         self._files.append(path.open("w+b"))
         self._temps.append(path)
@@ -126,14 +147,15 @@ class VolumeWriter:
             fh.flush()
 
     def commit(self) -> VolumeIndex:
-        """fsync and rename every volume to its final name; return the index."""
+        """fsync every volume, write the parity volumes (a second pass over the
+        finished data volumes, in stripes), rename them all to their final
+        names; return the index."""
         entries = []
-        for number, (fh, temp) in enumerate(zip(self._files, self._temps, strict=True), 1):
+        for number, fh in enumerate(self._files, 1):
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
             name = volume_name(self.base, number)
-            temp.replace(self.folder / name)
             entries.append(
                 VolumeEntry(
                     name,
@@ -142,15 +164,27 @@ class VolumeWriter:
                     Digest("sha256", self._hashes[number - 1].hexdigest()),
                 )
             )
+        index = VolumeIndex(self.base, self._end, tuple(entries))
+        renames = [(t, self.folder / e.name) for t, e in zip(self._temps, entries, strict=True)]
+        if self.parity is not None:
+            info, temps = encode_parity(
+                self.folder, index, self._temps, parity_count(self.parity, len(entries))
+            )
+            self._temps += temps
+            index = VolumeIndex(self.base, self._end, index.volumes, info)
+            renames += [(t, self.folder / v.name) for t, v in zip(temps, info.volumes, strict=True)]
+        for temp, final in renames:
+            temp.replace(final)
         fsync_dir(self.folder)
         self._committed = True
-        return VolumeIndex(self.base, self._end, tuple(entries))
+        return index
 
     def abort(self) -> None:
         for fh in self._files:
             with contextlib.suppress(OSError):
                 fh.close()
         if not self._committed:
+            # (parity temporaries too: commit appends them before renaming)
             for temp in self._temps:
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
@@ -175,6 +209,26 @@ class Media:
     index_bytes: bytes = b""
     index_signatures: list[bytes] = field(default_factory=list)
     folder: Path | None = None
+    # A set with parity: where rebuilt volumes may be kept (None: rebuilt on
+    # the fly, nothing written beside read-only media).
+    scratch: Path | None = None
+    _repairing: RepairingVolumes | None = None
+
+    @property
+    def repairing(self) -> RepairingVolumes | None:
+        """For a set with parity volumes: its data volumes, whole or rebuilt."""
+        if self.index is None or self.index.parity is None:
+            return None
+        if self._repairing is None:
+            assert self.folder is not None
+            self._repairing = RepairingVolumes(
+                self.folder, self.index, self.description, scratch=self.scratch
+            )
+        return self._repairing
+
+    def rebuilt(self) -> dict[str, str]:
+        """Volumes rebuilt from parity so far: name -> what was wrong with it."""
+        return dict(self._repairing.rebuilt) if self._repairing is not None else {}
 
     @property
     def first(self) -> Path:
@@ -190,6 +244,11 @@ class Media:
     def check_present(self) -> None:
         """Every volume there with its size: refused before anything is written."""
         if self.index is None:
+            return
+        if self.repairing is not None:
+            # Up to as many volumes as there are parity volumes may be lost:
+            # they are rebuilt when read (more are refused here).
+            self.repairing.survey()
             return
         problems = []
         for entry, path in zip(self.index.volumes, self.volume_paths(), strict=True):
@@ -230,6 +289,8 @@ class Media:
         if self.single is not None:
             return self.open_first()
         assert self.index is not None
+        if self.repairing is not None:
+            return RepairingStream(self.repairing)  # type: ignore[return-value]
         return ConcatReader(self.volume_paths(), self.index, self.description)  # type: ignore[return-value]
 
 
@@ -299,7 +360,7 @@ class ConcatReader:
             self._fh = None
 
 
-_VOLUME = re.compile(r"(.+)\.(\d{3})")
+_VOLUME = re.compile(r"(.+)\.(\d{3}|p\d{2})")
 
 
 def open_media(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> Media:

@@ -117,7 +117,7 @@ def _open(
 ) -> tuple[BundleAccess | None, Authenticated]:
     authenticate_index(media, policy, at=at)
     media.check_present()
-    volumes = VolumeReader(_parts(media), source=media.description)
+    volumes = VolumeReader(_parts(media), source=media.description, repair=media.repairing)
     try:
         source = media.description
         header = read_file_header(volumes.pread(0, min(HEADER_SIZE, volumes.size)), source=source)

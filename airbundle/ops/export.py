@@ -33,6 +33,7 @@ from airbundle.adapters.blobcache import BlobCache
 from airbundle.adapters.cache import git_mirror
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, remove_leftovers
 from airbundle.adapters.media import VolumeWriter
+from airbundle.adapters.parity import shards_of
 from airbundle.adapters.pipeline import ahead
 from airbundle.adapters.registry.transport import Transport
 from airbundle.errors import SourceError, SpecError, TargetError, UsageError
@@ -102,6 +103,9 @@ class ExportOptions:
     strict: bool = False
     # Cut the bundle into volumes of this many bytes (NAME.001, ... + index).
     split_size: int | None = None
+    # With split_size: this many parity volumes (NAME.p01, ...), or this
+    # fraction of the data volumes, rounded up (docs/bundle-format.md).
+    parity: int | float | None = None
     # Incremental: leave out what these earlier bundles / inventories show the
     # disconnected side already has.
     since: tuple[Path, ...] = ()
@@ -119,7 +123,7 @@ class ExportResult:
     manifest_digest: Digest
     size: int
     warnings: tuple[str, ...] = ()
-    volumes: tuple[Path, ...] = ()  # with split_size: the volumes, in order
+    volumes: tuple[Path, ...] = ()  # with split_size: the volumes in order, then any parity
 
 
 def export_bundle(
@@ -134,6 +138,8 @@ def export_bundle(
     if not options.keys:
         raise UsageError("export needs a signing key (--key)")
     check_channel(options.channel, error=UsageError)
+    if options.parity is not None and options.split_size is None:
+        raise UsageError("--parity needs --split-size: parity volumes protect a volume set")
     replaced = _check_output(options.output, force=options.force)
     # Plan: every image resolved and its manifests read, the base known.
     created = _created(options)
@@ -211,6 +217,7 @@ def _existing_outputs(out: Path) -> list[Path]:
     found = [p for p in (out, out.with_name(out.name + INDEX_SUFFIX)) if p.exists()]
     found += [out.with_name(out.name + SIGNATURE_SUFFIX)] if found else []
     found += sorted(out.parent.glob(glob.escape(out.name) + ".[0-9][0-9][0-9]*"))
+    found += sorted(out.parent.glob(glob.escape(out.name) + ".p[0-9][0-9]"))
     return [p for p in dict.fromkeys(found) if p.exists()]
 
 
@@ -624,7 +631,7 @@ def _write(
         len(draft.to_bytes()), limits.reserved_signatures, limits.reserved_signature_bytes
     )
     out = options.output
-    with _output(out, options.split_size, HEADER_SIZE + capacity) as fh:
+    with _output(out, options.split_size, HEADER_SIZE + capacity, options.parity) as fh:
         writer = BundleWriter(
             fh,
             prefix_capacity=capacity,
@@ -651,7 +658,7 @@ def _write(
         if isinstance(fh, VolumeWriter):
             index = fh.commit()
             path = write_index(out.parent, index, options.keys)
-            volumes = tuple(out.parent / v.name for v in index.volumes)
+            volumes = tuple(out.parent / v.name for v in shards_of(index))
     return _Written(path, manifest, manifest_bytes, size, volumes)
 
 
@@ -742,14 +749,18 @@ def _bundle_id(name: str, created: datetime, members: list[MemberEntry]) -> str:
 
 
 @contextlib.contextmanager
-def _output(out: Path, split_size: int | None, unhashed: int) -> Iterator[BinaryIO]:
+def _output(
+    out: Path, split_size: int | None, unhashed: int, parity: int | float | None
+) -> Iterator[BinaryIO]:
     """One bundle file written atomically, or a volume set (committed by the caller)."""
     try:
         if split_size is None:
             with atomic_output(out) as fh:
                 yield fh
             return
-        volumes = VolumeWriter(out.parent, out.name, split_size, unhashed=unhashed)
+        volumes = VolumeWriter(
+            out.parent, out.name, split_size, unhashed=unhashed, parity=parity
+        )
         try:
             yield volumes  # type: ignore[misc]
         except BaseException:

@@ -26,7 +26,7 @@ from airbundle.adapters.bundleaccess import BundleAccess, MemberInfo
 from airbundle.adapters.fsutil import TEMP_MARK, atomic_output, write_atomic
 from airbundle.adapters.git_targets import GitTarget
 from airbundle.adapters.images import ImageTarget
-from airbundle.adapters.media import open_media
+from airbundle.adapters.media import Media, open_media
 from airbundle.adapters.pipeline import parallel
 from airbundle.adapters.registry.transport import Transport
 from airbundle.adapters.targets import open_git_target, open_image_target
@@ -68,7 +68,7 @@ from airbundle.ops.sparse import SparseIndexes
 from airbundle.ops.state import StateStore, TargetState, default_state_dir
 from airbundle.ops.verify import Authenticated, authenticate, stream_members
 from airbundle.ops.vetting import check_import
-from airbundle.ops.volumes import opened_bundle
+from airbundle.ops.volumes import opened_bundle, rebuilt_notes
 
 Progress = Callable[[int], None]
 REPORT_NAME = "airbundle-import.json"
@@ -106,6 +106,9 @@ class ImportOptions:
     image_policy: ImagePolicy | None = None
     require_vetted: bool = False
     at: datetime | None = None
+    # A volume set with parity missing volumes: rebuild them into this folder
+    # (None: on the fly, nothing written beside the media).
+    scratch: Path | None = None
     limits: Limits = DEFAULT_LIMITS
     # --files DIR: where carried files land; --charts DIR: a static Helm
     # repository written from the carried charts (besides --registry).
@@ -429,7 +432,7 @@ def import_bundle(
     check_channel(options.channel, error=UsageError)
     report = ImportReport(bundle=str(path))
     with contextlib.ExitStack() as stack:
-        access, auth, reader = _open_bundle(stack, path, options)
+        access, auth, reader, media = _open_bundle(stack, path, options)
         report.describe(auth)
         manifest = auth.manifest
         _check_vetting(manifest, options, report, access.source if access else _source(reader))
@@ -460,6 +463,7 @@ def import_bundle(
             else:
                 assert reader is not None
                 stream_members(reader, manifest, sinks, progress=progress)
+                report.notes += rebuilt_notes(media.rebuilt() if media is not None else {})
                 if sinks.resend:
                     assert targets.images is not None
                     _resend(path, options, auth, targets.images, sinks.resend, report, progress)
@@ -475,7 +479,7 @@ def _source(reader: BundleReader | None) -> str:
 
 def _open_bundle(
     stack: contextlib.ExitStack, path: Path, options: ImportOptions
-) -> tuple[BundleAccess | None, Authenticated, BundleReader | None]:
+) -> tuple[BundleAccess | None, Authenticated, BundleReader | None, Media | None]:
     """Authenticated, and open for reading members at their own offsets when
     the bundle has a signed seek table and is a file or volume set (several
     blobs in flight: ops/sections.py); else open for one front-to-back pass.
@@ -485,7 +489,10 @@ def _open_bundle(
         from airbundle.ops.sections import in_place, media_size
 
         media = open_media(path)
-        if media_size(media) is not None:
+        # (a set with parity volumes is read front to back: its reader
+        # rebuilds what is lost and names it for the report)
+        parity = media.index is not None and media.index.parity is not None
+        if media_size(media) is not None and not parity:
             inner = contextlib.ExitStack()
             try:
                 access, auth = inner.enter_context(
@@ -496,8 +503,10 @@ def _open_bundle(
             else:
                 stack.push(inner)
                 if access is not None:
-                    return access, auth, None
-    media, fh = stack.enter_context(opened_bundle(path, options.policy, at=options.at))
+                    return access, auth, None, None
+    media, fh = stack.enter_context(
+        opened_bundle(path, options.policy, at=options.at, scratch=options.scratch)
+    )
     reader = BundleReader(fh, source=media.description, limits=options.limits)
     auth = authenticate(
         reader.read_prefix(),
@@ -506,7 +515,7 @@ def _open_bundle(
         at=options.at,
         limits=options.limits,
     )
-    return None, auth, reader
+    return None, auth, reader, media
 
 
 def _take_in_place(

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import open_regular, read_optional, read_regular, write_atomic
 from airbundle.adapters.media import Media, open_media
+from airbundle.adapters.parity import Layout, refresh_prefix_copies
 from airbundle.errors import AirbundleError, IntegrityError, SignatureError, UsageError
 from airbundle.format import journal, sshsig
 from airbundle.format.archive import (
@@ -220,6 +221,7 @@ def sign_bundle(
                 if sshsig.verify(prefix.manifest, armored) == signer:
                     if media.index is not None:
                         _cosign_index(media, key)
+                        _refresh_parity(media)
                     return SignResult(bundle, signer.fingerprint, len(prefix.signatures), False)
             except SignatureError:
                 pass  # kept as found; verify reports it
@@ -242,7 +244,17 @@ def sign_bundle(
         journal_path(bundle).unlink()
     if media.index is not None:
         _cosign_index(media, key)
+        _refresh_parity(media)
     return SignResult(bundle, signer.fingerprint, len(signatures), True)
+
+
+def _refresh_parity(media: Media) -> None:
+    """Parity volumes keep a copy of the first volume's prefix region (outside
+    what the code and the index cover): it follows the new signatures, so a
+    first volume rebuilt later carries them."""
+    if media.index is not None and media.index.parity is not None:
+        assert media.folder is not None
+        refresh_prefix_copies(Layout(media.folder, media.index))
 
 
 def _cosign_index(media: Media, key: Ed25519PrivateKey) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from airbundle.format.manifest import BundleManifest, MemberEntry
 from airbundle.format.tarstream import DIRECTORY, TarMember
 from airbundle.format.trust import TrustedKey, TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
-from airbundle.ops.volumes import opened_bundle
+from airbundle.ops.volumes import carries_parity, opened_bundle
 
 Progress = Callable[[int], None]
 
@@ -229,6 +229,10 @@ class VerifyResult:
     authenticated: Authenticated
     members: int
     bytes: int
+    # A set with parity: volumes rebuilt for the check, and parity volumes
+    # found damaged (name -> what is wrong).
+    rebuilt: dict[str, str] = field(default_factory=dict)
+    parity_damaged: dict[str, str] = field(default_factory=dict)
 
 
 def load_policy(trust: list[TrustedKey], threshold: int) -> TrustPolicy:
@@ -250,7 +254,9 @@ def verify_bundle(
     is read in sections by `Limits.read_workers` threads (ops/sections.py);
     any other, front to back."""
     verdict = None
-    if limits.read_workers > 1:
+    # A set with parity volumes is read front to back: its reader rebuilds
+    # what is lost and names it for the report.
+    if limits.read_workers > 1 and not carries_parity(path):
         # Imported here: a small bundle's verify need not load it.
         from airbundle.ops.sections import DamagedInPlace, verify_in_place
 
@@ -267,6 +273,15 @@ def verify_bundle(
         reader = BundleReader(fh, source=source, limits=limits)
         auth = authenticate(reader.read_prefix(), policy, source=source, at=at, limits=limits)
         stream_members(reader, auth.manifest, progress=progress)
+        repairing = media.repairing
+        parity_damaged = repairing.check_parity() if repairing is not None else {}
     if verdict is not None:
         raise verdict
-    return VerifyResult(path, auth, len(auth.manifest.members), auth.manifest.total_size)
+    return VerifyResult(
+        path,
+        auth,
+        len(auth.manifest.members),
+        auth.manifest.total_size,
+        media.rebuilt(),
+        parity_damaged,
+    )

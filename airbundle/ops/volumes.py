@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import atomic_output, open_regular, write_atomic
 from airbundle.adapters.media import Media, VolumeWriter, open_media, volume_digest
-from airbundle.errors import IntegrityError, SignatureError, UsageError
+from airbundle.adapters.parity import RepairResult, repair_set
+from airbundle.errors import AirbundleError, IntegrityError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, read_file_header
 from airbundle.format.trust import TrustPolicy
@@ -66,6 +67,25 @@ def name_corrupt_volumes(media: Media, exc: IntegrityError) -> IntegrityError:
     )
 
 
+def carries_parity(path: Path) -> bool:
+    """The path names a volume set with parity volumes (False when it names
+    nothing readable: the caller's own opening says what is wrong)."""
+    try:
+        media = open_media(path)
+    except AirbundleError:
+        return False
+    return media.index is not None and media.index.parity is not None
+
+
+def rebuilt_notes(rebuilt: dict[str, str]) -> list[str]:
+    """What a reader says of the volumes it rebuilt from parity."""
+    return [
+        f"volume {name} was {'missing' if problem == 'missing' else 'damaged: ' + problem}; "
+        "it was rebuilt from the set's parity volumes and matched the signed index"
+        for name, problem in sorted(rebuilt.items())
+    ]
+
+
 @dataclass(frozen=True)
 class VolumeCheck:
     name: str
@@ -79,7 +99,7 @@ def check_one_volume(path: Path, policy: TrustPolicy) -> VolumeCheck:
     if media.index is None:
         raise UsageError(f"{path} is not a volume of a set (no index beside it)")
     authenticate_index(media, policy)
-    entry = next((v for v in media.index.volumes if v.name == path.name), None)
+    entry = media.index.entry(path.name)
     if entry is None:
         raise UsageError(f"{path.name} is not listed in {media.index_path}")
     size = path.stat().st_size
@@ -96,6 +116,7 @@ def split_bundle(
     keys: tuple[Ed25519PrivateKey, ...],
     *,
     folder: Path | None = None,
+    parity: int | float | None = None,
 ) -> Path:
     """Cut an existing bundle into volumes (no re-export); returns the index."""
     target = folder or bundle.parent
@@ -104,7 +125,11 @@ def split_bundle(
         header = read_file_header(fh.read(HEADER_SIZE), source=str(bundle))
         fh.seek(0)
         writer = VolumeWriter(
-            target, bundle.name, volume_size, unhashed=HEADER_SIZE + header.prefix_length
+            target,
+            bundle.name,
+            volume_size,
+            unhashed=HEADER_SIZE + header.prefix_length,
+            parity=parity,
         )
         try:
             while chunk := fh.read(DEFAULT_LIMITS.io_chunk_bytes):
@@ -114,6 +139,23 @@ def split_bundle(
             writer.abort()
             raise
     return write_index(target, index, keys)
+
+
+def repair_volumes(
+    path: Path, output: Path, policy: TrustPolicy, *, at: datetime | None = None
+) -> RepairResult:
+    """Rebuild the missing or damaged volumes of a set with parity into
+    `output`, byte for byte as the signed index describes them."""
+    media = open_media(path)
+    if media.index is None or media.folder is None:
+        raise UsageError(f"{path} is not a volume set (no .volumes index)")
+    if media.index.parity is None:
+        raise UsageError(
+            f"{media.description} has no parity volumes: nothing can be rebuilt",
+            hint="copy the missing or damaged volumes again from the original media",
+        )
+    authenticate_index(media, policy, at=at)
+    return repair_set(media.folder, media.index, media.description, output)
 
 
 def join_volumes(index_path: Path, output: Path) -> Path:
@@ -130,15 +172,22 @@ def join_volumes(index_path: Path, output: Path) -> Path:
 
 @contextlib.contextmanager
 def opened_bundle(
-    path: Path, policy: TrustPolicy | None = None, *, at: datetime | None = None
+    path: Path,
+    policy: TrustPolicy | None = None,
+    *,
+    at: datetime | None = None,
+    scratch: Path | None = None,
 ) -> Iterator[tuple[Media, BinaryIO]]:
     """A bundle file or volume set, opened for one streaming pass.
 
     For a volume set the signed index is checked first (if a trust policy is
     given) and every volume must be present and whole before anything is read;
-    a failure later names the damaged volumes.
+    a failure later names the damaged volumes. A set with parity volumes may
+    miss up to as many volumes as it has parity volumes: they are rebuilt as
+    they are read (into `scratch`, if given; media.rebuilt() names them).
     """
     media = open_media(path)
+    media.scratch = scratch
     if policy is not None:
         authenticate_index(media, policy, at=at)
     media.check_present()
@@ -151,7 +200,9 @@ def opened_bundle(
             try:
                 yield media, fh
             except IntegrityError as exc:
-                if media.index is not None:
+                # (a set with parity checks each volume before using it, and
+                # names the bad ones itself)
+                if media.index is not None and media.repairing is None:
                     raise name_corrupt_volumes(media, exc) from exc
                 raise
     finally:
