@@ -257,6 +257,7 @@ _VOLUME_FILE = re.compile(r".+\.(\d{3}|p\d{2})")
 ParityOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="N|P%",
         help="Also write this many parity volumes (NAME.p01...), or a percentage of the "
         "data volumes such as 10% (rounded up): any that many lost or damaged volumes "
         "can be rebuilt."
@@ -962,6 +963,7 @@ def import_(
     scratch: Annotated[
         Path | None,
         typer.Option(
+            metavar="DIR",
             help="A volume set with parity missing volumes: rebuild them into this folder "
             "(default: rebuilt on the fly as they are read, nothing written)."
         ),
@@ -1356,18 +1358,22 @@ def split(
 @_errors_to_exit
 def repair(
     volume_set: Annotated[
-        Path, typer.Argument(help="Volume index (NAME.volumes), one of its volumes, or its folder.")
+        Path,
+        typer.Argument(
+            metavar="SET", help="Volume index (NAME.volumes), one of its volumes, or its folder."
+        ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for the rebuilt volumes.")
+        Path,
+        typer.Option("--output", "-o", metavar="DIR", help="Folder for the rebuilt volumes."),
     ],
     trust: TrustOpt,
     threshold: ThresholdOpt = 1,
     quiet: QuietOpt = False,
 ) -> None:
-    """Rebuild the missing or damaged volumes of a set with parity volumes, byte for byte.
+    """Rebuild lost or damaged volumes from parity volumes.
 
-    Every volume is checked against the signed index; those that fail are
+    Byte for byte: every volume is checked against the signed index; those that fail are
     rebuilt from the others and written into OUTPUT only once they match it."""
     from airbundle.ops import keys as keyops
     from airbundle.ops.verify import load_policy
