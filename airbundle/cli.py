@@ -171,6 +171,21 @@ def _progress(total: int | None, desc: str, quiet: bool) -> Iterator[_Bar | None
         yield _Bar(bar)
 
 
+def _bundle_size(path: Path) -> int | None:
+    """The bytes a progress bar counts: the bundle file's, or a volume set's
+    data volumes' as its signed index lists them (None when that cannot be
+    told yet: the command itself then says what is wrong)."""
+    from airbundle.adapters.media import open_media
+
+    try:
+        media = open_media(path)
+        if media.index is not None:
+            return sum(v.size for v in media.index.volumes)
+        return media.single.stat().st_size if media.single is not None else None
+    except (AirbundleError, OSError):
+        return None
+
+
 def _cache_dir(given: Path | None, no_cache: bool) -> Path | None:
     from airbundle.adapters.cache import default_cache_dir
 
@@ -693,8 +708,7 @@ def _verify(
             return
         _say(quiet, f"OK volume {check.name} matches the signed volume index")
         return
-    size = bundle.stat().st_size if bundle.is_file() else None
-    with _progress(size, "verify", quiet or json_output) as progress:
+    with _progress(_bundle_size(bundle), "verify", quiet or json_output) as progress:
         result = verify_bundle(bundle, policy, progress=progress)
     auth = result.authenticated
     if json_output:
@@ -1003,8 +1017,7 @@ def import_(
         charts=charts,
         scratch=_scratch_folder(scratch),
     )
-    size = bundle.stat().st_size if bundle.is_file() else None
-    with _progress(size, "import", quiet) as progress:
+    with _progress(_bundle_size(bundle), "import", quiet) as progress:
         result = import_bundle(bundle, options, progress=progress)
     for note in result.notes:
         _warn(note, label="WARNING")

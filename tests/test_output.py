@@ -205,6 +205,30 @@ def test_the_export_progress_bar_has_a_total(env: World, tmp_path: Path) -> None
     assert re.search(r"export: +\d+%\|", drawn), drawn
 
 
+@pytest.mark.parametrize("name", ["index", "folder"])
+def test_verify_and_import_bars_of_a_volume_set_have_a_total(
+    env: World, tmp_path: Path, name: str
+) -> None:
+    """The set's total comes from its signed index, whichever way it is named
+    (`verify NAME.001` checks that one volume: no bar)."""
+    media = tmp_path / "media"
+    split = run("split", env.bundle, "-o", media, "--size", "40KiB", "--key", env.key_path)
+    assert split.returncode == 0, split.stderr
+    given = {
+        "index": media / f"{env.bundle.name}.volumes",
+        "folder": media,
+    }[name]
+    code, drawn = run_on_a_terminal("verify", given, "--trust", env.pub_path)
+    assert code == 0, drawn
+    assert re.search(r"verify: +\d+%\|", drawn), drawn
+    code, drawn = run_on_a_terminal(
+        "import", given, "--trust", env.pub_path, "--registry", f"oci:{tmp_path / 'layout'}",
+        "--git", tmp_path / "git", "--state-dir", tmp_path / "state",
+    )  # fmt: skip
+    assert code == 0, drawn
+    assert re.search(r"import: +\d+%\|", drawn), drawn
+
+
 # --- JSON -------------------------------------------------------------------------------
 
 
