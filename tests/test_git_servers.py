@@ -9,6 +9,7 @@ unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -264,6 +265,81 @@ def test_export_refuses_a_malformed_object_from_upstream(
     assert "evil.git" in caught.value.message
     assert "fsck" in caught.value.message.lower() or bad[:7] in caught.value.message
     assert not list((tmp_path / "out").glob("*.airbundle"))
+
+
+def git_children(trace: Path) -> list[str]:
+    """The command lines of the git processes git started (GIT_TRACE2_EVENT)."""
+    out = []
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "child_start":
+            out.append(" ".join(event.get("argv", [])))
+    return out
+
+
+def test_a_first_fetch_walks_the_history_once(
+    git_daemon: GitDaemon,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # git fetch would walk every object after indexing (rev-list --objects
+    # --stdin --not --all); fetch-pack's self-contained pack needs no walk, so
+    # the one walk left is the export's reachability check of the pack.
+    home = tmp_path / "git-home"
+    url = seed(git_daemon, sample_tree, home)
+    trace = tmp_path / "trace2.json"
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+    log = git_spy(tmp_path, monkeypatch)
+
+    result = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], cache_dir=tmp_path / "cache"
+    )
+
+    assert manifest_refs(result) == ls_remote(url, home)
+    commands = log.read_text()
+    assert "fetch-pack" in commands and " fetch " not in f" {commands} "
+    walks = [c for c in commands.splitlines() if "rev-list" in c and "--objects" in c]
+    walks += [c for c in git_children(trace) if "rev-list" in c and "--objects" in c]
+    assert len(walks) == 1, walks
+    assert "index-pack" in " ".join(git_children(trace))  # the pack was indexed (--strict)
+    assert any("--strict" in c for c in git_children(trace) if "index-pack" in c)
+
+
+def test_a_ref_deleted_upstream_leaves_the_cache_and_the_next_bundle(
+    git_daemon: GitDaemon,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "git-home"
+    url = seed(git_daemon, sample_tree, home)
+    cache = tmp_path / "cache"
+    first = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="first", cache_dir=cache
+    )
+    assert "refs/heads/release-1.0" in manifest_refs(first)
+    work = work_clone(url, tmp_path / "work", home)
+    git("-C", work, "push", "--quiet", "origin", ":refs/heads/release-1.0", home=home)
+    new = commit_file(work, "kustomization.yaml", "resources: []\n", "empty it", home)
+    git("-C", work, "push", "--quiet", "origin", "main", home=home)
+
+    second = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="second", cache_dir=cache
+    )
+
+    assert manifest_refs(second) == ls_remote(url, home)
+    assert manifest_refs(second)["refs/heads/main"] == new
+    assert "refs/heads/release-1.0" not in manifest_refs(second)
+    (mirror,) = (cache / "git").glob("*-gitops.git")
+    cached = git("-C", mirror, "for-each-ref", "--format=%(refname)", home=home).split()
+    assert "refs/heads/release-1.0" not in cached and "refs/heads/main" in cached
+    # Every fetch's pack is an ordinary one: no .keep left behind by fetch-pack.
+    assert list((mirror / "objects" / "pack").glob("*.keep")) == []
+    member = unpack(second.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
+    clone = tmp_path / "clone"
+    assert clone_and_fsck(str(member), clone, home, "--branch", "main") == new
 
 
 def test_credentials_in_the_url_stay_out_of_the_bundle_and_cache(
