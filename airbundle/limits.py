@@ -112,6 +112,13 @@ class Limits:
     max_registry_error_bytes: int = 1 << 16
     # A git server's ref advertisement or push report.
     max_git_answer_bytes: int = 64 << 20
+    # A pack pushed to a git:// server while its objects are checked here keeps
+    # this many of its last bytes back until the check passes (the server can
+    # finish nothing without the pack's trailing checksum).
+    git_push_held_bytes: int = 64 << 10
+    # ... for packs of at least this size (below it the overlap gains nothing
+    # worth a connection held open while the images are published).
+    git_push_overlap_min_bytes: int = 8 << 20
     # `probe`: path components asked about below a registry's prefix (GitLab
     # takes a handful, Quay organizations two, most registries any).
     probe_max_depth: int = 8

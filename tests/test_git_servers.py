@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import socket
@@ -18,6 +19,8 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +506,115 @@ def test_a_first_import_sends_the_bundle_pack_without_staging_it_here(
         clone_and_fsck(url, tmp_path / "clone", home)
         == manifest_refs(gitops_bundle)["refs/heads/main"]
     )
+
+
+def bundle_of(source: Path, dest: Path, home: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """A full git bundle of the samples' gitops history with a commit of 9 MiB of
+    seeded random bytes on top (a pack over Limits.git_push_overlap_min_bytes),
+    and its refs."""
+    work = work_clone(str(source), dest.with_suffix(".work"), home)
+    git("-C", work, "branch", "--quiet", "release-1.0", "origin/release-1.0", home=home)
+    (work / "data.bin").write_bytes(random.Random(14).randbytes(9 << 20))  # noqa: S311
+    git("-C", work, "add", "data.bin", home=home)
+    git("-C", work, "commit", "--quiet", "-m", "data", home=home)
+    git("-C", work, "bundle", "create", "--quiet", dest, "--branches", "--tags", home=home)
+    heads = bundle_heads(dest, home)
+    return dest, sorted((ref, oid) for ref, oid in heads.items() if ref.startswith("refs/"))
+
+
+def server_packs(repo: Path) -> list[Path]:
+    """Packs under the repository's objects, and receive-pack's quarantine
+    folders (objects/tmp_objdir-incoming-*, where an incoming pack is written)."""
+    objects = repo / "objects"
+    return sorted([*objects.rglob("*.pack"), *objects.glob("tmp_objdir-incoming-*")])
+
+
+def receive_packs(repo: Path) -> list[str]:
+    """The receive-pack processes running for `repo`."""
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "receive-pack" in line and str(repo) in line]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_git_push_held_from_staging_moves_nothing_until_published(
+    git_daemon: GitDaemon, sample_tree: Path, tmp_path: Path
+) -> None:
+    # git://: the pack goes to receive-pack while the objects are checked here,
+    # all but its last bytes; the server can land nothing without them.
+    home = tmp_path / "git-home"
+    template = target_template(git_daemon)
+    url = template.replace("{name}", "gitops")
+    bundle, refs = bundle_of(sample_tree / "gitops", tmp_path / "gitops.bundle", home)
+    target = RemoteTarget(template, scratch=tmp_path)
+    try:
+        target.stage("gitops", bundle, refs)
+        assert target.refused("gitops", refs) == []
+
+        # The pack is with the server, in receive-pack's quarantine, not landed.
+        assert wait_for(lambda: bool(server_packs(server_repo(git_daemon))))
+        assert all(
+            p.name.startswith("tmp_objdir-incoming-") for p in server_packs(server_repo(git_daemon))
+        )
+        assert ls_remote(url, home) == {}
+        tip = dict(refs)["refs/heads/main"]
+        assert git("-C", server_repo(git_daemon), "rev-list", "--all", home=home) == ""
+
+        target.publish("gitops", refs, head="refs/heads/main", force=False)
+    finally:
+        target.close()
+
+    assert ls_remote(url, home) == dict(refs)
+    git("-C", server_repo(git_daemon), "fsck", "--strict", "--no-dangling", home=home)
+    assert clone_and_fsck(url, tmp_path / "clone", home, "--branch", "main") == tip
+
+
+def test_a_held_git_push_dropped_by_a_failed_import_leaves_nothing_on_the_server(
+    git_daemon: GitDaemon, sample_tree: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    template = target_template(git_daemon)
+    url = template.replace("{name}", "gitops")
+    bundle, refs = bundle_of(sample_tree / "gitops", tmp_path / "gitops.bundle", home)
+    target = RemoteTarget(template, scratch=tmp_path)
+    target.stage("gitops", bundle, refs)
+
+    target.discard("gitops")  # what the importer does when a later step fails
+    target.close()
+
+    # receive-pack sees the pack end early and fails: its objects stay in its
+    # quarantine (objects/tmp_objdir-incoming-*, which git prune removes
+    # later), never in the repository's object store.
+    repo = server_repo(git_daemon)
+    assert wait_for(lambda: not receive_packs(repo))
+    counted = dict(
+        line.split(": ") for line in git("-C", repo, "count-objects", "-v", home=home).splitlines()
+    )
+    assert counted["count"] == "0" and counted["in-pack"] == "0", counted
+    assert list((repo / "objects" / "pack").glob("*.pack")) == []
+    git("-C", repo, "fsck", "--strict", "--no-dangling", home=home)
+    assert ls_remote(url, home) == {}
+    tip = dict(refs)["refs/heads/main"]
+    absent = subprocess.run(
+        ["git", "-C", str(server_repo(git_daemon)), "cat-file", "-e", tip],
+        env=git_env(home),
+        capture_output=True,
+        check=False,
+    )
+    assert absent.returncode != 0
+    # The same bundle imports once the failure is gone.
+    again = RemoteTarget(template, scratch=tmp_path)
+    try:
+        again.stage("gitops", bundle, refs)
+        again.publish("gitops", refs, head="refs/heads/main", force=False)
+    finally:
+        again.close()
+    assert ls_remote(url, home) == dict(refs)
 
 
 def test_a_push_the_server_refuses_is_reported_and_moves_nothing(
