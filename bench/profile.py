@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = str(snapshot)
     try:
         data = ensure_data(plan, cache, env, log)
-        bench = Bench(plan, data, cache, work, env, 1, set(), log)
+        # The group whose images the source registry must hold for the dataset.
+        group = {"small": "small-images", "git": "git"}.get(args.dataset, "export")
+        bench = Bench(plan, data, cache, work, env, 1, {group}, log)
         with bench.sources():
             ds = bench.datasets[args.dataset]
             spec = bench.write_spec(ds)
