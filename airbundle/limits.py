@@ -150,8 +150,9 @@ class Limits:
     parallel_read_min_bytes: int = 16 << 20
     import_streams: int = 3
     # A blob below this goes up in one PUT; twice this of a streamed upload is
-    # held in memory for a resend.
-    upload_buffer_bytes: int = 8 << 20
+    # held in memory for a resend (per upload in flight: 8 MiB here cost 30-35
+    # MiB of import's peak RSS over 4 MiB with three streams, docs/performance.md).
+    upload_buffer_bytes: int = 4 << 20
     # Compressible members are cut into independent zstd frames of this much
     # tar stream each (random access decodes at most one such frame to reach
     # any byte); memory per compression worker scales with it. Measured in
