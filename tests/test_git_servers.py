@@ -9,11 +9,13 @@ unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import select
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -529,10 +531,18 @@ def server_packs(repo: Path) -> list[Path]:
     return sorted([*objects.rglob("*.pack"), *objects.glob("tmp_objdir-incoming-*")])
 
 
-def receive_packs(repo: Path) -> list[str]:
-    """The receive-pack processes running for `repo`."""
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if "receive-pack" in line and str(repo) in line]
+def receive_pack_pids(repo: Path) -> list[int]:
+    """The receive-pack processes running in `repo` (git daemon starts them
+    there: `receive-pack .`)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pids = []
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if "receive-pack" in args:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cwd").resolve() == repo.resolve():
+                    pids.append(int(pid))
+    return pids
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
@@ -591,7 +601,7 @@ def test_a_held_git_push_dropped_by_a_failed_import_leaves_nothing_on_the_server
     # quarantine (objects/tmp_objdir-incoming-*, which git prune removes
     # later), never in the repository's object store.
     repo = server_repo(git_daemon)
-    assert wait_for(lambda: not receive_packs(repo))
+    assert wait_for(lambda: not receive_pack_pids(repo))
     counted = dict(
         line.split(": ") for line in git("-C", repo, "count-objects", "-v", home=home).splitlines()
     )
@@ -615,6 +625,32 @@ def test_a_held_git_push_dropped_by_a_failed_import_leaves_nothing_on_the_server
     finally:
         again.close()
     assert ls_remote(url, home) == dict(refs)
+
+
+def test_a_held_git_push_whose_connection_is_gone_is_pushed_again_at_publish(
+    git_daemon: GitDaemon, sample_tree: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    template = target_template(git_daemon)
+    url = template.replace("{name}", "gitops")
+    bundle, refs = bundle_of(sample_tree / "gitops", tmp_path / "gitops.bundle", home)
+    repo = server_repo(git_daemon)
+    target = RemoteTarget(template, scratch=tmp_path)
+    try:
+        target.stage("gitops", bundle, refs)
+        # The server side of the held connection ends (a restart, an idle limit).
+        assert wait_for(lambda: bool(receive_pack_pids(repo)))
+        for pid in receive_pack_pids(repo):
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not receive_pack_pids(repo))
+        assert ls_remote(url, home) == {}
+
+        target.publish("gitops", refs, head="refs/heads/main", force=False)
+    finally:
+        target.close()
+
+    assert ls_remote(url, home) == dict(refs)
+    git("-C", repo, "fsck", "--strict", "--no-dangling", home=home)
 
 
 def test_a_push_the_server_refuses_is_reported_and_moves_nothing(

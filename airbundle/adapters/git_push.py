@@ -142,12 +142,19 @@ class PendingPush:
         self._what = what
 
     def finish(self) -> None:
-        """Send the pack's last bytes; success only if the server reports it."""
+        """Send the pack's last bytes; success only if the server reports it.
+
+        Unsupported if the connection is gone (a server that closed it while
+        it was held, a restart): without the last bytes the server landed
+        nothing, and the caller pushes again from the start."""
         try:
-            self._session.send(self._tail)
-            answer = self._session.answer()
+            answer = self._session.exchange(self._tail)
+        except OSError as exc:
+            raise Unsupported(f"the connection held since staging is gone: {exc}") from None
         finally:
             self._session.close()
+        if not answer:
+            raise Unsupported("the connection held since staging closed without an answer")
         _check_answer(answer, _uses_sideband(self._commands), self._names, self._what)
 
     def abort(self) -> None:
@@ -321,16 +328,21 @@ class _GitSession(_Session):
             raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
 
     def answer(self) -> bytes:
-        assert self.sock is not None
         try:
-            self.sock.settimeout(ANSWER_TIMEOUT)
-            answer = bytearray()
-            while part := self.sock.recv(1 << 16):
-                answer += part
-                if len(answer) > self.max_answer:
-                    raise OSError(f"the answer is over {self.max_answer} bytes")
+            return self.exchange(b"")
         except OSError as exc:
             raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
+
+    def exchange(self, last: bytes) -> bytes:
+        """Send `last`, then read the server's whole answer (OSError as it is)."""
+        assert self.sock is not None
+        self.sock.sendall(last)
+        self.sock.settimeout(ANSWER_TIMEOUT)
+        answer = bytearray()
+        while part := self.sock.recv(1 << 16):
+            answer += part
+            if len(answer) > self.max_answer:
+                raise OSError(f"the answer is over {self.max_answer} bytes")
         return bytes(answer)
 
     def finish(self) -> None:

@@ -144,7 +144,7 @@ class RemoteTarget:
         self._direct: dict[str, tuple[Path, int]] = {}  # name -> (bundle, pack offset)
         # name -> (the push held before its last bytes or None if nothing to
         # push, the bundle): git:// pushes started while the objects are checked.
-        self._pending: dict[str, tuple[git_push.PendingPush | None, Path]] = {}
+        self._pending: dict[str, tuple[git_push.PendingPush | None, Path, int]] = {}
 
     def url(self, name: str) -> str:
         return self.template.replace("{name}", check_repo_name(name, error=TargetError))
@@ -203,7 +203,7 @@ class RemoteTarget:
                 check()
                 self._direct[name] = (bundle, heads.pack_offset)
                 return
-            self._pending[name] = (pending, bundle)
+            self._pending[name] = (pending, bundle, heads.pack_offset)
             return
         self._stage_here(name, bundle, refs)
 
@@ -255,7 +255,7 @@ class RemoteTarget:
         if name in self._pending and any(current.get(r) not in (None, oid) for r, oid in refs):
             # A ref appeared since the push started: judge it as a move, from
             # a staged history (the held push is dropped, nothing landed).
-            pending, bundle = self._pending.pop(name)
+            pending, bundle, _offset = self._pending.pop(name)
             if pending is not None:
                 pending.abort()
             self._stage_here(name, bundle, refs)
@@ -276,12 +276,15 @@ class RemoteTarget:
         return problems
 
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
-        if name in self._pending:
-            pending, _bundle = self._pending.pop(name)
-            if pending is not None:
-                pending.finish()
-            return
         direct = self._direct.pop(name, None)
+        if name in self._pending:
+            pending, bundle, offset = self._pending.pop(name)
+            try:
+                if pending is not None:
+                    pending.finish()
+                return
+            except git_push.Unsupported:
+                direct = (bundle, offset)  # the held connection is gone: push again
         if direct is not None:
             what = f"repo {name!r}: push to {self.describe(name)}"
             try:
@@ -315,9 +318,9 @@ class RemoteTarget:
         )
 
     def discard(self, name: str) -> None:
-        pending, _bundle = self._pending.pop(name, (None, None))
-        if pending is not None:
-            pending.abort()  # nothing of it lands
+        held = self._pending.pop(name, None)
+        if held is not None and held[0] is not None:
+            held[0].abort()  # nothing of it lands
 
     def close(self) -> None:
         for name in list(self._pending):
