@@ -237,9 +237,8 @@ def _fetch_pack(url: str, patterns: Sequence[str], repo: Path, *, what: str) -> 
     server no longer has are deleted, as fetch --prune does) in one
     transaction. Returns the remote's HEAD branch, from the same listing.
     """
-    listing = run_git(
-        ["ls-remote", "--symref", "--", url], error=SourceError, what=f"{what} ({redact(url)})"
-    ).stdout
+    shown = f"{what} (fetching {redact(url)})"
+    listing = run_git(["ls-remote", "--symref", "--", url], error=SourceError, what=shown).stdout
     match = _SYMREF_HEAD.match(listing)
     head = match.group(1).decode() if match else None
     wanted = sorted(
