@@ -10,13 +10,19 @@ first when the step needs one, then runs the step once under the profiler:
   waits on the network and on git children show; writes collapsed stacks
   (``pyspy.txt``, feed it to flamegraph.pl or speedscope) and prints the top frames;
 * ``cprofile``: deterministic, in process; writes ``cprofile.pstats`` and prints
-  the top functions by cumulative and own time.
+  the top functions by cumulative and own time;
+* ``trace2``: git's own trace (``GIT_TRACE2_EVENT``) of every git process the
+  command starts (and the processes those start: index-pack, rev-list,
+  pack-objects, upload-pack); writes ``trace2.json`` and prints each one's
+  wall time, start and end (seconds from the first), i.e. where a git export
+  or import waits. A server's receive-pack is the server's, not traced.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import pstats
 import re
 import shutil
@@ -60,12 +66,42 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
+def summarize_trace2(path: Path) -> str:
+    """Every git process of a trace2 event file: start, end and wall time (s)."""
+    starts: dict[str, float] = {}
+    rows: list[tuple[float, float, str]] = []
+    argv: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        sid, kind = event.get("sid", ""), event.get("event")
+        if kind == "version":
+            starts.setdefault(sid, _abs_time(event["time"]))
+        elif kind == "start":
+            argv[sid] = " ".join(event.get("argv", []))[:110]
+        elif kind == "exit" and sid in starts:
+            start = starts[sid]
+            rows.append((start, start + float(event["t_abs"]), argv.get(sid, "?")))
+    if not rows:
+        return "no git process traced"
+    first = min(r[0] for r in rows)
+    out = ["  start    end   wall  command (nested sids are children of the line above)"]
+    for start, end, cmd in sorted(rows):
+        out.append(f"{start - first:7.2f} {end - first:6.2f} {end - start:6.2f}  {cmd}")
+    return "\n".join(out)
+
+
+def _abs_time(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--step", choices=("export", "verify", "import"), required=True)
     p.add_argument("--dataset", choices=("single", "shared", "small", "git"), required=True)
-    p.add_argument("--tool", choices=("py-spy", "cprofile"), default="py-spy")
+    p.add_argument("--tool", choices=("py-spy", "cprofile", "trace2"), default="py-spy")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=None, help="default bench/out/profile-...")
     p.add_argument("--cache", type=Path, default=DEFAULT_ROOT / "cache")
@@ -93,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = str(snapshot)
     try:
         data = ensure_data(plan, cache, env, log)
-        bench = Bench(plan, data, cache, work, env, 1, set(), log)
+        # The group whose images the source registry must hold for the dataset.
+        group = {"small": "small-images", "git": "git"}.get(args.dataset, "export")
+        bench = Bench(plan, data, cache, work, env, 1, {group}, log)
         with bench.sources():
             ds = bench.datasets[args.dataset]
             spec = bench.write_spec(ds)
@@ -108,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 prefix = [spy, "record", "-r", str(args.rate), "--idle", "-f", "raw"]
                 prefix += ["-o", str(out / "pyspy.txt"), "--"]
+            elif args.tool == "trace2":
+                (out / "trace2.json").unlink(missing_ok=True)
+                run_env["GIT_TRACE2_EVENT"] = str(out / "trace2.json")
             else:
                 run_env["BENCH_CPROFILE"] = str(out / "cprofile.pstats")
 
@@ -129,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.tool == "py-spy":
             summary = summarize_collapsed(out / "pyspy.txt")
+        elif args.tool == "trace2":
+            summary = summarize_trace2(out / "trace2.json")
         else:
             buf = io.StringIO()
             stats = pstats.Stats(str(out / "cprofile.pstats"), stream=buf)

@@ -172,14 +172,21 @@ class Bench:
     def _seed_registry(self) -> None:
         """Hard-link the cached registry storage in, or push every image with skopeo
         (``--all --preserve-digests``) and cache the storage for next time."""
-        cached = self.cache / "registry"
+        needed = self.image_datasets()
+        everything = [n for n, ds in self.datasets.items() if ds.layout]
+        # A run of some groups pushes only their images (the scale size's 20 GiB
+        # shared set is not pushed for a run of its git and small images).
+        name = "registry" if needed == everything else "registry-" + "-".join(needed)
+        cached = self.cache / name
         storage = self.src.storage
         if (cached / "ready").is_file():
             subprocess.run(["cp", "-al", str(cached / "docker"), str(storage)], check=True)
             self.log("source registry seeded from the cache (hard links)")
             return
+        if not needed:
+            return
         start = time.monotonic()
-        jobs = [(ds.layout, img) for ds in self.datasets.values() if ds.layout for img in ds.images]
+        jobs = [(self.datasets[n].layout, img) for n in needed for img in self.datasets[n].images]
 
         def push(job: tuple[Path, dict[str, Any]]) -> None:
             layout, img = job
@@ -197,6 +204,15 @@ class Bench:
         cached.mkdir()
         subprocess.run(["cp", "-al", str(storage / "docker"), str(cached / "docker")], check=True)
         (cached / "ready").write_text("ok\n")
+
+    def image_datasets(self) -> list[str]:
+        """The image datasets the selected groups read from the source registry."""
+        needed = []
+        if self.groups & {"export", "verify", "import"}:
+            needed += ["single", "shared"]
+        if "small-images" in self.groups:
+            needed.append("small")
+        return needed
 
     # --- the steps --------------------------------------------------------
 

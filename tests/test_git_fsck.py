@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from airbundle.errors import EXIT_IO, EXIT_OK
+from airbundle.adapters.git_targets import RemoteTarget
+from airbundle.errors import EXIT_IO, EXIT_OK, TargetError
 from airbundle.format.manifest import RefEntry, RepoEntry
+from airbundle.limits import Limits
 from support.crafting import World, make_manifest, world, write_bundle
 from support.env import AIRBUNDLE, require_tool
 from support.git_daemon import GitDaemon
@@ -263,3 +265,50 @@ def test_a_good_bundle_still_goes_to_a_server_as_a_pack(
     assert proc.returncode == EXIT_OK, proc.stderr
     assert fsck_strict(repo).returncode == 0
     assert git("-C", repo, "rev-parse", "refs/heads/main") == tip
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_objects_in_a_pack_sent_while_checked_never_land_on_the_server(
+    tmp_path: Path, git_daemon: GitDaemon, case: str
+) -> None:
+    """git:// and a large pack: the pack goes to receive-pack while airbundle
+    checks it, all but its last bytes (limits lowered here so that this small
+    pack takes that path); the check fails, the connection closes, the server
+    never has the whole pack: no ref, no object in its repository."""
+    repo = git_daemon.init_bare("app.git")
+    source, _base, tip = source_repo(tmp_path, case)
+    member = tmp_path / "app.bundle"
+    git("-C", source, "bundle", "create", "--quiet", member, "refs/heads/main")
+    limits = Limits(git_push_overlap_min_bytes=0, git_push_held_bytes=20)
+    target = RemoteTarget(f"git://{git_daemon.host}/{{name}}.git", scratch=tmp_path, limits=limits)
+    try:
+        with pytest.raises(TargetError) as caught:
+            target.stage("app", member, [("refs/heads/main", tip)])
+    finally:
+        target.close()
+
+    assert "fsck" in caught.value.message and case in caught.value.message
+    assert git("-C", repo, "for-each-ref") == ""
+    assert git("-C", repo, "cat-file", "-t", tip, check=False) == ""
+    assert fsck_strict(repo).returncode == 0, fsck_strict(repo).stderr
+
+
+def test_a_good_pack_sent_while_checked_lands_when_published(
+    tmp_path: Path, git_daemon: GitDaemon
+) -> None:
+    repo = git_daemon.init_bare("app.git")
+    source, _base, tip = source_repo(tmp_path, None)
+    member = tmp_path / "app.bundle"
+    git("-C", source, "bundle", "create", "--quiet", member, "refs/heads/main")
+    limits = Limits(git_push_overlap_min_bytes=0, git_push_held_bytes=20)
+    target = RemoteTarget(f"git://{git_daemon.host}/{{name}}.git", scratch=tmp_path, limits=limits)
+    refs = [("refs/heads/main", tip)]
+    try:
+        target.stage("app", member, refs)
+        assert git("-C", repo, "for-each-ref") == ""
+        target.publish("app", refs, head="refs/heads/main", force=False)
+    finally:
+        target.close()
+
+    assert git("-C", repo, "rev-parse", "refs/heads/main").strip() == tip
+    assert fsck_strict(repo).returncode == 0

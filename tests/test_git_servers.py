@@ -9,14 +9,20 @@ unpacked with tar and zstd, ``git clone`` + ``git fsck --strict``, and
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import random
 import select
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +272,81 @@ def test_export_refuses_a_malformed_object_from_upstream(
     assert not list((tmp_path / "out").glob("*.airbundle"))
 
 
+def git_children(trace: Path) -> list[str]:
+    """The command lines of the git processes git started (GIT_TRACE2_EVENT)."""
+    out = []
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "child_start":
+            out.append(" ".join(event.get("argv", [])))
+    return out
+
+
+def test_a_first_fetch_walks_the_history_once(
+    git_daemon: GitDaemon,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # git fetch would walk every object after indexing (rev-list --objects
+    # --stdin --not --all); fetch-pack's self-contained pack needs no walk, so
+    # the one walk left is the export's reachability check of the pack.
+    home = tmp_path / "git-home"
+    url = seed(git_daemon, sample_tree, home)
+    trace = tmp_path / "trace2.json"
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+    log = git_spy(tmp_path, monkeypatch)
+
+    result = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], cache_dir=tmp_path / "cache"
+    )
+
+    assert manifest_refs(result) == ls_remote(url, home)
+    commands = log.read_text()
+    assert "fetch-pack" in commands and " fetch " not in f" {commands} "
+    walks = [c for c in commands.splitlines() if "rev-list" in c and "--objects" in c]
+    walks += [c for c in git_children(trace) if "rev-list" in c and "--objects" in c]
+    assert len(walks) == 1, walks
+    assert "index-pack" in " ".join(git_children(trace))  # the pack was indexed (--strict)
+    assert any("--strict" in c for c in git_children(trace) if "index-pack" in c)
+
+
+def test_a_ref_deleted_upstream_leaves_the_cache_and_the_next_bundle(
+    git_daemon: GitDaemon,
+    sample_tree: Path,
+    signing_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "git-home"
+    url = seed(git_daemon, sample_tree, home)
+    cache = tmp_path / "cache"
+    first = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="first", cache_dir=cache
+    )
+    assert "refs/heads/release-1.0" in manifest_refs(first)
+    work = work_clone(url, tmp_path / "work", home)
+    git("-C", work, "push", "--quiet", "origin", ":refs/heads/release-1.0", home=home)
+    new = commit_file(work, "kustomization.yaml", "resources: []\n", "empty it", home)
+    git("-C", work, "push", "--quiet", "origin", "main", home=home)
+
+    second = export_spec(
+        tmp_path, signing_key, repos=[repo_entry("gitops", url)], name="second", cache_dir=cache
+    )
+
+    assert manifest_refs(second) == ls_remote(url, home)
+    assert manifest_refs(second)["refs/heads/main"] == new
+    assert "refs/heads/release-1.0" not in manifest_refs(second)
+    (mirror,) = (cache / "git").glob("*-gitops.git")
+    cached = git("-C", mirror, "for-each-ref", "--format=%(refname)", home=home).split()
+    assert "refs/heads/release-1.0" not in cached and "refs/heads/main" in cached
+    # Every fetch's pack is an ordinary one: no .keep left behind by fetch-pack.
+    assert list((mirror / "objects" / "pack").glob("*.keep")) == []
+    member = unpack(second.path, tmp_path / "unpacked") / "repos" / "gitops.bundle"
+    clone = tmp_path / "clone"
+    assert clone_and_fsck(str(member), clone, home, "--branch", "main") == new
+
+
 def test_credentials_in_the_url_stay_out_of_the_bundle_and_cache(
     git_http_auth: GitHttpServer, sample_tree: Path, signing_key: KeyPair, tmp_path: Path
 ) -> None:
@@ -427,6 +508,149 @@ def test_a_first_import_sends_the_bundle_pack_without_staging_it_here(
         clone_and_fsck(url, tmp_path / "clone", home)
         == manifest_refs(gitops_bundle)["refs/heads/main"]
     )
+
+
+def bundle_of(source: Path, dest: Path, home: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """A full git bundle of the samples' gitops history with a commit of 9 MiB of
+    seeded random bytes on top (a pack over Limits.git_push_overlap_min_bytes),
+    and its refs."""
+    work = work_clone(str(source), dest.with_suffix(".work"), home)
+    git("-C", work, "branch", "--quiet", "release-1.0", "origin/release-1.0", home=home)
+    (work / "data.bin").write_bytes(random.Random(14).randbytes(9 << 20))  # noqa: S311
+    git("-C", work, "add", "data.bin", home=home)
+    git("-C", work, "commit", "--quiet", "-m", "data", home=home)
+    git("-C", work, "bundle", "create", "--quiet", dest, "--branches", "--tags", home=home)
+    heads = bundle_heads(dest, home)
+    return dest, sorted((ref, oid) for ref, oid in heads.items() if ref.startswith("refs/"))
+
+
+def server_packs(repo: Path) -> list[Path]:
+    """Packs under the repository's objects, and receive-pack's quarantine
+    folders (objects/tmp_objdir-incoming-*, where an incoming pack is written)."""
+    objects = repo / "objects"
+    return sorted([*objects.rglob("*.pack"), *objects.glob("tmp_objdir-incoming-*")])
+
+
+def receive_pack_pids(repo: Path) -> list[int]:
+    """The receive-pack processes running in `repo` (git daemon starts them
+    there: `receive-pack .`)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pids = []
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if "receive-pack" in args:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cwd").resolve() == repo.resolve():
+                    pids.append(int(pid))
+    return pids
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_git_push_held_from_staging_moves_nothing_until_published(
+    git_daemon: GitDaemon, sample_tree: Path, tmp_path: Path
+) -> None:
+    # git://: the pack goes to receive-pack while the objects are checked here,
+    # all but its last bytes; the server can land nothing without them.
+    home = tmp_path / "git-home"
+    template = target_template(git_daemon)
+    url = template.replace("{name}", "gitops")
+    bundle, refs = bundle_of(sample_tree / "gitops", tmp_path / "gitops.bundle", home)
+    target = RemoteTarget(template, scratch=tmp_path)
+    try:
+        target.stage("gitops", bundle, refs)
+        assert target.refused("gitops", refs) == []
+
+        # The pack is with the server, in receive-pack's quarantine, not landed.
+        assert wait_for(lambda: bool(server_packs(server_repo(git_daemon))))
+        assert all(
+            p.name.startswith("tmp_objdir-incoming-") for p in server_packs(server_repo(git_daemon))
+        )
+        assert ls_remote(url, home) == {}
+        tip = dict(refs)["refs/heads/main"]
+        assert git("-C", server_repo(git_daemon), "rev-list", "--all", home=home) == ""
+
+        target.publish("gitops", refs, head="refs/heads/main", force=False)
+    finally:
+        target.close()
+
+    assert ls_remote(url, home) == dict(refs)
+    git("-C", server_repo(git_daemon), "fsck", "--strict", "--no-dangling", home=home)
+    assert clone_and_fsck(url, tmp_path / "clone", home, "--branch", "main") == tip
+
+
+def test_a_held_git_push_dropped_by_a_failed_import_leaves_nothing_on_the_server(
+    git_daemon: GitDaemon, sample_tree: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    template = target_template(git_daemon)
+    url = template.replace("{name}", "gitops")
+    bundle, refs = bundle_of(sample_tree / "gitops", tmp_path / "gitops.bundle", home)
+    target = RemoteTarget(template, scratch=tmp_path)
+    target.stage("gitops", bundle, refs)
+
+    target.discard("gitops")  # what the importer does when a later step fails
+    target.close()
+
+    # receive-pack sees the pack end early and fails: its objects stay in its
+    # quarantine (objects/tmp_objdir-incoming-*, which git prune removes
+    # later), never in the repository's object store.
+    repo = server_repo(git_daemon)
+    assert wait_for(lambda: not receive_pack_pids(repo))
+    counted = dict(
+        line.split(": ") for line in git("-C", repo, "count-objects", "-v", home=home).splitlines()
+    )
+    assert counted["count"] == "0" and counted["in-pack"] == "0", counted
+    assert list((repo / "objects" / "pack").glob("*.pack")) == []
+    git("-C", repo, "fsck", "--strict", "--no-dangling", home=home)
+    assert ls_remote(url, home) == {}
+    tip = dict(refs)["refs/heads/main"]
+    absent = subprocess.run(
+        ["git", "-C", str(server_repo(git_daemon)), "cat-file", "-e", tip],
+        env=git_env(home),
+        capture_output=True,
+        check=False,
+    )
+    assert absent.returncode != 0
+    # The same bundle imports once the failure is gone.
+    again = RemoteTarget(template, scratch=tmp_path)
+    try:
+        again.stage("gitops", bundle, refs)
+        again.publish("gitops", refs, head="refs/heads/main", force=False)
+    finally:
+        again.close()
+    assert ls_remote(url, home) == dict(refs)
+
+
+def test_a_held_git_push_whose_connection_is_gone_is_pushed_again_at_publish(
+    git_daemon: GitDaemon, sample_tree: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "git-home"
+    template = target_template(git_daemon)
+    url = template.replace("{name}", "gitops")
+    bundle, refs = bundle_of(sample_tree / "gitops", tmp_path / "gitops.bundle", home)
+    repo = server_repo(git_daemon)
+    target = RemoteTarget(template, scratch=tmp_path)
+    try:
+        target.stage("gitops", bundle, refs)
+        # The server side of the held connection ends (a restart, an idle limit).
+        assert wait_for(lambda: bool(receive_pack_pids(repo)))
+        for pid in receive_pack_pids(repo):
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not receive_pack_pids(repo))
+        assert ls_remote(url, home) == {}
+
+        target.publish("gitops", refs, head="refs/heads/main", force=False)
+    finally:
+        target.close()
+
+    assert ls_remote(url, home) == dict(refs)
+    git("-C", repo, "fsck", "--strict", "--no-dangling", home=home)
 
 
 def test_a_push_the_server_refuses_is_reported_and_moves_nothing(

@@ -16,7 +16,8 @@ import contextlib
 import socket
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import urllib3
@@ -104,11 +105,7 @@ def push_pack(
         answer, sideband = session.push(pktline.commands(updates, caps), chunks, size)
     finally:
         session.close()
-    try:
-        report = pktline.parse_report(answer, sideband=sideband)
-    except pktline.PktLineError as exc:
-        raise TargetError(f"{what}: the server's answer is not a push report: {exc}") from None
-    check_report(report, [name for _, _, name in updates], what)
+    _check_answer(answer, sideband, [name for _, _, name in updates], what)
 
 
 def check_report(report: Report, names: Sequence[str], what: str) -> None:
@@ -126,14 +123,131 @@ def check_report(report: Report, names: Sequence[str], what: str) -> None:
         raise TargetError(f"{what}: the server did not update {text}")
 
 
+class PendingPush:
+    """A git:// push whose pack has gone to the server but for its last bytes.
+
+    The server's index-pack has parsed the objects into its quarantine; no
+    object lands and no ref moves until `finish` sends the rest, and `abort`
+    (closing the connection) makes the server drop them all. The import holds
+    it from staging to publishing: the refs still move last, after the images.
+    """
+
+    def __init__(
+        self, session: _GitSession, tail: bytes, commands: bytes, names: list[str], what: str
+    ) -> None:
+        self._session = session
+        self._tail = tail
+        self._commands = commands
+        self._names = names
+        self._what = what
+
+    def finish(self) -> None:
+        """Send the pack's last bytes; success only if the server reports it.
+
+        Unsupported if the connection is gone (a server that closed it while
+        it was held, a restart): without the last bytes the server landed
+        nothing, and the caller pushes again from the start."""
+        try:
+            answer = self._session.exchange(self._tail)
+        except OSError as exc:
+            raise Unsupported(f"the connection held since staging is gone: {exc}") from None
+        finally:
+            self._session.close()
+        if not answer:
+            raise Unsupported("the connection held since staging closed without an answer")
+        _check_answer(answer, _uses_sideband(self._commands), self._names, self._what)
+
+    def abort(self) -> None:
+        self._session.close()
+
+
+def start_push(
+    url: str,
+    refs: Sequence[tuple[str, str]],
+    pack: Path,
+    offset: int,
+    *,
+    check: Callable[[], None],
+    what: str,
+    limits: Limits = DEFAULT_LIMITS,
+) -> PendingPush | None:
+    """Create `refs` on a git:// server with the pack in `pack` from `offset`,
+    all of it sent but its last `Limits.git_push_held_bytes` while `check`
+    runs beside it (the bundle's objects checked here: both index-packs, the
+    server's and ours, at once instead of one after the other). If `check`
+    raises, the connection is closed before the last bytes: nothing lands.
+
+    None when every ref is already where `refs` say (`check` still runs).
+    Unsupported (nothing sent) for other servers than git://, servers that
+    lack what the push needs, and refs that exist with other commits (whether
+    that is a fast-forward is the caller's question).
+    """
+    if urllib.parse.urlsplit(url).scheme != "git":
+        raise Unsupported("not git://")
+    session = _GitSession(url, limits.max_git_answer_bytes)
+    try:
+        adv = session.advertisement()
+        updates = [(ZERO_OID, oid, name) for name, oid in refs if adv.refs.get(name) != oid]
+        if any(name in adv.refs for _, _, name in updates):
+            raise Unsupported("refs exist on the server with other commits")
+        needed = {"report-status", "ofs-delta"} | ({"atomic"} if len(updates) > 1 else set())
+        if updates and not needed <= adv.capabilities:
+            raise Unsupported(f"the server lacks {', '.join(sorted(needed - adv.capabilities))}")
+    except BaseException:
+        session.close()
+        raise
+    if not updates:
+        session.finish()
+        session.close()
+        check()
+        return None
+    caps = ["report-status", "atomic", "side-band-64k", "quiet"]
+    caps = [c for c in caps if c in adv.capabilities] + [AGENT]
+    commands = pktline.commands(updates, caps)
+    size = pack.stat().st_size - offset
+    held = min(size, limits.git_push_held_bytes)
+    with ThreadPoolExecutor(1, thread_name_prefix="airbundle-git-check") as pool:
+        checking = pool.submit(check)
+        try:
+            session.send(commands, _read(pack, offset, limits.io_chunk_bytes, size - held))
+            checking.result()
+        except BaseException:
+            session.close()  # before the last bytes: the server drops the pack
+            raise
+    with pack.open("rb") as fh:
+        fh.seek(offset + size - held)
+        tail = fh.read(held)
+    if len(tail) != held:
+        session.close()
+        raise TargetError(f"{what}: {pack} changed while it was sent")
+    return PendingPush(session, tail, commands, [name for _, _, name in updates], what)
+
+
+def _check_answer(answer: bytes, sideband: bool, names: Sequence[str], what: str) -> None:
+    try:
+        report = pktline.parse_report(answer, sideband=sideband)
+    except pktline.PktLineError as exc:
+        raise TargetError(f"{what}: the server's answer is not a push report: {exc}") from None
+    check_report(report, names, what)
+
+
 def _uses_sideband(commands: bytes) -> bool:
     return b"side-band-64k" in commands.split(b"\n", 1)[0]
 
 
-def _read(path: Path, offset: int, chunk_bytes: int) -> Iterator[bytes]:
+def _read(path: Path, offset: int, chunk_bytes: int, size: int | None = None) -> Iterator[bytes]:
+    """The file's bytes from `offset`: `size` of them, or all to its end."""
+    left = size
     with path.open("rb") as fh:
         fh.seek(offset)
-        while chunk := fh.read(chunk_bytes):
+        while left is None or left > 0:
+            chunk = fh.read(chunk_bytes if left is None else min(chunk_bytes, left))
+            if not chunk:
+                if left:
+                    raise TargetError(f"{path} ended {left} bytes early")
+                return
+            if left is not None:
+                left -= len(chunk)
             yield chunk
 
 
@@ -201,20 +315,35 @@ class _GitSession(_Session):
             out += self._recv_exact(size - 4)
 
     def push(self, commands: bytes, pack: Iterator[bytes], size: int) -> tuple[bytes, bool]:
+        self.send(commands, pack)
+        return self.answer(), _uses_sideband(commands)
+
+    def send(self, *parts: bytes | Iterator[bytes]) -> None:
         assert self.sock is not None
         try:
-            self.sock.sendall(commands)
-            for chunk in pack:
-                self.sock.sendall(chunk)
-            self.sock.settimeout(ANSWER_TIMEOUT)
-            answer = bytearray()
-            while part := self.sock.recv(1 << 16):
-                answer += part
-                if len(answer) > self.max_answer:
-                    raise OSError(f"the answer is over {self.max_answer} bytes")
+            for part in parts:
+                for chunk in [part] if isinstance(part, bytes) else part:
+                    self.sock.sendall(chunk)
         except OSError as exc:
             raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
-        return bytes(answer), _uses_sideband(commands)
+
+    def answer(self) -> bytes:
+        try:
+            return self.exchange(b"")
+        except OSError as exc:
+            raise TargetError(f"git://{self.netloc}{self.path}: push failed: {exc}") from None
+
+    def exchange(self, last: bytes) -> bytes:
+        """Send `last`, then read the server's whole answer (OSError as it is)."""
+        assert self.sock is not None
+        self.sock.sendall(last)
+        self.sock.settimeout(ANSWER_TIMEOUT)
+        answer = bytearray()
+        while part := self.sock.recv(1 << 16):
+            answer += part
+            if len(answer) > self.max_answer:
+                raise OSError(f"the answer is over {self.max_answer} bytes")
+        return bytes(answer)
 
     def finish(self) -> None:
         if self.sock is not None:

@@ -142,6 +142,9 @@ class RemoteTarget:
         self._scratch_parent = scratch
         self._scratch: Path | None = None  # made when first needed
         self._direct: dict[str, tuple[Path, int]] = {}  # name -> (bundle, pack offset)
+        # name -> (the push held before its last bytes or None if nothing to
+        # push, the bundle): git:// pushes started while the objects are checked.
+        self._pending: dict[str, tuple[git_push.PendingPush | None, Path, int]] = {}
 
     def url(self, name: str) -> str:
         return self.template.replace("{name}", check_repo_name(name, error=TargetError))
@@ -172,12 +175,35 @@ class RemoteTarget:
             and sorted(heads.refs) == sorted(refs)
             and git_push.speaks(self.url(name))
         ):
-            # The server indexes the pack; it is checked here first (the
+            # The server indexes the pack; it is checked here too (the
             # server may not set receive.fsckObjects), with no base needed.
             empty = self._work(".fsck-bases")  # no repo name starts with "."
             git.ensure_bare_repo(empty, what=f"repo {name!r}")
-            git.check_objects(bundle, empty, what=f"repo {name!r}")
-            self._direct[name] = (bundle, heads.pack_offset)
+
+            def check() -> None:
+                git.check_objects(bundle, empty, what=f"repo {name!r}")
+
+            try:
+                # git://: sent while checked, the last bytes held until publish.
+                if (
+                    bundle.stat().st_size - heads.pack_offset
+                    < self.limits.git_push_overlap_min_bytes
+                ):
+                    raise git_push.Unsupported("a small pack")
+                pending = git_push.start_push(
+                    self.url(name),
+                    refs,
+                    bundle,
+                    heads.pack_offset,
+                    check=check,
+                    what=f"repo {name!r}: push to {self.describe(name)}",
+                    limits=self.limits,
+                )
+            except git_push.Unsupported:
+                check()
+                self._direct[name] = (bundle, heads.pack_offset)
+                return
+            self._pending[name] = (pending, bundle, heads.pack_offset)
             return
         self._stage_here(name, bundle, refs)
 
@@ -226,6 +252,13 @@ class RemoteTarget:
 
     def refused(self, name: str, refs: Refs) -> list[str]:
         current = self._remote_refs(name)
+        if name in self._pending and any(current.get(r) not in (None, oid) for r, oid in refs):
+            # A ref appeared since the push started: judge it as a move, from
+            # a staged history (the held push is dropped, nothing landed).
+            pending, bundle, _offset = self._pending.pop(name)
+            if pending is not None:
+                pending.abort()
+            self._stage_here(name, bundle, refs)
         if name in self._direct and any(current.get(r) not in (None, oid) for r, oid in refs):
             # Moving a ref, not creating it: whether that is a fast-forward
             # needs the history here.
@@ -244,6 +277,14 @@ class RemoteTarget:
 
     def publish(self, name: str, refs: Refs, *, head: str | None, force: bool) -> None:
         direct = self._direct.pop(name, None)
+        if name in self._pending:
+            pending, bundle, offset = self._pending.pop(name)
+            try:
+                if pending is not None:
+                    pending.finish()
+                return
+            except git_push.Unsupported:
+                direct = (bundle, offset)  # the held connection is gone: push again
         if direct is not None:
             what = f"repo {name!r}: push to {self.describe(name)}"
             try:
@@ -277,9 +318,13 @@ class RemoteTarget:
         )
 
     def discard(self, name: str) -> None:
-        pass
+        held = self._pending.pop(name, None)
+        if held is not None and held[0] is not None:
+            held[0].abort()  # nothing of it lands
 
     def close(self) -> None:
+        for name in list(self._pending):
+            self.discard(name)
         if self._scratch is not None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self._scratch)
