@@ -41,7 +41,7 @@ from airbundle.ops.lock_extras import (
     read_lock_extras,
 )
 from airbundle.ops.sources import Sources
-from airbundle.ops.vetting import judge_images
+from airbundle.ops.vetting import Judged, judge_images
 
 LOCK_KIND = "BundleLock"
 
@@ -164,6 +164,34 @@ class _Tally:
         return size, total
 
 
+def _planned_image(
+    text: str,
+    image: CollectedImage,
+    size: int,
+    total: int,
+    judgement: Judged | None,
+    referrers: tuple[tuple[str, str | None], ...] | None = None,
+    *,
+    from_chart: bool = False,
+) -> PlannedImage:
+    return PlannedImage(
+        text,
+        str(image.ref),
+        # The source's digest: a platform subset's index is ours, the registry
+        # only knows the one it came from (the lock pins that one).
+        str(image.source_digest or image.root.digest),
+        image.platforms,
+        size,
+        total,
+        referrers,
+        judgement.describe() if judgement else None,
+        judgement.verdict.accepted if judgement else True,
+        tuple(dict.fromkeys(image.requested_by)),
+        from_chart=from_chart,
+        subset_digest=str(image.root.digest) if image.source_digest else None,
+    )
+
+
 def make_plan(
     spec: BundleSpec,
     *,
@@ -197,25 +225,13 @@ def make_plan(
     for n, (item, image) in enumerate(zip(spec.images, images, strict=True)):
         size, total = tally.image(image)
         carried += size
-        planned.append(
-            PlannedImage(
-                item.text,
-                str(image.ref),
-                # The source's digest: a platform subset's index is ours, the
-                # registry only knows the one it came from.
-                str(image.source_digest or image.root.digest),
-                image.platforms,
-                size,
-                total,
-                tuple((str(r.root.digest), r.ref.tag) for r in image.referrers)
-                if item.referrers
-                else None,
-                judged[n].describe() if judged else None,
-                judged[n].verdict.accepted if judged else True,
-                tuple(dict.fromkeys(image.requested_by)),
-                subset_digest=str(image.root.digest) if image.source_digest else None,
-            )
+        referrers = (
+            tuple((str(r.root.digest), r.ref.tag) for r in image.referrers)
+            if item.referrers
+            else None
         )
+        judgement = judged[n] if judged else None
+        planned.append(_planned_image(item.text, image, size, total, judgement, referrers))
     planned_charts = []
     digests = {str(i.ref): str(i.root.digest) for i in [*images, *charts.images]}
     for n, chart in enumerate(charts.charts, start=len(spec.images)):
@@ -227,20 +243,9 @@ def make_plan(
     for n, image in enumerate(charts.images, start=after_charts):
         size, total = tally.image(image)
         carried += size
+        judgement = judged[n] if judged else None
         planned.append(
-            PlannedImage(
-                image.source_text,
-                str(image.ref),
-                str(image.source_digest or image.root.digest),
-                image.platforms,
-                size,
-                total,
-                policy=judged[n].describe() if judged else None,
-                accepted=judged[n].verdict.accepted if judged else True,
-                requested_by=tuple(dict.fromkeys(image.requested_by)),
-                from_chart=True,
-                subset_digest=str(image.root.digest) if image.source_digest else None,
-            )
+            _planned_image(image.source_text, image, size, total, judgement, from_chart=True)
         )
     with tempfile.TemporaryDirectory(prefix="airbundle-plan-") as scratch:
         cache = BlobCache(cache_dir) if cache_dir is not None else None
