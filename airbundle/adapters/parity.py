@@ -29,6 +29,7 @@ import errno
 import hashlib
 import mmap
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -107,10 +108,10 @@ class Layout:
         if shard < self.k:
             have = max(0, min(n, self.entry(shard).size - offset))
             _pread_into(fd, view[:have], offset)
-            view[have:n] = bytes(n - have)
+            view[have:n] = _zeros(n - have)
             if shard == 0 and offset < self.prefix:
                 zero = min(n, self.prefix - offset)
-                view[:zero] = bytes(zero)
+                view[:zero] = _zeros(zero)
         else:
             _pread_into(fd, view[:n], self.prefix + offset)
 
@@ -130,6 +131,16 @@ class Layout:
             return mapped
         self.read(fd, shard, offset, spare, n)
         return memoryview(spare)[:n], None
+
+
+_ZEROS = [b""]
+
+
+def _zeros(n: int) -> memoryview:
+    """n zero bytes, without making them anew for every stripe."""
+    if len(_ZEROS[0]) < n:
+        _ZEROS[0] = bytes(n)
+    return memoryview(_ZEROS[0])[:n]
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> None:
@@ -317,9 +328,21 @@ class _Rebuild:
         self.workers = max(1, limits.parity_workers)
         self.chunk = stripe_size((layout.k + len(self.wanted)) * (self.workers + 1), limits)
         self._slot: _Slot | None = None
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
 
     def slot(self) -> _Slot:
         return _Slot(len(self.sources), len(self.wanted), self.chunk)
+
+    def copy(self, number: int) -> list[bytes]:
+        """Stripe `number` of each wanted shard, as bytes of its own (thread-safe)."""
+        try:
+            slot = self._free.get_nowait()
+        except queue.Empty:
+            slot = self.slot()
+        try:
+            return [bytes(view) for view in self.compute(number, slot)]
+        finally:
+            self._free.put(slot)
 
     def compute(self, number: int, slot: _Slot) -> list[memoryview]:
         """Stripe `number` of each wanted shard, into `slot` (thread-safe
@@ -707,9 +730,7 @@ class RepairingVolumes:
         for later in window:
             key = (volume, later)
             if key not in self._cache and key not in self._ahead:
-                self._ahead[key] = self._ahead_pool.submit(
-                    lambda n: bytes(rebuild.compute(n, rebuild.slot())[0]), later
-                )
+                self._ahead[key] = self._ahead_pool.submit(lambda n: rebuild.copy(n)[0], later)
 
     def _prefix_copy(self, rebuild: _Rebuild) -> bytes:
         """The first volume's prefix region, from a parity volume used in the rebuild."""
