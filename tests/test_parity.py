@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import mmap
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from airbundle.adapters import parity
-from airbundle.adapters.gfkernel import IsalKernel, PythonKernel, find_isal
+from airbundle.adapters.gfkernel import IsalKernel, Kernel, PythonKernel, find_isal
 from airbundle.adapters.parity import Layout, RepairingVolumes, encode_parity, repair_set
 from airbundle.errors import IntegrityError, UsageError
 from airbundle.format.volumes import VolumeIndex
-from airbundle.limits import DEFAULT_LIMITS
+from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.access import open_bundle_access
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.sign import sign_bundle
@@ -361,11 +362,18 @@ def test_threaded_mapped_stripes_give_the_portable_kernels_bytes(
     index = VolumeIndex.from_bytes(s.index_path.read_bytes(), source="t")
     m = len(s.parity_names())
     lost = (s.data_names()[:1] + s.data_names()[-1:] + s.parity_names())[:m]
-    ways = [("isa-l mapped", IsalKernel(library), SMALL_STRIPES, False)]
-    ways.append(("python copied", PythonKernel(), ONE_THREAD, True))
+    ways: list[tuple[str, Kernel, Limits, bool]] = [
+        ("isa-l mapped", IsalKernel(library), SMALL_STRIPES, False),
+        ("python copied", PythonKernel(), ONE_THREAD, True),
+    ]
     mapped: list[int] = []
     real_map = parity._map
-    monkeypatch.setattr(parity, "_map", lambda fd, o, n: mapped.append(n) or real_map(fd, o, n))
+
+    def counted(fd: int, offset: int, n: int) -> tuple[memoryview, mmap.mmap] | None:
+        mapped.append(n)
+        return real_map(fd, offset, n)
+
+    monkeypatch.setattr(parity, "_map", counted)
     for label, kernel, limits, copied in ways:
         if copied:
             assert mapped, "the ISA-L pass read no mapped stripe"
