@@ -11,6 +11,7 @@ import mmap
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -650,6 +651,47 @@ def test_import_from_a_folder_without_write_permission(
         media.chmod(0o755)
     assert tree_state(media) == before
     assert any("p.airbundle.001 was missing" in n for n in report.notes)
+
+
+def test_sections_read_a_damaged_set_with_parity_and_name_what_they_rebuilt(
+    damaged_export: Path, key_pair: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify and import read a set with parity in parallel sections (small
+    bundles too, here), rebuilding in the reader the sections share."""
+    from airbundle.ops import sections
+
+    sectioned: list[int] = []
+    real = sections.read_sections
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        sectioned.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(sections, "read_sections", counted)
+    limits = dataclasses.replace(
+        DEFAULT_LIMITS, parallel_read_min_bytes=0, read_workers=2, import_streams=3
+    )
+    media = damaged_export
+    before = tree_state(media)
+    result = verify_bundle(media, trust_policy(key_pair), limits=limits)
+    assert sectioned == [1]
+    assert result.rebuilt == {
+        "p.airbundle.001": "missing",
+        "p.airbundle.002": "its bytes do not match the signed index",
+    }
+    assert result.parity_damaged == {}
+    report = import_(
+        media,
+        key_pair,
+        registry=f"oci:{tmp_path / 't' / 'img'}",
+        git=str(tmp_path / "t" / "git"),
+        state_dir=tmp_path / "state",
+        limits=limits,
+    )
+    assert sectioned == [1, 1]
+    assert any("p.airbundle.001 was missing" in n for n in report.notes)
+    assert any("p.airbundle.002 was damaged" in n for n in report.notes)
+    assert tree_state(media) == before
 
 
 def test_import_refuses_a_set_beyond_repair_before_writing(

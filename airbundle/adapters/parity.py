@@ -527,6 +527,7 @@ class RepairingVolumes:
         self._limits = limits
         self._lock = threading.RLock()
         self._state: dict[int, str | None] = {}  # shard -> None (whole) or its problem
+        self._gates: dict[int, threading.Lock] = {}  # one check of a volume at a time
         self._fds: dict[int, int] = {}
         self._scratch_fds: dict[int, int] = {}
         self._rebuilds: dict[int, _Rebuild] = {}
@@ -558,14 +559,14 @@ class RepairingVolumes:
 
     def on_media(self, volume: int) -> bool:
         """The volume's bytes are read from its own file (it is whole)."""
+        self._ensure(volume)
         with self._lock:
-            self._ensure(volume)
             return self._state[volume] is None
 
     def pread(self, volume: int, offset: int, n: int) -> bytes:
         """Bytes [offset, offset + n) of data volume `volume` (0-based), whole."""
+        self._ensure(volume)
         with self._lock:
-            self._ensure(volume)
             whole = self._state[volume] is None
             scratch = self._scratch_files.get(volume)
         if whole or scratch is not None:
@@ -595,10 +596,25 @@ class RepairingVolumes:
             return fd
 
     def _ensure(self, volume: int) -> None:
-        if volume not in self._state:
-            self._state[volume] = check_shard(self.layout, volume)
-        if self._state[volume] is not None and volume not in self._rebuilds:
-            self._rebuild(volume)
+        """The volume checked, and rebuilt if it is not whole. Readers of
+        different volumes (the sections of ops/sections.py) check theirs side
+        by side; a rebuild holds the set's lock (it may judge other volumes)."""
+        with self._lock:
+            if volume in self._state and (
+                self._state[volume] is None or volume in self._rebuilds
+            ):
+                return
+            gate = self._gates.setdefault(volume, threading.Lock())
+        with gate:
+            with self._lock:
+                known = volume in self._state
+            if not known:
+                problem = check_shard(self.layout, volume)
+                with self._lock:
+                    self._state.setdefault(volume, problem)
+            with self._lock:
+                if self._state[volume] is not None and volume not in self._rebuilds:
+                    self._rebuild(volume)
 
     def _rebuild(self, volume: int) -> None:
         """Rebuild one data volume, check it against the signed index, keep the
@@ -742,9 +758,10 @@ class RepairingVolumes:
     def check_parity(self) -> dict[str, str]:
         """Check every parity volume not checked yet: names of the bad ones."""
         with self._lock:
-            for s in range(self.layout.k, self.layout.k + self.layout.m):
-                if s not in self._state:
-                    self._state[s] = check_shard(self.layout, s)
+            parity = range(self.layout.k, self.layout.k + self.layout.m)
+            unchecked = [s for s in parity if s not in self._state]
+            problems = check_shards(self.layout, unchecked, self._limits)
+            self._state.update({s: problems.get(s) for s in unchecked})
             return {
                 self.layout.entry(s).name: p
                 for s, p in self._state.items()
