@@ -190,6 +190,19 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         offset += done
 
 
+def _pread_exactly(fd: int, n: int, offset: int) -> bytes:
+    """n bytes at offset, copied once (the common case: one pread)."""
+    try:
+        data = os.pread(fd, n, offset)
+    except OSError as exc:
+        raise ShardError(f"read error ({exc.strerror})") from None
+    if len(data) == n:
+        return data
+    buf = bytearray(n)
+    _pread_into(fd, memoryview(buf), offset)
+    return bytes(buf)
+
+
 def _open(path: Path) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
@@ -571,14 +584,12 @@ class RepairingVolumes:
             scratch = self._scratch_files.get(volume)
         if whole or scratch is not None:
             fd = self._fd(volume) if whole else self._scratch_fd(volume)
-            buf = bytearray(n)
             try:
-                _pread_into(fd, memoryview(buf), offset)
+                return _pread_exactly(fd, n, offset)
             except ShardError as exc:
                 raise IntegrityError(
                     f"{self.description}: {self.layout.entry(volume).name}: {exc}"
                 ) from None
-            return bytes(buf)
         return self._rebuilt_bytes(volume, offset, n)
 
     def _fd(self, shard: int) -> int:
@@ -696,7 +707,7 @@ class RepairingVolumes:
         """From the rebuilt stripes (cached), the first volume's prefix region
         from a parity volume's copy of it."""
         rebuild = self._rebuilds[volume]
-        parts = []
+        parts: list[bytes | memoryview] = []
         end = offset + n
         pos = offset
         while pos < end:
@@ -709,7 +720,7 @@ class RepairingVolumes:
             data = self._cached_stripe(volume, number, rebuild)
             lo = pos - number * rebuild.chunk
             hi = min(len(data), end - number * rebuild.chunk)
-            parts.append(data[lo:hi])
+            parts.append(memoryview(data)[lo:hi])
             pos += hi - lo
         return b"".join(parts)
 
