@@ -124,6 +124,8 @@ class Layout:
         """The shard's bytes [offset, offset + n) as the code sees them: a
         mapping of its file where the file holds them all (release the view,
         then close the map), else a copy in `spare`."""
+        if shard < self.k and offset >= self.entry(shard).size:
+            return _zeros(n), None  # past a short last volume: read by the kernel only
         inside = shard >= self.k or (
             offset + n <= self.entry(shard).size and not (shard == 0 and offset < self.prefix)
         )
@@ -133,14 +135,17 @@ class Layout:
         return memoryview(spare)[:n], None
 
 
-_ZEROS = [b""]
+# Zeros for the padding of short volumes, made once. A bytearray, so that
+# ISA-L can take its address (Layout.view); nothing ever writes it.
+_ZEROS = [bytearray()]
 
 
 def _zeros(n: int) -> memoryview:
     """n zero bytes, without making them anew for every stripe."""
-    if len(_ZEROS[0]) < n:
-        _ZEROS[0] = bytes(n)
-    return memoryview(_ZEROS[0])[:n]
+    zeros = _ZEROS[0]
+    if len(zeros) < n:
+        zeros = _ZEROS[0] = bytearray(n)
+    return memoryview(zeros)[:n]
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> None:
