@@ -7,9 +7,14 @@ zeros: `airbundle sign` rewrites it). A parity volume's file is a copy of
 that prefix region followed by its shard (docs/bundle-format.md).
 
 Everything works in stripes (Limits.parity_stripe_bytes per shard, all of a
-set's stripes within Limits.parity_memory_bytes), so memory stays flat
-whatever the volume size. Rebuilt bytes are always checked against the signed
-index before anything uses them.
+set's stripes in flight within Limits.parity_memory_bytes), so memory stays
+flat whatever the volume size. A stripe's sources are private mappings of the
+volumes handed to the kernel where they lie (no copy; faulted in by
+MADV_POPULATE_READ, so a read error is an error, not a SIGBUS; read into
+buffers where that is not possible), and Limits.parity_workers stripes are
+computed side by side on threads while the caller hashes the one before:
+ISA-L, the page faults, pwrite and sha256 all run without the GIL. Rebuilt
+bytes are always checked against the signed index before anything uses them.
 
 * `encode_parity`: at the end of an export or split, the second pass over the
   finished data volumes that writes the parity volumes.
