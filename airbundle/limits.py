@@ -156,9 +156,13 @@ class Limits:
     # `parity_stripe_bytes`, all of a set's stripes together in at most
     # `parity_memory_bytes` (peak memory stays flat whatever the volume size);
     # a reader keeps this many rebuilt stripes for the next reads.
+    # `parity_workers` threads compute stripes side by side (ISA-L and the
+    # reads run without the GIL), one more stripe is hashed meanwhile: each
+    # holds its share of `parity_memory_bytes`. Measured in docs/performance.md.
     parity_stripe_bytes: int = 4 << 20
     parity_memory_bytes: int = 32 << 20
     parity_cached_stripes: int = 4
+    parity_workers: int = 2
     # A blob below this goes up in one PUT; twice this of a streamed upload is
     # held in memory for a resend (per upload in flight: 8 MiB here cost 30-35
     # MiB of import's peak RSS over 4 MiB with three streams, docs/performance.md).

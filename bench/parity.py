@@ -1,7 +1,7 @@
 """Parity volumes: what they cost to write and how fast they rebuild.
 
     python -m bench.parity [--gib 5] [--volume-mib 512] [--parity 10%] [--work DIR]
-                           [--kernel isa-l|python] [--runs 3]
+                           [--kernel isa-l|python] [--runs 3] [--baseline SRC]
 
 Builds a bundle of about ``--gib`` GiB (already-compressed layers, as most of
 a real export is: zstd stores them raw), then in child processes (so each
@@ -13,8 +13,12 @@ peak RSS is its own):
   the reading layer verify and import use (rebuilt on the fly after the
   check against the signed index), and ``repair`` writes it back.
 
-Each row: wall seconds, user+sys CPU seconds, peak RSS, MiB/s. Times are wall
-clock on whatever else the machine runs: compare rows of one run.
+Each row: wall seconds, user+sys CPU seconds, peak RSS, MiB/s (medians), and
+the load average at each sample. Times are wall clock on whatever else the
+machine runs: compare rows of one run. ``--baseline SRC`` (a folder holding
+another version's ``airbundle`` package, e.g. ``git archive main airbundle |
+tar -x -C SRC``) runs every case with that version too, alternating with this
+checkout's, so both see the same load.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from airbundle.adapters.parity import repair_set
 from airbundle.format.volumes import parse_parity
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.volumes import split_bundle
+import airbundle
 what, args = sys.argv[1], json.loads(sys.argv[2])
 t0, c0 = time.perf_counter(), os.times()
 moved = 0
@@ -67,23 +72,36 @@ print(json.dumps({
     "cpu": (c1.user - c0.user) + (c1.system - c0.system),
     "rss_mib": next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024,
     "bytes": moved,
+    "load": os.getloadavg()[0],
+    "package": str(Path(airbundle.__file__).parent.parent),
 }))
 """
 
 
-def _child(what: str, args: dict[str, object], kernel: str | None) -> dict[str, float]:
-    env = dict(os.environ)
+_HERE = Path(__file__).resolve().parent.parent
+
+
+def _child(
+    what: str, args: dict[str, object], kernel: str | None, source: Path = _HERE
+) -> dict[str, float]:
+    """One case in a child process that imports airbundle from `source`."""
+    env = dict(os.environ, PYTHONPATH=str(source))
     if kernel:
         env["AIRBUNDLE_ERASURE_KERNEL"] = kernel
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-c", _CHILD, what, json.dumps(args)],
         capture_output=True,
         text=True,
         env=env,
-        check=True,
-    ).stdout
-    result: dict[str, float] = json.loads(out)
-    return result
+        cwd=source,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} with {source} failed:\n{proc.stderr}")
+    out = proc.stdout
+    result = json.loads(out)
+    if Path(result.pop("package")) != source.resolve():
+        raise SystemExit(f"the child imported airbundle from elsewhere than {source}")
+    return {k: float(v) for k, v in result.items()}
 
 
 def _bundle(work: Path, gib: float) -> tuple[Path, Path]:
@@ -128,36 +146,59 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernel", choices=["isa-l", "python"], default=None)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None)
     opts = parser.parse_args(argv)
+    versions = {"": _HERE}
+    if opts.baseline is not None:
+        versions = {"baseline: ": opts.baseline.resolve(), "": _HERE}
     with tempfile.TemporaryDirectory(dir=opts.work, prefix="bench-parity-") as tmp:
         work = Path(tmp)
         bundle, key = _bundle(work, opts.gib)
         volume = opts.volume_mib * MiB
         rows: dict[str, list[dict[str, float]]] = {}
+
+        def case(label: str, what: str, args: dict[str, object], run: int, out: Path) -> None:
+            # Versions alternate which goes first, so neither always meets
+            # the other's page cache state or load. What a case writes is
+            # removed after it, but for the last set with parity: the
+            # rebuild cases read it.
+            order = list(versions.items())
+            for name, source in order if run % 2 == 0 else order[::-1]:
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+                rows.setdefault(name + label, []).append(_child(what, args, opts.kernel, source))
+            if what != "split" or args["parity"] is None:
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+
         for run in range(opts.runs):
+            parity_set = work / f"parity-{run}"
             for label, parity in (("split", None), (f"split --parity {opts.parity}", opts.parity)):
-                out = work / f"{label.replace(' ', '_')}-{run}"
-                args = {"bundle": str(bundle), "key": str(key), "volume": volume, "parity": parity}
-                rows.setdefault(label, []).append(_child("split", {**args, "out": str(out)}, None))
-                if parity is None:
-                    subprocess.run(["rm", "-rf", str(out)], check=True)
-            parity_set = work / f"split_--parity_{opts.parity}-{run}"
+                out = parity_set if parity else work / f"split-{run}"
+                args = {"bundle": str(bundle), "key": str(key), "volume": volume}
+                case(label, "split", {**args, "parity": parity, "out": str(out)}, run, out)
             (parity_set / "bench.airbundle.002").unlink()
-            rows.setdefault("rebuild 1 volume (read)", []).append(
-                _child("read", {"set": str(parity_set), "volume": 1}, opts.kernel)
+            read = {"set": str(parity_set), "volume": 1}
+            case("rebuild 1 volume (read)", "read", read, run, work / "nothing")
+            repaired = work / f"r{run}"
+            case(
+                "repair 1 volume",
+                "repair",
+                {"set": str(parity_set), "out": str(repaired)},
+                run,
+                repaired,
             )
-            repaired: dict[str, object] = {"set": str(parity_set), "out": str(work / f"r{run}")}
-            rows.setdefault("repair 1 volume", []).append(_child("repair", repaired, opts.kernel))
-            subprocess.run(["rm", "-rf", str(parity_set), str(work / f"r{run}")], check=True)
-        print(f"bundle {bundle.stat().st_size / MiB:.0f} MiB, volumes {opts.volume_mib} MiB, "
-              f"load {os.getloadavg()[0]:.1f}, kernel {opts.kernel or 'default'}")
-        print(f"{'case':34} {'wall s':>8} {'CPU s':>8} {'MiB/s':>8} {'RSS MiB':>8}")
+            subprocess.run(["rm", "-rf", str(parity_set)], check=True)
+        print(
+            f"bundle {bundle.stat().st_size / MiB:.0f} MiB, volumes {opts.volume_mib} MiB, "
+            f"kernel {opts.kernel or 'default'}, {opts.runs} runs"
+        )
+        print(f"{'case':46} {'wall s':>7} {'CPU s':>7} {'MiB/s':>6} {'RSS MiB':>7}  load")
         for label, runs in rows.items():
             wall = statistics.median(r["wall"] for r in runs)
             cpu = statistics.median(r["cpu"] for r in runs)
             rss = max(r["rss_mib"] for r in runs)
             rate = statistics.median(r["bytes"] / MiB / r["wall"] for r in runs)
-            print(f"{label:34} {wall:8.2f} {cpu:8.2f} {rate:8.0f} {rss:8.0f}")
+            load = " ".join(f"{r['load']:.1f}" for r in runs)
+            print(f"{label:46} {wall:7.2f} {cpu:7.2f} {rate:6.0f} {rss:7.0f}  {load}")
 
 
 if __name__ == "__main__":

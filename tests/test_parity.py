@@ -4,17 +4,23 @@ byte; one more lost volume is refused, naming them all."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import mmap
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from airbundle.adapters.parity import Layout, RepairingVolumes, encode_parity
+from airbundle.adapters import parity
+from airbundle.adapters.gfkernel import IsalKernel, Kernel, PythonKernel, find_isal
+from airbundle.adapters.parity import Layout, RepairingVolumes, encode_parity, repair_set
 from airbundle.errors import IntegrityError, UsageError
 from airbundle.format.volumes import VolumeIndex
+from airbundle.limits import DEFAULT_LIMITS, Limits
 from airbundle.ops.access import open_bundle_access
 from airbundle.ops.keys import load_signing_key
 from airbundle.ops.sign import sign_bundle
@@ -310,8 +316,6 @@ def test_random_access_readers_rebuild_too(
 def test_rebuilt_bytes_are_the_same_with_the_portable_kernel(
     made: dict[str, ParitySet], tmp_path: Path
 ) -> None:
-    from airbundle.adapters.gfkernel import PythonKernel
-
     s = made["2+3"].copy(tmp_path / "set")
     index = VolumeIndex.from_bytes(s.index_path.read_bytes(), source="t")
     damage(s.path("set.airbundle.001"), "delete")
@@ -332,6 +336,120 @@ def test_rebuilt_bytes_are_the_same_with_the_portable_kernel(
     assert info == index.parity
     assert [t.read_bytes() for t in temps] == [fresh.originals[n] for n in fresh.parity_names()]
     assert Layout(fresh.folder, index).m == 3
+
+
+# Stripes of 12 KiB: every volume of these sets is several stripes, the last
+# one short, computed two at a time on threads.
+SMALL_STRIPES = dataclasses.replace(DEFAULT_LIMITS, parity_stripe_bytes=12_288, parity_workers=2)
+ONE_THREAD = dataclasses.replace(SMALL_STRIPES, parity_workers=1)
+
+
+def _no_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stripe read by preadv into buffers of our own (no mmap here)."""
+    monkeypatch.setattr(parity, "_map", lambda fd, offset, n: None)
+
+
+@pytest.mark.parametrize("set_name", ["4+2", "2+3", "single+1"])
+def test_threaded_mapped_stripes_give_the_portable_kernels_bytes(
+    made: dict[str, ParitySet], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, set_name: str
+) -> None:
+    """ISA-L on mapped sources, two stripes at a time, and the portable kernel
+    on copies, one stripe at a time, write the same parity, repair the same
+    volumes and read the same rebuilt bytes: odd stripe counts, a short last
+    volume, the first volume's prefix region."""
+    library = find_isal()
+    assert library is not None
+    s = made[set_name]
+    index = VolumeIndex.from_bytes(s.index_path.read_bytes(), source="t")
+    m = len(s.parity_names())
+    lost = (s.data_names()[:1] + s.data_names()[-1:] + s.parity_names())[:m]
+    ways: list[tuple[str, Kernel, Limits, bool]] = [
+        ("isa-l mapped", IsalKernel(library), SMALL_STRIPES, False),
+        ("python copied", PythonKernel(), ONE_THREAD, True),
+    ]
+    mapped: list[int] = []
+    real_map = parity._map
+
+    def counted(fd: int, offset: int, n: int) -> tuple[memoryview, mmap.mmap] | None:
+        mapped.append(n)
+        return real_map(fd, offset, n)
+
+    monkeypatch.setattr(parity, "_map", counted)
+    for label, kernel, limits, copied in ways:
+        if copied:
+            assert mapped, "the ISA-L pass read no mapped stripe"
+            _no_mapping(monkeypatch)
+        fresh = s.copy(tmp_path / label / "enc")
+        paths = [fresh.path(n) for n in fresh.data_names()]
+        info, temps = encode_parity(fresh.folder, index, paths, m, kernel=kernel, limits=limits)
+        assert info == index.parity, label
+        assert [t.read_bytes() for t in temps] == [s.originals[n] for n in s.parity_names()]
+        broken = s.copy(tmp_path / label / "set")
+        for i, name in enumerate(lost):
+            damage(broken.path(name), DAMAGE[i % len(DAMAGE)])
+        out = tmp_path / label / "out"
+        result = repair_set(broken.folder, index, "t", out, kernel=kernel, limits=limits)
+        assert sorted(result.written) == sorted(lost), label
+        assert all((out / n).read_bytes() == s.originals[n] for n in lost), label
+        reader = RepairingVolumes(broken.folder, index, "t", kernel=kernel, limits=limits)
+        reader.survey()
+        try:
+            for i, name in enumerate(s.data_names()):
+                size = index.volumes[i].size
+                # front to back in odd pieces (read-ahead), then back to front
+                ahead = b"".join(
+                    reader.pread(i, o, min(7_777, size - o)) for o in range(0, size, 7_777)
+                )
+                starts = range(max(0, size - 5_000), -1, -5_000)
+                back = b"".join(
+                    reversed([reader.pread(i, o, min(5_000, size - o)) for o in starts])
+                )
+                assert ahead == s.originals[name], (label, name)
+                assert back[-size:] == s.originals[name][-len(back) :], (label, name)
+        finally:
+            reader.close()
+        assert set(reader.rebuilt) == {n for n in lost if n in s.data_names()}, label
+
+
+def test_a_source_cut_short_under_a_rebuild_is_named_and_another_used(
+    made: dict[str, ParitySet], tmp_path: Path
+) -> None:
+    """A volume that passed the size check and is cut short before the rebuild
+    reads it (a file that cannot be mapped whole) is an error of that volume,
+    never a crash, and the rebuild uses another."""
+    s = made["4+2"].copy(tmp_path / "set")
+    index = VolumeIndex.from_bytes(s.index_path.read_bytes(), source="t")
+    damage(s.path("set.airbundle.002"), "delete")
+    reader = RepairingVolumes(s.folder, index, "t", limits=SMALL_STRIPES)
+    assert reader.survey() == {"set.airbundle.002": "missing"}
+    with s.path("set.airbundle.003").open("r+b") as fh:
+        fh.truncate(30_000)
+    try:
+        assert reader.pread(1, 0, index.volumes[1].size) == s.originals["set.airbundle.002"]
+        assert reader.pread(2, 0, 10) == s.originals["set.airbundle.003"][:10]
+    finally:
+        reader.close()
+    assert sorted(reader.rebuilt) == ["set.airbundle.002", "set.airbundle.003"]
+
+
+def test_repair_finds_a_damaged_volume_no_rebuild_reads_beside_the_rebuild(
+    made: dict[str, ParitySet], key_pair: KeyPair, tmp_path: Path
+) -> None:
+    """One volume missing, and a parity volume the rebuild does not read
+    damaged: both are written, from the same sources."""
+    s = made["4+2"].copy(tmp_path / "set")
+    index = VolumeIndex.from_bytes(s.index_path.read_bytes(), source="t")
+    damage(s.path("set.airbundle.003"), "delete")
+    damage(s.path("set.airbundle.p02"), "flip")
+    out = tmp_path / "out"
+    result = repair_set(s.folder, index, "t", out, limits=SMALL_STRIPES)
+    assert result.written == {
+        "set.airbundle.003": "missing",
+        "set.airbundle.p02": "its bytes do not match the signed index",
+    }
+    assert result.whole == 4
+    for name in result.written:
+        assert (out / name).read_bytes() == s.originals[name], name
 
 
 def test_a_scratch_folder_holds_rebuilt_volumes_only_while_reading(
@@ -533,6 +651,47 @@ def test_import_from_a_folder_without_write_permission(
         media.chmod(0o755)
     assert tree_state(media) == before
     assert any("p.airbundle.001 was missing" in n for n in report.notes)
+
+
+def test_sections_read_a_damaged_set_with_parity_and_name_what_they_rebuilt(
+    damaged_export: Path, key_pair: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify and import read a set with parity in parallel sections (small
+    bundles too, here), rebuilding in the reader the sections share."""
+    from airbundle.ops import sections
+
+    sectioned: list[int] = []
+    real = sections.read_sections
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        sectioned.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(sections, "read_sections", counted)
+    limits = dataclasses.replace(
+        DEFAULT_LIMITS, parallel_read_min_bytes=0, read_workers=2, import_streams=3
+    )
+    media = damaged_export
+    before = tree_state(media)
+    result = verify_bundle(media, trust_policy(key_pair), limits=limits)
+    assert sectioned == [1]
+    assert result.rebuilt == {
+        "p.airbundle.001": "missing",
+        "p.airbundle.002": "its bytes do not match the signed index",
+    }
+    assert result.parity_damaged == {}
+    report = import_(
+        media,
+        key_pair,
+        registry=f"oci:{tmp_path / 't' / 'img'}",
+        git=str(tmp_path / "t" / "git"),
+        state_dir=tmp_path / "state",
+        limits=limits,
+    )
+    assert sectioned == [1, 1]
+    assert any("p.airbundle.001 was missing" in n for n in report.notes)
+    assert any("p.airbundle.002 was damaged" in n for n in report.notes)
+    assert tree_state(media) == before
 
 
 def test_import_refuses_a_set_beyond_repair_before_writing(

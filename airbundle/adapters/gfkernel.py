@@ -12,20 +12,27 @@ results (tests/test_parity.py holds them to it):
   set with parity can always be read and repaired, only more slowly.
 
 AIRBUNDLE_ERASURE_KERNEL=python forces the portable one (tests, bench).
-docs/decisions/0012-parity-volumes.md says why this code and this library.
+docs/decisions/0013-parity-volumes.md says why this code and this library.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from airbundle.format import erasure
 
 KERNEL_ENV = "AIRBUNDLE_ERASURE_KERNEL"
+
+# A stripe's bytes: a buffer of our own, or a view of a private mapping of the
+# volume (adapters/parity.py), handed to ISA-L where it lies: no copy. ctypes
+# takes an address only from a writable buffer; a private (copy-on-write)
+# mapping is one, and nothing writes it.
+Buffer: TypeAlias = bytearray | memoryview | mmap.mmap
 
 
 class Prepared(Protocol):
@@ -38,7 +45,7 @@ class Kernel(Protocol):
     def prepare(self, matrix: erasure.Matrix) -> Prepared: ...
 
     def apply(
-        self, prepared: Prepared, sources: Sequence[bytearray], outs: Sequence[bytearray], n: int
+        self, prepared: Prepared, sources: Sequence[Buffer], outs: Sequence[Buffer], n: int
     ) -> None:
         """outs[r][:n] = ⊕_t M[r][t]·sources[t][:n] (every buffer at least n long)."""
 
@@ -56,11 +63,11 @@ class PythonKernel:
         return _PyPrepared(matrix)
 
     def apply(
-        self, prepared: Prepared, sources: Sequence[bytearray], outs: Sequence[bytearray], n: int
+        self, prepared: Prepared, sources: Sequence[Buffer], outs: Sequence[Buffer], n: int
     ) -> None:
         assert isinstance(prepared, _PyPrepared)
         for row, out in zip(prepared.matrix, outs, strict=True):
-            out[:n] = erasure.combine(row, sources, n)
+            out[:n] = erasure.combine(row, [memoryview(b) for b in sources], n)
 
 
 class _IsalPrepared:
@@ -97,7 +104,7 @@ class IsalKernel:
         return _IsalPrepared(rows, k, tables)
 
     def apply(
-        self, prepared: Prepared, sources: Sequence[bytearray], outs: Sequence[bytearray], n: int
+        self, prepared: Prepared, sources: Sequence[Buffer], outs: Sequence[Buffer], n: int
     ) -> None:
         assert isinstance(prepared, _IsalPrepared)
         if len(sources) != prepared.k or len(outs) != prepared.rows:

@@ -7,9 +7,14 @@ zeros: `airbundle sign` rewrites it). A parity volume's file is a copy of
 that prefix region followed by its shard (docs/bundle-format.md).
 
 Everything works in stripes (Limits.parity_stripe_bytes per shard, all of a
-set's stripes within Limits.parity_memory_bytes), so memory stays flat
-whatever the volume size. Rebuilt bytes are always checked against the signed
-index before anything uses them.
+set's stripes in flight within Limits.parity_memory_bytes), so memory stays
+flat whatever the volume size. A stripe's sources are private mappings of the
+volumes handed to the kernel where they lie (no copy; faulted in by
+MADV_POPULATE_READ, so a read error is an error, not a SIGBUS; read into
+buffers where that is not possible), and Limits.parity_workers stripes are
+computed side by side on threads while the caller hashes the one before:
+ISA-L, the page faults, pwrite and sha256 all run without the GIL. Rebuilt
+bytes are always checked against the signed index before anything uses them.
 
 * `encode_parity`: at the end of an export or split, the second pass over the
   finished data volumes that writes the parity volumes.
@@ -25,11 +30,14 @@ index before anything uses them.
 from __future__ import annotations
 
 import collections
-import contextlib
+import errno
 import hashlib
+import mmap
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +49,7 @@ from airbundle.format.digest import Digest
 from airbundle.format.volumes import ParityInfo, VolumeEntry, VolumeIndex, parity_name
 from airbundle.limits import DEFAULT_LIMITS, Limits
 
-_STRIPE_ALIGN = 1 << 16
+_STRIPE_ALIGN = 1 << 12
 _UNKNOWN = Digest("sha256", "0" * 64)  # a parity volume's, until it is written
 
 
@@ -105,15 +113,44 @@ class Layout:
         if shard < self.k:
             have = max(0, min(n, self.entry(shard).size - offset))
             _pread_into(fd, view[:have], offset)
-            view[have:n] = bytes(n - have)
+            view[have:n] = _zeros(n - have)
             if shard == 0 and offset < self.prefix:
                 zero = min(n, self.prefix - offset)
-                view[:zero] = bytes(zero)
+                view[:zero] = _zeros(zero)
         else:
             _pread_into(fd, view[:n], self.prefix + offset)
 
     def file_offset(self, shard: int, offset: int) -> int:
         return offset if shard < self.k else self.prefix + offset
+
+    def view(
+        self, fd: int, shard: int, offset: int, n: int, spare: bytearray
+    ) -> tuple[memoryview, mmap.mmap | None]:
+        """The shard's bytes [offset, offset + n) as the code sees them: a
+        mapping of its file where the file holds them all (release the view,
+        then close the map), else a copy in `spare`."""
+        if shard < self.k and offset >= self.entry(shard).size:
+            return _zeros(n), None  # past a short last volume: read by the kernel only
+        inside = shard >= self.k or (
+            offset + n <= self.entry(shard).size and not (shard == 0 and offset < self.prefix)
+        )
+        if inside and (mapped := _map(fd, self.file_offset(shard, offset), n)) is not None:
+            return mapped
+        self.read(fd, shard, offset, spare, n)
+        return memoryview(spare)[:n], None
+
+
+# Zeros for the padding of short volumes, made once. A bytearray, so that
+# ISA-L can take its address (Layout.view); nothing ever writes it.
+_ZEROS = [bytearray()]
+
+
+def _zeros(n: int) -> memoryview:
+    """n zero bytes, without making them anew for every stripe."""
+    zeros = _ZEROS[0]
+    if len(zeros) < n:
+        zeros = _ZEROS[0] = bytearray(n)
+    return memoryview(zeros)[:n]
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> None:
@@ -128,8 +165,61 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> None:
         got += n
 
 
+# Linux >= 5.14: fault a mapping in, and say so (EFAULT, EIO) where a read
+# fails, instead of a SIGBUS on first touch: a scratched disc or a file cut
+# short under us stays an error we name, never a crash.
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_mapping = [hasattr(mmap.mmap, "madvise")]  # cleared when the kernel lacks it
+
+
+def _map(fd: int, offset: int, n: int) -> tuple[memoryview, mmap.mmap] | None:
+    """A private mapping of file bytes [offset, offset + n), faulted in; None
+    where mapping is not possible here (then the caller reads)."""
+    if not _mapping[0]:
+        return None
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        mapped = mmap.mmap(fd, offset + n - base, access=mmap.ACCESS_COPY, offset=base)
+    except (OSError, ValueError):
+        return None
+    try:
+        mapped.madvise(_MADV_POPULATE_READ)
+    except OSError as exc:
+        mapped.close()
+        if exc.errno in (errno.EINVAL, errno.ENOSYS):
+            _mapping[0] = False
+            return None
+        raise ShardError(f"read error ({exc.strerror})") from None
+    return memoryview(mapped)[offset - base : offset - base + n], mapped
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        done = os.pwrite(fd, view, offset)
+        view = view[done:]
+        offset += done
+
+
+def _pread_exactly(fd: int, n: int, offset: int) -> bytes:
+    """n bytes at offset, copied once (the common case: one pread)."""
+    try:
+        data = os.pread(fd, n, offset)
+    except OSError as exc:
+        raise ShardError(f"read error ({exc.strerror})") from None
+    if len(data) == n:
+        return data
+    buf = bytearray(n)
+    _pread_into(fd, memoryview(buf), offset)
+    return bytes(buf)
+
+
 def _open(path: Path) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+
+def _create(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    return os.open(path, flags, 0o666)
 
 
 # -- encode ------------------------------------------------------------------------
@@ -169,40 +259,41 @@ def encode_parity(
     )
     layout = Layout(folder, VolumeIndex(index.bundle, index.total_length, index.volumes, draft))
     temps = [folder / f"{TEMP_MARK}{v.name}.part" for v in draft.volumes]
-    prepared = kern.prepare(erasure.parity_matrix(k, count))
-    chunk = stripe_size(k + count, limits)
-    inputs = [bytearray(chunk) for _ in range(k)]
-    outputs = [bytearray(chunk) for _ in range(count)]
     hashes = [hashlib.sha256() for _ in range(count)]
     fds = [_open(p) for p in data_paths]
-    files = []
+    outs: list[int] = []
+
+    def write(number: int, stripe: list[memoryview]) -> None:  # on a worker
+        for fd, view in zip(outs, stripe, strict=True):
+            _pwrite_all(fd, view, prefix + number * encoder.chunk)
+
     try:
+        # Encoding is rebuilding the parity shards from the data shards.
+        encoder = _Rebuild(
+            layout,
+            range(k),
+            range(k, k + count),
+            fds.__getitem__,
+            kern,
+            limits,
+            matrix=erasure.parity_matrix(k, count),
+        )
         head = bytearray(prefix)
         _pread_into(fds[0], memoryview(head), 0)
         for temp in temps:
-            fh = temp.open("wb")
-            files.append(fh)
-            fh.write(head)
-        for offset in range(0, shard, chunk):
-            n = min(chunk, shard - offset)
-            for s, (fd, buf) in enumerate(zip(fds, inputs, strict=True)):
-                layout.read(fd, s, offset, buf, n)
-            kern.apply(prepared, inputs, outputs, n)
-            for fh, h, out in zip(files, hashes, outputs, strict=True):
-                view = memoryview(out)[:n]
-                fh.write(view)
+            outs.append(_create(temp))
+            _pwrite_all(outs[-1], memoryview(head), 0)
+        for _, stripe in encoder.run(write):
+            for h, view in zip(hashes, stripe, strict=True):
                 h.update(view)
-        for fh in files:
-            fh.flush()
-            os.fsync(fh.fileno())
+        for fd in outs:
+            os.fsync(fd)
     except BaseException:
         for temp in temps:
             temp.unlink(missing_ok=True)
         raise
     finally:
-        for fh in files:
-            fh.close()
-        for fd in fds:
+        for fd in (*outs, *fds):
             os.close(fd)
     entries = tuple(
         VolumeEntry(v.name, v.size, v.covered_from, Digest("sha256", h.hexdigest()))
@@ -214,8 +305,29 @@ def encode_parity(
 # -- rebuild -----------------------------------------------------------------------
 
 
+class _Slot:
+    """The buffers of one stripe in flight: its outputs, and inputs for the
+    sources that cannot be mapped (a short last volume, the prefix region)."""
+
+    def __init__(self, sources: int, rows: int, chunk: int) -> None:
+        self.chunk = chunk
+        self.outs = [bytearray(chunk) for _ in range(rows)]
+        self._spares: list[bytearray | None] = [None] * sources
+
+    def spare(self, i: int) -> bytearray:
+        buf = self._spares[i]
+        if buf is None:
+            buf = self._spares[i] = bytearray(self.chunk)
+        return buf
+
+
 class _Rebuild:
-    """The `wanted` shards computed stripe by stripe from k `sources`."""
+    """The `wanted` shards computed stripe by stripe from k `sources`.
+
+    Each stripe's sources are mapped, not copied, and handed to the kernel
+    where they lie (Layout.view); `run` computes `Limits.parity_workers`
+    stripes side by side on threads while the caller hashes the previous one.
+    Every file descriptor is resolved here, on the caller's thread."""
 
     def __init__(
         self,
@@ -225,34 +337,102 @@ class _Rebuild:
         fds: Callable[[int], int],
         kernel: Kernel,
         limits: Limits,
+        *,
+        matrix: erasure.Matrix | None = None,
     ) -> None:
         self.layout = layout
         self.sources = list(sources)
         self.wanted = list(wanted)
-        self._fds = fds
+        self._fds = {s: fds(s) for s in self.sources}
         self._kernel = kernel
         self._prepared = kernel.prepare(
-            erasure.rebuild_matrix(layout.k, layout.m, self.sources, self.wanted)
+            matrix or erasure.rebuild_matrix(layout.k, layout.m, self.sources, self.wanted)
         )
-        self.chunk = stripe_size(layout.k + len(self.wanted), limits)
-        self._inputs = [bytearray(self.chunk) for _ in self.sources]
-        self._outputs = [bytearray(self.chunk) for _ in self.wanted]
+        self.workers = max(1, limits.parity_workers)
+        self.chunk = stripe_size((layout.k + len(self.wanted)) * (self.workers + 1), limits)
+        self._slot: _Slot | None = None
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
 
-    def stripe(
-        self, number: int, on_source: Callable[[int, memoryview], None] | None = None
-    ) -> list[memoryview]:
-        """Stripe `number` of each wanted shard (views valid until the next call)."""
+    def slot(self) -> _Slot:
+        return _Slot(len(self.sources), len(self.wanted), self.chunk)
+
+    def copy(self, number: int) -> list[bytes]:
+        """Stripe `number` of each wanted shard, as bytes of its own (thread-safe)."""
+        try:
+            slot = self._free.get_nowait()
+        except queue.Empty:
+            slot = self.slot()
+        try:
+            return [bytes(view) for view in self.compute(number, slot)]
+        finally:
+            self._free.put(slot)
+
+    def compute(self, number: int, slot: _Slot) -> list[memoryview]:
+        """Stripe `number` of each wanted shard, into `slot` (thread-safe
+        with a slot per thread)."""
         offset = number * self.chunk
         n = min(self.chunk, self.layout.shard_size - offset)
-        for s, buf in zip(self.sources, self._inputs, strict=True):
+        views: list[memoryview] = []
+        maps: list[mmap.mmap] = []
+        try:
+            for i, s in enumerate(self.sources):
+                try:
+                    view, mapped = self.layout.view(self._fds[s], s, offset, n, slot.spare(i))
+                except (ShardError, OSError) as exc:
+                    raise _SourceError(s, str(exc)) from None
+                views.append(view)
+                if mapped is not None:
+                    maps.append(mapped)
+            self._kernel.apply(self._prepared, views, slot.outs, n)
+        finally:
+            for view in views:
+                view.release()
+            for mapped in maps:
+                mapped.close()
+        return [memoryview(out)[:n] for out in slot.outs]
+
+    def stripe(self, number: int) -> list[memoryview]:
+        """Stripe `number` of each wanted shard (views valid until the next call)."""
+        if self._slot is None:
+            self._slot = self.slot()
+        return self.compute(number, self._slot)
+
+    def run(
+        self, after: Callable[[int, list[memoryview]], None] | None = None
+    ) -> Iterator[tuple[int, list[memoryview]]]:
+        """Every stripe in order, each valid until the next; `after` runs on
+        the thread that computed it (the writes, which need no order)."""
+        if self.workers == 1 or self.stripes == 1:
+            slot = self.slot()
+            for number in range(self.stripes):
+                stripe = self.compute(number, slot)
+                if after is not None:
+                    after(number, stripe)
+                yield number, stripe
+            return
+
+        def job(number: int, slot: _Slot) -> list[memoryview]:
+            stripe = self.compute(number, slot)
+            if after is not None:
+                after(number, stripe)
+            return stripe
+
+        pending: collections.deque[tuple[int, Future[list[memoryview]], _Slot]] = (
+            collections.deque()
+        )
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="parity") as pool:
             try:
-                self.layout.read(self._fds(s), s, offset, buf, n)
-            except (ShardError, OSError) as exc:
-                raise _SourceError(s, str(exc)) from None
-            if on_source is not None:
-                on_source(s, memoryview(buf)[:n])
-        self._kernel.apply(self._prepared, self._inputs, self._outputs, n)
-        return [memoryview(out)[:n] for out in self._outputs]
+                for number in range(min(self.stripes, self.workers + 1)):
+                    slot = self.slot()
+                    pending.append((number, pool.submit(job, number, slot), slot))
+                while pending:
+                    number, future, slot = pending.popleft()
+                    yield number, future.result()
+                    if (after_that := number + self.workers + 1) < self.stripes:
+                        pending.append((after_that, pool.submit(job, after_that, slot), slot))
+            finally:
+                for _, future, _ in pending:
+                    future.cancel()
 
     @property
     def stripes(self) -> int:
@@ -297,16 +477,27 @@ def check_shard(layout: Layout, shard: int) -> str | None:
     if size != entry.size:
         return f"{size} bytes, the signed index says {entry.size}"
     h = hashlib.sha256()
+    buf = bytearray(DEFAULT_LIMITS.io_chunk_bytes)
     try:
-        with path.open("rb") as fh:
+        with path.open("rb", buffering=0) as fh:
             fh.seek(entry.covered_from)
-            while chunk := fh.read(DEFAULT_LIMITS.io_chunk_bytes):
-                h.update(chunk)
+            while got := fh.readinto(buf):
+                h.update(memoryview(buf)[:got])
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
     if h.hexdigest() != entry.digest.hex:
         return "its bytes do not match the signed index"
     return None
+
+
+def check_shards(layout: Layout, shards: Sequence[int], limits: Limits) -> dict[int, str]:
+    """check_shard of each, `limits.parity_workers` at a time (hashlib and
+    the reads run without the GIL): the bad ones and their problems."""
+    if not shards:
+        return {}
+    with ThreadPoolExecutor(max(1, limits.parity_workers)) as pool:
+        problems = pool.map(lambda s: check_shard(layout, s), shards)
+        return {s: p for s, p in zip(shards, problems, strict=True) if p is not None}
 
 
 def size_problem(layout: Layout, shard: int) -> str | None:
@@ -359,11 +550,16 @@ class RepairingVolumes:
         self._limits = limits
         self._lock = threading.RLock()
         self._state: dict[int, str | None] = {}  # shard -> None (whole) or its problem
+        self._gates: dict[int, threading.Lock] = {}  # one check of a volume at a time
         self._fds: dict[int, int] = {}
         self._scratch_fds: dict[int, int] = {}
         self._rebuilds: dict[int, _Rebuild] = {}
         self._scratch_files: dict[int, Path] = {}
         self._cache: collections.OrderedDict[tuple[int, int], bytes] = collections.OrderedDict()
+        # The next stripes of a rebuilt volume, computed while the reader
+        # uses this one (rebuilt volumes are mostly read front to back).
+        self._ahead: dict[tuple[int, int], Future[bytes]] = {}
+        self._ahead_pool: ThreadPoolExecutor | None = None
         self.rebuilt: dict[str, str] = {}  # volume name -> what was wrong with it
 
     def survey(self) -> dict[str, str]:
@@ -386,26 +582,24 @@ class RepairingVolumes:
 
     def on_media(self, volume: int) -> bool:
         """The volume's bytes are read from its own file (it is whole)."""
+        self._ensure(volume)
         with self._lock:
-            self._ensure(volume)
             return self._state[volume] is None
 
     def pread(self, volume: int, offset: int, n: int) -> bytes:
         """Bytes [offset, offset + n) of data volume `volume` (0-based), whole."""
+        self._ensure(volume)
         with self._lock:
-            self._ensure(volume)
             whole = self._state[volume] is None
             scratch = self._scratch_files.get(volume)
         if whole or scratch is not None:
             fd = self._fd(volume) if whole else self._scratch_fd(volume)
-            buf = bytearray(n)
             try:
-                _pread_into(fd, memoryview(buf), offset)
+                return _pread_exactly(fd, n, offset)
             except ShardError as exc:
                 raise IntegrityError(
                     f"{self.description}: {self.layout.entry(volume).name}: {exc}"
                 ) from None
-            return bytes(buf)
         return self._rebuilt_bytes(volume, offset, n)
 
     def _fd(self, shard: int) -> int:
@@ -423,10 +617,25 @@ class RepairingVolumes:
             return fd
 
     def _ensure(self, volume: int) -> None:
-        if volume not in self._state:
-            self._state[volume] = check_shard(self.layout, volume)
-        if self._state[volume] is not None and volume not in self._rebuilds:
-            self._rebuild(volume)
+        """The volume checked, and rebuilt if it is not whole. Readers of
+        different volumes (the sections of ops/sections.py) check theirs side
+        by side; a rebuild holds the set's lock (it may judge other volumes)."""
+        with self._lock:
+            if volume in self._state and (
+                self._state[volume] is None or volume in self._rebuilds
+            ):
+                return
+            gate = self._gates.setdefault(volume, threading.Lock())
+        with gate:
+            with self._lock:
+                known = volume in self._state
+            if not known:
+                problem = check_shard(self.layout, volume)
+                with self._lock:
+                    self._state.setdefault(volume, problem)
+            with self._lock:
+                if self._state[volume] is not None and volume not in self._rebuilds:
+                    self._rebuild(volume)
 
     def _rebuild(self, volume: int) -> None:
         """Rebuild one data volume, check it against the signed index, keep the
@@ -473,41 +682,42 @@ class RepairingVolumes:
     def _verify_pass(self, rebuild: _Rebuild, volume: int) -> tuple[Digest, Path | None]:
         hashed = _Hashed(self.layout, volume)
         scratch: Path | None = None
-        fh = None
+        fd: int | None = None
         if self._scratch is not None:
             scratch = self._scratch / f"{TEMP_MARK}{self.layout.entry(volume).name}.rebuilt"
             try:
-                fh = scratch.open("wb")
+                fd = _create(scratch)
             except OSError as exc:
                 raise UsageError(
                     f"cannot write in the scratch folder {self._scratch}: {exc.strerror}"
                 ) from None
         size = self.layout.entry(volume).size
+
+        def write(number: int, stripe: list[memoryview]) -> None:  # on a worker
+            offset = number * rebuild.chunk
+            if fd is not None and offset < size:
+                _pwrite_all(fd, stripe[0][: size - offset], offset)
+
         try:
-            for number in range(rebuild.stripes):
-                (out,) = rebuild.stripe(number)
-                offset = number * rebuild.chunk
-                hashed.update(offset, out)
-                if fh is not None and offset < size:
-                    fh.write(out[: size - offset])
+            for number, (out,) in rebuild.run(write):
+                hashed.update(number * rebuild.chunk, out)
+            if fd is not None and volume == 0:
+                # the code saw zeros there
+                _pwrite_all(fd, memoryview(self._prefix_copy(rebuild)), 0)
         except BaseException:
-            if fh is not None:
-                fh.close()
-                assert scratch is not None
+            if scratch is not None:
                 scratch.unlink(missing_ok=True)
             raise
-        if fh is not None:
-            if volume == 0:
-                fh.seek(0)
-                fh.write(self._prefix_copy(rebuild))  # the code saw zeros there
-            fh.close()
+        finally:
+            if fd is not None:
+                os.close(fd)
         return hashed.digest(), scratch
 
     def _rebuilt_bytes(self, volume: int, offset: int, n: int) -> bytes:
         """From the rebuilt stripes (cached), the first volume's prefix region
         from a parity volume's copy of it."""
         rebuild = self._rebuilds[volume]
-        parts = []
+        parts: list[bytes | memoryview] = []
         end = offset + n
         pos = offset
         while pos < end:
@@ -520,7 +730,7 @@ class RepairingVolumes:
             data = self._cached_stripe(volume, number, rebuild)
             lo = pos - number * rebuild.chunk
             hi = min(len(data), end - number * rebuild.chunk)
-            parts.append(data[lo:hi])
+            parts.append(memoryview(data)[lo:hi])
             pos += hi - lo
         return b"".join(parts)
 
@@ -528,23 +738,36 @@ class RepairingVolumes:
         with self._lock:
             key = (volume, number)
             data = self._cache.get(key)
-            if data is None:
-                try:
-                    (out,) = rebuild.stripe(number)
-                except _SourceError as exc:
-                    name = self.layout.entry(exc.shard).name
-                    raise IntegrityError(
-                        f"{self.description}: {name}, read to rebuild "
-                        f"{self.layout.entry(volume).name}, failed: {exc.problem}",
-                        hint="the media changed while it was read; copy the set again",
-                    ) from None
-                data = bytes(out)
-                self._cache[key] = data
-                while len(self._cache) > self._limits.parity_cached_stripes:
-                    self._cache.popitem(last=False)
-            else:
+            if data is not None:
                 self._cache.move_to_end(key)
+                return data
+            ahead = self._ahead.pop(key, None)
+            try:
+                data = ahead.result() if ahead is not None else bytes(rebuild.stripe(number)[0])
+            except _SourceError as exc:
+                name = self.layout.entry(exc.shard).name
+                raise IntegrityError(
+                    f"{self.description}: {name}, read to rebuild "
+                    f"{self.layout.entry(volume).name}, failed: {exc.problem}",
+                    hint="the media changed while it was read; copy the set again",
+                ) from None
+            self._cache[key] = data
+            while len(self._cache) > self._limits.parity_cached_stripes:
+                self._cache.popitem(last=False)
+            self._read_ahead(volume, number, rebuild)
             return data
+
+    def _read_ahead(self, volume: int, number: int, rebuild: _Rebuild) -> None:
+        """Start the next `parity_workers` stripes of the volume on threads."""
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(rebuild.workers, thread_name_prefix="parity")
+        window = range(number + 1, min(rebuild.stripes, number + 1 + rebuild.workers))
+        for stale in [key for key in self._ahead if key[0] != volume or key[1] not in window]:
+            self._ahead.pop(stale).cancel()
+        for later in window:
+            key = (volume, later)
+            if key not in self._cache and key not in self._ahead:
+                self._ahead[key] = self._ahead_pool.submit(lambda n: rebuild.copy(n)[0], later)
 
     def _prefix_copy(self, rebuild: _Rebuild) -> bytes:
         """The first volume's prefix region, from a parity volume used in the rebuild."""
@@ -556,9 +779,10 @@ class RepairingVolumes:
     def check_parity(self) -> dict[str, str]:
         """Check every parity volume not checked yet: names of the bad ones."""
         with self._lock:
-            for s in range(self.layout.k, self.layout.k + self.layout.m):
-                if s not in self._state:
-                    self._state[s] = check_shard(self.layout, s)
+            parity = range(self.layout.k, self.layout.k + self.layout.m)
+            unchecked = [s for s in parity if s not in self._state]
+            problems = check_shards(self.layout, unchecked, self._limits)
+            self._state.update({s: problems.get(s) for s in unchecked})
             return {
                 self.layout.entry(s).name: p
                 for s, p in self._state.items()
@@ -567,6 +791,12 @@ class RepairingVolumes:
 
     def close(self) -> None:
         with self._lock:
+            for future in self._ahead.values():
+                future.cancel()
+            self._ahead.clear()
+            if self._ahead_pool is not None:
+                self._ahead_pool.shutdown(wait=True)
+                self._ahead_pool = None
             for fd in (*self._fds.values(), *self._scratch_fds.values()):
                 os.close(fd)
             self._fds.clear()
@@ -631,37 +861,52 @@ def repair_set(
     bad = {s: p for s in range(total) if (p := size_problem(layout, s)) is not None}
     if len(bad) > layout.m:
         raise unrecoverable(layout, description, bad)
-    # Nothing missing: a full check finds what is damaged. Else the volumes
-    # the rebuild will not read are checked now, the others by the rebuild.
     present = [s for s in range(total) if s not in bad]
-    to_check = present if not bad else present[layout.k :]
-    for s in to_check:
-        if (problem := check_shard(layout, s)) is not None:
-            bad[s] = problem
-    if len(bad) > layout.m:
-        raise unrecoverable(layout, description, bad)
     if not bad:
-        return RepairResult({}, total)
-    checked = set(to_check)
+        # Nothing missing: a full check finds what is damaged.
+        bad = check_shards(layout, present, limits)
+        if len(bad) > layout.m:
+            raise unrecoverable(layout, description, bad)
+        if not bad:
+            return RepairResult({}, total)
+        checked, beside = set(present), []
+    else:
+        # The volumes no rebuild reads are checked beside the first pass (one
+        # found bad only adds a volume to rebuild, from the same sources);
+        # the others by the rebuild itself.
+        checked, beside = set(), present[layout.k :]
+    written: set[int] = set()
     while True:
         sources = [s for s in range(total) if s not in bad][: layout.k]
-        try:
-            _repair_pass(layout, description, sources, sorted(bad), output, kernel, limits)
-        except _MismatchError:
+        wanted = [s for s in sorted(bad) if s not in written]
+        with ThreadPoolExecutor(1) as pool:
+            side = pool.submit(check_shards, layout, beside, limits)
+            try:
+                _repair_pass(layout, description, sources, wanted, output, kernel, limits)
+            except _MismatchError:
+                mismatch = True
+            else:
+                mismatch = False
+                written.update(wanted)
+            checked.update(beside)
+            bad.update(side.result())
+            beside = []
+        if mismatch:
             unchecked = [s for s in sources if s not in checked]
             if not unchecked:
                 raise IntegrityError(
                     f"{description}: volumes rebuilt from parity do not match the signed "
                     "index although every volume they were rebuilt from does"
                 ) from None
-            for s in unchecked:
-                checked.add(s)
-                if (problem := check_shard(layout, s)) is not None:
-                    bad[s] = problem
+            checked.update(unchecked)
+            bad.update(check_shards(layout, unchecked, limits))
             if len(bad) > layout.m:
                 raise unrecoverable(layout, description, bad) from None
             continue
-        return RepairResult({layout.entry(s).name: bad[s] for s in sorted(bad)}, total - len(bad))
+        if all(s in written for s in bad):
+            return RepairResult(
+                {layout.entry(s).name: bad[s] for s in sorted(bad)}, total - len(bad)
+            )
 
 
 class _MismatchError(Exception):
@@ -724,26 +969,32 @@ def _write_rebuilt(
     head = 0 if sources[0] == 0 else next(s for s in sources if s >= layout.k)
     _pread_into(fd(head), memoryview(prefix), 0)
     hashes = {s: _Hashed(layout, s) for s in wanted}
-    with contextlib.ExitStack() as stack:
-        files = {s: stack.enter_context(temps[s].open("wb")) for s in wanted}
+    outs: dict[int, int] = {}
+
+    def write(number: int, stripe: list[memoryview]) -> None:  # on a worker
+        offset = number * rebuild.chunk
+        for s, out in zip(wanted, stripe, strict=True):
+            if s >= layout.k:
+                _pwrite_all(outs[s], out, layout.prefix + offset)
+                continue
+            lo = max(offset, layout.prefix if s == 0 else 0)
+            hi = min(offset + len(out), layout.entry(s).size)
+            if lo < hi:
+                _pwrite_all(outs[s], out[lo - offset : hi - offset], lo)
+
+    try:
         for s in wanted:
+            outs[s] = _create(temps[s])
             if s == 0 or s >= layout.k:
-                files[s].write(prefix)
-        for number in range(rebuild.stripes):
-            offset = number * rebuild.chunk
-            for s, out in zip(wanted, rebuild.stripe(number), strict=True):
-                hashes[s].update(offset, out)
-                if s >= layout.k:
-                    files[s].write(out)
-                else:
-                    start = layout.prefix if s == 0 else 0
-                    lo = max(offset, start)
-                    hi = min(offset + len(out), layout.entry(s).size)
-                    if lo < hi:
-                        files[s].write(out[lo - offset : hi - offset])
-        for s in wanted:
-            files[s].flush()
-            os.fsync(files[s].fileno())
+                _pwrite_all(outs[s], memoryview(prefix), 0)
+        for number, stripe in rebuild.run(write):
+            for s, out in zip(wanted, stripe, strict=True):
+                hashes[s].update(number * rebuild.chunk, out)
+        for f in outs.values():
+            os.fsync(f)
+    finally:
+        for f in outs.values():
+            os.close(f)
     if any(hashes[s].digest() != layout.entry(s).digest for s in wanted):
         raise _MismatchError
 

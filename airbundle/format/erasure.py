@@ -30,6 +30,7 @@ POLYNOMIAL = 0x11D
 MAX_SHARDS = 256  # k + m: beyond this the Cauchy points would collide
 
 Matrix = list[list[int]]
+Buffer = bytes | bytearray | memoryview  # or anything else memoryview() takes
 
 
 def _tables() -> tuple[list[int], list[int]]:
@@ -124,7 +125,7 @@ def _times(c: int) -> bytes:
     return bytes(mul(c, v) for v in range(256))
 
 
-def combine(coefficients: Sequence[int], sources: Sequence[bytes | bytearray], n: int) -> bytes:
+def combine(coefficients: Sequence[int], sources: Sequence[Buffer], n: int) -> bytes:
     """⊕_t coefficients[t]·sources[t][:n], the portable kernel."""
     acc = 0
     for c, src in zip(coefficients, sources, strict=True):

@@ -463,10 +463,10 @@ def import_bundle(
             else:
                 assert reader is not None
                 stream_members(reader, manifest, sinks, progress=progress)
-                report.notes += rebuilt_notes(media.rebuilt() if media is not None else {})
                 if sinks.resend:
                     assert targets.images is not None
                     _resend(path, options, auth, targets.images, sinks.resend, report, progress)
+            report.notes += rebuilt_notes(media.rebuilt() if media is not None else {})
             _publish(auth, sinks, targets, options, report)
             _record_all(stores, states, options, auth, report, now, "import")
     return report
@@ -489,10 +489,10 @@ def _open_bundle(
         from airbundle.ops.sections import in_place, media_size
 
         media = open_media(path)
-        # (a set with parity volumes is read front to back: its reader
-        # rebuilds what is lost and names it for the report)
-        parity = media.index is not None and media.index.parity is not None
-        if media_size(media) is not None and not parity:
+        # (a set with parity volumes rebuilds what is lost in its reader,
+        # which the sections share, and names it for the report)
+        media.scratch = options.scratch
+        if media_size(media) is not None:
             inner = contextlib.ExitStack()
             try:
                 access, auth = inner.enter_context(
@@ -503,7 +503,7 @@ def _open_bundle(
             else:
                 stack.push(inner)
                 if access is not None:
-                    return access, auth, None, None
+                    return access, auth, None, media
     media, fh = stack.enter_context(
         opened_bundle(path, options.policy, at=options.at, scratch=options.scratch)
     )

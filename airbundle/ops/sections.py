@@ -173,7 +173,9 @@ def in_place(
                 if access is not None:
                     access.close()
         except IntegrityError as exc:
-            if media.index is not None:
+            # (a set with parity checks each volume before using it, and
+            # names the bad ones itself)
+            if media.index is not None and media.index.parity is None:
                 raise name_corrupt_volumes(media, exc) from exc
             raise
 
@@ -185,12 +187,13 @@ def verify_in_place(
     limits: Limits,
     progress: Progress | None = None,
     at: datetime | None = None,
-) -> Authenticated | None:
+) -> tuple[Authenticated, Media] | None:
     """verify's parallel path; None where it does not apply (small, not a
     regular file, no seek table) or where it found the bundle damaged: the
     front-to-back reader then reads it again and names the damage as it
     always has (the member whose bytes changed, before the frames that no
-    longer match the table). Its verdict is kept only if it fails too."""
+    longer match the table). Its verdict is kept only if it fails too.
+    The media says what was rebuilt from parity (Media.rebuilt)."""
     media = open_media(path)
     size = media_size(media)
     if size is None or size < limits.parallel_read_min_bytes:
@@ -200,7 +203,7 @@ def verify_in_place(
             if access is None:
                 return None
             read_sections(access, workers=limits.read_workers, progress=progress)
-        return auth
+        return auth, media
     except IntegrityError as exc:
         raise DamagedInPlace(exc) from exc
 

@@ -28,7 +28,7 @@ from airbundle.format.manifest import BundleManifest, MemberEntry
 from airbundle.format.tarstream import DIRECTORY, TarMember
 from airbundle.format.trust import TrustedKey, TrustPolicy
 from airbundle.limits import DEFAULT_LIMITS, Limits
-from airbundle.ops.volumes import carries_parity, opened_bundle
+from airbundle.ops.volumes import opened_bundle
 
 Progress = Callable[[int], None]
 
@@ -254,9 +254,7 @@ def verify_bundle(
     is read in sections by `Limits.read_workers` threads (ops/sections.py);
     any other, front to back."""
     verdict = None
-    # A set with parity volumes is read front to back: its reader rebuilds
-    # what is lost and names it for the report.
-    if limits.read_workers > 1 and not carries_parity(path):
+    if limits.read_workers > 1:
         # Imported here: a small bundle's verify need not load it.
         from airbundle.ops.sections import DamagedInPlace, verify_in_place
 
@@ -266,8 +264,17 @@ def verify_bundle(
             verdict = damaged.verdict  # read again front to back, for its own error
         else:
             if found is not None:
-                manifest = found.manifest
-                return VerifyResult(path, found, len(manifest.members), manifest.total_size)
+                auth, media = found
+                manifest = auth.manifest
+                repairing = media.repairing
+                return VerifyResult(
+                    path,
+                    auth,
+                    len(manifest.members),
+                    manifest.total_size,
+                    media.rebuilt(),
+                    repairing.check_parity() if repairing is not None else {},
+                )
     with opened_bundle(path, policy, at=at) as (media, fh):
         source = media.description
         reader = BundleReader(fh, source=source, limits=limits)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from airbundle.adapters.fsutil import atomic_output, open_regular, write_atomic
 from airbundle.adapters.media import Media, VolumeWriter, open_media, volume_digest
 from airbundle.adapters.parity import RepairResult, repair_set
-from airbundle.errors import AirbundleError, IntegrityError, SignatureError, UsageError
+from airbundle.errors import IntegrityError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, read_file_header
 from airbundle.format.trust import TrustPolicy
@@ -65,16 +65,6 @@ def name_corrupt_volumes(media: Media, exc: IntegrityError) -> IntegrityError:
         member=exc.member,
         volumes=tuple(bad),
     )
-
-
-def carries_parity(path: Path) -> bool:
-    """The path names a volume set with parity volumes (False when it names
-    nothing readable: the caller's own opening says what is wrong)."""
-    try:
-        media = open_media(path)
-    except AirbundleError:
-        return False
-    return media.index is not None and media.index.parity is not None
 
 
 def rebuilt_notes(rebuilt: dict[str, str]) -> list[str]:
