@@ -5,8 +5,6 @@ refuse a signed manifest that says so, before anything is written."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from airbundle.format.manifest import BundleManifest, ImageEntry
 from airbundle.format.reference import ImageReference
 from airbundle.ops.export import export_bundle
 from airbundle.ops.specfile import load_spec
+from support.cli import run
 from support.crafting import World, blob, make_manifest, world, write_bundle
-from support.env import AIRBUNDLE
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 LIE = "sha256:" + "a" * 64
@@ -27,18 +25,6 @@ LIE = "sha256:" + "a" * 64
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> World:
     return world(tmp_path_factory)
-
-
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "AIRBUNDLE_PASSPHRASE"}
-    return subprocess.run(
-        [*AIRBUNDLE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=False,
-    )
 
 
 def _root() -> bytes:

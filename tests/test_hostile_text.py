@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,8 +25,8 @@ from airbundle.format.manifest import (
 from airbundle.format.reference import ImageReference
 from airbundle.format.text import escape
 from airbundle.ops.importer import base_hint
+from support.cli import run
 from support.crafting import World, blob, make_manifest, world, write_bundle
-from support.env import AIRBUNDLE
 
 # What a hostile string tries: set the window title, clear the screen, go back to
 # the start of the line and overwrite it, ring the bell, an 8-bit CSI, reverse
@@ -48,18 +46,6 @@ RAW = ["\x1b", "\r", "\x07", "\x9b", "\u202e", "\u200b", "\ufeff"]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> World:
     return world(tmp_path_factory)
-
-
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "AIRBUNDLE_PASSPHRASE"}
-    return subprocess.run(
-        [*AIRBUNDLE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=False,
-    )
 
 
 def assert_safe(text: str) -> None:

@@ -22,6 +22,7 @@ from airbundle.format.sshsig import public_key_of
 from airbundle.ops.keys import generate_key, load_trust
 from airbundle.ops.sign import journal_hint, journal_path, recover_journal, sign_bundle
 from airbundle.ops.verify import load_policy, verify_bundle
+from support.cli import run
 from support.crafting import EPOCH, World, content_start, interrupted_sign, world
 from support.env import AIRBUNDLE, require_tool
 
@@ -39,18 +40,6 @@ def attacker(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("attacker") / "key"
     generate_key(path, passphrase=None, comment="attacker")
     return path
-
-
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "AIRBUNDLE_PASSPHRASE"}
-    return subprocess.run(
-        [*AIRBUNDLE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=False,
-    )
 
 
 def split(data: bytes) -> tuple[bytes, bytes, bytes]:

@@ -26,13 +26,18 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """`airbundle ARGS`: exit code, stdout and stderr as text, never raising."""
+    """`airbundle ARGS`: exit code, stdout and stderr as text, never raising. A
+    passphrase the test runner's environment holds is not passed on (a test that
+    wants one gives it in ``env``)."""
+    environ = clean_env({**HELP_ENV, **(env or {})})
+    if "AIRBUNDLE_PASSPHRASE" not in (env or {}):
+        environ.pop("AIRBUNDLE_PASSPHRASE", None)
     return subprocess.run(
         [*AIRBUNDLE, *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=clean_env({**HELP_ENV, **(env or {})}),
+        env=environ,
         timeout=timeout,
         check=False,
     )
