@@ -395,8 +395,8 @@ def test_export_reports_a_persistently_cut_manifest_as_a_source_error(
         pytest.param(Respond(503), id="503"),
         pytest.param(Respond(502), id="502"),
         pytest.param(Respond(500), id="500"),
-        pytest.param(Stall(5.0), id="stall-before-answer"),
-        pytest.param(Stall(5.0, after=1000), id="stall-mid-body"),
+        pytest.param(Stall(20.0), id="stall-before-answer"),
+        pytest.param(Stall(20.0, after=1000), id="stall-mid-body"),
         pytest.param(CutBody(1000, reset=True), id="reset-mid-body"),
         pytest.param(CutBody(1000, reset=False), id="close-mid-body"),
     ],
@@ -427,9 +427,10 @@ def test_export_survives_one_transient_fault_on_a_blob(
     assert [e.fault for e in gets] == [type(action).__name__, None], gets
     assert gets[1].status in (200, 206)
     if isinstance(action, Stall):
-        # The client gave up after its 0.5 s read timeout, not after the 5 s stall.
-        assert 0.4 < gets[1].started - gets[0].started < 3.0, gets
-        assert time.monotonic() - start < 4.5
+        # The client gave up after its 0.5 s read timeout, not after the 20 s
+        # stall (margins wide enough for a loaded machine).
+        assert 0.4 < gets[1].started - gets[0].started < 10.0, gets
+        assert time.monotonic() - start < 15.0
     assert verified_digests(out, signing_key) == {
         "team/hello:1.0": sha256(skopeo_raw_manifest(source, "team/hello:1.0"))
     }
