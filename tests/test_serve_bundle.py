@@ -40,7 +40,7 @@ from support.net import free_port
 from support.netns import netns_mount_run, netns_run
 from support.podman import podman
 from support.pull_through import PullThroughCache
-from support.serve import Serve
+from support.serve import Serve, page_without_addresses
 from support.serve_bundle import (
     MiB,
     ServeReadOnly,
@@ -349,15 +349,7 @@ def test_two_instances_over_one_read_only_volume_folder_answer_the_same(
             first, second = a.get(path), b.get(path)
             assert first.status == 200, path
             assert (first.status, first.body) == (second.status, second.body), path
-        pages = [
-            json.loads(s.get("/", headers={"Accept": "application/json"}).body) for s in (a, b)
-        ]
-        for page in pages:
-            page.pop("address")
-            for image in page["images"]:
-                image.pop("pull")
-            for repo in page["repos"]:
-                repo.pop("url")
+        pages = [page_without_addresses(s) for s in (a, b)]
         assert pages[0] == pages[1]
         assert pages[0]["bundle"]["path"].startswith(str(folder / w.bundle.name))
         assert pages[0]["bundle"]["path"].endswith("(2 volumes)")

@@ -3,6 +3,7 @@ once it prints the URL it serves on."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -63,3 +64,18 @@ class Serve(Server):
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def page_without_addresses(server: Serve) -> dict[str, Any]:
+    """The status page as JSON, without what depends on where the server
+    listens (its address, pull commands, clone URLs): two servers of the same
+    content compare equal."""
+    page: dict[str, Any] = json.loads(
+        server.get("/", headers={"Accept": "application/json"}).body
+    )
+    page.pop("address")
+    for image in page["images"]:
+        image.pop("pull")
+    for repo in page["repos"]:
+        repo.pop("url")
+    return page
