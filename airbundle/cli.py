@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 verification/integrity failure, 2 usage or spec error,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect as pyinspect
@@ -1822,10 +1823,33 @@ def _hoist_global_flags(argv: list[str]) -> list[str]:
     return flags + rest + argv[end:]
 
 
+# Flags of the top level that may come before the command's name.
+_TOP_FLAGS = frozenset({"-v", "--verbose", "-q", "--quiet"})
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app with only the command (or group) that args name: typer builds a
+    click command for every registered one on each run, a third of verify's
+    start-up. The top level (no command, --help, --version, an unknown name)
+    gets the whole app, whose help and errors list every command."""
+    name = next((a for a in args if a not in _TOP_FLAGS), None)
+    if name is None or name.startswith("-"):
+        return app
+    one = copy.copy(app)
+    one.registered_commands = [
+        c
+        for c in app.registered_commands
+        if c.callback is not None
+        and (c.name or typer.main.get_command_name(c.callback.__name__)) == name
+    ]
+    one.registered_groups = [g for g in app.registered_groups if g.name == name]
+    return one if one.registered_commands or one.registered_groups else app
+
+
 def main(argv: list[str] | None = None) -> Any:
     args = _hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
-        return app(args=args, prog_name="airbundle")
+        return _app_for(args)(args=args, prog_name="airbundle")
     except SystemExit as exc:
         # click reports usage errors with exit 2 already; keep its code.
         if exc.code not in (None, 0) and not isinstance(exc.code, int):
