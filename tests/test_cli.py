@@ -559,3 +559,53 @@ def test_a_channel_the_manifest_cannot_hold_is_refused_up_front(
     assert proc.returncode == EXIT_USAGE
     assert error_line(proc).startswith("invalid channel 'bad channel': use letters, digits")
     assert list(tmp_path.iterdir()) == []
+
+
+# What verify leaves unloaded (issue 14: start-up of verify of a tiny bundle
+# <= 0.1 s; bench/startup.py measures it, this holds the structure). jsonschema
+# (with referencing, attrs) is loaded only for a document the quick check turns
+# down; the registry client and the export/import pipelines not at all.
+NOT_FOR_VERIFY = ("jsonschema", "referencing", "attrs", "urllib3", "airbundle.ops.export")
+
+
+def test_verify_of_a_good_bundle_loads_no_jsonschema_nor_other_commands_code(env: World) -> None:
+    probe = (
+        "import sys\n"
+        "from airbundle.cli import main\n"
+        "try:\n"
+        f"    main(['verify', {str(env.bundle)!r}, '--trust', {str(env.pub_path)!r}, '-q'])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        f"print(sorted(m for m in {NOT_FOR_VERIFY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("args", "commands"),
+    [
+        (["verify", "B", "--trust", "K"], ["verify"]),
+        (["-q", "-v", "import", "B"], ["import"]),
+        (["mirror-config", "--help"], ["mirror-config"]),
+        (["key", "generate", "K"], ["key"]),
+        ([], "all"),
+        (["--help"], "all"),
+        (["--version", "verify"], "all"),
+        (["verifyy"], "all"),
+    ],
+)
+def test_the_cli_builds_only_the_command_it_runs(args: list[str], commands: object) -> None:
+    """typer builds a click command for each registered one: a named command
+    gets an app with that one alone; the top level keeps them all for its help."""
+    import typer
+
+    from airbundle import cli as cli_module
+
+    one = cli_module._app_for(args)
+    built = sorted(typer.main.get_command(one).commands)  # type: ignore[attr-defined]
+    everything = sorted(typer.main.get_command(cli_module.app).commands)  # type: ignore[attr-defined]
+    assert built == (everything if commands == "all" else commands)
