@@ -565,7 +565,14 @@ def test_a_channel_the_manifest_cannot_hold_is_refused_up_front(
 # <= 0.1 s; bench/startup.py measures it, this holds the structure). jsonschema
 # (with referencing, attrs) is loaded only for a document the quick check turns
 # down; the registry client and the export/import pipelines not at all.
-NOT_FOR_VERIFY = ("jsonschema", "referencing", "attrs", "urllib3", "airbundle.ops.export")
+NOT_FOR_VERIFY = (
+    "jsonschema",
+    "referencing",
+    "attrs",
+    "urllib3",
+    "airbundle.ops.export",
+    "airbundle.adapters.parity",
+)
 
 
 def test_verify_of_a_good_bundle_loads_no_jsonschema_nor_other_commands_code(env: World) -> None:

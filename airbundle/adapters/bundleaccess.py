@@ -26,10 +26,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airbundle.adapters.content import FileSpan
 from airbundle.adapters.fsutil import write_atomic
-from airbundle.adapters.parity import RepairingVolumes
 from airbundle.errors import ArchiveError, MemberDigestError, TruncatedError
 from airbundle.format.archive import RAW_MEMBER_MIN
 from airbundle.format.digest import Digest
@@ -49,6 +49,9 @@ from airbundle.format.zstdframes import (
     parse_frame_header,
 )
 from airbundle.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from airbundle.adapters.parity import RepairingVolumes
 
 
 class VolumeReader:

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import open_regular, read_optional, read_regular, write_atomic
 from airbundle.adapters.media import Media, open_media
-from airbundle.adapters.parity import Layout, refresh_prefix_copies
 from airbundle.errors import AirbundleError, IntegrityError, SignatureError, UsageError
 from airbundle.format import journal, sshsig
 from airbundle.format.archive import (
@@ -254,6 +253,8 @@ def _refresh_parity(media: Media) -> None:
     first volume rebuilt later carries them."""
     if media.index is not None and media.index.parity is not None:
         assert media.folder is not None
+        from airbundle.adapters.parity import Layout, refresh_prefix_copies
+
         refresh_prefix_copies(Layout(media.folder, media.index))
 
 

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airbundle.adapters.fsutil import atomic_output, open_regular, write_atomic
 from airbundle.adapters.media import Media, VolumeWriter, open_media, volume_digest
-from airbundle.adapters.parity import RepairResult, repair_set
 from airbundle.errors import IntegrityError, SignatureError, UsageError
 from airbundle.format import sshsig
 from airbundle.format.archive import HEADER_SIZE, read_file_header
@@ -21,6 +20,9 @@ from airbundle.format.trust import TrustPolicy
 from airbundle.format.volumes import INDEX_SUFFIX, SIGNATURE_SUFFIX, VolumeIndex
 from airbundle.limits import DEFAULT_LIMITS
 from airbundle.ops.sign import journal_hint_on_failure
+
+if TYPE_CHECKING:
+    from airbundle.adapters.parity import RepairResult
 
 
 def write_index(folder: Path, index: VolumeIndex, keys: tuple[Ed25519PrivateKey, ...]) -> Path:
@@ -145,6 +147,8 @@ def repair_volumes(
             hint="copy the missing or damaged volumes again from the original media",
         )
     authenticate_index(media, policy, at=at)
+    from airbundle.adapters.parity import repair_set  # parity code only for repair
+
     return repair_set(media.folder, media.index, media.description, output)
 
 
