@@ -153,6 +153,16 @@ def markdown(doc: dict[str, Any]) -> str:
         f"\nairbundle start-up alone (`airbundle --version`, part of every airbundle time "
         f"above): {doc['airbundle_startup'].get('median_s', 0):.2f} s, "
         f"{doc['airbundle_startup'].get('peak_rss_mib', 0):.1f} MiB.\n",
+        "\n## airbundle per GiB of content (scale: a large set against a small one)\n",
+        "| step | dataset | GiB of content | s per GiB (median) | peak RSS MiB |\n"
+        "|---|---|---:|---:|---:|",
+        *[
+            f"| {r['step']} | {r['dataset']} | "
+            f"{r['stream_bytes']['ab'] / (1 << 30):.2f} | {r['airbundle_s_per_gib']:.3f} | "
+            f"{_f(r['airbundle']['peak_rss_mib'], 1)} |"
+            for r in doc["rows"]
+            if r.get("airbundle_s_per_gib") is not None
+        ],
         "\n## Bundle size\n",
         "| dataset | airbundle bytes | peer bytes | ratio |\n|---|---:|---:|---:|",
     ]

@@ -106,7 +106,7 @@ class Bench:
         groups: set[str],
         log: Log,
         timeout: float = DEFAULT_TIMEOUT,
-        peers: frozenset[str] = frozenset({"sync"}),
+        peers: frozenset[str] = frozenset({"loop", "sync"}),
     ) -> None:
         self.plan = plan
         self.peers = peers
@@ -309,7 +309,7 @@ class Bench:
         return sample
 
     def _order(self, rep: int, row: Row, ds: Dataset | None = None) -> list[str]:
-        sides = ["ab", "peer"]
+        sides = ["ab", "peer"] if "loop" in self.peers else ["ab"]
         if ds is not None and self.with_sync(ds):
             sides.append("sync")
         if rep % 2:
@@ -521,7 +521,7 @@ class Bench:
                 raise BenchError(f"sha256sum printed {sample.stdout!r}")
 
         script = 'set -o pipefail; zstd -dc -- "$1" | sha256sum'
-        cmd = ["bash", "-c", script, "peer-verify", str(bundles["peer"])]
+        cmd = ["bash", "-c", script, "peer-verify", str(bundles.get("peer"))]
         for rep in range(self.reps):
             for side in self._order(rep, row):
                 scratch = self.scratch(f"verify-{ds.name}-{side}")
@@ -731,9 +731,15 @@ def summarize(bench: Bench) -> dict[str, Any]:
             entry["ratio_vs_clone_plus_bundle"] = (
                 round(ab_t / git_only, 3) if ab_t and git_only else None
             )
+        if raw and ab_t:
+            # Seconds per GiB of content: the scale comparison (issue 14) of a large
+            # set with a small one, whatever the peer.
+            entry["airbundle_s_per_gib"] = round(ab_t / (raw / (1 << 30)), 3)
         rows.append(entry)
     sizes = []
     for name, b in bench.bundles.items():
+        if "peer" not in b["bytes"]:
+            continue  # --no-peer
         sizes.append(
             {
                 "dataset": name,
