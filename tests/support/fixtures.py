@@ -7,6 +7,7 @@ so every test using it carries the ``integration`` marker.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,28 @@ from support.net import TEST_CREDS
 from support.proxy import RecordingProxy
 from support.registry import Registry
 from support.sshd import GitSshServer
+
+# --- the user's own folders stay untouched ---------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_and_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """airbundle's default import state (XDG_STATE_HOME) and cache
+    (XDG_CACHE_HOME) point into this session's temporary folder, for the tests
+    and every command they start. Otherwise a test writes into the user's
+    ~/.local/state, and a later session whose temporary target has the same
+    path (a reused --basetemp) inherits its freshness record: a rollback."""
+    root = tmp_path_factory.mktemp("xdg")
+    saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "XDG_CACHE_HOME")}
+    os.environ["XDG_STATE_HOME"] = str(root / "state")
+    os.environ["XDG_CACHE_HOME"] = str(root / "cache")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
 
 # --- sample content and keys ------------------------------------------------
 
