@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -42,8 +41,10 @@ from airbundle.format.reference import ImageReference
 from airbundle.format.volumes import VolumeIndex
 from airbundle.ops.plan import read_lock
 from airbundle.ops.state import StateStore
+from support import cli
+from support.cli import refused
 from support.crafting import World, blob, make_manifest, snapshot, world, write_bundle
-from support.env import AIRBUNDLE, REPO_ROOT
+from support.env import REPO_ROOT
 
 TIMEOUT = 120
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -58,24 +59,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 def run(*args: object) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "AIRBUNDLE_PASSPHRASE"}
-    return subprocess.run(
-        [*AIRBUNDLE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
-def refused(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("airbundle: error: ")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
+    return cli.run(*args, timeout=TIMEOUT)
 
 
 # --- every schema ships, is valid 2020-12, and is the one the package loads ----------
@@ -249,9 +233,7 @@ def test_an_oci_document_of_the_wrong_shape_is_an_oci_error(doc: dict[str, Any])
 
 def test_a_signed_image_with_an_empty_media_type_is_refused(env: World, tmp_path: Path) -> None:
     bundle = _image_bundle(tmp_path / "b.airbundle", env, GOOD_ROOT, media_type="")
-    refused(
-        run("verify", bundle, "--trust", env.pub_path), EXIT_INTEGRITY, "images[0].mediaType"
-    )
+    refused(run("verify", bundle, "--trust", env.pub_path), EXIT_INTEGRITY, "images[0].mediaType")
 
 
 @pytest.mark.parametrize("case", ["media-type-list", "layers-object", "config-size-string"])
@@ -265,9 +247,10 @@ def test_importing_a_root_manifest_of_the_wrong_shape_fails_cleanly(
         "--state-dir", tmp_path / "state",
     )  # fmt: skip
     refused(proc, EXIT_INTEGRITY, "is malformed")
-    assert not (target / "index.json").exists() or b"example.com" not in (
-        target / "index.json"
-    ).read_bytes()
+    assert (
+        not (target / "index.json").exists()
+        or b"example.com" not in (target / "index.json").read_bytes()
+    )
     assert not list((tmp_path / "state").glob("*.json"))
 
 
@@ -456,8 +439,9 @@ FUZZ = settings(
 )
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 

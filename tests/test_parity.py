@@ -9,7 +9,6 @@ import itertools
 import json
 import mmap
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from airbundle.ops.sign import sign_bundle
 from airbundle.ops.verify import verify_bundle
 from airbundle.ops.volumes import repair_volumes, split_bundle
 from support.bundles import export, import_, repo_entry, trust_policy, write_spec
+from support.cli import run
 from support.env import AIRBUNDLE
 from support.keys import KeyPair, make_key
 from support.parity import (
@@ -126,11 +126,7 @@ def test_one_more_lost_volume_than_parity_is_refused_naming_them(
     lost = names[:1] + names[-m:] if len(names) > m + 1 else names[: m + 1]
     for i, name in enumerate(lost):
         damage(s.path(name), DAMAGE[i % len(DAMAGE)])
-    proc = subprocess.run(
-        [*AIRBUNDLE, "verify", str(s.folder), "--trust", str(key_pair.public)],
-        capture_output=True,
-        text=True,
-    )
+    proc = run("verify", s.folder, "--trust", key_pair.public)
     assert proc.returncode == 1, proc.stderr
     assert f"{m + 1} volumes are missing or damaged" in proc.stderr
     assert "1 more needed" in proc.stderr
@@ -144,11 +140,7 @@ def test_verify_reports_the_rebuilt_volumes_and_exits_0(
     s = made["4+2"].copy(tmp_path / "set")
     damage(s.path("set.airbundle.002"), "delete")
     damage(s.path("set.airbundle.p01"), "flip")
-    proc = subprocess.run(
-        [*AIRBUNDLE, "verify", str(s.index_path), "--trust", str(key_pair.public)],
-        capture_output=True,
-        text=True,
-    )
+    proc = run("verify", s.index_path, "--trust", key_pair.public)
     assert proc.returncode == 0, proc.stderr
     assert "volume set.airbundle.002 was missing; it was rebuilt from the set's parity" in (
         proc.stderr
@@ -185,11 +177,7 @@ def test_repair_writes_volumes_byte_identical_to_the_originals(
     for i, name in enumerate(lost):
         damage(s.path(name), DAMAGE[i + 1])
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [*AIRBUNDLE, "repair", str(s.folder), "-o", str(out), "--trust", str(key_pair.public)],
-        capture_output=True,
-        text=True,
-    )
+    proc = run("repair", s.folder, "-o", out, "--trust", key_pair.public)
     assert proc.returncode == 0, proc.stderr
     assert files_in(out) == sorted(lost)
     for name in lost:
@@ -209,19 +197,7 @@ def test_repair_of_a_whole_set_writes_nothing_and_of_a_lost_one_exits_1(
     assert not (tmp_path / "out").exists()
     for name in s.data_names() + s.parity_names()[:2]:
         damage(s.path(name), "delete")
-    proc = subprocess.run(
-        [
-            *AIRBUNDLE,
-            "repair",
-            str(s.folder),
-            "-o",
-            str(tmp_path / "o2"),
-            "--trust",
-            str(key_pair.public),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = run("repair", s.folder, "-o", tmp_path / "o2", "--trust", key_pair.public)
     assert proc.returncode == 1 and "4 volumes are missing or damaged" in proc.stderr
     assert "1 more needed" in proc.stderr
     assert not (tmp_path / "o2").exists()
@@ -232,19 +208,7 @@ def test_repair_needs_trust_and_a_set_with_parity(
 ) -> None:
     other = make_key(tmp_path / "other")
     s = made["4+2"]
-    proc = subprocess.run(
-        [
-            *AIRBUNDLE,
-            "repair",
-            str(s.folder),
-            "-o",
-            str(tmp_path / "o"),
-            "--trust",
-            str(other.public),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = run("repair", s.folder, "-o", tmp_path / "o", "--trust", other.public)
     assert proc.returncode == 1 and "volume index" in proc.stderr
     plain = tmp_path / "plain"
     key = load_signing_key(key_pair.private, passphrase=None)
@@ -488,22 +452,17 @@ def test_export_with_parity_percent_writes_parity_and_lists_it_in_the_signed_ind
 ) -> None:
     out = tmp_path / "media" / "p.airbundle"
     out.parent.mkdir()
-    proc = subprocess.run(
-        [
-            *AIRBUNDLE,
-            "export",
-            str(spec),
-            "-o",
-            str(out),
-            "--key",
-            str(key_pair.private),
-            "--split-size",
-            "60000",
-            "--parity",
-            "10%",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run(
+        "export",
+        spec,
+        "-o",
+        out,
+        "--key",
+        key_pair.private,
+        "--split-size",
+        "60000",
+        "--parity",
+        "10%",
     )
     assert proc.returncode == 0, proc.stderr
     index = json.loads((out.parent / "p.airbundle.volumes").read_bytes())
@@ -525,20 +484,8 @@ def test_export_with_parity_percent_writes_parity_and_lists_it_in_the_signed_ind
 def test_parity_without_split_size_and_too_many_volumes_are_usage_errors(
     spec: Path, key_pair: KeyPair, tmp_path: Path
 ) -> None:
-    proc = subprocess.run(
-        [
-            *AIRBUNDLE,
-            "export",
-            str(spec),
-            "-o",
-            str(tmp_path / "x.airbundle"),
-            "--key",
-            str(key_pair.private),
-            "--parity",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run(
+        "export", spec, "-o", tmp_path / "x.airbundle", "--key", key_pair.private, "--parity", "1"
     )
     assert proc.returncode == 2 and "--parity needs --split-size" in proc.stderr
     key = load_signing_key(key_pair.private, passphrase=None)
@@ -550,22 +497,17 @@ def test_parity_without_split_size_and_too_many_volumes_are_usage_errors(
 
 def test_split_with_parity_from_the_cli(spec: Path, key_pair: KeyPair, tmp_path: Path) -> None:
     single = export(spec, tmp_path / "one.airbundle", key_pair, source_date_epoch=EPOCH).path
-    proc = subprocess.run(
-        [
-            *AIRBUNDLE,
-            "split",
-            str(single),
-            "--size",
-            "60000",
-            "--key",
-            str(key_pair.private),
-            "--parity",
-            "2",
-            "-o",
-            str(tmp_path / "parts"),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run(
+        "split",
+        single,
+        "--size",
+        "60000",
+        "--key",
+        key_pair.private,
+        "--parity",
+        "2",
+        "-o",
+        tmp_path / "parts",
     )
     assert proc.returncode == 0, proc.stderr
     assert {"one.airbundle.p01", "one.airbundle.p02"} <= set(files_in(tmp_path / "parts"))
@@ -713,19 +655,14 @@ def test_import_refuses_a_set_beyond_repair_before_writing(
 def test_scratch_must_be_a_writable_folder(
     damaged_export: Path, key_pair: KeyPair, tmp_path: Path
 ) -> None:
-    proc = subprocess.run(
-        [
-            *AIRBUNDLE,
-            "import",
-            str(damaged_export),
-            "--trust",
-            str(key_pair.public),
-            "--registry",
-            f"oci:{tmp_path / 'img'}",
-            "--scratch",
-            str(tmp_path / "nope"),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run(
+        "import",
+        damaged_export,
+        "--trust",
+        key_pair.public,
+        "--registry",
+        f"oci:{tmp_path / 'img'}",
+        "--scratch",
+        tmp_path / "nope",
     )
     assert proc.returncode == 2 and "--scratch" in proc.stderr and "no such folder" in proc.stderr

@@ -43,6 +43,18 @@ def run(
     )
 
 
+def refused(proc: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    """The one `airbundle: error:` line, holding every fragment, after exit `code`
+    and no traceback: how a refusal of bad input looks."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("airbundle: error: ")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
 def run_on_a_terminal(*args: object, timeout: float = 300) -> tuple[int, str]:
     """`airbundle ARGS` with stderr on a pseudo-terminal (stdout discarded): the
     exit code and everything drawn on the terminal."""
